@@ -1,0 +1,409 @@
+"""The Linux reader: everything from procfs text, never ptrace and never /proc/PID/mem.
+
+``/proc/PID/maps`` is read always; ``/proc/PID/smaps`` only when residency is asked for
+(it walks the target's page tables and can stall a large process). The procfs root is a
+parameter, so the same code reads recorded fixtures.
+
+Parsing works a whole file at a time: one regular expression pass over the text, then
+per-column conversions, with per-path facts worked out once per distinct path. That
+keeps a 65K-region process within a small multiple of the kernel's own formatting time.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import platform
+import pwd
+import re
+import socket
+import time
+from collections.abc import Iterator
+from functools import lru_cache
+from itertools import repeat
+
+from vmatlas import errors
+from vmatlas.model import (
+    RESIDENCY_FIELDS,
+    Host,
+    OperatingSystem,
+    Process,
+    ProcessSummary,
+    RegionKind,
+    RegionState,
+    RegionTable,
+    RegionType,
+    Snapshot,
+    SnapshotView,
+)
+from vmatlas.summary import insert_free, summarize_process
+
+# start-end perms offset major:minor inode [path]
+_MAPS_LINE = re.compile(
+    r"^([0-9a-f]+)-([0-9a-f]+) ([-r][-w][-x][ps]) ([0-9a-f]+) ([0-9a-f]+:[0-9a-f]+) (\d+) *(.*)$",
+    re.MULTILINE,
+)
+# The smaps fields vmatlas keeps, in kB; the kernel prints them in this order.
+_SMAPS_KEYS = {
+    "Rss": "rss_bytes",
+    "Pss": "pss_bytes",
+    "Shared_Clean": "shared_clean_bytes",
+    "Shared_Dirty": "shared_dirty_bytes",
+    "Private_Clean": "private_clean_bytes",
+    "Private_Dirty": "private_dirty_bytes",
+    "Anonymous": "anonymous_bytes",
+    "AnonHugePages": "anon_huge_pages_bytes",
+    "Swap": "swap_bytes",
+    "SwapPss": "swap_pss_bytes",
+    "Locked": "locked_bytes",
+}
+_SMAPS_FIELD = re.compile(
+    r"^(" + "|".join(_SMAPS_KEYS) + r"):\s+(\d+) kB$",
+    re.MULTILINE,
+)
+_DELETED = " (deleted)"
+
+# PROT_* bits as Linux numbers them, plus 0x8 for a shared mapping.
+_RAW_READ, _RAW_WRITE, _RAW_EXEC, _RAW_SHARED = 1, 2, 4, 8
+
+
+def _perms_table() -> dict[str, tuple[int, int, int]]:
+    """perms text -> (decoded protection bits, raw value, state)."""
+    table = {}
+    for r in "-r":
+        for w in "-w":
+            for x in "-x":
+                for s in "ps":
+                    bits = (r == "r") * 1 + (w == "w") * 2 + (x == "x") * 4 + (s == "s") * 8
+                    # A private no-access VMA is a reservation: the kernel charges no
+                    # commit for it (the JVM, Go and glibc reserve address space so).
+                    state = RegionState.RESERVED if bits == 0 else RegionState.COMMITTED
+                    table[r + w + x + s] = (bits, bits, int(state))
+    return table
+
+
+_PERMS = _perms_table()
+_PERMS_BITS = {k: v[0] for k, v in _PERMS.items()}
+_PERMS_STATE = {k: v[2] for k, v in _PERMS.items()}
+
+_PSEUDO_KINDS = {
+    "[heap]": RegionKind.HEAP,
+    "[stack]": RegionKind.STACK,
+    "[vdso]": RegionKind.VDSO,
+    "[vvar]": RegionKind.VVAR,
+    "[vvar_vclock]": RegionKind.VVAR,
+    "[vsyscall]": RegionKind.VSYSCALL,
+}
+
+
+@lru_cache(maxsize=65536)
+def classify_path(text: str) -> tuple[str, bool, int]:
+    """maps path text -> (path, deleted, kind)."""
+    deleted = text.endswith(_DELETED)
+    path = text[: -len(_DELETED)] if deleted else text
+    if not path:
+        return path, deleted, RegionKind.UNSPECIFIED
+    if path[0] == "[":
+        kind = _PSEUDO_KINDS.get(path)
+        if kind is None:
+            if path.startswith(("[anon:", "[anon_shmem:")):
+                kind = RegionKind.ANON_NAMED
+            elif path.startswith("[stack:"):
+                kind = RegionKind.STACK
+            else:
+                kind = RegionKind.OTHER_PSEUDO
+        return path, deleted, int(kind)
+    if path.startswith("/memfd:"):
+        return path, deleted, int(RegionKind.MEMFD)
+    if path.startswith("/SYSV"):
+        return path, deleted, int(RegionKind.SYSV_SHM)
+    return path, deleted, int(RegionKind.UNSPECIFIED)
+
+
+@lru_cache(maxsize=4096)
+def _makedev(text: str) -> int:
+    major, minor = text.split(":")
+    return os.makedev(int(major, 16), int(minor, 16))
+
+
+def parse_maps(text: str) -> RegionTable:
+    """A RegionTable from the text of /proc/PID/maps (or the header lines of smaps)."""
+    rows = _MAPS_LINE.findall(text)
+    if not rows:
+        return RegionTable()
+    starts_hex, ends_hex, perms, offsets_hex, devs, inodes_dec, raw_paths = zip(
+        *rows, strict=True
+    )
+    n = len(rows)
+    starts = list(map(int, starts_hex, repeat(16, n)))
+    ends = list(map(int, ends_hex, repeat(16, n)))
+    inodes = list(map(int, inodes_dec))
+    bits = list(map(_PERMS_BITS.__getitem__, perms))
+    classified = list(map(classify_path, raw_paths))
+    paths = [c[0] for c in classified]
+    kinds = [c[2] for c in classified]
+    # A file the loader mapped (an executable or shared object) has an executable
+    # segment; every mapping of that file is IMAGE, other file mappings MAPPED.
+    image_inodes = {
+        (dev, inode)
+        for dev, inode, b in zip(devs, inodes, bits, strict=True)
+        if inode and b & 4 and not b & 8
+    }
+    types = [
+        (
+            (RegionType.IMAGE if (dev, inode) in image_inodes else RegionType.MAPPED)
+            if inode
+            else (RegionType.MAPPED if b & 8 else RegionType.PRIVATE)
+        )
+        for dev, inode, b in zip(devs, inodes, bits, strict=True)
+    ]
+    return RegionTable(
+        start=starts,
+        end=ends,
+        state=list(map(_PERMS_STATE.__getitem__, perms)),
+        type=[int(t) for t in types],
+        protection=bits,
+        protection_raw=list(bits),
+        kind=kinds,
+        path=paths,
+        offset=list(map(int, offsets_hex, repeat(16, n))),
+        device=list(map(_makedev, devs)),
+        inode=inodes,
+        deleted=[c[1] for c in classified],
+    )
+
+
+def parse_smaps(text: str) -> RegionTable:
+    """A RegionTable with residency from the text of /proc/PID/smaps."""
+    table = parse_maps(text)
+    n = len(table)
+    found = _SMAPS_FIELD.findall(text)
+    by_name: dict[str, list[int]] = {name: [0] * n for name in RESIDENCY_FIELDS}
+    if n:
+        width = len(found) // n
+        names = [key for key, _ in found[:width]]
+        if width * n != len(found) or any(
+            found[i][0] != names[i % width] for i in range(0, len(found), max(width, 1))
+        ):
+            raise ValueError("smaps fields are not the same for every region")
+        for k, key in enumerate(names):
+            by_name[_SMAPS_KEYS[key]] = [int(v) * 1024 for _, v in found[k::width]]
+    table.residency = by_name
+    return table
+
+
+def _user_range(machine: str, mmap_min_addr: int, pointer_bits: int) -> tuple[int, int]:
+    if pointer_bits == 32:
+        return mmap_min_addr, 0xFFFFE000
+    if machine in ("aarch64", "arm64"):
+        return mmap_min_addr, 1 << 48
+    return mmap_min_addr, 0x7FFFFFFFF000
+
+
+class LinuxReader:
+    """Reads processes of this host (or a recorded procfs tree) into the model."""
+
+    os = OperatingSystem.LINUX
+
+    def __init__(self, procfs: str = "/proc", host_id: str | None = None):
+        self.procfs = procfs.rstrip("/") or "/"
+        self._host_id = host_id
+        self._machine = platform.machine()
+        self._clock_ticks = os.sysconf("SC_CLK_TCK")
+        self._boot_time: float | None = None
+
+    # -- host -------------------------------------------------------------------------
+
+    def _read_int(self, relative: str, default: int) -> int:
+        try:
+            with open(f"{self.procfs}/{relative}") as f:
+                return int(f.read().split()[0])
+        except (OSError, ValueError, IndexError):
+            return default
+
+    def host(self) -> Host:
+        hostname = socket.gethostname()
+        try:
+            os_version = platform.freedesktop_os_release().get("PRETTY_NAME", "Linux")
+        except OSError:
+            os_version = "Linux"
+        try:
+            with open(f"{self.procfs}/sys/kernel/osrelease") as f:
+                kernel = f.read().strip()
+        except OSError:
+            kernel = platform.release()
+        page = os.sysconf("SC_PAGE_SIZE")
+        low, high = _user_range(self._machine, self._read_int("sys/vm/mmap_min_addr", page), 64)
+        return Host(
+            host_id=self._host_id or hostname,
+            hostname=hostname,
+            os=OperatingSystem.LINUX,
+            os_version=os_version,
+            kernel_version=kernel,
+            page_size_bytes=page,
+            allocation_granularity_bytes=page,
+            user_address_min=low,
+            user_address_max=high,
+            max_map_count=self._read_int("sys/vm/max_map_count", 65530),
+            overcommit_mode=self._read_int("sys/vm/overcommit_memory", -1),
+            cpu_count=os.cpu_count() or 0,
+            memory_total_bytes=self._read_meminfo_total(),
+        )
+
+    def _read_meminfo_total(self) -> int:
+        try:
+            with open(f"{self.procfs}/meminfo") as f:
+                for line in f:
+                    if line.startswith("MemTotal:"):
+                        return int(line.split()[1]) * 1024
+        except (OSError, ValueError):
+            pass
+        return 0
+
+    # -- processes ----------------------------------------------------------------------
+
+    def pids(self) -> list[int]:
+        return sorted(int(name) for name in os.listdir(self.procfs) if name.isdigit())
+
+    def _path(self, pid: int, name: str) -> str:
+        return f"{self.procfs}/{pid}/{name}"
+
+    def _raise_for(self, exc: OSError, pid: int, name: str | None = None) -> None:
+        if isinstance(exc, FileNotFoundError | ProcessLookupError) or exc.errno in (
+            errno.ENOENT,
+            errno.ESRCH,
+        ):
+            raise errors.NoSuchProcess(pid=pid, name=name) from None
+        if isinstance(exc, PermissionError) or exc.errno in (errno.EACCES, errno.EPERM):
+            raise errors.AccessDenied(
+                f"access denied reading pid {pid}" + (f" ({name})" if name else ""),
+                pid=pid,
+                name=name,
+            ) from None
+        raise exc
+
+    def _read_text(self, pid: int, name: str, process_name: str | None = None) -> str:
+        try:
+            with open(self._path(pid, name), "rb") as f:
+                return f.read().decode("utf-8", "surrogateescape")
+        except OSError as exc:
+            self._raise_for(exc, pid, process_name)
+            raise  # unreachable: _raise_for always raises
+
+    def boot_time(self) -> float:
+        if self._boot_time is None:
+            self._boot_time = 0.0
+            try:
+                with open(f"{self.procfs}/stat") as f:
+                    for line in f:
+                        if line.startswith("btime "):
+                            self._boot_time = float(line.split()[1])
+            except OSError:
+                pass
+        return self._boot_time
+
+    def process(self, pid: int) -> Process:
+        """Identity of ``pid``. Raises NoSuchProcess when it does not exist."""
+        stat = self._read_text(pid, "stat")
+        # comm may hold spaces and parentheses: it ends at the last ')'.
+        close = stat.rfind(")")
+        name = stat[stat.find("(") + 1 : close]
+        fields = stat[close + 2 :].split()
+        state, ppid, start_ticks = fields[0], int(fields[1]), int(fields[19])
+        flags = int(fields[6])
+        kernel_thread = bool(flags & 0x00200000)  # PF_KTHREAD
+        try:
+            cmdline = self._read_text(pid, "cmdline", name)
+        except errors.Error:
+            cmdline = ""
+        try:
+            exe = os.readlink(self._path(pid, "exe"))
+        except OSError:
+            exe = ""
+        user = ""
+        try:
+            uid = os.stat(self._path(pid, "")).st_uid
+            user = _user_name(uid)
+        except OSError:
+            pass
+        pointer_bits = 64 if kernel_thread else self._pointer_bits(pid)
+        low, high = _user_range(
+            self._machine, self._read_int("sys/vm/mmap_min_addr", 4096), pointer_bits
+        )
+        return Process(
+            pid=pid,
+            parent_pid=ppid,
+            name=name,
+            executable=exe,
+            command_line=tuple(cmdline.split("\0")[:-1]) if cmdline else (),
+            user=user,
+            start_time=self.boot_time() + start_ticks / self._clock_ticks,
+            pointer_bits=pointer_bits,
+            user_address_min=low,
+            user_address_max=high,
+            address_space_empty=kernel_thread or state in "ZX",
+        )
+
+    def _pointer_bits(self, pid: int) -> int:
+        try:
+            with open(self._path(pid, "exe"), "rb") as f:
+                header = f.read(5)
+        except OSError:
+            return 64
+        return 32 if header[:4] == b"\x7fELF" and header[4:5] == b"\x01" else 64
+
+    def regions(self, pid: int, *, residency: bool = False, name: str | None = None) -> RegionTable:
+        """The regions of ``pid``. Raises NoSuchProcess or AccessDenied."""
+        text = self._read_text(pid, "smaps" if residency else "maps", name)
+        if not text and not os.path.exists(self._path(pid, "stat")):
+            raise errors.NoSuchProcess(pid=pid, name=name)
+        return parse_smaps(text) if residency else parse_maps(text)
+
+    def snapshot(
+        self, pid: int, *, include_free: bool = False, include_residency: bool = False
+    ) -> Snapshot:
+        host = self.host()
+        process = self.process(pid)
+        table = self.regions(pid, residency=include_residency, name=process.name)
+        capture_time = time.time()
+        summary = summarize_process(table, host, process)
+        if include_free:
+            table = insert_free(table, process.user_address_min, process.user_address_max)
+        return Snapshot(
+            host=host,
+            process=process,
+            capture_time=capture_time,
+            summary=summary,
+            regions=table,
+            view=SnapshotView.NATIVE,
+            includes_free=include_free,
+            includes_residency=include_residency,
+        )
+
+    def process_summary(self, pid: int, host: Host | None = None) -> ProcessSummary:
+        host = host or self.host()
+        process = self.process(pid)
+        table = self.regions(pid, name=process.name)
+        return ProcessSummary(
+            process=process,
+            summary=summarize_process(table, host, process),
+            capture_time=time.time(),
+        )
+
+    def process_summaries(self) -> Iterator[ProcessSummary | errors.Error]:
+        """A summary of every process, or the error that stopped one being read."""
+        host = self.host()
+        for pid in self.pids():
+            try:
+                yield self.process_summary(pid, host)
+            except errors.Error as exc:
+                yield exc
+
+
+
+@lru_cache(maxsize=1024)
+def _user_name(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)

@@ -1,0 +1,316 @@
+"""The plain-data model every part of vmatlas works on.
+
+Readers return these; :mod:`vmatlas.wire` is the only module that turns them into
+protobuf and back. Enum values equal the wire schema's (``vmatlas.v1``), which a test
+checks. Regions are kept as columns (:class:`RegionTable`) because a process may hold
+hundreds of thousands of them; :meth:`RegionTable.rows` hands them out as rows.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterator
+from dataclasses import dataclass, field, fields
+
+
+class OperatingSystem(enum.IntEnum):
+    UNSPECIFIED = 0
+    LINUX = 1
+    WINDOWS = 2
+
+
+class RegionState(enum.IntEnum):
+    UNSPECIFIED = 0
+    FREE = 1
+    RESERVED = 2
+    COMMITTED = 3
+
+
+class RegionType(enum.IntEnum):
+    UNSPECIFIED = 0
+    IMAGE = 1
+    MAPPED = 2
+    PRIVATE = 3
+
+
+class RegionKind(enum.IntEnum):
+    UNSPECIFIED = 0
+    HEAP = 1
+    STACK = 2
+    VDSO = 3
+    VVAR = 4
+    VSYSCALL = 5
+    ANON_NAMED = 6
+    MEMFD = 7
+    SYSV_SHM = 8
+    OTHER_PSEUDO = 9
+
+
+class SnapshotView(enum.IntEnum):
+    UNSPECIFIED = 0
+    NATIVE = 1
+    WINDOWS = 2
+
+
+class Protection(enum.IntFlag):
+    NONE = 0
+    READ = 1
+    WRITE = 2
+    EXECUTE = 4
+    SHARED = 8
+    GUARD = 16
+    NO_CACHE = 32
+    WRITE_COMBINE = 64
+    COPY_ON_WRITE = 128
+
+
+ACCESS_MASK = Protection.READ | Protection.WRITE | Protection.EXECUTE
+
+
+def perms_text(protection: int) -> str:
+    """``rwxp``-style text, as /proc/PID/maps and pmap print it."""
+    return (
+        ("r" if protection & 1 else "-")
+        + ("w" if protection & 2 else "-")
+        + ("x" if protection & 4 else "-")
+        + ("s" if protection & 8 else "p")
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Host:
+    host_id: str
+    hostname: str
+    os: OperatingSystem
+    os_version: str = ""
+    kernel_version: str = ""
+    page_size_bytes: int = 4096
+    allocation_granularity_bytes: int = 4096
+    user_address_min: int = 0
+    user_address_max: int = 0
+    max_map_count: int = 0
+    overcommit_mode: int = -1
+    cpu_count: int = 0
+    memory_total_bytes: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Process:
+    pid: int
+    parent_pid: int = 0
+    name: str = ""
+    executable: str = ""
+    command_line: tuple[str, ...] = ()
+    user: str = ""
+    # Seconds since the epoch; with pid it names one process, not a reused pid.
+    start_time: float = 0.0
+    pointer_bits: int = 64
+    user_address_min: int = 0
+    user_address_max: int = 0
+    address_space_empty: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Summary:
+    region_count: int = 0
+    map_count: int = 0
+    max_map_count: int = 0
+    headroom_fraction: float = 1.0
+    committed_bytes: int = 0
+    reserved_bytes: int = 0
+    free_bytes: int = 0
+    largest_free_bytes: int = 0
+    single_page_region_count: int = 0
+    guard_region_count: int = 0
+    allocation_count: int = 0
+    unusable_bytes: int = 0
+
+
+RESIDENCY_FIELDS = (
+    "rss_bytes",
+    "pss_bytes",
+    "swap_bytes",
+    "swap_pss_bytes",
+    "shared_clean_bytes",
+    "shared_dirty_bytes",
+    "private_clean_bytes",
+    "private_dirty_bytes",
+    "anonymous_bytes",
+    "locked_bytes",
+    "anon_huge_pages_bytes",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Residency:
+    """What of one region is in memory, from /proc/PID/smaps, in bytes."""
+
+    rss_bytes: int = 0
+    pss_bytes: int = 0
+    swap_bytes: int = 0
+    swap_pss_bytes: int = 0
+    shared_clean_bytes: int = 0
+    shared_dirty_bytes: int = 0
+    private_clean_bytes: int = 0
+    private_dirty_bytes: int = 0
+    anonymous_bytes: int = 0
+    locked_bytes: int = 0
+    anon_huge_pages_bytes: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Region:
+    """One region (a Linux VMA, a Windows VirtualQueryEx block), as a row."""
+
+    start: int
+    end: int
+    state: RegionState
+    protection: Protection
+    protection_raw: int
+    type: RegionType
+    path: str = ""
+    offset: int = 0
+    device: int = 0
+    inode: int = 0
+    deleted: bool = False
+    kind: RegionKind = RegionKind.UNSPECIFIED
+    allocation_base: int = 0
+    allocation_protection: Protection = Protection.NONE
+    allocation_protection_raw: int = 0
+    residency: Residency | None = None
+
+    @property
+    def size(self) -> int:
+        return self.end - self.start
+
+    @property
+    def perms(self) -> str:
+        return perms_text(self.protection)
+
+
+@dataclass(slots=True)
+class RegionTable:
+    """Regions as columns, sorted by start. Every column has one entry per region,
+    except the optional ones (``allocation_*``, ``residency``) which are either empty
+    (all zero / absent) or full. Built once by a reader, then treated as immutable."""
+
+    start: list[int] = field(default_factory=list)
+    end: list[int] = field(default_factory=list)
+    state: list[int] = field(default_factory=list)
+    type: list[int] = field(default_factory=list)
+    protection: list[int] = field(default_factory=list)
+    protection_raw: list[int] = field(default_factory=list)
+    kind: list[int] = field(default_factory=list)
+    path: list[str] = field(default_factory=list)
+    offset: list[int] = field(default_factory=list)
+    device: list[int] = field(default_factory=list)
+    inode: list[int] = field(default_factory=list)
+    deleted: list[bool] = field(default_factory=list)
+    allocation_base: list[int] = field(default_factory=list)
+    allocation_protection: list[int] = field(default_factory=list)
+    allocation_protection_raw: list[int] = field(default_factory=list)
+    # Field name (RESIDENCY_FIELDS) -> column; empty when residency was not read.
+    residency: dict[str, list[int]] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.start)
+
+    def row(self, i: int) -> Region:
+        has_alloc = bool(self.allocation_base)
+        residency = (
+            Residency(**{name: column[i] for name, column in self.residency.items()})
+            if self.residency
+            else None
+        )
+        return Region(
+            start=self.start[i],
+            end=self.end[i],
+            state=RegionState(self.state[i]),
+            protection=Protection(self.protection[i]),
+            protection_raw=self.protection_raw[i],
+            type=RegionType(self.type[i]),
+            path=self.path[i],
+            offset=self.offset[i],
+            device=self.device[i],
+            inode=self.inode[i],
+            deleted=self.deleted[i],
+            kind=RegionKind(self.kind[i]),
+            allocation_base=self.allocation_base[i] if has_alloc else 0,
+            allocation_protection=Protection(
+                self.allocation_protection[i] if has_alloc else 0
+            ),
+            allocation_protection_raw=self.allocation_protection_raw[i] if has_alloc else 0,
+            residency=residency,
+        )
+
+    def rows(self) -> Iterator[Region]:
+        for i in range(len(self.start)):
+            yield self.row(i)
+
+    def append(self, region: Region) -> None:
+        """Add one region at the end (for readers that build row by row)."""
+        for name in _ROW_COLUMNS:
+            getattr(self, name).append(getattr(region, name))
+        if region.allocation_base or self.allocation_base:
+            self._fill_allocation(len(self.start) - 1)
+            self.allocation_base[-1] = region.allocation_base
+            self.allocation_protection[-1] = int(region.allocation_protection)
+            self.allocation_protection_raw[-1] = region.allocation_protection_raw
+        if region.residency is not None:
+            for name in RESIDENCY_FIELDS:
+                column = self.residency.setdefault(name, [0] * (len(self.start) - 1))
+                column.append(getattr(region.residency, name))
+
+    def _fill_allocation(self, upto: int) -> None:
+        for column in (
+            self.allocation_base,
+            self.allocation_protection,
+            self.allocation_protection_raw,
+        ):
+            column.extend([0] * (upto + 1 - len(column)))
+
+    @classmethod
+    def from_rows(cls, regions: list[Region]) -> RegionTable:
+        table = cls()
+        for region in regions:
+            table.append(region)
+        return table
+
+
+_ROW_COLUMNS = (
+    "start",
+    "end",
+    "state",
+    "type",
+    "protection",
+    "protection_raw",
+    "kind",
+    "path",
+    "offset",
+    "device",
+    "inode",
+    "deleted",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    host: Host
+    process: Process
+    capture_time: float
+    summary: Summary
+    regions: RegionTable
+    view: SnapshotView = SnapshotView.NATIVE
+    includes_free: bool = False
+    includes_residency: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessSummary:
+    process: Process
+    summary: Summary
+    capture_time: float
+
+
+def field_names(cls: type) -> tuple[str, ...]:
+    return tuple(f.name for f in fields(cls))

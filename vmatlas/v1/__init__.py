@@ -1,0 +1,1 @@
+"""Generated from protos/vmatlas/v1 by tools/genproto; do not edit."""
