@@ -131,9 +131,7 @@ def parse_maps(text: str) -> RegionTable:
     rows = _MAPS_LINE.findall(text)
     if not rows:
         return RegionTable()
-    starts_hex, ends_hex, perms, offsets_hex, devs, inodes_dec, raw_paths = zip(
-        *rows, strict=True
-    )
+    starts_hex, ends_hex, perms, offsets_hex, devs, inodes_dec, raw_paths = zip(*rows, strict=True)
     n = len(rows)
     starts = list(map(int, starts_hex, repeat(16, n)))
     ends = list(map(int, ends_hex, repeat(16, n)))
@@ -398,7 +396,6 @@ class LinuxReader:
                 yield self.process_summary(pid, host)
             except errors.Error as exc:
                 yield exc
-
 
 
 @lru_cache(maxsize=1024)

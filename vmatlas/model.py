@@ -236,9 +236,7 @@ class RegionTable:
             deleted=self.deleted[i],
             kind=RegionKind(self.kind[i]),
             allocation_base=self.allocation_base[i] if has_alloc else 0,
-            allocation_protection=Protection(
-                self.allocation_protection[i] if has_alloc else 0
-            ),
+            allocation_protection=Protection(self.allocation_protection[i] if has_alloc else 0),
             allocation_protection_raw=self.allocation_protection_raw[i] if has_alloc else 0,
             residency=residency,
         )
@@ -246,6 +244,11 @@ class RegionTable:
     def rows(self) -> Iterator[Region]:
         for i in range(len(self.start)):
             yield self.row(i)
+
+    __iter__ = rows
+
+    def __getitem__(self, i: int) -> Region:
+        return self.row(range(len(self.start))[i])
 
     def append(self, region: Region) -> None:
         """Add one region at the end (for readers that build row by row)."""

@@ -84,9 +84,7 @@ def summarize(
         if size == page_size_bytes:
             single_page += 1
         protection = protections[i]
-        if protection & GUARD:
-            guard += 1
-        elif (
+        if protection & GUARD or (
             state == RESERVED
             and not protection & ACCESS
             and size <= GUARD_MAX_BYTES

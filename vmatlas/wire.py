@@ -28,7 +28,7 @@ _HOST_FIELDS = tuple(name for name in Host.__dataclass_fields__ if name != "os")
 def timestamp_to_pb(seconds: float, message: Timestamp) -> None:
     whole = int(seconds)
     message.seconds = whole
-    message.nanos = int(round((seconds - whole) * 1e9)) % 1_000_000_000
+    message.nanos = round((seconds - whole) * 1e9) % 1_000_000_000
 
 
 def timestamp_from_pb(message: Timestamp) -> float:
@@ -97,9 +97,7 @@ def table_to_pb(table: RegionTable, message: pb.RegionTable | None = None) -> pb
     de-duplicated string table, so a large address space packs into a few bytes a row."""
     message = pb.RegionTable() if message is None else message
     starts, ends = table.start, table.end
-    message.start_delta_bytes.extend(
-        [s - e for s, e in zip(starts, [0, *ends[:-1]], strict=True)]
-    )
+    message.start_delta_bytes.extend([s - e for s, e in zip(starts, [0, *ends[:-1]], strict=True)])
     message.size_bytes.extend([e - s for s, e in zip(starts, ends, strict=True)])
     message.state.extend(table.state)
     message.type.extend(table.type)

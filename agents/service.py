@@ -1,0 +1,126 @@
+"""The agent's gRPC service (``vmatlas.v1.AgentService``) over any platform reader."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator
+
+import grpc
+
+from vmatlas import errors, wire
+from vmatlas.agents.base import Reader
+from vmatlas.grpcutil import maps_errors, maps_stream_errors
+from vmatlas.model import OperatingSystem, ProcessSummary, Snapshot, SnapshotView
+from vmatlas.v1 import agent_pb2, agent_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+# (pid, include_free, include_residency) -> the Win32 view of a Wine process.
+WindowsView = Callable[[int, bool, bool], Snapshot]
+
+SERVICE_NAME = agent_pb2.DESCRIPTOR.services_by_name["AgentService"].full_name
+
+
+def sort_summaries(items: list[ProcessSummary], order: int, limit: int = 0) -> list[ProcessSummary]:
+    """Processes in the requested order (region count, largest first, by default)."""
+    if order in (agent_pb2.PROCESS_ORDER_UNSPECIFIED, agent_pb2.PROCESS_ORDER_REGION_COUNT):
+        items.sort(key=lambda p: (-p.summary.map_count, p.process.pid))
+    elif order == agent_pb2.PROCESS_ORDER_HEADROOM:
+        items.sort(key=lambda p: (p.summary.headroom_fraction, p.process.pid))
+    elif order == agent_pb2.PROCESS_ORDER_PID:
+        items.sort(key=lambda p: p.process.pid)
+    else:
+        raise errors.InvalidArgument(f"unknown process order {order}")
+    return items[:limit] if limit else items
+
+
+class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
+    def __init__(self, reader: Reader, windows_view: WindowsView | None = None):
+        self.reader = reader
+        self.windows_view = windows_view
+
+    @maps_errors
+    def GetHost(
+        self, request: agent_pb2.GetHostRequest, context: grpc.ServicerContext
+    ) -> agent_pb2.GetHostResponse:
+        response = agent_pb2.GetHostResponse()
+        wire.host_to_pb(self.reader.host(), response.host)
+        return response
+
+    @maps_errors
+    def ListProcesses(
+        self, request: agent_pb2.ListProcessesRequest, context: grpc.ServicerContext
+    ) -> agent_pb2.ListProcessesResponse:
+        if request.order not in agent_pb2.ProcessOrder.values():
+            raise errors.InvalidArgument(f"unknown process order {request.order}")
+        items: list[ProcessSummary] = []
+        denied = 0
+        for item in self.reader.process_summaries():
+            if isinstance(item, errors.AccessDenied):
+                denied += 1
+            elif isinstance(item, ProcessSummary) and (
+                not request.name_filter or request.name_filter in item.process.name
+            ):
+                items.append(item)
+        response = agent_pb2.ListProcessesResponse(access_denied_count=denied)
+        wire.host_to_pb(self.reader.host(), response.host)
+        for item in sort_summaries(items, request.order, request.limit):
+            wire.process_summary_to_pb(item, response.processes.add())
+        return response
+
+    def snapshot(
+        self, pid: int, include_free: bool, include_residency: bool, view: int
+    ) -> Snapshot:
+        if pid == 0:
+            raise errors.InvalidArgument("pid must be given (pid 0 is not a process)")
+        if view == SnapshotView.WINDOWS and self.reader.os != OperatingSystem.WINDOWS:
+            if self.windows_view is None:
+                raise errors.FailedPrecondition(
+                    "the Windows view needs Wine and the vmatlas Wine helper on this host"
+                )
+            return self.windows_view(pid, include_free, include_residency)
+        if view not in (SnapshotView.UNSPECIFIED, SnapshotView.NATIVE, SnapshotView.WINDOWS):
+            raise errors.InvalidArgument(f"unknown snapshot view {view}")
+        return self.reader.snapshot(
+            pid, include_free=include_free, include_residency=include_residency
+        )
+
+    @maps_errors
+    def GetSnapshot(
+        self, request: agent_pb2.GetSnapshotRequest, context: grpc.ServicerContext
+    ) -> agent_pb2.GetSnapshotResponse:
+        snapshot = self.snapshot(
+            request.pid, request.include_free, request.include_residency, request.view
+        )
+        response = agent_pb2.GetSnapshotResponse()
+        wire.snapshot_to_pb(snapshot, response.snapshot)
+        return response
+
+    @maps_stream_errors
+    def WatchProcess(
+        self, request: agent_pb2.WatchProcessRequest, context: grpc.ServicerContext
+    ) -> Iterator[agent_pb2.WatchProcessResponse]:
+        if request.pid == 0:
+            raise errors.InvalidArgument("pid must be given (pid 0 is not a process)")
+        interval = request.interval_seconds or 5.0
+        poll = min(request.poll_seconds or 0.5, interval)
+        if interval < 0 or poll < 0:
+            raise errors.InvalidArgument("interval and poll must be positive")
+        first = self.reader.process(request.pid)
+        last_count: int | None = None
+        next_tick = 0.0
+        while context.is_active():
+            item = self.reader.process_summary(request.pid)
+            if item.process.start_time != first.start_time:
+                raise errors.NoSuchProcess(pid=request.pid, name=first.name)
+            now = time.monotonic()
+            changed = last_count is not None and item.summary.region_count != last_count
+            if changed or now >= next_tick:
+                response = agent_pb2.WatchProcessResponse(region_count_changed=changed)
+                wire.process_summary_to_pb(item, response.summary)
+                yield response
+                if now >= next_tick:
+                    next_tick = now + interval
+            last_count = item.summary.region_count
+            time.sleep(poll)

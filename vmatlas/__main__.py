@@ -1,0 +1,5 @@
+import sys
+
+from vmatlas.cli import main
+
+sys.exit(main())

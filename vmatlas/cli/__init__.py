@@ -1,0 +1,59 @@
+"""The ``vmatlas`` command. Each command lives in its own module here and registers
+itself in :data:`COMMANDS`; :func:`main` turns every vmatlas error into a one-line
+message on stderr and a non-zero exit status."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+from vmatlas import __version__, errors
+
+# Module names under vmatlas.cli, in the order --help lists them.
+COMMANDS = ("agent", "ps", "snapshot")
+
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="vmatlas",
+        description="See and audit process address spaces across Linux and Windows hosts.",
+    )
+    parser.add_argument("--version", action="version", version=f"vmatlas {__version__}")
+    parser.add_argument(
+        "-v", "--verbose", action="count", default=0, help="log more (repeat for debug)"
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMANDS:
+        importlib.import_module(f"vmatlas.cli.{name}").register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.WARNING - 10 * min(args.verbose, 2),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return int(args.func(args) or 0)
+    except errors.Error as exc:
+        print(f"vmatlas {args.command}: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 0
+    except OSError as exc:
+        print(f"vmatlas {args.command}: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,123 @@
+"""What several commands share: where to read from (an agent, a server, or this host
+directly) and how to print tables."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any, TextIO
+
+from vmatlas.client import Client
+
+DEFAULT_AGENT = "127.0.0.1:50551"
+
+
+def add_target_args(parser: argparse.ArgumentParser) -> None:
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument(
+        "--target",
+        metavar="HOST:PORT",
+        help=f"the agent or server to ask (default {DEFAULT_AGENT})",
+    )
+    where.add_argument(
+        "--local", action="store_true", help="read this host's /proc directly, no agent"
+    )
+    parser.add_argument(
+        "--timeout", type=float, default=30.0, metavar="SECONDS", help="per-call deadline"
+    )
+
+
+@contextmanager
+def connect(args: argparse.Namespace) -> Iterator[Client]:
+    with Client(args.target or DEFAULT_AGENT, timeout=args.timeout) as client:
+        yield client
+
+
+def human_bytes(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if abs(value) < 1024 or unit == "PiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
+
+
+def print_table(
+    header: Sequence[str],
+    rows: Sequence[Sequence[Any]],
+    *,
+    out: TextIO = sys.stdout,
+    right: Sequence[int] = (),
+) -> None:
+    """Columns padded to width; the last column is left ragged."""
+    cells = [[str(c) for c in header]] + [[str(c) for c in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+    for row in cells:
+        parts = []
+        for i, cell in enumerate(row):
+            if i == len(row) - 1:
+                parts.append(cell)
+            elif i in right:
+                parts.append(cell.rjust(widths[i]))
+            else:
+                parts.append(cell.ljust(widths[i]))
+        out.write("  ".join(parts).rstrip() + "\n")
+
+
+class LocalSource:
+    """This host read directly, with the same calls as :class:`Client`."""
+
+    def __init__(self) -> None:
+        from vmatlas.agents import default_reader
+
+        self.reader = default_reader()
+
+    def processes(self, *, order: str = "regions", limit: int = 0, name: str = "") -> Any:
+        from vmatlas import errors
+        from vmatlas.agents.service import sort_summaries
+        from vmatlas.client import ORDERS, ProcessList
+        from vmatlas.model import ProcessSummary
+
+        if order not in ORDERS:
+            raise errors.InvalidArgument(f"order must be one of {', '.join(ORDERS)}")
+        items, denied = [], 0
+        for item in self.reader.process_summaries():
+            if isinstance(item, errors.AccessDenied):
+                denied += 1
+            elif isinstance(item, ProcessSummary) and (not name or name in item.process.name):
+                items.append(item)
+        return ProcessList(sort_summaries(items, ORDERS[order], limit), self.reader.host(), denied)
+
+    def snapshot(self, pid: int, **options: Any) -> Any:
+        return self.reader.snapshot(pid, **options)
+
+    def close(self) -> None:
+        pass
+
+
+@contextmanager
+def source(args: argparse.Namespace) -> Iterator[Any]:
+    """A Client for --target (or the default agent), or this host for --local."""
+    if getattr(args, "local", False):
+        yield LocalSource()
+    else:
+        with connect(args) as client:
+            yield client
+
+
+def add_format_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--format", choices=("table", "json", "csv"), default="table", help="output format"
+    )
+    parser.add_argument("--output", "-o", metavar="FILE", help="write to FILE, not stdout")
+
+
+@contextmanager
+def output(args: argparse.Namespace) -> Iterator[TextIO]:
+    if args.output:
+        with open(args.output, "w", encoding="utf-8", errors="surrogateescape") as f:
+            yield f
+    else:
+        yield sys.stdout

@@ -1,0 +1,209 @@
+"""gRPC plumbing shared by the agent and the server: the one mapping between
+:mod:`vmatlas.errors` and status codes, and the one server factory (health and
+reflection on, message sizes bounded, SIGTERM draining)."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import signal
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from concurrent import futures
+from typing import Any, TypeVar
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from vmatlas import errors
+
+log = logging.getLogger(__name__)
+
+# A 1M-region snapshot packs into well under this; anything larger is refused.
+MAX_MESSAGE_BYTES = 256 * 1024 * 1024
+DEFAULT_GRACE_SECONDS = 10.0
+
+_TO_STATUS: tuple[tuple[type[errors.Error], grpc.StatusCode], ...] = (
+    (errors.NoSuchProcess, grpc.StatusCode.NOT_FOUND),
+    (errors.NotFound, grpc.StatusCode.NOT_FOUND),
+    (errors.AccessDenied, grpc.StatusCode.PERMISSION_DENIED),
+    (errors.InvalidArgument, grpc.StatusCode.INVALID_ARGUMENT),
+    (errors.FailedPrecondition, grpc.StatusCode.FAILED_PRECONDITION),
+    (errors.AlreadyExists, grpc.StatusCode.ALREADY_EXISTS),
+    (errors.Unavailable, grpc.StatusCode.UNAVAILABLE),
+    (errors.Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
+    (errors.ResourceExhausted, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (errors.DeadlineExceeded, grpc.StatusCode.DEADLINE_EXCEEDED),
+)
+
+_FROM_STATUS: dict[grpc.StatusCode, type[errors.Error]] = {
+    grpc.StatusCode.NOT_FOUND: errors.NotFound,
+    grpc.StatusCode.PERMISSION_DENIED: errors.AccessDenied,
+    grpc.StatusCode.INVALID_ARGUMENT: errors.InvalidArgument,
+    grpc.StatusCode.FAILED_PRECONDITION: errors.FailedPrecondition,
+    grpc.StatusCode.ALREADY_EXISTS: errors.AlreadyExists,
+    grpc.StatusCode.UNAVAILABLE: errors.Unavailable,
+    grpc.StatusCode.UNAUTHENTICATED: errors.Unauthenticated,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: errors.ResourceExhausted,
+    grpc.StatusCode.DEADLINE_EXCEEDED: errors.DeadlineExceeded,
+}
+
+# Metadata keys that carry the pid of a process error across the wire, so that the
+# client raises NoSuchProcess(pid=...) rather than a bare NotFound.
+_ERROR_KIND_KEY = "vmatlas-error"
+_ERROR_PID_KEY = "vmatlas-pid"
+
+
+def status_of(exc: errors.Error) -> grpc.StatusCode:
+    """The status code for a vmatlas error (the one place this mapping lives)."""
+    for cls, code in _TO_STATUS:
+        if isinstance(exc, cls):
+            return code
+    return grpc.StatusCode.INTERNAL
+
+
+def abort_with(context: grpc.ServicerContext, exc: errors.Error) -> None:
+    """End the RPC with the status for ``exc``; never returns."""
+    trailing = [(_ERROR_KIND_KEY, type(exc).__name__)]
+    if exc.pid is not None:
+        trailing.append((_ERROR_PID_KEY, str(exc.pid)))
+    context.set_trailing_metadata(tuple(trailing))
+    context.abort(status_of(exc), str(exc))
+
+
+def error_from_rpc(exc: grpc.RpcError) -> errors.Error:
+    """The vmatlas error a failed call stands for (the client side of status_of)."""
+    code = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNKNOWN
+    message = exc.details() if hasattr(exc, "details") else str(exc)
+    kind = pid = None
+    trailing = exc.trailing_metadata() if hasattr(exc, "trailing_metadata") else None
+    for key, value in trailing or ():
+        if key == _ERROR_KIND_KEY:
+            kind = value
+        elif key == _ERROR_PID_KEY:
+            pid = int(value)
+    cls = getattr(errors, kind, None) if kind else None
+    if not (isinstance(cls, type) and issubclass(cls, errors.Error)):
+        cls = _FROM_STATUS.get(code, errors.Error)
+    return cls(message or code.name, pid=pid)
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def maps_errors(method: F) -> F:
+    """Decorate a servicer method: vmatlas errors become their status; anything else
+    is logged and becomes INTERNAL without leaking internals to the caller."""
+
+    @functools.wraps(method)
+    def unary(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
+        try:
+            return method(self, request, context)
+        except errors.Error as exc:
+            abort_with(context, exc)
+        except grpc.RpcError:
+            raise
+        except Exception:
+            if context.code() is not None:  # already aborted deliberately
+                raise
+            log.exception("internal error in %s", method.__name__)
+            context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method.__name__}")
+
+    return unary  # type: ignore[return-value]
+
+
+def maps_stream_errors(method: F) -> F:
+    """:func:`maps_errors` for server-streaming methods."""
+
+    @functools.wraps(method)
+    def stream(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
+        try:
+            yield from method(self, request, context)
+        except errors.Error as exc:
+            abort_with(context, exc)
+        except grpc.RpcError:
+            raise
+        except Exception:
+            if context.code() is not None:
+                raise
+            log.exception("internal error in %s", method.__name__)
+            context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method.__name__}")
+
+    return stream  # type: ignore[return-value]
+
+
+def channel_options() -> list[tuple[str, Any]]:
+    return [
+        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ]
+
+
+def build_server(
+    *,
+    services: Iterable[tuple[Callable[[Any, grpc.Server], None], Any, str]],
+    address: str,
+    max_workers: int = 16,
+    interceptors: Sequence[grpc.ServerInterceptor] = (),
+    credentials: grpc.ServerCredentials | None = None,
+) -> tuple[grpc.Server, int, health.HealthServicer]:
+    """The one server factory: registers ``services`` (``(add_fn, servicer,
+    full_service_name)``), the standard health and reflection services, and binds
+    ``address``. Returns the unstarted server, the bound port and the health servicer.
+    """
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="vmatlas-rpc"),
+        interceptors=list(interceptors),
+        options=[*channel_options(), ("grpc.so_reuseport", 0)],
+    )
+    names = [reflection.SERVICE_NAME, health.SERVICE_NAME]
+    health_servicer = health.HealthServicer()
+    for add, servicer, name in services:
+        add(servicer, server)
+        names.append(name)
+        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(names, server)
+    if credentials is None:
+        port = server.add_insecure_port(address)
+    else:
+        port = server.add_secure_port(address, credentials)
+    if port == 0:
+        raise errors.Unavailable(f"cannot listen on {address}")
+    return server, port, health_servicer
+
+
+def serve_until_signalled(
+    server: grpc.Server,
+    health_servicer: health.HealthServicer,
+    *,
+    grace_seconds: float = DEFAULT_GRACE_SECONDS,
+    on_stop: Callable[[], None] | None = None,
+) -> None:
+    """Block until SIGTERM or SIGINT, then drain: report NOT_SERVING, refuse new calls,
+    let calls in flight finish within ``grace_seconds``."""
+    stop = threading.Event()
+
+    def handle(signum: int, _frame: Any) -> None:
+        log.info("signal %d: draining for up to %.0f s", signum, grace_seconds)
+        stop.set()
+
+    previous = {s: signal.signal(s, handle) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        while not stop.wait(0.5):
+            pass
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+        health_servicer.enter_graceful_shutdown()
+        if on_stop is not None:
+            on_stop()
+        server.stop(grace_seconds).wait()
+
+
+def is_loopback(address: str) -> bool:
+    """Whether a ``host:port`` listen address stays on this machine."""
+    host = address.rsplit(":", 1)[0].strip("[]")
+    return host in ("localhost", "::1") or host.startswith("127.")
