@@ -149,7 +149,7 @@ def insert_free(table: RegionTable, range_min: int, range_max: int) -> RegionTab
     if not gaps:
         return table
     out = RegionTable()
-    columns = [name for name in _TABLE_COLUMNS if getattr(table, name)]
+    columns = [*_ROW_COLUMNS, *(name for name in _ALLOCATION_COLUMNS if getattr(table, name))]
     defaults = {"path": "", "deleted": False}
     residency = {name: [] for name in table.residency} if table.residency else {}
     g = 0
@@ -173,7 +173,7 @@ def insert_free(table: RegionTable, range_min: int, range_max: int) -> RegionTab
     return out
 
 
-_TABLE_COLUMNS = (
+_ROW_COLUMNS = (
     "start",
     "end",
     "state",
@@ -186,6 +186,8 @@ _TABLE_COLUMNS = (
     "device",
     "inode",
     "deleted",
+)
+_ALLOCATION_COLUMNS = (
     "allocation_base",
     "allocation_protection",
     "allocation_protection_raw",
