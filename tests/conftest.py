@@ -3,6 +3,7 @@ layouts (tests/linux/planter.c, built once per session with the system C compile
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -86,10 +87,8 @@ class Planter:
 
     def close(self) -> None:
         if self.proc.poll() is None:
-            try:
+            with contextlib.suppress(RuntimeError, BrokenPipeError, OSError):
                 self.send("exit")
-            except (RuntimeError, BrokenPipeError, OSError):
-                pass
             try:
                 self.proc.wait(timeout=5)
             except subprocess.TimeoutExpired:

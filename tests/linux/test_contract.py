@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 from vmatlas import errors
 from vmatlas.agents.linux import LinuxReader
 from vmatlas.model import RegionState
@@ -29,7 +31,7 @@ def test_every_region_of_every_process() -> None:
                 continue
             rows = list(snap.regions)
             assert all(r.end > r.start for r in rows), pid
-            assert all(a.end <= b.start for a, b in zip(rows, rows[1:], strict=False)), pid
+            assert all(a.end <= b.start for a, b in itertools.pairwise(rows)), pid
             assert snap.summary.region_count == lines, pid
             assert snap.summary.map_count <= snap.summary.region_count, pid
             assert 0.0 <= snap.summary.headroom_fraction <= 1.0, pid

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import itertools
 import os
 import subprocess
 import sys
@@ -208,7 +209,7 @@ def test_free_gaps_are_listed_only_when_asked(planter: Planter) -> None:
     assert sum(r.size for r in free) == full.summary.free_bytes
     assert max(r.size for r in free) == full.summary.largest_free_bytes
     rows = list(full.regions)
-    assert all(a.end <= b.start for a, b in zip(rows, rows[1:], strict=False))
+    assert all(a.end <= b.start for a, b in itertools.pairwise(rows))
     assert rows[0].start == full.process.user_address_min
 
 
