@@ -87,7 +87,13 @@ class Client:
         try:
             return method(request, timeout=timeout or self.timeout, metadata=self._metadata)
         except grpc.RpcError as exc:
-            raise error_from_rpc(exc) from None
+            raise self._error(exc) from None
+
+    def _error(self, exc: grpc.RpcError) -> errors.Error:
+        error = error_from_rpc(exc)
+        if isinstance(error, errors.Unavailable):
+            return errors.Unavailable(f"cannot reach {self.target}: {error}")
+        return error
 
     # -- agent calls --------------------------------------------------------------------
 
@@ -142,6 +148,6 @@ class Client:
         except grpc.RpcError as exc:
             if exc.code() == grpc.StatusCode.CANCELLED:
                 return
-            raise error_from_rpc(exc) from None
+            raise self._error(exc) from None
         finally:
             stream.cancel()

@@ -12,7 +12,10 @@
  *   touch ADDR PAGES          -> write one byte per page (makes it resident)
  *   split                     -> map one large mapping and mprotect alternate pages until
  *                                the kernel refuses; prints "enomem COUNT" (COUNT = pages done)
- *   grow N                    -> add N single-page regions (alternating protections)
+ *   grow N                    -> one mapping of N pages (N rounded up to even), split into
+ *                                N single-page regions: read-only and no-access alternating
+ *                                (it starts read-only and ends no-access, so it cannot merge
+ *                                with the previous grow, placed just above it)
  *   exit                      -> exit 0
  */
 #define _GNU_SOURCE
@@ -100,11 +103,12 @@ int main(void) {
             else printf("%s %lu\n", errno == ENOMEM ? "enomem" : "err", i / 2);
         } else if (!strcmp(cmd, "grow")) {
             sscanf(line, "%*s %lu", &pages);
-            char *p = mmap(NULL, 2 * pages * page, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+            pages += pages & 1;
+            char *p = mmap(NULL, pages * page, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
             if (p == MAP_FAILED) { printf("err %d\n", errno); continue; }
             int rc = 0;
-            for (unsigned long i = 0; i < pages && rc == 0; i++)
-                rc = mprotect(p + 2 * i * page, page, PROT_READ);
+            for (unsigned long i = 0; i < pages && rc == 0; i += 2)
+                rc = mprotect(p + i * page, page, PROT_READ);
             if (rc) printf("err %d\n", errno);
             else printf("%lx\n", (unsigned long)p);
         } else if (!strcmp(cmd, "exit")) {
