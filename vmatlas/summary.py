@@ -151,7 +151,7 @@ def insert_free(table: RegionTable, range_min: int, range_max: int) -> RegionTab
     out = RegionTable()
     columns = [*_ROW_COLUMNS, *(name for name in _ALLOCATION_COLUMNS if getattr(table, name))]
     defaults = {"path": "", "deleted": False}
-    residency = {name: [] for name in table.residency} if table.residency else {}
+    residency: dict[str, list[int]] = {name: [] for name in table.residency}
     g = 0
     n = len(table)
     for i in range(n + 1):

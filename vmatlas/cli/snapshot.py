@@ -34,10 +34,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def run(args: argparse.Namespace) -> int:
-    options = {"include_free": args.free, "include_residency": args.residency}
+    options: dict[str, object] = {"include_free": args.free, "include_residency": args.residency}
     with source(args) as src:
         if args.windows:
-            options["view"] = SnapshotView.WINDOWS  # type: ignore[assignment]
+            options["view"] = SnapshotView.WINDOWS
         snap = src.snapshot(args.pid, **options)
     with output(args) as out:
         if args.format == "json":
