@@ -12,6 +12,7 @@ keeps a 65K-region process within a small multiple of the kernel's own formattin
 from __future__ import annotations
 
 import errno
+import gc
 import os
 import platform
 import pwd
@@ -19,8 +20,10 @@ import re
 import socket
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import lru_cache
 from itertools import repeat
+from typing import Any
 
 from vmatlas import errors
 from vmatlas.model import (
@@ -38,11 +41,14 @@ from vmatlas.model import (
 )
 from vmatlas.summary import insert_free, summarize_process
 
-# start-end perms offset major:minor inode [path]
+# start-end perms offset, then the rest of the line: major:minor inode [path]. The rest
+# repeats from region to region (a file split into many VMAs), so it is taken apart
+# once per distinct value, not once per line.
 _MAPS_LINE = re.compile(
-    r"^([0-9a-f]+)-([0-9a-f]+) ([-r][-w][-x][ps]) ([0-9a-f]+) ([0-9a-f]+:[0-9a-f]+) (\d+) *(.*)$",
+    rb"^([0-9a-f]+)-([0-9a-f]+) ([-r][-w][-x][ps]) ([0-9a-f]+) ([0-9a-f]+:[0-9a-f]+ \d+ *.*)$",
     re.MULTILINE,
 )
+_MAPS_REST = re.compile(rb"([0-9a-f]+):([0-9a-f]+) (\d+) *(.*)")
 # The smaps fields vmatlas keeps, in kB; the kernel prints them in this order.
 _SMAPS_KEYS = {
     "Rss": "rss_bytes",
@@ -57,10 +63,7 @@ _SMAPS_KEYS = {
     "SwapPss": "swap_pss_bytes",
     "Locked": "locked_bytes",
 }
-_SMAPS_FIELD = re.compile(
-    r"^(" + "|".join(_SMAPS_KEYS) + r"):\s+(\d+) kB$",
-    re.MULTILINE,
-)
+_SMAPS_FIELD = re.compile(rb"([A-Za-z_]+):\s+(\d+) kB")
 _DELETED = " (deleted)"
 
 # PROT_* bits as Linux numbers them, plus 0x8 for a shared mapping.
@@ -83,8 +86,14 @@ def _perms_table() -> dict[str, tuple[int, int, int]]:
 
 
 _PERMS = _perms_table()
-_PERMS_BITS = {k: v[0] for k, v in _PERMS.items()}
-_PERMS_STATE = {k: v[2] for k, v in _PERMS.items()}
+# Keyed by the bytes of the maps text, which the parser works on.
+_PERMS_BITS = {k.encode(): v[0] for k, v in _PERMS.items()}
+_PERMS_STATE = {k.encode(): v[2] for k, v in _PERMS.items()}
+# The type of a region with no file behind it: shared memory is MAPPED.
+_PERMS_ANON_TYPE = {
+    k: int(RegionType.MAPPED if b & _RAW_SHARED else RegionType.PRIVATE)
+    for k, b in _PERMS_BITS.items()
+}
 
 _PSEUDO_KINDS = {
     "[heap]": RegionKind.HEAP,
@@ -120,73 +129,136 @@ def classify_path(text: str) -> tuple[str, bool, int]:
     return path, deleted, int(RegionKind.UNSPECIFIED)
 
 
-@lru_cache(maxsize=4096)
-def _makedev(text: str) -> int:
-    major, minor = text.split(":")
-    return os.makedev(int(major, 16), int(minor, 16))
+def _parse_rest(rest: bytes) -> tuple[int, int, str, bool, int]:
+    """``major:minor inode [path]`` -> (device, inode, path, deleted, kind)."""
+    match = _MAPS_REST.fullmatch(rest)
+    assert match is not None  # _MAPS_LINE only lets through rests of this shape
+    major, minor, inode, raw_path = match.groups()
+    path, deleted, kind = classify_path(raw_path.decode("utf-8", "surrogateescape"))
+    return os.makedev(int(major, 16), int(minor, 16)), int(inode), path, deleted, kind
 
 
-def parse_maps(text: str) -> RegionTable:
-    """A RegionTable from the text of /proc/PID/maps (or the header lines of smaps)."""
-    rows = _MAPS_LINE.findall(text)
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Pause the cyclic collector while a parse builds hundreds of thousands of
+    acyclic tuples and lists: left on, it rescans them over and over (a third of the
+    parse time of a 65K-region process)."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def parse_maps(text: str | bytes) -> RegionTable:
+    """A RegionTable from the text of /proc/PID/maps (or the header lines of smaps).
+
+    Bytes as read from procfs are parsed as they are; text is first encoded back
+    (``surrogateescape``), so both give the same table."""
+    data = text.encode("utf-8", "surrogateescape") if isinstance(text, str) else text
+    with _gc_paused():
+        return _parse_maps(data)
+
+
+def _parse_maps(data: bytes) -> RegionTable:
+    rows = _MAPS_LINE.findall(data)
     if not rows:
         return RegionTable()
-    starts_hex, ends_hex, perms, offsets_hex, devs, inodes_dec, raw_paths = zip(*rows, strict=True)
+    starts_hex, ends_hex, perms, offsets_hex, rests = zip(*rows, strict=True)
     n = len(rows)
-    starts = list(map(int, starts_hex, repeat(16, n)))
-    ends = list(map(int, ends_hex, repeat(16, n)))
-    inodes = list(map(int, inodes_dec))
-    bits = list(map(_PERMS_BITS.__getitem__, perms))
-    classified = list(map(classify_path, raw_paths))
-    paths = [c[0] for c in classified]
-    kinds = [c[2] for c in classified]
+    facts = {rest: _parse_rest(rest) for rest in set(rests)}
     # A file the loader mapped (an executable or shared object) has an executable
     # segment; every mapping of that file is IMAGE, other file mappings MAPPED.
-    image_inodes = {
-        (dev, inode)
-        for dev, inode, b in zip(devs, inodes, bits, strict=True)
-        if inode and b & 4 and not b & 8
-    }
-    types = [
-        (
-            (RegionType.IMAGE if (dev, inode) in image_inodes else RegionType.MAPPED)
-            if inode
-            else (RegionType.MAPPED if b & 8 else RegionType.PRIVATE)
+    image_files = set()
+    for rest, perm in set(zip(rests, perms, strict=True)):
+        device, inode = facts[rest][:2]
+        bits = _PERMS_BITS[perm]
+        if inode and bits & _RAW_EXEC and not bits & _RAW_SHARED:
+            image_files.add((device, inode))
+    file_type = {
+        rest: (
+            (int(RegionType.IMAGE) if (f[0], f[1]) in image_files else int(RegionType.MAPPED))
+            if f[1]
+            else 0
         )
-        for dev, inode, b in zip(devs, inodes, bits, strict=True)
+        for rest, f in facts.items()
+    }
+    anon_type = _PERMS_ANON_TYPE
+    types = [
+        t or anon_type[perm]
+        for t, perm in zip(map(file_type.__getitem__, rests), perms, strict=True)
     ]
+
+    def column(k: int) -> list[Any]:
+        by_rest = {rest: f[k] for rest, f in facts.items()}
+        return list(map(by_rest.__getitem__, rests))
+
+    bits = list(map(_PERMS_BITS.__getitem__, perms))
     return RegionTable(
-        start=starts,
-        end=ends,
+        start=list(map(int, starts_hex, repeat(16, n))),
+        end=list(map(int, ends_hex, repeat(16, n))),
         state=list(map(_PERMS_STATE.__getitem__, perms)),
-        type=[int(t) for t in types],
+        type=types,
         protection=bits,
         protection_raw=list(bits),
-        kind=kinds,
-        path=paths,
+        kind=column(4),
+        path=column(2),
         offset=list(map(int, offsets_hex, repeat(16, n))),
-        device=list(map(_makedev, devs)),
-        inode=inodes,
-        deleted=[c[1] for c in classified],
+        device=column(0),
+        inode=column(1),
+        deleted=column(3),
     )
 
 
-def parse_smaps(text: str) -> RegionTable:
-    """A RegionTable with residency from the text of /proc/PID/smaps."""
-    table = parse_maps(text)
-    n = len(table)
-    found = _SMAPS_FIELD.findall(text)
-    by_name: dict[str, list[int]] = {name: [0] * n for name in RESIDENCY_FIELDS}
-    if n:
-        width = len(found) // n
-        names = [key for key, _ in found[:width]]
-        if width * n != len(found) or any(
-            found[i][0] != names[i % width] for i in range(0, len(found), max(width, 1))
-        ):
+def parse_smaps(text: str | bytes) -> RegionTable:
+    """A RegionTable with residency from the text (or bytes) of /proc/PID/smaps.
+
+    The kernel prints the same lines in the same order for every region, so the
+    text is cut into lines and the k-th line of every region block taken as one
+    column; each distinct line is checked and converted once. Raises ValueError when
+    the blocks are not all alike."""
+    data = text.encode("utf-8", "surrogateescape") if isinstance(text, str) else text
+    with _gc_paused():
+        return _parse_smaps(data)
+
+
+def _parse_smaps(data: bytes) -> RegionTable:
+    lines = data.split(b"\n")
+    if lines and not lines[-1]:
+        lines.pop()
+    # Lines per region block: from one header line to the next.
+    width = next(
+        (i for i, line in enumerate(lines[1:], 1) if _MAPS_LINE.fullmatch(line)), len(lines)
+    )
+    if not lines or len(lines) % width:
+        if _MAPS_LINE.search(data):
             raise ValueError("smaps fields are not the same for every region")
-        for k, key in enumerate(names):
-            by_name[_SMAPS_KEYS[key]] = [int(v) * 1024 for _, v in found[k::width]]
-    table.residency = by_name
+        return RegionTable(residency={name: [] for name in RESIDENCY_FIELDS})
+    headers = lines[0::width]
+    table = _parse_maps(b"\n".join(headers))
+    n = len(table)
+    if n != len(headers):
+        raise ValueError("smaps fields are not the same for every region")
+    residency: dict[str, list[int]] = {name: [0] * n for name in RESIDENCY_FIELDS}
+    for k in range(1, width):
+        field_lines = lines[k::width]
+        name = field_lines[0].split(b":", 1)[0]
+        key = _SMAPS_KEYS.get(name.decode("ascii", "replace"))
+        distinct = set(field_lines)
+        if key is None:
+            if not all(line.startswith(name + b":") for line in distinct):
+                raise ValueError("smaps fields are not the same for every region")
+            continue
+        in_bytes = {}
+        for line in distinct:
+            match = _SMAPS_FIELD.fullmatch(line)
+            if match is None or match[1] != name:
+                raise ValueError("smaps fields are not the same for every region")
+            in_bytes[line] = int(match[2]) * 1024
+        residency[key] = list(map(in_bytes.__getitem__, field_lines))
+    table.residency = residency
     return table
 
 
@@ -280,13 +352,16 @@ class LinuxReader:
             ) from None
         raise exc
 
-    def _read_text(self, pid: int, name: str, process_name: str | None = None) -> str:
+    def _read_bytes(self, pid: int, name: str, process_name: str | None = None) -> bytes:
         try:
             with open(self._path(pid, name), "rb") as f:
-                return f.read().decode("utf-8", "surrogateescape")
+                return f.read()
         except OSError as exc:
             self._raise_for(exc, pid, process_name)
             raise  # unreachable: _raise_for always raises
+
+    def _read_text(self, pid: int, name: str, process_name: str | None = None) -> str:
+        return self._read_bytes(pid, name, process_name).decode("utf-8", "surrogateescape")
 
     def boot_time(self) -> float:
         if self._boot_time is None:
@@ -352,7 +427,7 @@ class LinuxReader:
 
     def regions(self, pid: int, *, residency: bool = False, name: str | None = None) -> RegionTable:
         """The regions of ``pid``. Raises NoSuchProcess or AccessDenied."""
-        text = self._read_text(pid, "smaps" if residency else "maps", name)
+        text = self._read_bytes(pid, "smaps" if residency else "maps", name)
         if not text and not os.path.exists(self._path(pid, "stat")):
             raise errors.NoSuchProcess(pid=pid, name=name)
         return parse_smaps(text) if residency else parse_maps(text)
