@@ -1,0 +1,503 @@
+"""Run every benchmark side by side and print one table.
+
+Method (printed under the table too):
+
+* Each row pairs a vmatlas figure with a reference measured in the same run. Rounds are
+  interleaved (reference, vmatlas, then vmatlas, reference, ...) so that the noise of a
+  shared 2-core machine falls on both; the table gives the median ratio of the rounds
+  and its min-max spread, with the median absolute times beside.
+* References are external commands run as subprocesses and timed as whole processes
+  (fork, exec, read, exit: ``cat`` itself costs ~1 ms of that).
+* vmatlas is timed inside a resident worker process (bench.worker), as the agent and
+  the server are resident: imports are paid once, before timing; caches that would
+  favour a repeat (the path classifier) are cleared before each round.
+* Peak memory is the ru_maxrss of a fresh process doing one capture, vmatlas and psutil
+  each in their own.
+
+No row is a pass/fail test: the command always exits 0 once the table is printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from importlib.util import find_spec
+from pathlib import Path
+
+import psutil
+
+ROOT = Path(__file__).resolve().parent.parent
+PYTHON = sys.executable
+MIB = 1024 * 1024
+
+
+# -- workloads ---------------------------------------------------------------------------
+
+
+class Workload:
+    """A child process holding about ``regions`` mappings (bench.workload)."""
+
+    def __init__(self, regions: int):
+        self.proc = subprocess.Popen(
+            [PYTHON, "-m", "bench.workload", str(regions)],
+            cwd=ROOT,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert self.proc.stdout is not None
+        self.regions = int(self.proc.stdout.readline())
+        self.pid = self.proc.pid
+        self.maps_path = f"/proc/{self.pid}/maps"
+
+    def close(self) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()
+        self.proc.wait(10)
+
+
+class Worker:
+    """The resident vmatlas process (bench.worker)."""
+
+    def __init__(self) -> None:
+        self.proc = subprocess.Popen(
+            [PYTHON, "-m", "bench.worker"],
+            cwd=ROOT,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert json.loads(self._readline())["ready"]
+
+    def _readline(self) -> str:
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"bench worker exited with {self.proc.wait()}")
+        return line
+
+    def __call__(self, op: str, **args: object) -> dict[str, float]:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(json.dumps({"op": op, **args}) + "\n")
+        self.proc.stdin.flush()
+        answer: dict[str, float] = json.loads(self._readline())
+        if "error" in answer:
+            raise RuntimeError(answer["error"])
+        return answer
+
+    def close(self) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()
+        self.proc.wait(10)
+
+
+@contextlib.contextmanager
+def agent_process() -> Iterator[tuple[subprocess.Popen[str], str]]:
+    """``vmatlas agent`` on a loopback port: (process, target)."""
+    proc = subprocess.Popen(
+        [PYTHON, "-m", "vmatlas", "agent", "--listen", "127.0.0.1:0"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        match = re.search(r"listening on (\S+)", line)
+        if not match:
+            raise RuntimeError(f"vmatlas agent did not start: {line or proc.stderr.read()}")
+        yield proc, match.group(1)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def time_command(argv: list[str], shell: bool = False) -> float:
+    start = time.perf_counter()
+    subprocess.run(
+        argv if not shell else argv[0],
+        shell=shell,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        check=False,
+    )
+    return time.perf_counter() - start
+
+
+# -- rows --------------------------------------------------------------------------------
+
+
+@dataclass
+class Row:
+    name: str
+    target: str = ""
+    reference: str = ""
+    # Filled by a measurement: per-round figures, or a note when there is none.
+    values: list[float] = field(default_factory=list)  # vmatlas, per round
+    refs: list[float] = field(default_factory=list)  # reference, per round
+    unit: str = "s"  # "s", "bytes", "MiB", "%", "/s"
+    goal: Callable[[float], bool] | None = None  # applied to the median ratio (or value)
+    ratio: bool = True
+    note: str = ""
+
+    def ratios(self) -> list[float]:
+        return [v / r for v, r in zip(self.values, self.refs, strict=False) if r]
+
+
+def fmt(value: float, unit: str) -> str:
+    if unit == "s":
+        return f"{value * 1000:,.1f} ms" if value < 10 else f"{value:,.2f} s"
+    if unit == "bytes":
+        return f"{value / 1024:,.0f} KiB" if value >= 1024 else f"{value:.0f} B"
+    if unit == "MiB":
+        return f"{value / MIB:,.1f} MiB"
+    if unit == "%":
+        return f"{value:.2f}%"
+    if unit == "/s":
+        return f"{value:,.0f}/s"
+    return f"{value:g}"
+
+
+def spread(values: list[float], unit: str, scale: Callable[[float], str]) -> str:
+    med = statistics.median(values)
+    if len(values) < 2 or min(values) == max(values):
+        return scale(med)
+    return f"{scale(med)} [{scale(min(values))}-{scale(max(values))}]"
+
+
+def render(rows: list[Row]) -> str:
+    header = ("benchmark", "target", "vmatlas", "reference", "ratio [min-max]", "met")
+    lines = []
+    for row in rows:
+        if row.note and not row.values:
+            lines.append((row.name, row.target, row.note, row.reference, "", ""))
+            continue
+        vm = fmt(statistics.median(row.values), row.unit)
+        ref = (
+            f"{fmt(statistics.median(row.refs), row.unit)} ({row.reference})"
+            if row.refs
+            else row.reference
+        )
+        if row.ratio and row.refs:
+            rs = row.ratios()
+            as_share = row.unit in ("bytes", "MiB")
+            ratio = spread(rs, "", lambda x: f"{x:.1%}" if as_share else f"{x:.2f}x")
+            figure = statistics.median(rs)
+        else:
+            ratio = ""
+            figure = statistics.median(row.values)
+        met = "" if row.goal is None else ("yes" if row.goal(figure) else "no")
+        if row.note:
+            vm += f" ({row.note})"
+        lines.append((row.name, row.target, vm, ref, ratio, met))
+    widths = [max(len(str(x[i])) for x in [header, *lines]) for i in range(len(header))]
+    out = ["| " + " | ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)) + " |"]
+    out.append("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    for line in lines:
+        out.append(
+            "| " + " | ".join(str(c).ljust(w) for c, w in zip(line, widths, strict=True)) + " |"
+        )
+    return "\n".join(out)
+
+
+def interleaved(
+    rounds: int, reference: Callable[[], float], candidate: Callable[[], float], row: Row
+) -> Row:
+    for i in range(rounds):
+        if i % 2 == 0:
+            row.refs.append(reference())
+            row.values.append(candidate())
+        else:
+            row.values.append(candidate())
+            row.refs.append(reference())
+    return row
+
+
+def pending(name: str, target: str, reference: str, module: str) -> Row:
+    return Row(name, target, reference, note=f"n/a ({module} not present)")
+
+
+# -- the benchmarks ----------------------------------------------------------------------
+
+
+def run(quick: bool) -> tuple[list[Row], dict[str, str]]:
+    rounds = 3 if quick else 7
+    facts: dict[str, str] = {}
+    rows: list[Row] = []
+    worker = Worker()
+    sizes = (65_500,) if quick else (65_500, 10_000, 1_000)
+    loads = {size: Workload(size) for size in sizes}
+    big = loads[65_500]
+    facts["workloads"] = ", ".join(f"{w.regions:,} regions (pid {w.pid})" for w in loads.values())
+    facts["maps bytes"] = (
+        f"{len(Path(big.maps_path).read_bytes()):,} bytes for {big.regions:,} regions"
+    )
+    try:
+        cat_maps = lambda: time_command(["cat", big.maps_path])  # noqa: E731
+        snap = lambda: worker("snapshot", pid=big.pid)["seconds"]  # noqa: E731
+        rows.append(
+            interleaved(
+                rounds,
+                cat_maps,
+                snap,
+                Row(
+                    f"full snapshot, capture+encode, {big.regions:,} regions",
+                    "<= 2.0x",
+                    "cat maps",
+                    goal=lambda r: r <= 2.0,
+                ),
+            )
+        )
+        smaps = f"/proc/{big.pid}/smaps"
+        rows.append(
+            interleaved(
+                rounds,
+                lambda: time_command(["cat", smaps]),
+                lambda: worker("snapshot", pid=big.pid, residency=True)["seconds"],
+                Row("  same, with residency", "<= 1.5x", "cat smaps", goal=lambda r: r <= 1.5),
+            )
+        )
+        sweep_ref = ["cat /proc/[0-9]*/maps > /dev/null 2>&1"]
+        sweep = Row(
+            "summary sweep, every process on the host",
+            "<= 1.3x",
+            "cat /proc/*/maps",
+            goal=lambda r: r <= 1.3,
+        )
+        interleaved(
+            rounds,
+            lambda: time_command(sweep_ref, shell=True),
+            lambda: worker("sweep")["seconds"],
+            sweep,
+        )
+        sweep.note = f"{len(psutil.pids())} processes"
+        rows.append(sweep)
+        rows.append(
+            pending(
+                "fresh snapshot via server (client->server->agent)", "<= 3.0x", "cat maps", "server"
+            )
+        )
+        try:
+            with agent_process() as (_, target):
+                rows.append(
+                    interleaved(
+                        rounds,
+                        cat_maps,
+                        lambda: worker("client_snapshot", target=target, pid=big.pid)["seconds"],
+                        Row("  fresh snapshot, client->agent direct (no server)", "", "cat maps"),
+                    )
+                )
+        except (RuntimeError, OSError) as exc:
+            rows.append(
+                Row("  fresh snapshot, client->agent direct", "", "cat maps", note=f"n/a ({exc})")
+            )
+        if find_spec("vmatlas.diff") is not None:
+            try:
+                rows.append(
+                    interleaved(
+                        rounds,
+                        cat_maps,
+                        lambda: worker("diff", pid=big.pid)["seconds"],
+                        Row(
+                            f"diff of two {big.regions:,}-region snapshots",
+                            "<= 1.0x",
+                            "cat maps",
+                            goal=lambda r: r <= 1.0,
+                        ),
+                    )
+                )
+            except RuntimeError as exc:
+                rows.append(
+                    Row("diff of two snapshots", "<= 1.0x", "cat maps", note=f"n/a ({exc})")
+                )
+        else:
+            rows.append(pending("diff of two snapshots", "<= 1.0x", "cat maps", "vmatlas.diff"))
+
+        answer = worker("snapshot", pid=big.pid)
+        maps_bytes = len(Path(big.maps_path).read_bytes())
+        rows.append(
+            Row(
+                "bytes on the wire per snapshot",
+                "<= 10%",
+                "maps text",
+                values=[answer["wire_bytes"]],
+                refs=[maps_bytes],
+                unit="bytes",
+                goal=lambda r: r <= 0.10,
+            )
+        )
+        rows.append(
+            Row(
+                "  same, gzip-compressed (gRPC gzip)",
+                "",
+                "maps text",
+                values=[answer["gzip_bytes"]],
+                refs=[maps_bytes],
+                unit="bytes",
+            )
+        )
+
+        peaks_vm, peaks_ps = [], []
+        for _ in range(max(2, rounds // 2)):
+            peaks_vm.append(peak("peak-snapshot", big.pid))
+            peaks_ps.append(peak("peak-psutil", big.pid))
+        rows.append(
+            Row(
+                f"agent peak RSS, snapshot of {big.regions:,} regions",
+                "<= 25%",
+                "psutil",
+                values=[p[0] for p in peaks_vm],
+                refs=[p[0] for p in peaks_ps],
+                unit="MiB",
+                goal=lambda r: r <= 0.25,
+            )
+        )
+        rows.append(
+            Row(
+                "  same, growth over the process's own baseline",
+                "",
+                "psutil",
+                values=[p[0] - p[1] for p in peaks_vm],
+                refs=[p[0] - p[1] for p in peaks_ps],
+                unit="MiB",
+            )
+        )
+
+        rows.append(
+            pending("server ingest of process summaries", ">= 20,000/s", "one core", "server")
+        )
+        rows.append(
+            pending("fleet audit, 1,000 hosts x 200 processes", "<= 1 s", "", "vmatlas.audit")
+        )
+        rows.append(agent_at_rest(3.0 if quick else 10.0))
+        rows.append(pending("server with 500 connected agents", "<= 200 KiB/agent", "", "server"))
+
+        # Other tools on the same workloads, against the same floor.
+        for size, load in loads.items():
+            cat = lambda path=load.maps_path: time_command(["cat", path])  # noqa: E731
+            if size != 65_500:
+                rows.append(
+                    interleaved(
+                        rounds,
+                        cat,
+                        lambda pid=load.pid: worker("snapshot", pid=pid)["seconds"],
+                        Row(f"vmatlas snapshot, {load.regions:,} regions", "", "cat maps"),
+                    )
+                )
+            rows.append(
+                interleaved(
+                    rounds,
+                    cat,
+                    lambda pid=load.pid: time_command(["pmap", "-x", str(pid)]),
+                    Row(f"pmap -x, {load.regions:,} regions", "", "cat maps"),
+                )
+            )
+            rows.append(
+                interleaved(
+                    max(2, rounds // 2),
+                    cat,
+                    lambda pid=load.pid: worker("psutil", pid=pid)["seconds"],
+                    Row(f"psutil memory_maps, {load.regions:,} regions", "", "cat maps"),
+                )
+            )
+    finally:
+        worker.close()
+        for load in loads.values():
+            load.close()
+    return rows, facts
+
+
+def peak(kind: str, pid: int) -> tuple[int, int]:
+    out = subprocess.run(
+        [PYTHON, "-m", "bench.worker", kind, str(pid)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    answer = json.loads(out)
+    return answer["peak_bytes"], answer["before_bytes"]
+
+
+def agent_at_rest(seconds: float) -> Row:
+    """CPU and RSS of an idle ``vmatlas agent`` over ``seconds``, after its start."""
+    row = Row(
+        "agent at rest (default interval)", "<= 1% core, <= 60 MiB", "", ratio=False, unit="%"
+    )
+    try:
+        with agent_process() as (proc, _):
+            agent = psutil.Process(proc.pid)
+            time.sleep(1.0)  # let start-up work finish
+            cpu0 = sum(agent.cpu_times()[:2])
+            start = time.perf_counter()
+            time.sleep(seconds)
+            cpu = sum(agent.cpu_times()[:2]) - cpu0
+            wall = time.perf_counter() - start
+            rss = agent.memory_info().rss
+    except (RuntimeError, OSError, psutil.Error) as exc:
+        row.note = f"n/a ({exc})"
+        return row
+    percent = 100 * cpu / wall
+    row.values = [percent]
+    row.note = f"{rss / MIB:.1f} MiB RSS, over {seconds:.0f} s"
+    row.goal = lambda p: p <= 1.0 and rss <= 60 * MIB
+    return row
+
+
+def machine() -> str:
+    model = "?"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    mem = psutil.virtual_memory().total / 2**30
+    limit = Path("/proc/sys/vm/max_map_count").read_text().strip()
+    return (
+        f"{os.cpu_count()} x {model}, {mem:.0f} GiB, Linux {platform.release()}, "
+        f"Python {platform.python_version()}, vm.max_map_count {limit}"
+    )
+
+
+FOOTNOTE = """\
+Ratios: vmatlas / reference, median of interleaved rounds [min-max]; times are medians.
+References are whole-process wall times of the command, run as a subprocess.
+vmatlas is timed in a resident worker process (as the agent is resident): imports are
+paid before timing, the path cache is cleared every round. Snapshot = read + parse +
+summary + protobuf encode + serialize. Peak RSS: ru_maxrss of a fresh process doing one
+capture (vmatlas: capture+encode; psutil: memory_maps(grouped=False)).
+'n/a (X not present)': the row needs module X, which this checkout does not have yet."""
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="fewer rounds and only the 65.5K-region workload (~1 minute)",
+    )
+    args = parser.parse_args(argv)
+    started = time.perf_counter()
+    rows, facts = run(args.quick)
+    print(render(rows))
+    print()
+    print(FOOTNOTE)
+    print(f"Machine: {machine()}")
+    for key, value in facts.items():
+        print(f"{key.capitalize()}: {value}")
+    print(f"Run: {'--quick, ' if args.quick else ''}{time.perf_counter() - started:.0f} s")
+    return 0

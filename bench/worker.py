@@ -1,0 +1,176 @@
+"""The vmatlas side of the benchmarks, in a process of its own.
+
+``python -m bench.worker`` serves one operation per JSON line on stdin and answers one
+JSON line on stdout: a resident process, as an agent or a server is, whose imports are
+paid once. Each operation times only the work it names (time.perf_counter).
+
+``python -m bench.worker peak-snapshot PID`` and ``peak-psutil PID`` run one capture in
+a fresh process and print its peak RSS (ru_maxrss), for the memory comparison.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import resource
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import psutil
+
+
+def _rss_bytes() -> int:
+    return psutil.Process().memory_info().rss
+
+
+def _fresh_caches() -> None:
+    from vmatlas.agents import linux
+
+    linux.classify_path.cache_clear()
+
+
+def op_snapshot(pid: int, residency: bool = False) -> dict[str, Any]:
+    """Capture and encode: what the agent does for GetSnapshot, serialization included."""
+    from vmatlas import wire
+    from vmatlas.agents.linux import LinuxReader
+
+    reader = LinuxReader()
+    _fresh_caches()
+    start = time.perf_counter()
+    snapshot = reader.snapshot(pid, include_residency=residency)
+    data = wire.snapshot_to_pb(snapshot).SerializeToString()
+    seconds = time.perf_counter() - start
+    return {
+        "seconds": seconds,
+        "wire_bytes": len(data),
+        "gzip_bytes": len(gzip.compress(data, 6)),
+        "regions": len(snapshot.regions),
+    }
+
+
+def op_sweep() -> dict[str, Any]:
+    """Every process's summary, encoded as the agent pushes them."""
+    from vmatlas import errors, wire
+    from vmatlas.agents.linux import LinuxReader
+    from vmatlas.v1 import snapshot_pb2
+
+    reader = LinuxReader()
+    _fresh_caches()
+    start = time.perf_counter()
+    count = 0
+    size = 0
+    for item in reader.process_summaries():
+        if isinstance(item, errors.Error):
+            continue
+        size += len(
+            wire.process_summary_to_pb(item, snapshot_pb2.ProcessSummary()).SerializeToString()
+        )
+        count += 1
+    return {"seconds": time.perf_counter() - start, "processes": count, "wire_bytes": size}
+
+
+def op_psutil(pid: int) -> dict[str, Any]:
+    start = time.perf_counter()
+    maps = psutil.Process(pid).memory_maps(grouped=False)
+    return {"seconds": time.perf_counter() - start, "regions": len(maps)}
+
+
+_clients: dict[str, Any] = {}
+
+
+def op_client_snapshot(target: str, pid: int) -> dict[str, Any]:
+    """A fresh snapshot through gRPC on loopback, decoded by the client library."""
+    from vmatlas.client import Client
+
+    client = _clients.get(target)
+    if client is None:
+        client = _clients[target] = Client(target)
+        client.host()  # connect outside the timing
+    start = time.perf_counter()
+    snapshot = client.snapshot(pid)
+    return {"seconds": time.perf_counter() - start, "regions": len(snapshot.regions)}
+
+
+_diff_inputs: dict[int, Any] = {}
+
+
+def _changed_copy(snapshot: Any) -> Any:
+    """The same process a moment later: every 1,000th region gone, every 100th with
+    other permissions."""
+    import dataclasses
+
+    from vmatlas.model import RegionTable
+
+    table = snapshot.regions
+    keep = [i for i in range(len(table)) if i % 1000 != 999]
+    columns = {
+        name: [getattr(table, name)[i] for i in keep] if getattr(table, name) else []
+        for name in RegionTable.__dataclass_fields__
+        if name != "residency"
+    }
+    columns["protection"] = [
+        p ^ 2 if k % 100 == 50 else p for k, p in enumerate(columns["protection"])
+    ]
+    columns["protection_raw"] = list(columns["protection"])
+    return dataclasses.replace(snapshot, regions=RegionTable(**columns))
+
+
+def op_diff(pid: int) -> dict[str, Any]:
+    from vmatlas import diff
+    from vmatlas.agents.linux import LinuxReader
+
+    if pid not in _diff_inputs:
+        before = LinuxReader().snapshot(pid)
+        _diff_inputs[pid] = (before, _changed_copy(before))
+    before, after = _diff_inputs[pid]
+    start = time.perf_counter()
+    diff.diff(before, after)
+    return {"seconds": time.perf_counter() - start}
+
+
+OPS: dict[str, Callable[..., dict[str, Any]]] = {
+    "snapshot": op_snapshot,
+    "sweep": op_sweep,
+    "psutil": op_psutil,
+    "client_snapshot": op_client_snapshot,
+    "diff": op_diff,
+}
+
+
+def serve() -> None:
+    import vmatlas.agents.linux
+    import vmatlas.wire  # noqa: F401
+
+    print(json.dumps({"ready": True}), flush=True)
+    for line in sys.stdin:
+        request = json.loads(line)
+        try:
+            answer = OPS[request.pop("op")](**request)
+        except Exception as exc:  # reported, not raised: the harness prints n/a
+            answer = {"error": f"{type(exc).__name__}: {exc}"}
+        print(json.dumps(answer), flush=True)
+
+
+def peak(kind: str, pid: int) -> None:
+    """One capture in this fresh process; prints its peak and its RSS before the work."""
+    if kind == "peak-snapshot":
+        from vmatlas import wire
+        from vmatlas.agents.linux import LinuxReader
+
+        before = _rss_bytes()
+        data = wire.snapshot_to_pb(LinuxReader().snapshot(pid)).SerializeToString()
+        assert data
+    else:
+        before = _rss_bytes()
+        assert psutil.Process(pid).memory_maps(grouped=False)
+    peak_bytes = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    print(json.dumps({"peak_bytes": peak_bytes, "before_bytes": before}), flush=True)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1:
+        peak(sys.argv[1], int(sys.argv[2]))
+    else:
+        serve()
