@@ -1,0 +1,348 @@
+"""The one authentication and authorisation interceptor, failing closed.
+
+Every call is decided here before a servicer sees it:
+
+1. The method must be in the policy (full name -> :class:`Rule`); anything else is
+   refused with PERMISSION_DENIED, so a new method is unreachable until someone
+   decides who may call it.
+2. The caller is named by a bearer token (``authorization: Bearer <token>``, checked
+   against the hashes in the token file) or, for agents, by a fleet certificate whose
+   OU is ``agent`` (mutual TLS). No or an unknown token is UNAUTHENTICATED.
+3. The caller's role must reach the rule's minimum (viewer < inspector < admin); an
+   agent certificate reaches only methods the rule opens to agents.
+4. Each caller has a token bucket; an empty one is RESOURCE_EXHAUSTED.
+
+Servicers learn who is calling from :func:`caller` (a context variable set for the
+call). Responses to viewers pass through :func:`vmatlas.security.redact.strip_addresses`
+and their error details through ``scrub_text``, whatever the servicer did.
+
+Without a token store (``tokens=None``, allowed only on loopback or with
+``--insecure``) every caller is the anonymous admin; the policy and rate limits still
+hold, and agent certificates, when presented, still name the agent.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+
+from vmatlas import errors
+from vmatlas.grpcutil import abort_with
+from vmatlas.security import redact, tls
+from vmatlas.security.ratelimit import RateLimiter
+from vmatlas.security.tokens import Role, TokenStore
+
+log = logging.getLogger(__name__)
+
+AUTHORIZATION = "authorization"
+BEARER = "bearer "
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """Who may call one method: operators whose role is at least ``role`` (None: no
+    operator) and, with ``agents``, agents presenting their fleet certificate."""
+
+    role: Role | None
+    agents: bool = False
+
+
+VIEWER = Rule(Role.VIEWER)
+INSPECTOR = Rule(Role.INSPECTOR)
+ADMIN = Rule(Role.ADMIN)
+AGENTS_ONLY = Rule(None, agents=True)
+
+Policy = Mapping[str, Rule]
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who is calling. ``role`` is None for an agent; ``agent_host_id`` is the host id
+    its certificate names. ``verified`` is False only for the anonymous caller of a
+    server run without authentication."""
+
+    name: str
+    role: Role | None
+    agent_host_id: str | None = None
+    verified: bool = True
+
+    @property
+    def sees_addresses(self) -> bool:
+        return self.role is not None and self.role >= Role.INSPECTOR
+
+    def __str__(self) -> str:
+        if self.agent_host_id is not None and self.role is None:
+            return f"agent {self.agent_host_id}"
+        return f"{self.name} ({self.role})" if self.role else self.name
+
+
+ANONYMOUS = Principal("anonymous", Role.ADMIN, verified=False)
+
+_CALLER: contextvars.ContextVar[Principal | None] = contextvars.ContextVar(
+    "vmatlas_caller", default=None
+)
+
+
+def caller() -> Principal | None:
+    """Who is making the current call (None outside an intercepted call: treat that as
+    no access at all)."""
+    return _CALLER.get()
+
+
+def sees_addresses() -> bool:
+    """Whether the current caller may receive addresses (False when unknown)."""
+    principal = caller()
+    return principal is not None and principal.sees_addresses
+
+
+def require_agent_host(host_id: str, principal: Principal | None = None) -> Principal:
+    """Check that the caller is the agent for ``host_id``: its certificate must name
+    exactly that host. Raises AccessDenied otherwise. On a server run without
+    authentication an uncertified caller is let through (nothing can be verified)."""
+    principal = principal if principal is not None else caller()
+    if principal is None:
+        raise errors.AccessDenied("no authenticated caller")
+    if principal.agent_host_id is not None:
+        if principal.agent_host_id != host_id:
+            raise errors.AccessDenied(
+                f"this agent's certificate names host {principal.agent_host_id!r}, not {host_id!r}"
+            )
+        return principal
+    if not principal.verified:
+        return principal
+    raise errors.AccessDenied(
+        f"{principal} is not an agent; pushing for a host needs its certificate"
+    )
+
+
+def bearer_token(metadata: Any) -> str | None:
+    """The bearer token in call metadata, or None."""
+    for key, value in metadata or ():
+        if key == AUTHORIZATION:
+            text = value.decode("ascii", "replace") if isinstance(value, bytes) else value
+            if text[: len(BEARER)].lower() == BEARER:
+                return text[len(BEARER) :].strip()
+            return ""
+    return None
+
+
+def _peer_host(context: Any) -> str:
+    """The peer's address without its port (``ipv4:10.0.0.1:5555`` -> ``ipv4:10.0.0.1``)."""
+    peer = str(context.peer() or "unknown")
+    return peer.rsplit(":", 1)[0] if peer.count(":") >= 2 else peer
+
+
+class _ScrubbingContext:
+    """A servicer context whose error details never carry an address."""
+
+    def __init__(self, context: grpc.ServicerContext):
+        self._context = context
+
+    def abort(self, code: grpc.StatusCode, details: str) -> None:
+        self._context.abort(code, redact.scrub_text(details or ""))
+
+    def set_details(self, details: str) -> None:
+        self._context.set_details(redact.scrub_text(details or ""))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._context, name)
+
+
+@dataclass(frozen=True, slots=True)
+class _Decision:
+    principal: Principal | None  # None: decide from the peer certificate at call time
+    denial: errors.Error | None = None
+
+
+class AuthInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
+    """See the module docstring. ``tokens=None`` runs without authentication."""
+
+    def __init__(
+        self,
+        policy: Policy,
+        *,
+        tokens: TokenStore | None,
+        rate_limiter: RateLimiter | None = None,
+    ):
+        self.policy = dict(policy)
+        self.tokens = tokens
+        self.rate_limiter = rate_limiter
+
+    # -- deciding -------------------------------------------------------------------------
+
+    def _decide_early(self, method: str, metadata: Any) -> _Decision:
+        """What the method name and metadata alone decide (before any request is read)."""
+        rule = self.policy.get(method)
+        if rule is None:
+            return _Decision(None, errors.AccessDenied(f"{method} is not in the access policy"))
+        token = bearer_token(metadata)
+        if token is None:
+            if self.tokens is None:
+                return _Decision(ANONYMOUS)
+            if rule.agents:
+                return _Decision(None)  # an agent certificate may carry the call
+            return _Decision(None, errors.Unauthenticated("a bearer token is required"))
+        if self.tokens is None:
+            return _Decision(None, errors.Unauthenticated("this server accepts no tokens"))
+        entry = self.tokens.lookup(token)
+        if entry is None:
+            return _Decision(None, errors.Unauthenticated("invalid or revoked token"))
+        principal = Principal(entry.name, entry.role)
+        return _Decision(principal, self._authorise(method, rule, principal))
+
+    @staticmethod
+    def _authorise(method: str, rule: Rule, principal: Principal) -> errors.Error | None:
+        if principal.role is None:
+            if rule.agents:
+                return None
+            return errors.AccessDenied(f"{principal} may not call {method}")
+        if rule.role is None and not (rule.agents and not principal.verified):
+            return errors.AccessDenied(f"{method} is for agents only")
+        if rule.role is not None and principal.role < rule.role:
+            return errors.AccessDenied(
+                f"role {principal.role} may not call {method} (needs {rule.role})"
+            )
+        return None
+
+    def _decide_at_call(
+        self, method: str, decision: _Decision, context: grpc.ServicerContext
+    ) -> Principal:
+        """The caller, or abort. Runs in the worker thread, with the peer's certificate."""
+        principal = decision.principal
+        identity = tls.peer_identity(context)
+        if principal is None or (principal is ANONYMOUS and identity is not None):
+            host_id = identity.agent_host_id if identity else None
+            if host_id is None:
+                if principal is None:
+                    self._deny(
+                        context, method, errors.Unauthenticated("a bearer token is required")
+                    )
+            else:
+                principal = Principal(f"agent:{host_id}", None, agent_host_id=host_id)
+                denial = self._authorise(method, self.policy[method], principal)
+                if denial is not None:
+                    self._deny(context, method, denial, str(principal))
+        assert principal is not None
+        if self.rate_limiter is not None:
+            key = principal.name if principal.verified else _peer_host(context)
+            if not self.rate_limiter.allow(key):
+                self._deny(
+                    context,
+                    method,
+                    errors.ResourceExhausted(
+                        f"rate limit for {principal.name}: {self.rate_limiter.limit}"
+                    ),
+                    str(principal),
+                )
+        return principal
+
+    @staticmethod
+    def _deny(
+        context: grpc.ServicerContext, method: str, error: errors.Error, who: str = ""
+    ) -> None:
+        log.warning(
+            "refused %s from %s%s: %s", method, context.peer(), f" ({who})" if who else "", error
+        )
+        abort_with(context, error)
+
+    # -- the interceptor ----------------------------------------------------------------
+
+    def intercept_service(
+        self,
+        continuation: Callable[[Any], grpc.RpcMethodHandler | None],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
+        method = handler_call_details.method
+        handler = continuation(handler_call_details)
+        decision = self._decide_early(method, handler_call_details.invocation_metadata)
+        if decision.denial is not None:
+            return _denial_handler(handler, method, decision.denial, self._deny)
+        if handler is None:
+            return None
+        return _wrap(handler, lambda context: self._decide_at_call(method, decision, context))
+
+
+def _denial_handler(
+    handler: grpc.RpcMethodHandler | None,
+    method: str,
+    error: errors.Error,
+    deny: Callable[[grpc.ServicerContext, str, errors.Error], None],
+) -> grpc.RpcMethodHandler:
+    """A handler of the same shape as ``handler`` that refuses without reading the
+    request (requests stay raw bytes: nothing is parsed for an unauthorised caller)."""
+
+    def refuse(_request: Any, context: grpc.ServicerContext) -> Any:
+        deny(context, method, error)
+
+    def refuse_stream(_request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+        deny(context, method, error)
+        yield from ()
+
+    client_streams = handler is not None and handler.request_streaming
+    server_streams = handler is not None and handler.response_streaming
+    if client_streams and server_streams:
+        return grpc.stream_stream_rpc_method_handler(refuse_stream)
+    if client_streams:
+        return grpc.stream_unary_rpc_method_handler(refuse)
+    if server_streams:
+        return grpc.unary_stream_rpc_method_handler(refuse_stream)
+    return grpc.unary_unary_rpc_method_handler(refuse)
+
+
+def _wrap(
+    handler: grpc.RpcMethodHandler, decide: Callable[[grpc.ServicerContext], Principal]
+) -> grpc.RpcMethodHandler:
+    """``handler`` with the call-time decision, the caller context variable set for the
+    behaviour, and viewers' responses and errors stripped of addresses."""
+
+    def enter(context: grpc.ServicerContext) -> tuple[Principal, Any]:
+        principal = decide(context)
+        _CALLER.set(principal)
+        return principal, (context if principal.sees_addresses else _ScrubbingContext(context))
+
+    def clean(principal: Principal, response: Any) -> Any:
+        return response if principal.sees_addresses else redact.strip_addresses(response)
+
+    def unary(behavior: Callable[..., Any]) -> Callable[..., Any]:
+        def call(request: Any, context: grpc.ServicerContext) -> Any:
+            principal, ctx = enter(context)
+            try:
+                return clean(principal, behavior(request, ctx))
+            finally:
+                _CALLER.set(None)
+
+        return call
+
+    def streaming(behavior: Callable[..., Any]) -> Callable[..., Any]:
+        def call(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+            principal, ctx = enter(context)
+            try:
+                for response in behavior(request, ctx):
+                    yield clean(principal, response)
+            finally:
+                _CALLER.set(None)
+
+        return call
+
+    if handler.request_streaming and handler.response_streaming:
+        make, behavior, wrap = (
+            grpc.stream_stream_rpc_method_handler,
+            handler.stream_stream,
+            streaming,
+        )
+    elif handler.request_streaming:
+        make, behavior, wrap = grpc.stream_unary_rpc_method_handler, handler.stream_unary, unary
+    elif handler.response_streaming:
+        make, behavior, wrap = grpc.unary_stream_rpc_method_handler, handler.unary_stream, streaming
+    else:
+        make, behavior, wrap = grpc.unary_unary_rpc_method_handler, handler.unary_unary, unary
+    return make(
+        wrap(behavior),
+        request_deserializer=handler.request_deserializer,
+        response_serializer=handler.response_serializer,
+    )

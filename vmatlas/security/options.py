@@ -1,0 +1,174 @@
+"""What every vmatlas server (``vmatlas agent``, ``vmatlas server``) shares about
+security: its command-line flags, an optional TOML config file, and the rule that
+nothing serves address layouts beyond loopback without TLS and authentication unless
+the operator says ``--insecure`` (and is told loudly what that means)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from vmatlas import errors
+from vmatlas.grpcutil import is_loopback
+from vmatlas.security import tls
+from vmatlas.security.auth import AuthInterceptor, Policy
+from vmatlas.security.ratelimit import DEFAULT_RATE_LIMIT, RateLimit, RateLimiter
+from vmatlas.security.tokens import TokenStore
+
+log = logging.getLogger(__name__)
+
+
+def add_server_security_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("security")
+    group.add_argument("--tls-cert", metavar="PEM", help="serve TLS with this certificate")
+    group.add_argument("--tls-key", metavar="PEM", help="the private key of --tls-cert")
+    group.add_argument(
+        "--tls-client-ca",
+        metavar="PEM",
+        help="require client certificates signed by this CA (mutual TLS)",
+    )
+    group.add_argument(
+        "--tokens",
+        metavar="FILE",
+        help="accept the bearer tokens in FILE (from `vmatlas certs token`); "
+        "without it every caller is an anonymous admin",
+    )
+    group.add_argument(
+        "--rate-limit",
+        type=float,
+        metavar="CALLS_PER_SECOND",
+        help=f"per-client call rate (default {DEFAULT_RATE_LIMIT.rate_per_second:g})",
+    )
+    group.add_argument(
+        "--rate-burst",
+        type=int,
+        metavar="CALLS",
+        help=f"per-client burst (default {DEFAULT_RATE_LIMIT.burst})",
+    )
+    group.add_argument(
+        "--insecure",
+        action="store_true",
+        default=None,
+        help="allow listening beyond loopback without TLS and authentication",
+    )
+    group.add_argument(
+        "--config",
+        metavar="FILE",
+        help="read options from this TOML file (its [agent] or [server] table; "
+        "flags given on the command line win)",
+    )
+
+
+def apply_config(args: argparse.Namespace, section: str) -> None:
+    """Fill options not given on the command line from ``args.config``'s ``[section]``
+    (keys are option names: ``tls-cert`` or ``tls_cert``)."""
+    path = getattr(args, "config", None)
+    if not path:
+        return
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except OSError as exc:
+        raise errors.InvalidArgument(f"cannot read config {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise errors.InvalidArgument(f"config {path}: {exc}") from None
+    table = data.get(section, {})
+    if not isinstance(table, dict):
+        raise errors.InvalidArgument(f"config {path}: [{section}] must be a table")
+    for key, value in table.items():
+        name = key.replace("-", "_")
+        if name == "config" or not hasattr(args, name):
+            raise errors.InvalidArgument(f"config {path}: unknown option {key!r} in [{section}]")
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+
+
+@dataclass(slots=True)
+class ServerSecurity:
+    """What :func:`vmatlas.grpcutil.build_server` needs: credentials and interceptors."""
+
+    credentials: grpc.ServerCredentials | None
+    interceptors: list[grpc.ServerInterceptor] = field(default_factory=list)
+    tls: bool = False
+    mutual_tls: bool = False
+    authenticated: bool = False
+
+    def describe(self) -> str:
+        parts = ["mutual TLS" if self.mutual_tls else "TLS" if self.tls else "no TLS"]
+        parts.append("tokens" if self.authenticated else "no authentication")
+        return ", ".join(parts)
+
+
+def check_exposure(listen: str, security: ServerSecurity, insecure: bool) -> None:
+    """Refuse to serve beyond loopback without TLS and tokens, unless ``insecure``."""
+    if is_loopback(listen):
+        return
+    missing = [
+        what
+        for what, present in (("TLS", security.tls), ("authentication", security.authenticated))
+        if not present
+    ]
+    if not missing:
+        return
+    if not insecure:
+        raise errors.FailedPrecondition(
+            f"refusing to serve address layouts on {listen} without {' and '.join(missing)}; "
+            "give --tls-cert/--tls-key and --tokens (see `vmatlas certs`), listen on "
+            "127.0.0.1, or pass --insecure to accept the risk"
+        )
+    log.warning(
+        "INSECURE: serving address layouts on %s without %s; anyone who can reach this "
+        "port can %s and defeat ASLR on this host",
+        listen,
+        " and ".join(missing),
+        "read them" if not security.authenticated else "read tokens and layouts in transit",
+    )
+
+
+def server_security(args: argparse.Namespace, policy: Policy, *, listen: str) -> ServerSecurity:
+    """Credentials and the auth interceptor from the security flags, after checking
+    that they make sense and that ``listen`` is allowed with them."""
+    cert, key, client_ca = args.tls_cert, args.tls_key, args.tls_client_ca
+    if bool(cert) != bool(key):
+        raise errors.InvalidArgument("--tls-cert and --tls-key go together")
+    if client_ca and not cert:
+        raise errors.InvalidArgument("--tls-client-ca needs --tls-cert and --tls-key")
+    credentials = tls.server_credentials(cert, key, client_ca) if cert else None
+    tokens = TokenStore(Path(args.tokens)) if args.tokens else None
+    rate = args.rate_limit if args.rate_limit is not None else DEFAULT_RATE_LIMIT.rate_per_second
+    burst = args.rate_burst if args.rate_burst is not None else DEFAULT_RATE_LIMIT.burst
+    try:
+        limit = RateLimit(float(rate), int(burst))
+    except ValueError as exc:
+        raise errors.InvalidArgument(str(exc)) from None
+    security = ServerSecurity(
+        credentials=credentials,
+        interceptors=[AuthInterceptor(policy, tokens=tokens, rate_limiter=RateLimiter(limit))],
+        tls=credentials is not None,
+        mutual_tls=bool(client_ca),
+        authenticated=tokens is not None,
+    )
+    check_exposure(listen, security, bool(args.insecure))
+    return security
+
+
+def security_namespace(**values: Any) -> argparse.Namespace:
+    """A namespace with every security option unset, then ``values`` (for tests and for
+    code that builds servers without a command line)."""
+    names = (
+        "tls_cert",
+        "tls_key",
+        "tls_client_ca",
+        "tokens",
+        "rate_limit",
+        "rate_burst",
+        "insecure",
+        "config",
+    )
+    return argparse.Namespace(**{**dict.fromkeys(names), **values})

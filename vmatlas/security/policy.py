@@ -1,0 +1,49 @@
+"""Who may call what: the access policy of each vmatlas server, by full method name.
+
+A method missing here is refused (the interceptor fails closed). Address-bearing
+methods need ``inspector``; summaries, audits and diffs by identity are open to
+``viewer``; the agent uplink is for agent certificates only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from grpc_health.v1 import health_pb2
+from grpc_reflection.v1alpha import reflection_pb2
+
+from vmatlas.security.auth import INSPECTOR, VIEWER, Policy, Rule
+from vmatlas.v1 import agent_pb2
+
+
+def method_names(file_descriptor: object, service: str) -> list[str]:
+    """Full method names (``/package.Service/Method``) of one service."""
+    descriptor = file_descriptor.services_by_name[service]  # type: ignore[attr-defined]
+    return [f"/{descriptor.full_name}/{m.name}" for m in descriptor.methods]
+
+
+def rules(service_methods: Iterable[str], rule: Rule) -> dict[str, Rule]:
+    return dict.fromkeys(service_methods, rule)
+
+
+_AGENT = agent_pb2.DESCRIPTOR.services_by_name["AgentService"].full_name
+
+# Health and reflection reveal nothing about a host, but still need a token.
+STANDARD_POLICY: dict[str, Rule] = {
+    **rules(method_names(health_pb2.DESCRIPTOR, "Health"), VIEWER),
+    **rules(method_names(reflection_pb2.DESCRIPTOR, "ServerReflection"), VIEWER),
+}
+
+AGENT_POLICY: Policy = {
+    **STANDARD_POLICY,
+    f"/{_AGENT}/GetHost": VIEWER,
+    f"/{_AGENT}/ListProcesses": VIEWER,
+    f"/{_AGENT}/WatchProcess": VIEWER,
+    # A full snapshot is the layout itself.
+    f"/{_AGENT}/GetSnapshot": INSPECTOR,
+}
+
+
+def uncovered(policy: Policy, file_descriptor: object, service: str) -> list[str]:
+    """Methods of ``service`` that ``policy`` forgets (they would be refused)."""
+    return [m for m in method_names(file_descriptor, service) if m not in policy]

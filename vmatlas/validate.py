@@ -1,0 +1,391 @@
+"""Bounds and sanity checks for what agents push and answer, before anything stores it.
+
+:func:`validate_snapshot` and :func:`validate_summaries` accept the plain model or the
+wire messages and raise :class:`vmatlas.errors.InvalidArgument` with a precise message
+on the first problem: regions unsorted, overlapping, empty or outside the host's user
+address range (the Linux ``[vsyscall]`` gate page above it excepted), columns of
+different lengths, unknown enum values, counts and strings beyond sane bounds. Nothing
+else escapes them, whatever the input.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from google.protobuf.message import DecodeError
+
+from vmatlas import errors, wire
+from vmatlas.model import (
+    RESIDENCY_FIELDS,
+    Host,
+    OperatingSystem,
+    Process,
+    ProcessSummary,
+    RegionKind,
+    RegionState,
+    RegionTable,
+    RegionType,
+    Snapshot,
+    Summary,
+)
+from vmatlas.v1 import snapshot_pb2 as pb
+
+U64 = 1 << 64
+# More than any kernel allows (max_map_count tops out near 2**31, but a message this
+# size would exceed the gRPC limit long before).
+MAX_REGIONS = 1 << 23
+MAX_PROCESSES = 1 << 22  # PID_MAX_LIMIT on 64-bit Linux
+MAX_PATH_CHARS = 8192  # PATH_MAX is 4096 bytes; escaped bytes may widen
+MAX_STRINGS_TOTAL_CHARS = 64 << 20
+MAX_NAME_CHARS = 1024
+MAX_HOST_ID_CHARS = 253
+MAX_COMMAND_LINE_ARGS = 1 << 17
+MAX_COMMAND_LINE_CHARS = 8 << 20
+PROTECTION_BITS = 0xFF
+VSYSCALL_MAX_BYTES = 1 << 20
+
+_STATES = frozenset(int(v) for v in RegionState)
+_TYPES = frozenset(int(v) for v in RegionType)
+_KINDS = frozenset(int(v) for v in RegionKind)
+_FREE = int(RegionState.FREE)
+_VSYSCALL = int(RegionKind.VSYSCALL)
+
+_FULL_INT_COLUMNS = ("offset", "device", "inode")
+_ENUM_COLUMNS = (("state", _STATES), ("type", _TYPES), ("kind", _KINDS))
+_PROTECTION_COLUMNS = ("protection",)
+_RAW_COLUMNS = ("protection_raw",)
+_ALLOCATION_COLUMNS = ("allocation_base", "allocation_protection", "allocation_protection_raw")
+
+
+def _bad(message: str) -> errors.InvalidArgument:
+    return errors.InvalidArgument(message)
+
+
+# -- scalars ------------------------------------------------------------------------------
+
+
+def _uint(value: Any, what: str, limit: int = U64) -> int:
+    if type(value) is not int or not 0 <= value < limit:
+        raise _bad(f"{what} must be an integer in [0, {limit:#x}), not {value!r:.40}")
+    return value
+
+
+def _text(value: Any, what: str, limit: int = MAX_NAME_CHARS, *, required: bool = False) -> str:
+    if not isinstance(value, str):
+        raise _bad(f"{what} must be text")
+    if len(value) > limit:
+        raise _bad(f"{what} is {len(value)} characters long (at most {limit})")
+    if required and not value:
+        raise _bad(f"{what} is empty")
+    if "\0" in value:
+        raise _bad(f"{what} contains a NUL character")
+    return value
+
+
+def _seconds(value: Any, what: str) -> None:
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        raise _bad(f"{what} must be a number of seconds")
+    if not math.isfinite(value) or not 0 <= value < 1 << 40:
+        raise _bad(f"{what} is out of range ({value!r})")
+
+
+# -- host, process, summary ------------------------------------------------------------------
+
+
+def validate_host(host: Host) -> None:
+    if not isinstance(host, Host):
+        raise _bad("host is missing")
+    _text(host.host_id, "host.host_id", MAX_HOST_ID_CHARS, required=True)
+    if any(c.isspace() or not c.isprintable() for c in host.host_id):
+        raise _bad("host.host_id contains whitespace or unprintable characters")
+    for name in ("hostname", "os_version", "kernel_version"):
+        _text(getattr(host, name), f"host.{name}")
+    if not isinstance(host.os, OperatingSystem):
+        raise _bad("host.os is not a known operating system")
+    for name in ("page_size_bytes", "allocation_granularity_bytes"):
+        value = _uint(getattr(host, name), f"host.{name}", 1 << 40)
+        if value & (value - 1):
+            raise _bad(f"host.{name} ({value}) is not a power of two")
+    low = _uint(host.user_address_min, "host.user_address_min")
+    high = _uint(host.user_address_max, "host.user_address_max")
+    if high and low >= high:
+        raise _bad(f"host user address range is empty ({low:#x} >= {high:#x})")
+    for name in ("max_map_count", "memory_total_bytes"):
+        _uint(getattr(host, name), f"host.{name}")
+    _uint(host.cpu_count, "host.cpu_count", 1 << 32)
+    if type(host.overcommit_mode) is not int or not -1 <= host.overcommit_mode <= 2:
+        raise _bad("host.overcommit_mode must be -1, 0, 1 or 2")
+
+
+def validate_process(process: Process, host: Host, what: str = "process") -> None:
+    if not isinstance(process, Process):
+        raise _bad(f"{what} is missing")
+    pid = _uint(process.pid, f"{what}.pid", 1 << 32)
+    if pid == 0:
+        raise _bad(f"{what}.pid is 0")
+    _uint(process.parent_pid, f"{what}.parent_pid", 1 << 32)
+    for name in ("name", "executable", "user"):
+        _text(getattr(process, name), f"{what}.{name}", MAX_PATH_CHARS)
+    args = process.command_line
+    if not isinstance(args, tuple | list) or len(args) > MAX_COMMAND_LINE_ARGS:
+        raise _bad(f"{what}.command_line must hold at most {MAX_COMMAND_LINE_ARGS} arguments")
+    total = 0
+    for arg in args:
+        total += len(_text(arg, f"{what}.command_line argument", MAX_COMMAND_LINE_CHARS))
+    if total > MAX_COMMAND_LINE_CHARS:
+        raise _bad(f"{what}.command_line is {total} characters (at most {MAX_COMMAND_LINE_CHARS})")
+    _seconds(process.start_time, f"{what}.start_time")
+    if process.pointer_bits not in (32, 64):
+        raise _bad(f"{what}.pointer_bits must be 32 or 64")
+    low = _uint(process.user_address_min, f"{what}.user_address_min")
+    high = _uint(process.user_address_max, f"{what}.user_address_max")
+    if high and low >= high:
+        raise _bad(f"{what} user address range is empty")
+    if host.user_address_max and high > host.user_address_max:
+        raise _bad(
+            f"{what} user address range ends at {high:#x}, beyond the host's "
+            f"{host.user_address_max:#x}"
+        )
+
+
+def validate_summary(summary: Summary, what: str = "summary") -> None:
+    if not isinstance(summary, Summary):
+        raise _bad(f"{what} is missing")
+    for name in Summary.__dataclass_fields__:
+        if name != "headroom_fraction":
+            _uint(getattr(summary, name), f"{what}.{name}")
+    if summary.region_count > MAX_REGIONS:
+        raise _bad(f"{what}.region_count {summary.region_count} exceeds {MAX_REGIONS}")
+    if summary.map_count > summary.region_count:
+        raise _bad(f"{what}.map_count exceeds its region_count")
+    if summary.largest_free_bytes > summary.free_bytes:
+        raise _bad(f"{what}.largest_free_bytes exceeds its free_bytes")
+    headroom = summary.headroom_fraction
+    if not isinstance(headroom, float | int) or not 0.0 <= headroom <= 1.0:
+        raise _bad(f"{what}.headroom_fraction must be between 0 and 1")
+
+
+# -- the region table ------------------------------------------------------------------------
+
+
+def _column(table: RegionTable, name: str) -> list[Any]:
+    column = getattr(table, name, None)
+    if not isinstance(column, list):
+        raise _bad(f"region column {name} is not a list")
+    return column
+
+
+def _uint_column(column: list[Any], name: str, limit: int = U64) -> None:
+    if not column:
+        return
+    if not all(isinstance(v, int) for v in column):
+        raise _bad(f"region column {name} holds a value that is not an integer")
+    low, high = min(column), max(column)
+    if low < 0 or high >= limit:
+        bad = low if low < 0 else high
+        raise _bad(f"region column {name} holds {bad}, outside [0, {limit:#x})")
+
+
+def validate_table(table: RegionTable, host: Host, *, includes_free: bool = True) -> None:
+    """Check a region table against ``host``'s user address range."""
+    if not isinstance(table, RegionTable):
+        raise _bad("region table is missing")
+    n = len(_column(table, "start"))
+    if n > MAX_REGIONS:
+        raise _bad(f"{n} regions exceed the limit of {MAX_REGIONS}")
+    full = ("end", "state", "type", "protection", "protection_raw", "kind", "path")
+    for name in (*full, *_FULL_INT_COLUMNS, "deleted"):
+        if len(_column(table, name)) != n:
+            raise _bad(f"region column {name} has {len(_column(table, name))} rows, not {n}")
+    for name in _ALLOCATION_COLUMNS:
+        if len(_column(table, name)) not in (0, n):
+            raise _bad(f"region column {name} has {len(_column(table, name))} rows, not 0 or {n}")
+    for name in ("start", "end", *_FULL_INT_COLUMNS, "allocation_base"):
+        _uint_column(_column(table, name), name)
+    for name in (*_PROTECTION_COLUMNS, "allocation_protection"):
+        _uint_column(_column(table, name), name, PROTECTION_BITS + 1)
+    for name in (*_RAW_COLUMNS, "allocation_protection_raw"):
+        _uint_column(_column(table, name), name, 1 << 32)
+    for name, allowed in _ENUM_COLUMNS:
+        column = _column(table, name)
+        if not all(isinstance(v, int) for v in column):
+            raise _bad(f"region column {name} holds a value that is not an integer")
+        unknown = set(column) - allowed
+        if unknown:
+            raise _bad(f"region column {name} holds unknown value {min(unknown)}")
+    if not all(v is True or v is False or v in (0, 1) for v in _column(table, "deleted")):
+        raise _bad("region column deleted holds a value that is not a bool")
+    _validate_paths(_column(table, "path"))
+    _validate_residency(table.residency, n)
+    _validate_layout(table, host, includes_free)
+
+
+def _validate_paths(paths: list[Any]) -> None:
+    distinct = set()
+    for path in paths:
+        if not isinstance(path, str):
+            raise _bad("region column path holds a value that is not text")
+        distinct.add(path)
+    total = 0
+    for path in distinct:
+        _text(path, "a region path", MAX_PATH_CHARS)
+        total += len(path)
+    if total > MAX_STRINGS_TOTAL_CHARS:
+        raise _bad(f"region paths total {total} characters (at most {MAX_STRINGS_TOTAL_CHARS})")
+
+
+def _validate_residency(residency: Any, n: int) -> None:
+    if not isinstance(residency, dict):
+        raise _bad("residency is not a table of columns")
+    if not residency:
+        return
+    if set(residency) != set(RESIDENCY_FIELDS):
+        raise _bad("residency must have exactly the columns " + ", ".join(RESIDENCY_FIELDS))
+    for name in RESIDENCY_FIELDS:
+        column = residency[name]
+        if not isinstance(column, list) or len(column) != n:
+            raise _bad(f"residency column {name} does not have {n} rows")
+        _uint_column(column, f"residency {name}")
+
+
+def _validate_layout(table: RegionTable, host: Host, includes_free: bool) -> None:
+    low = host.user_address_min
+    high = host.user_address_max or U64
+    gate_ok = host.os == OperatingSystem.LINUX
+    previous_end = 0
+    for i, (start, end, state, kind) in enumerate(
+        zip(table.start, table.end, table.state, table.kind, strict=True)
+    ):
+        if start >= end:
+            raise _bad(f"region {i} is empty or reversed (start {start:#x}, end {end:#x})")
+        if start < previous_end:
+            raise _bad(
+                f"region {i} starts at {start:#x}, before region {i - 1} ends ({previous_end:#x})"
+            )
+        if state == _FREE and not includes_free:
+            raise _bad(f"region {i} is FREE but the snapshot does not include free regions")
+        if start < low or end > high:
+            gate = (
+                gate_ok
+                and kind == _VSYSCALL
+                and start >= high
+                and end - start <= VSYSCALL_MAX_BYTES
+            )
+            if not gate:
+                raise _bad(
+                    f"region {i} ({start:#x}-{end:#x}) lies outside the host's user "
+                    f"address range {low:#x}-{high:#x}"
+                )
+        previous_end = end
+
+
+# -- whole messages -----------------------------------------------------------------------------
+
+
+def _model_snapshot(snapshot: Snapshot | pb.Snapshot) -> Snapshot:
+    if isinstance(snapshot, pb.Snapshot):
+        try:
+            return wire.snapshot_from_pb(snapshot)
+        except (ValueError, OverflowError) as exc:
+            raise _bad(f"malformed snapshot: {exc}") from None
+    if not isinstance(snapshot, Snapshot):
+        raise _bad("expected a snapshot")
+    return snapshot
+
+
+def _model_host(host: Host | pb.Host) -> Host:
+    if isinstance(host, pb.Host):
+        try:
+            return wire.host_from_pb(host)
+        except ValueError as exc:
+            raise _bad(f"malformed host: {exc}") from None
+    if not isinstance(host, Host):
+        raise _bad("expected a host")
+    return host
+
+
+def _same_host(claimed: Host, host: Host, what: str) -> None:
+    if claimed.host_id != host.host_id:
+        raise _bad(f"{what} is for host {claimed.host_id!r:.80}, not {host.host_id!r}")
+
+
+def validate_snapshot(snapshot: Snapshot | pb.Snapshot, host: Host | pb.Host) -> Snapshot:
+    """Check one snapshot pushed or answered for ``host`` (the registered host, whose
+    address range bounds the regions); returns it as the model."""
+    host = _model_host(host)
+    validate_host(host)
+    snapshot = _model_snapshot(snapshot)
+    validate_host(snapshot.host)
+    _same_host(snapshot.host, host, "snapshot")
+    validate_process(snapshot.process, host, "snapshot.process")
+    _seconds(snapshot.capture_time, "snapshot.capture_time")
+    validate_summary(snapshot.summary, "snapshot.summary")
+    validate_table(snapshot.regions, host, includes_free=bool(snapshot.includes_free))
+    mapped = sum(1 for state in snapshot.regions.state if state != _FREE)
+    if snapshot.regions.start and mapped != snapshot.summary.region_count:
+        raise _bad(
+            f"snapshot.summary.region_count is {snapshot.summary.region_count} "
+            f"but the table holds {mapped} regions that are not FREE"
+        )
+    return snapshot
+
+
+def validate_snapshot_parts(header: bytes, regions: bytes, host: Host | pb.Host) -> Snapshot:
+    """:func:`validate_snapshot` for a snapshot sent as a serialized header (a Snapshot
+    without regions) and a serialized RegionTable, as agents answer the server."""
+    try:
+        message = pb.Snapshot.FromString(header)
+        table = pb.RegionTable.FromString(regions)
+    except (DecodeError, RuntimeError, ValueError) as exc:
+        raise _bad(f"snapshot does not decode: {exc}") from None
+    if message.HasField("regions"):
+        raise _bad("snapshot header must not carry regions")
+    message.regions.CopyFrom(table)
+    return validate_snapshot(message, host)
+
+
+def validate_summaries(
+    items: Iterable[ProcessSummary | pb.ProcessSummary], host: Host | pb.Host
+) -> list[ProcessSummary]:
+    """Check one push of process summaries for ``host``; returns them as the model.
+    Each pid appears at most once."""
+    host = _model_host(host)
+    validate_host(host)
+    out: list[ProcessSummary] = []
+    seen: set[int] = set()
+    for i, item in enumerate(items):
+        if i >= MAX_PROCESSES:
+            raise _bad(f"more than {MAX_PROCESSES} process summaries")
+        if isinstance(item, pb.ProcessSummary):
+            try:
+                item = wire.process_summary_from_pb(item)
+            except (ValueError, OverflowError) as exc:
+                raise _bad(f"process summary {i} is malformed: {exc}") from None
+        if not isinstance(item, ProcessSummary):
+            raise _bad(f"process summary {i} is not a process summary")
+        validate_process(item.process, host, f"processes[{i}].process")
+        validate_summary(item.summary, f"processes[{i}].summary")
+        _seconds(item.capture_time, f"processes[{i}].capture_time")
+        if item.process.pid in seen:
+            raise _bad(f"pid {item.process.pid} appears twice in one push")
+        seen.add(item.process.pid)
+        out.append(item)
+    return out
+
+
+def bounded_text(value: str, what: str, limit: int = MAX_NAME_CHARS) -> str:
+    """``value`` if it is text of at most ``limit`` characters, else InvalidArgument."""
+    return _text(value, what, limit)
+
+
+__all__: Sequence[str] = (
+    "validate_host",
+    "validate_process",
+    "validate_snapshot",
+    "validate_snapshot_parts",
+    "validate_summaries",
+    "validate_summary",
+    "validate_table",
+)
