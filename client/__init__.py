@@ -12,6 +12,7 @@ Failed calls raise the :mod:`vmatlas.errors` hierarchy (``NoSuchProcess``,
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from types import TracebackType
 from typing import Any
@@ -19,8 +20,9 @@ from typing import Any
 import grpc
 
 from vmatlas import errors, wire
-from vmatlas.grpcutil import channel_options, error_from_rpc
+from vmatlas.grpcutil import channel_options, error_from_rpc, is_loopback
 from vmatlas.model import Host, ProcessSummary, Snapshot, SnapshotView
+from vmatlas.security import tls
 from vmatlas.v1 import agent_pb2, agent_pb2_grpc
 
 __all__ = ["Client", "ProcessList", "errors"]
@@ -44,8 +46,10 @@ class ProcessList(list[ProcessSummary]):
 class Client:
     """A connection to a vmatlas agent or server.
 
-    ``timeout`` (seconds) bounds every unary call; ``credentials`` are channel
-    credentials for TLS; ``token`` is sent as a bearer token.
+    ``timeout`` (seconds) bounds every unary call. For TLS give ``ca`` (the fleet CA
+    that signed the server's certificate; else the system roots are trusted) and, where
+    the server requires mutual TLS, ``cert`` and ``key``; or give ready ``credentials``.
+    ``token`` is sent as a bearer token, and never in clear beyond loopback.
     """
 
     def __init__(
@@ -55,7 +59,16 @@ class Client:
         timeout: float = 30.0,
         credentials: grpc.ChannelCredentials | None = None,
         token: str | None = None,
+        ca: str | os.PathLike[str] | None = None,
+        cert: str | os.PathLike[str] | None = None,
+        key: str | os.PathLike[str] | None = None,
     ):
+        if credentials is None and (ca or cert or key):
+            credentials = tls.channel_credentials(ca, cert, key)
+        if token and credentials is None and not is_loopback(target):
+            raise errors.FailedPrecondition(
+                f"refusing to send a token to {target} without TLS; give ca= (--ca)"
+            )
         self.target = target
         self.timeout = timeout
         self._metadata: tuple[tuple[str, str], ...] = (

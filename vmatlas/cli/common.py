@@ -4,6 +4,7 @@ directly) and how to print tables."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -27,11 +28,31 @@ def add_target_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--timeout", type=float, default=30.0, metavar="SECONDS", help="per-call deadline"
     )
+    tls = parser.add_argument_group("TLS and authentication")
+    tls.add_argument("--ca", metavar="PEM", help="connect with TLS, trusting this CA")
+    tls.add_argument("--cert", metavar="PEM", help="client certificate, for mutual TLS")
+    tls.add_argument("--key", metavar="PEM", help="the private key of --cert")
+    tls.add_argument(
+        "--token",
+        metavar="TOKEN",
+        help=f"bearer token (default ${TOKEN_ENV}; prefer it: a flag shows in ps)",
+    )
+
+
+TOKEN_ENV = "VMATLAS_TOKEN"
 
 
 @contextmanager
 def connect(args: argparse.Namespace) -> Iterator[Client]:
-    with Client(args.target or DEFAULT_AGENT, timeout=args.timeout) as client:
+    token = getattr(args, "token", None) or os.environ.get(TOKEN_ENV) or None
+    with Client(
+        args.target or DEFAULT_AGENT,
+        timeout=args.timeout,
+        ca=getattr(args, "ca", None),
+        cert=getattr(args, "cert", None),
+        key=getattr(args, "key", None),
+        token=token,
+    ) as client:
         yield client
 
 
