@@ -3,6 +3,9 @@ lists and alerts use. The agent, the server and the client all call :func:`summa
 
 from __future__ import annotations
 
+from itertools import compress
+from operator import sub
+
 from vmatlas.model import (
     ACCESS_MASK,
     Host,
@@ -62,32 +65,28 @@ def summarize(
     max_map_count: int,
 ) -> Summary:
     """Figures for one address space whose user range is ``[range_min, range_max)``."""
-    region_count = 0
-    gate_count = 0
-    committed = reserved = 0
-    single_page = guard = 0
+    # Column at a time (C loops over lists) rather than row at a time: a 65K-region
+    # table costs a few milliseconds instead of tens.
     n = len(table)
     starts, ends, states = table.start, table.end, table.state
     protections, types, kinds = table.protection, table.type, table.kind
-    for i in range(n):
-        state = states[i]
-        if state == FREE:
-            continue
-        region_count += 1
-        size = ends[i] - starts[i]
-        if state == COMMITTED:
-            committed += size
-        elif state == RESERVED:
-            reserved += size
-        if kinds[i] == VSYSCALL:
-            gate_count += 1
-        if size == page_size_bytes:
-            single_page += 1
+    sizes = list(map(sub, ends, starts))
+    live = list(map(FREE.__ne__, states))
+    region_count = sum(live)
+    committed = sum(compress(sizes, map(COMMITTED.__eq__, states)))
+    reserved = sum(compress(sizes, map(RESERVED.__eq__, states)))
+    gate_count = sum(compress(map(VSYSCALL.__eq__, kinds), live))
+    single_page = sum(compress(map(page_size_bytes.__eq__, sizes), live))
+    guard_protections = {p for p in set(protections) if p & GUARD}
+    guard = sum(compress(map(guard_protections.__contains__, protections), live))
+    # A small no-access private reservation directly below committed memory (rare
+    # enough to look at one by one).
+    for i in compress(range(n), map(RESERVED.__eq__, states)):
         protection = protections[i]
-        if protection & GUARD or (
-            state == RESERVED
+        if (
+            not protection & GUARD
             and not protection & ACCESS
-            and size <= GUARD_MAX_BYTES
+            and sizes[i] <= GUARD_MAX_BYTES
             and types[i] == PRIVATE
             and i + 1 < n
             and starts[i + 1] == ends[i]
