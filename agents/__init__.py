@@ -9,6 +9,7 @@ from __future__ import annotations
 import sys
 
 from vmatlas.agents.base import Reader
+from vmatlas.agents.service import WindowsView
 
 
 def default_reader(host_id: str | None = None) -> Reader:
@@ -24,4 +25,15 @@ def default_reader(host_id: str | None = None) -> Reader:
     raise NotImplementedError(f"vmatlas has no reader for {sys.platform}")
 
 
-__all__ = ["Reader", "default_reader"]
+def windows_view(host_id: str | None = None) -> WindowsView | None:
+    """The Win32 view of Wine processes, on a Linux host (None elsewhere: on Windows
+    the native view is the Windows view). It starts Wine only when first asked, and
+    answers FailedPrecondition then if Wine or MinGW-w64 is missing."""
+    if not sys.platform.startswith("linux"):
+        return None
+    from vmatlas.agents.windows.wine import WineView
+
+    return WineView(host_id=host_id)
+
+
+__all__ = ["Reader", "default_reader", "windows_view"]

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from vmatlas.agents import default_reader
+from vmatlas.agents import default_reader, windows_view
 from vmatlas.agents.service import SERVICE_NAME, AgentServicer
 from vmatlas.grpcutil import build_server, serve_until_signalled
 from vmatlas.security.options import add_server_security_args, apply_config, server_security
@@ -32,21 +32,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.set_defaults(func=run)
 
 
-def windows_view_for_this_host():  # type: ignore[no-untyped-def]
-    """The Wine Windows view where this host can provide it, else None."""
-    try:
-        from vmatlas.agents.windows import wine_view
-    except ImportError:
-        return None
-    return wine_view
-
-
 def run(args: argparse.Namespace) -> int:
     apply_config(args, "agent")
     listen = args.listen or DEFAULT_LISTEN
     security = server_security(args, AGENT_POLICY, listen=listen)
     reader = default_reader(args.host_id)
-    servicer = AgentServicer(reader, windows_view=windows_view_for_this_host())
+    servicer = AgentServicer(reader, windows_view=windows_view(args.host_id))
     server, port, health = build_server(
         services=[(agent_pb2_grpc.add_AgentServiceServicer_to_server, servicer, SERVICE_NAME)],
         address=listen,
