@@ -4,6 +4,7 @@ and the ``vmatlas.v1`` wire schema. Everything else works on the plain model."""
 from __future__ import annotations
 
 from itertools import accumulate
+from operator import sub
 from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -97,16 +98,19 @@ def table_to_pb(table: RegionTable, message: pb.RegionTable | None = None) -> pb
     de-duplicated string table, so a large address space packs into a few bytes a row."""
     message = pb.RegionTable() if message is None else message
     starts, ends = table.start, table.end
-    message.start_delta_bytes.extend([s - e for s, e in zip(starts, [0, *ends[:-1]], strict=True)])
-    message.size_bytes.extend([e - s for s, e in zip(starts, ends, strict=True)])
+    message.start_delta_bytes.extend(list(map(sub, starts, [0, *ends[:-1]])))
+    message.size_bytes.extend(list(map(sub, ends, starts)))
     message.state.extend(table.state)
     message.type.extend(table.type)
     message.protection.extend(table.protection)
     message.protection_raw.extend(table.protection_raw)
     message.kind.extend(table.kind)
+    # Indices in order of first appearance; dict.fromkeys finds the distinct paths in
+    # one C pass, so only they are numbered in Python.
     index: dict[str, int] = {"": 0}
-    setdefault = index.setdefault
-    message.path_index.extend([setdefault(path, len(index)) for path in table.path])
+    for path in dict.fromkeys(table.path):
+        index.setdefault(path, len(index))
+    message.path_index.extend(list(map(index.__getitem__, table.path)))
     message.strings.extend(index)
     message.offset_bytes.extend(table.offset)
     message.device.extend(table.device)
