@@ -9,6 +9,8 @@ from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from vmatlas import errors
+from vmatlas.fleet import FleetProcess, HostStatus, StoredSnapshotInfo
 from vmatlas.model import (
     RESIDENCY_FIELDS,
     Host,
@@ -20,6 +22,7 @@ from vmatlas.model import (
     SnapshotView,
     Summary,
 )
+from vmatlas.v1 import fleet_pb2, hub_pb2
 from vmatlas.v1 import snapshot_pb2 as pb
 
 _SUMMARY_FIELDS = tuple(Summary.__dataclass_fields__)
@@ -230,4 +233,149 @@ def process_summary_from_pb(message: pb.ProcessSummary) -> ProcessSummary:
         process=process_from_pb(message.process),
         summary=summary_from_pb(message.summary),
         capture_time=timestamp_from_pb(message.capture_time),
+    )
+
+
+# -- snapshots as bytes --------------------------------------------------------------
+#
+# The server forwards and stores snapshots without decoding their region tables: an
+# agent sends a snapshot as a small header (a Snapshot without its regions) and the
+# serialized RegionTable; the full serialized Snapshot is the header followed by the
+# table framed as field 5. Protobuf parsers accept fields in any order, so the join is
+# plain byte concatenation.
+
+_REGIONS_FIELD = pb.Snapshot.DESCRIPTOR.fields_by_name["regions"].number
+_REGIONS_TAG = bytes([(_REGIONS_FIELD << 3) | 2])  # length-delimited
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def snapshot_parts(snapshot: Snapshot) -> tuple[bytes, bytes]:
+    """``(header, regions)``: the serialized Snapshot without its regions, and the
+    serialized RegionTable."""
+    return snapshot_header_bytes(snapshot), table_to_pb(snapshot.regions).SerializeToString()
+
+
+def snapshot_header_bytes(snapshot: Snapshot) -> bytes:
+    """The serialized Snapshot without its regions (``snapshot.regions`` is ignored)."""
+    header = pb.Snapshot()
+    host_to_pb(snapshot.host, header.host)
+    process_to_pb(snapshot.process, header.process)
+    timestamp_to_pb(snapshot.capture_time, header.capture_time)
+    summary_to_pb(snapshot.summary, header.summary)
+    header.view = int(snapshot.view)  # type: ignore[assignment]
+    header.includes_free = snapshot.includes_free
+    header.includes_residency = snapshot.includes_residency
+    return header.SerializeToString()
+
+
+def join_snapshot(header: bytes, regions: bytes) -> bytes:
+    """The serialized Snapshot made of :func:`snapshot_parts`' two halves."""
+    return b"".join((header, _REGIONS_TAG, _varint(len(regions)), regions))
+
+
+def snapshot_header_from_bytes(header: bytes) -> Snapshot:
+    """A snapshot header (no regions) as a Snapshot with an empty region table.
+    Raises ValueError when the bytes are not a Snapshot."""
+    message = pb.Snapshot()
+    try:
+        message.ParseFromString(header)
+    except Exception as exc:  # protobuf raises DecodeError, a bare Exception subclass
+        raise ValueError(f"not a serialized Snapshot: {exc}") from None
+    message.ClearField("regions")
+    return snapshot_from_pb(message)
+
+
+def snapshot_from_bytes(data: bytes) -> Snapshot:
+    """A full serialized Snapshot. Raises ValueError when malformed."""
+    message = pb.Snapshot()
+    try:
+        message.ParseFromString(data)
+    except Exception as exc:
+        raise ValueError(f"not a serialized Snapshot: {exc}") from None
+    return snapshot_from_pb(message)
+
+
+# -- fleet -----------------------------------------------------------------------------
+
+
+def error_to_pb(exc: errors.Error, message: hub_pb2.AgentError | None = None) -> hub_pb2.AgentError:
+    message = hub_pb2.AgentError() if message is None else message
+    message.kind = type(exc).__name__
+    message.message = str(exc)
+    message.pid = exc.pid or 0
+    return message
+
+
+def error_from_pb(message: hub_pb2.AgentError) -> errors.Error:
+    """The vmatlas error an AgentError stands for (plain Error for unknown kinds)."""
+    cls = getattr(errors, message.kind, None)
+    if not (isinstance(cls, type) and issubclass(cls, errors.Error)):
+        cls = errors.Error
+    return cls(message.message, pid=message.pid or None)
+
+
+def host_status_to_pb(
+    status: HostStatus, message: fleet_pb2.HostStatus | None = None
+) -> fleet_pb2.HostStatus:
+    message = fleet_pb2.HostStatus() if message is None else message
+    host_to_pb(status.host, message.host)
+    message.online = status.online
+    timestamp_to_pb(status.first_seen_time, message.first_seen_time)
+    timestamp_to_pb(status.last_seen_time, message.last_seen_time)
+    message.process_count = status.process_count
+    return message
+
+
+def host_status_from_pb(message: fleet_pb2.HostStatus) -> HostStatus:
+    return HostStatus(
+        host=host_from_pb(message.host),
+        online=message.online,
+        first_seen_time=timestamp_from_pb(message.first_seen_time),
+        last_seen_time=timestamp_from_pb(message.last_seen_time),
+        process_count=message.process_count,
+    )
+
+
+def fleet_process_to_pb(
+    item: FleetProcess, message: fleet_pb2.FleetProcess | None = None
+) -> fleet_pb2.FleetProcess:
+    message = fleet_pb2.FleetProcess() if message is None else message
+    message.host_id = item.host_id
+    process_summary_to_pb(item.item, message.summary)
+    return message
+
+
+def fleet_process_from_pb(message: fleet_pb2.FleetProcess) -> FleetProcess:
+    return FleetProcess(message.host_id, process_summary_from_pb(message.summary))
+
+
+def stored_info_to_pb(
+    info: StoredSnapshotInfo, message: fleet_pb2.StoredSnapshotInfo | None = None
+) -> fleet_pb2.StoredSnapshotInfo:
+    message = fleet_pb2.StoredSnapshotInfo() if message is None else message
+    message.snapshot_id = info.snapshot_id
+    process_to_pb(info.process, message.process)
+    timestamp_to_pb(info.capture_time, message.capture_time)
+    summary_to_pb(info.summary, message.summary)
+    return message
+
+
+def stored_info_from_pb(message: fleet_pb2.StoredSnapshotInfo, host_id: str) -> StoredSnapshotInfo:
+    return StoredSnapshotInfo(
+        snapshot_id=message.snapshot_id,
+        host_id=host_id,
+        process=process_from_pb(message.process),
+        capture_time=timestamp_from_pb(message.capture_time),
+        summary=summary_from_pb(message.summary),
     )
