@@ -1,0 +1,135 @@
+"""Assembling the fleet server: store, hub, services, retention; started and stopped
+as one thing by ``vmatlas server`` and ``vmatlas up``."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+import platformdirs
+
+from vmatlas.grpcutil import DEFAULT_GRACE_SECONDS, build_server
+from vmatlas.server.fleet import DEFAULT_AGENT_TIMEOUT_SECONDS, FleetServicer
+from vmatlas.server.fleet import SERVICE_NAME as FLEET_SERVICE
+from vmatlas.server.hub import DEFAULT_HEARTBEAT_SECONDS, AgentHubServicer, Hub
+from vmatlas.server.hub import SERVICE_NAME as HUB_SERVICE
+from vmatlas.server.sqlite_store import SQLiteStore
+from vmatlas.server.store import Store
+from vmatlas.v1 import fleet_pb2_grpc, hub_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+DEFAULT_LISTEN = "127.0.0.1:50550"
+DEFAULT_RETAIN_SECONDS = 30 * 86400.0
+# Threads beside the agents' streams for clients' calls.
+QUERY_WORKERS = 32
+
+
+def default_data_dir() -> str:
+    return platformdirs.user_data_dir("vmatlas", appauthor=False)
+
+
+@dataclass
+class ServerConfig:
+    listen: str = DEFAULT_LISTEN
+    data_dir: str = field(default_factory=default_data_dir)
+    # History older than this is pruned; 0 keeps everything.
+    retain_seconds: float = DEFAULT_RETAIN_SECONDS
+    heartbeat_seconds: float = DEFAULT_HEARTBEAT_SECONDS
+    # 0 means three heartbeat intervals.
+    offline_after_seconds: float = 0.0
+    agent_timeout_seconds: float = DEFAULT_AGENT_TIMEOUT_SECONDS
+    max_agents: int = 1000
+    # TLS and authentication plug in here (the factory passes them through).
+    credentials: grpc.ServerCredentials | None = None
+    interceptors: Sequence[grpc.ServerInterceptor] = ()
+
+
+class FleetServer:
+    """The server, its store and its hub. ``extra_services`` are more
+    ``(add_fn, servicer, name)`` triples for the same port (``vmatlas up`` adds the
+    local agent's service)."""
+
+    def __init__(
+        self,
+        config: ServerConfig,
+        *,
+        store: Store | None = None,
+        extra_services: Sequence[tuple[Any, Any, str]] = (),
+    ):
+        self.config = config
+        self.store: Store = store if store is not None else SQLiteStore(config.data_dir)
+        self.hub = Hub(
+            self.store,
+            heartbeat_seconds=config.heartbeat_seconds,
+            offline_after_seconds=config.offline_after_seconds,
+            max_agents=config.max_agents,
+        )
+        fleet = FleetServicer(
+            self.store, self.hub, agent_timeout_seconds=config.agent_timeout_seconds
+        )
+        services = [
+            (fleet_pb2_grpc.add_FleetServiceServicer_to_server, fleet, FLEET_SERVICE),
+            (
+                hub_pb2_grpc.add_AgentHubServiceServicer_to_server,
+                AgentHubServicer(self.hub),
+                HUB_SERVICE,
+            ),
+            *extra_services,
+        ]
+        self.server, self.port, self.health = build_server(
+            services=services,
+            address=config.listen,
+            max_workers=config.max_agents + QUERY_WORKERS,
+            interceptors=config.interceptors,
+            credentials=config.credentials,
+        )
+        self._stop = threading.Event()
+        self._pruner = threading.Thread(target=self._prune_loop, name="vmatlas-prune", daemon=True)
+
+    @property
+    def address(self) -> str:
+        return f"{self.config.listen.rsplit(':', 1)[0]}:{self.port}"
+
+    def start(self) -> FleetServer:
+        self.server.start()
+        self._pruner.start()
+        return self
+
+    def prune(self) -> int:
+        if not self.config.retain_seconds:
+            return 0
+        removed = self.store.prune(time.time() - self.config.retain_seconds)
+        if removed:
+            log.info("pruned %d history rows older than the retention", removed)
+        return removed
+
+    def _prune_loop(self) -> None:
+        period = min(3600.0, max(1.0, self.config.retain_seconds / 10))
+        while True:
+            try:
+                self.prune()
+            except Exception:
+                log.exception("pruning failed")
+            if self._stop.wait(period):
+                return
+
+    def closing(self) -> None:
+        """Stop pruning and close the agents' streams (they will reconnect to the
+        next server); what ``serve_until_signalled`` runs before draining calls."""
+        self._stop.set()
+        self.hub.stop()
+
+    def stop(self, grace_seconds: float = DEFAULT_GRACE_SECONDS) -> None:
+        """Refuse new calls, close the agents' streams, let calls in flight finish,
+        then close the store."""
+        self.health.enter_graceful_shutdown()
+        stopped = self.server.stop(grace_seconds)
+        self.closing()
+        stopped.wait()
+        self.store.close()

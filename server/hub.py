@@ -1,0 +1,276 @@
+"""The server's side of the agents' streams (``vmatlas.v1.AgentHubService``).
+
+Each connected agent is an :class:`AgentSession`: an outbox of messages for the agent
+and the snapshot requests waiting for its answers. The :class:`Hub` holds one session
+per host id (a second live agent claiming it is refused), records hosts online and
+offline in the store, and drops sessions whose agent fell silent for longer than the
+offline window. A request to one agent waits only on its own future with a deadline,
+so a slow or hung agent holds up nobody else.
+
+Sync gRPC keeps one pool thread per open stream, plus one thread here that reads the
+agent's messages; the server sizes its pool for ``max_agents`` streams.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
+
+import grpc
+
+from vmatlas import errors, wire
+from vmatlas.grpcutil import abort_with
+from vmatlas.model import Host
+from vmatlas.server.store import Store
+from vmatlas.v1 import agent_pb2, hub_pb2, hub_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = hub_pb2.DESCRIPTOR.services_by_name["AgentHubService"].full_name
+
+DEFAULT_HEARTBEAT_SECONDS = 10.0
+# Missed heartbeats before a silent agent counts as gone.
+MISSED_HEARTBEATS = 3
+
+
+class AgentSession:
+    """One connected agent: what to send it and which of its answers are awaited."""
+
+    def __init__(self, host: Host, instance_id: str):
+        self.host = host
+        self.host_id = host.host_id
+        self.instance_id = instance_id
+        self.last_heard = time.monotonic()
+        self.last_recorded = 0.0
+        self.closed = threading.Event()
+        self._outbox: queue.Queue[hub_pb2.ConnectResponse | None] = queue.Queue()
+        self._pending: dict[int, Future[hub_pb2.SnapshotResult]] = {}
+        self._ids = itertools.count(1)
+        self._lock = threading.Lock()
+
+    def send(self, message: hub_pb2.ConnectResponse) -> None:
+        self._outbox.put(message)
+
+    def outgoing(self) -> Iterator[hub_pb2.ConnectResponse]:
+        """Messages for the agent until the session closes."""
+        while True:
+            message = self._outbox.get()
+            if message is None:
+                return
+            yield message
+
+    def heard(self) -> None:
+        self.last_heard = time.monotonic()
+
+    def request_snapshot(
+        self, request: agent_pb2.GetSnapshotRequest, timeout_seconds: float
+    ) -> hub_pb2.SnapshotResult:
+        """Ask the agent for a snapshot and wait at most ``timeout_seconds``.
+        Unavailable when the agent goes away meanwhile, DeadlineExceeded on timeout."""
+        future: Future[hub_pb2.SnapshotResult] = Future()
+        with self._lock:
+            if self.closed.is_set():
+                raise errors.Unavailable(f"host {self.host_id!r} is offline")
+            request_id = next(self._ids)
+            self._pending[request_id] = future
+        command = hub_pb2.ConnectResponse()
+        command.snapshot_command.request_id = request_id
+        command.snapshot_command.request.CopyFrom(request)
+        command.snapshot_command.timeout_seconds = timeout_seconds
+        self.send(command)
+        try:
+            return future.result(timeout=timeout_seconds)
+        except FutureTimeout:
+            raise errors.DeadlineExceeded(
+                f"host {self.host_id!r} did not answer within {timeout_seconds:.1f} s"
+            ) from None
+        finally:
+            with self._lock:
+                self._pending.pop(request_id, None)
+
+    def resolve(self, result: hub_pb2.SnapshotResult) -> None:
+        with self._lock:
+            future = self._pending.pop(result.request_id, None)
+        if future is not None and not future.done():
+            future.set_result(result)
+
+    def close(self, reason: str) -> None:
+        with self._lock:
+            if self.closed.is_set():
+                return
+            self.closed.set()
+            pending = list(self._pending.values())
+            self._pending.clear()
+        self._outbox.put(None)
+        for future in pending:
+            if not future.done():
+                future.set_exception(errors.Unavailable(f"host {self.host_id!r}: {reason}"))
+
+
+class Hub:
+    """Every connected agent, by host id."""
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        heartbeat_seconds: float = DEFAULT_HEARTBEAT_SECONDS,
+        offline_after_seconds: float = 0.0,
+        max_agents: int = 1000,
+        clock: Callable[[], float] = time.time,
+    ):
+        self.store = store
+        self.heartbeat_seconds = heartbeat_seconds
+        self.offline_after_seconds = offline_after_seconds or MISSED_HEARTBEATS * heartbeat_seconds
+        self.max_agents = max_agents
+        self.clock = clock
+        self._sessions: dict[str, AgentSession] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._monitor = threading.Thread(target=self._watch, name="vmatlas-hub", daemon=True)
+        self._monitor.start()
+
+    def claim(self, host: Host, instance_id: str) -> AgentSession:
+        """A new session for ``host``. AlreadyExists when another live agent holds the
+        host id; a reconnect by the same agent (same instance id) replaces its own
+        stale session."""
+        with self._lock:
+            existing = self._sessions.get(host.host_id)
+            if existing is not None and not existing.closed.is_set():
+                if existing.instance_id != instance_id and not self._silent(existing):
+                    raise errors.AlreadyExists(
+                        f"host id {host.host_id!r} is held by another connected agent"
+                    )
+                existing.close("replaced by a new connection")
+            elif len(self._sessions) >= self.max_agents:
+                raise errors.ResourceExhausted(f"the server takes at most {self.max_agents} agents")
+            session = AgentSession(host, instance_id)
+            self._sessions[host.host_id] = session
+            self.store.put_host(host, self.clock())
+            session.last_recorded = session.last_heard
+        log.info("host %s online", host.host_id)
+        return session
+
+    def release(self, session: AgentSession, reason: str) -> None:
+        """End ``session`` and, unless a newer one replaced it, mark its host offline."""
+        session.close(reason)
+        with self._lock:
+            if self._sessions.get(session.host_id) is not session:
+                return
+            del self._sessions[session.host_id]
+            self.store.mark_offline(session.host_id)
+        log.info("host %s offline: %s", session.host_id, reason)
+
+    def heard(self, session: AgentSession) -> None:
+        """The agent spoke; record last-seen in the store at most once per heartbeat
+        interval (each record is a durable commit)."""
+        session.heard()
+        if session.last_heard - session.last_recorded >= self.heartbeat_seconds:
+            session.last_recorded = session.last_heard
+            with self._lock:
+                if self._sessions.get(session.host_id) is session:
+                    self.store.mark_online(session.host_id, self.clock())
+
+    def session(self, host_id: str) -> AgentSession:
+        """The live session of ``host_id``: NotFound for a host never seen,
+        Unavailable for one that is offline."""
+        with self._lock:
+            session = self._sessions.get(host_id)
+        if session is not None and not session.closed.is_set():
+            return session
+        self.store.host(host_id)  # NotFound for an unknown host
+        raise errors.Unavailable(f"host {host_id!r} is offline")
+
+    def online(self) -> list[str]:
+        with self._lock:
+            return sorted(self._sessions)
+
+    def _silent(self, session: AgentSession) -> bool:
+        return time.monotonic() - session.last_heard > self.offline_after_seconds
+
+    def _watch(self) -> None:
+        period = min(self.heartbeat_seconds, self.offline_after_seconds) / 2
+        while not self._stop.wait(period):
+            with self._lock:
+                silent = [s for s in self._sessions.values() if self._silent(s)]
+            for session in silent:
+                self.release(session, "missed heartbeats")
+
+    def stop(self) -> None:
+        """Close every session (agents will reconnect to the next server)."""
+        self._stop.set()
+        with self._lock:
+            sessions = list(self._sessions.values())
+        for session in sessions:
+            self.release(session, "server stopping")
+
+
+class AgentHubServicer(hub_pb2_grpc.AgentHubServiceServicer):
+    def __init__(self, hub: Hub):
+        self.hub = hub
+
+    def Connect(
+        self, request_iterator: Iterator[hub_pb2.ConnectRequest], context: grpc.ServicerContext
+    ) -> Iterator[hub_pb2.ConnectResponse]:
+        try:
+            first = next(request_iterator, None)
+            if first is None or first.WhichOneof("message") != "register":
+                raise errors.InvalidArgument("the first message must be a registration")
+            host = wire.host_from_pb(first.register.host)
+            if not host.host_id:
+                raise errors.InvalidArgument("the registration names no host id")
+            session = self.hub.claim(host, first.register.instance_id)
+        except errors.Error as exc:
+            abort_with(context, exc)
+            return
+        context.add_callback(lambda: session.close("stream ended"))
+        reader = threading.Thread(
+            target=self._read,
+            args=(session, request_iterator),
+            name=f"vmatlas-agent-{host.host_id}",
+            daemon=True,
+        )
+        registered = hub_pb2.ConnectResponse()
+        registered.registered.heartbeat_interval_seconds = self.hub.heartbeat_seconds
+        wire.timestamp_to_pb(self.hub.clock(), registered.registered.server_time)
+        try:
+            yield registered
+            reader.start()
+            yield from session.outgoing()
+        finally:
+            self.hub.release(session, "stream ended")
+
+    def _read(self, session: AgentSession, messages: Iterator[hub_pb2.ConnectRequest]) -> None:
+        reason = "agent disconnected"
+        try:
+            for message in messages:
+                self.hub.heard(session)
+                self._handle(session, message)
+        except grpc.RpcError:
+            reason = "stream broken"
+        except Exception:
+            log.exception("agent stream of %s failed", session.host_id)
+            reason = "internal error"
+        finally:
+            self.hub.release(session, reason)
+
+    def _handle(self, session: AgentSession, message: hub_pb2.ConnectRequest) -> None:
+        kind = message.WhichOneof("message")
+        if kind == "heartbeat":
+            ack = hub_pb2.ConnectResponse()
+            wire.timestamp_to_pb(self.hub.clock(), ack.heartbeat_ack.send_time)
+            session.send(ack)
+        elif kind == "summaries":
+            push = message.summaries
+            items = [wire.process_summary_from_pb(p) for p in push.processes]
+            self.hub.store.put_summaries(session.host_id, items, complete=push.complete)
+        elif kind == "snapshot_result":
+            session.resolve(message.snapshot_result)
+        else:
+            log.warning("agent %s sent an unexpected %s message", session.host_id, kind)

@@ -1,0 +1,477 @@
+"""The embedded store: one SQLite file in the data directory.
+
+Durability: WAL journal with ``synchronous=FULL``. A commit returns only after the WAL
+is fsynced, so anything acknowledged survives a server crash *and* a power cut
+(``NORMAL`` with WAL survives a process crash but may lose the last commits on power
+loss; a snapshot is acknowledged to a client, so FULL is the honest setting). WAL lets
+readers proceed while one writer commits.
+
+Threads: one connection guarded by one lock. Every write is a short transaction, so
+serializing them costs little next to the fsync each commit pays anyway.
+
+Summaries are plain columns (``summaries``; ``current_summaries`` is a view of every
+host's latest push) so audits can use SQL. Region tables are the serialized
+``RegionTable`` compressed with zlib, keyed by the SHA-256 of the uncompressed bytes:
+an unchanged process snapshotted twice costs one row, not two tables.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sqlite3
+import threading
+import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict
+from typing import Any
+
+from vmatlas import errors
+from vmatlas.fleet import FleetProcess, History, HostStatus, StoredSnapshotInfo
+from vmatlas.model import (
+    Host,
+    OperatingSystem,
+    Process,
+    ProcessSummary,
+    RegionTable,
+    Snapshot,
+    SnapshotView,
+    Summary,
+)
+from vmatlas.server.store import ProcessFilter, SnapshotRecord
+
+DATABASE_NAME = "vmatlas.sqlite3"
+SCHEMA_VERSION = 1
+
+_SUMMARY_COLUMNS = tuple(Summary.__dataclass_fields__)
+_SUMMARY_DDL = ",\n  ".join(
+    f"{name} {'REAL' if name == 'headroom_fraction' else 'INTEGER'} NOT NULL"
+    for name in _SUMMARY_COLUMNS
+)
+_SUMMARY_SELECT = ", ".join(f"s.{name}" for name in _SUMMARY_COLUMNS)
+
+SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS meta (
+  key TEXT PRIMARY KEY,
+  value TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS hosts (
+  host_id TEXT PRIMARY KEY,
+  hostname TEXT NOT NULL,
+  os INTEGER NOT NULL,
+  max_map_count INTEGER NOT NULL,
+  facts TEXT NOT NULL,               -- the Host as JSON (addresses are uint64)
+  online INTEGER NOT NULL,
+  first_seen_time REAL NOT NULL,
+  last_seen_time REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS processes (
+  id INTEGER PRIMARY KEY,
+  host_id TEXT NOT NULL REFERENCES hosts(host_id),
+  pid INTEGER NOT NULL,
+  start_time REAL NOT NULL,
+  name TEXT NOT NULL,
+  facts TEXT NOT NULL,               -- the Process as JSON
+  current INTEGER NOT NULL DEFAULT 0,  -- in the host's latest push
+  latest_capture_time REAL,
+  UNIQUE (host_id, pid, start_time)
+);
+CREATE INDEX IF NOT EXISTS processes_current ON processes (host_id, current);
+CREATE TABLE IF NOT EXISTS summaries (
+  process_id INTEGER NOT NULL REFERENCES processes(id),
+  capture_time REAL NOT NULL,
+  {_SUMMARY_DDL},
+  PRIMARY KEY (process_id, capture_time)
+);
+CREATE INDEX IF NOT EXISTS summaries_time ON summaries (capture_time);
+CREATE TABLE IF NOT EXISTS region_tables (
+  sha256 BLOB PRIMARY KEY,           -- of the uncompressed serialized RegionTable
+  size_bytes INTEGER NOT NULL,
+  zlib_data BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS snapshots (
+  id INTEGER PRIMARY KEY,
+  process_id INTEGER NOT NULL REFERENCES processes(id),
+  capture_time REAL NOT NULL,
+  host_facts TEXT NOT NULL,          -- the Host as it was at capture time
+  view INTEGER NOT NULL,
+  includes_free INTEGER NOT NULL,
+  includes_residency INTEGER NOT NULL,
+  {_SUMMARY_DDL},
+  regions_sha256 BLOB NOT NULL REFERENCES region_tables(sha256)
+);
+CREATE INDEX IF NOT EXISTS snapshots_process ON snapshots (process_id, capture_time);
+CREATE INDEX IF NOT EXISTS snapshots_time ON snapshots (capture_time);
+CREATE VIEW IF NOT EXISTS current_summaries AS
+  SELECT p.host_id, p.pid, p.name, p.start_time, s.*
+  FROM processes p JOIN summaries s
+    ON s.process_id = p.id AND s.capture_time = p.latest_capture_time
+  WHERE p.current = 1;
+"""
+
+_ORDER_BY = {
+    "regions": "s.map_count DESC, p.host_id, p.pid",
+    "headroom": "s.headroom_fraction ASC, p.host_id, p.pid",
+    "pid": "p.host_id, p.pid",
+}
+
+
+def _host_json(host: Host) -> str:
+    return json.dumps({**asdict(host), "os": int(host.os)})
+
+
+def _host_from_json(text: str) -> Host:
+    values = json.loads(text)
+    values["os"] = OperatingSystem(values["os"])
+    return Host(**values)
+
+
+def _process_json(process: Process) -> str:
+    return json.dumps(asdict(process))
+
+
+def _process_from_json(text: str) -> Process:
+    values = json.loads(text)
+    values["command_line"] = tuple(values["command_line"])
+    return Process(**values)
+
+
+def _summary_values(summary: Summary) -> tuple[Any, ...]:
+    return tuple(getattr(summary, name) for name in _SUMMARY_COLUMNS)
+
+
+def _summary_from(row: sqlite3.Row | tuple[Any, ...], first: int) -> Summary:
+    return Summary(*row[first : first + len(_SUMMARY_COLUMNS)])
+
+
+class SQLiteStore:
+    """:class:`~vmatlas.server.store.Store` on one SQLite file under ``data_dir``."""
+
+    def __init__(self, data_dir: str | os.PathLike[str]):
+        os.makedirs(data_dir, mode=0o700, exist_ok=True)
+        self.path = os.path.join(os.fspath(data_dir), DATABASE_NAME)
+        self._lock = threading.RLock()
+        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        # Layouts defeat ASLR: keep them readable by this user only.
+        os.chmod(self.path, 0o600)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute("PRAGMA foreign_keys=ON")
+        self._db.execute("PRAGMA busy_timeout=10000")
+        with self._tx() as db:
+            for statement in SCHEMA.split(";\n"):
+                if statement.strip():
+                    db.execute(statement)
+            row = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+            if row is None:
+                db.execute(
+                    "INSERT INTO meta (key, value) VALUES ('schema_version', ?)",
+                    (str(SCHEMA_VERSION),),
+                )
+            elif int(row[0]) != SCHEMA_VERSION:
+                raise errors.FailedPrecondition(
+                    f"{self.path} has schema version {row[0]}; this vmatlas reads "
+                    f"version {SCHEMA_VERSION}"
+                )
+            # Nobody is connected to a server that just started.
+            db.execute("UPDATE hosts SET online = 0")
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def _read(self, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
+        with self._lock:
+            return self._db.execute(sql, params).fetchall()
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    # -- hosts ----------------------------------------------------------------------------
+
+    def put_host(self, host: Host, now: float) -> None:
+        with self._tx() as db:
+            db.execute(
+                """INSERT INTO hosts (host_id, hostname, os, max_map_count, facts, online,
+                                      first_seen_time, last_seen_time)
+                   VALUES (?, ?, ?, ?, ?, 1, ?, ?)
+                   ON CONFLICT (host_id) DO UPDATE SET
+                     hostname = excluded.hostname, os = excluded.os,
+                     max_map_count = excluded.max_map_count, facts = excluded.facts,
+                     online = 1, last_seen_time = excluded.last_seen_time""",
+                (
+                    host.host_id,
+                    host.hostname,
+                    int(host.os),
+                    host.max_map_count,
+                    _host_json(host),
+                    now,
+                    now,
+                ),
+            )
+
+    def mark_online(self, host_id: str, now: float) -> None:
+        with self._tx() as db:
+            db.execute(
+                "UPDATE hosts SET online = 1, last_seen_time = ? WHERE host_id = ?",
+                (now, host_id),
+            )
+
+    def mark_offline(self, host_id: str) -> None:
+        with self._tx() as db:
+            db.execute("UPDATE hosts SET online = 0 WHERE host_id = ?", (host_id,))
+
+    def _host_status(self, row: tuple[Any, ...]) -> HostStatus:
+        facts, online, first_seen, last_seen, count = row
+        return HostStatus(
+            host=_host_from_json(facts),
+            online=bool(online),
+            first_seen_time=first_seen,
+            last_seen_time=last_seen,
+            process_count=count,
+        )
+
+    _HOST_SELECT = """SELECT h.facts, h.online, h.first_seen_time, h.last_seen_time,
+                        (SELECT count(*) FROM processes p
+                         WHERE p.host_id = h.host_id AND p.current = 1)
+                      FROM hosts h"""
+
+    def hosts(self) -> list[HostStatus]:
+        rows = self._read(self._HOST_SELECT + " ORDER BY h.host_id")
+        return [self._host_status(row) for row in rows]
+
+    def host(self, host_id: str) -> HostStatus:
+        rows = self._read(self._HOST_SELECT + " WHERE h.host_id = ?", (host_id,))
+        if not rows:
+            raise errors.NotFound(f"no host {host_id!r}")
+        return self._host_status(rows[0])
+
+    def _require_host(self, db: sqlite3.Connection, host_id: str) -> None:
+        if db.execute("SELECT 1 FROM hosts WHERE host_id = ?", (host_id,)).fetchone() is None:
+            raise errors.NotFound(f"no host {host_id!r}")
+
+    # -- summaries ----------------------------------------------------------------------
+
+    def _process_id(self, db: sqlite3.Connection, host_id: str, process: Process) -> int:
+        row = db.execute(
+            """INSERT INTO processes (host_id, pid, start_time, name, facts)
+               VALUES (?, ?, ?, ?, ?)
+               ON CONFLICT (host_id, pid, start_time) DO UPDATE SET
+                 name = excluded.name, facts = excluded.facts
+               RETURNING id""",
+            (host_id, process.pid, process.start_time, process.name, _process_json(process)),
+        ).fetchone()
+        return int(row[0])
+
+    def put_summaries(
+        self, host_id: str, items: list[ProcessSummary], *, complete: bool = True
+    ) -> None:
+        placeholders = ", ".join("?" * (2 + len(_SUMMARY_COLUMNS)))
+        with self._tx() as db:
+            self._require_host(db, host_id)
+            if complete:
+                db.execute("UPDATE processes SET current = 0 WHERE host_id = ?", (host_id,))
+            for item in items:
+                process_id = self._process_id(db, host_id, item.process)
+                db.execute(
+                    f"""INSERT OR REPLACE INTO summaries
+                        (process_id, capture_time, {", ".join(_SUMMARY_COLUMNS)})
+                        VALUES ({placeholders})""",
+                    (process_id, item.capture_time, *_summary_values(item.summary)),
+                )
+                db.execute(
+                    """UPDATE processes SET current = 1,
+                         latest_capture_time = max(coalesce(latest_capture_time, ?), ?)
+                       WHERE id = ?""",
+                    (item.capture_time, item.capture_time, process_id),
+                )
+
+    _CURRENT = f"""SELECT p.host_id, p.facts, s.capture_time, {_SUMMARY_SELECT}
+                   FROM processes p JOIN summaries s
+                     ON s.process_id = p.id AND s.capture_time = p.latest_capture_time
+                   WHERE p.current = 1"""
+
+    @staticmethod
+    def _fleet_process(row: tuple[Any, ...]) -> FleetProcess:
+        return FleetProcess(
+            host_id=row[0],
+            item=ProcessSummary(
+                process=_process_from_json(row[1]),
+                summary=_summary_from(row, 3),
+                capture_time=row[2],
+            ),
+        )
+
+    def processes(self, where: ProcessFilter) -> list[FleetProcess]:
+        if where.order not in _ORDER_BY:
+            raise errors.InvalidArgument(f"unknown process order {where.order!r}")
+        sql = self._CURRENT
+        params: list[Any] = []
+        if where.host_id:
+            with self._lock:
+                self.host(where.host_id)  # NotFound for an unknown host
+            sql += " AND p.host_id = ?"
+            params.append(where.host_id)
+        if where.name_contains:
+            sql += " AND instr(p.name, ?) > 0"
+            params.append(where.name_contains)
+        sql += f" ORDER BY {_ORDER_BY[where.order]}"
+        if where.limit:
+            sql += " LIMIT ?"
+            params.append(where.limit)
+        return [self._fleet_process(row) for row in self._read(sql, tuple(params))]
+
+    def latest_summaries_all_hosts(self) -> list[FleetProcess]:
+        sql = self._CURRENT + " ORDER BY p.host_id, p.pid"
+        return [self._fleet_process(row) for row in self._read(sql)]
+
+    # -- snapshots ----------------------------------------------------------------------
+
+    def put_snapshot(self, host_id: str, record: SnapshotRecord) -> str:
+        header = record.header
+        digest = hashlib.sha256(record.regions).digest()
+        with self._lock:
+            known = self._db.execute(
+                "SELECT 1 FROM region_tables WHERE sha256 = ?", (digest,)
+            ).fetchone()
+        # Compress outside the transaction: it is the slow part.
+        packed = None if known else zlib.compress(record.regions, 6)
+        with self._tx() as db:
+            self._require_host(db, host_id)
+            if packed is not None:
+                db.execute(
+                    """INSERT OR IGNORE INTO region_tables (sha256, size_bytes, zlib_data)
+                       VALUES (?, ?, ?)""",
+                    (digest, len(record.regions), packed),
+                )
+            process_id = self._process_id(db, host_id, header.process)
+            columns = ", ".join(_SUMMARY_COLUMNS)
+            placeholders = ", ".join("?" * (7 + len(_SUMMARY_COLUMNS)))
+            cursor = db.execute(
+                f"""INSERT INTO snapshots (process_id, capture_time, host_facts, view,
+                        includes_free, includes_residency, regions_sha256, {columns})
+                    VALUES ({placeholders})""",
+                (
+                    process_id,
+                    header.capture_time,
+                    _host_json(header.host),
+                    int(header.view),
+                    int(header.includes_free),
+                    int(header.includes_residency),
+                    digest,
+                    *_summary_values(header.summary),
+                ),
+            )
+            return str(cursor.lastrowid)
+
+    _SNAPSHOT_SELECT = f"""SELECT p.host_id, p.facts, s.capture_time, s.host_facts, s.view,
+                             s.includes_free, s.includes_residency, r.zlib_data, s.id,
+                             {_SUMMARY_SELECT}
+                           FROM snapshots s
+                           JOIN processes p ON p.id = s.process_id
+                           JOIN region_tables r ON r.sha256 = s.regions_sha256"""
+
+    @staticmethod
+    def _record(row: tuple[Any, ...]) -> SnapshotRecord:
+        header = Snapshot(
+            host=_host_from_json(row[3]),
+            process=_process_from_json(row[1]),
+            capture_time=row[2],
+            summary=_summary_from(row, 9),
+            regions=RegionTable(),
+            view=SnapshotView(row[4]),
+            includes_free=bool(row[5]),
+            includes_residency=bool(row[6]),
+        )
+        return SnapshotRecord(header=header, regions=zlib.decompress(row[7]))
+
+    def get_snapshot(self, snapshot_id: str) -> tuple[str, SnapshotRecord]:
+        try:
+            key = int(snapshot_id)
+        except ValueError:
+            raise errors.NotFound(f"no snapshot {snapshot_id!r}") from None
+        rows = self._read(self._SNAPSHOT_SELECT + " WHERE s.id = ?", (key,))
+        if not rows:
+            raise errors.NotFound(f"no snapshot {snapshot_id!r}")
+        return rows[0][0], self._record(rows[0])
+
+    def latest_snapshot(self, host_id: str, pid: int) -> tuple[str, SnapshotRecord]:
+        rows = self._read(
+            self._SNAPSHOT_SELECT
+            + " WHERE p.host_id = ? AND p.pid = ? ORDER BY s.capture_time DESC, s.id DESC"
+            + " LIMIT 1",
+            (host_id, pid),
+        )
+        if not rows:
+            raise errors.NotFound(f"no stored snapshot of pid {pid} on {host_id!r}", pid=pid)
+        return str(rows[0][8]), self._record(rows[0])
+
+    def history(self, host_id: str, pid: int, since: float, until: float) -> History:
+        self.host(host_id)
+        summary_rows = self._read(
+            f"""SELECT p.facts, s.capture_time, {_SUMMARY_SELECT}
+                FROM summaries s JOIN processes p ON p.id = s.process_id
+                WHERE p.host_id = ? AND p.pid = ? AND s.capture_time BETWEEN ? AND ?
+                ORDER BY s.capture_time""",
+            (host_id, pid, since, until),
+        )
+        snapshot_rows = self._read(
+            f"""SELECT s.id, p.facts, s.capture_time, {_SUMMARY_SELECT}
+                FROM snapshots s JOIN processes p ON p.id = s.process_id
+                WHERE p.host_id = ? AND p.pid = ? AND s.capture_time BETWEEN ? AND ?
+                ORDER BY s.capture_time, s.id""",
+            (host_id, pid, since, until),
+        )
+        return History(
+            summaries=[
+                ProcessSummary(_process_from_json(r[0]), _summary_from(r, 2), r[1])
+                for r in summary_rows
+            ],
+            snapshots=[
+                StoredSnapshotInfo(
+                    snapshot_id=str(r[0]),
+                    host_id=host_id,
+                    process=_process_from_json(r[1]),
+                    capture_time=r[2],
+                    summary=_summary_from(r, 3),
+                )
+                for r in snapshot_rows
+            ],
+        )
+
+    # -- retention ----------------------------------------------------------------------
+
+    def prune(self, older_than: float) -> int:
+        with self._tx() as db:
+            summaries = db.execute(
+                "DELETE FROM summaries WHERE capture_time < ?", (older_than,)
+            ).rowcount
+            snapshots = db.execute(
+                "DELETE FROM snapshots WHERE capture_time < ?", (older_than,)
+            ).rowcount
+            db.execute(
+                """DELETE FROM region_tables WHERE sha256 NOT IN
+                   (SELECT regions_sha256 FROM snapshots)"""
+            )
+            # A process with no history left and no place in a current push is gone.
+            db.execute(
+                """DELETE FROM processes WHERE current = 0
+                   AND id NOT IN (SELECT process_id FROM summaries)
+                   AND id NOT IN (SELECT process_id FROM snapshots)"""
+            )
+            db.execute(
+                """UPDATE processes SET current = 0 WHERE current = 1 AND NOT EXISTS
+                   (SELECT 1 FROM summaries s WHERE s.process_id = processes.id
+                    AND s.capture_time = processes.latest_capture_time)"""
+            )
+            return summaries + snapshots
