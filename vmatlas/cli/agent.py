@@ -8,9 +8,11 @@ from __future__ import annotations
 import argparse
 import logging
 
-from vmatlas.agents import default_reader, windows_view
+from vmatlas import errors
+from vmatlas.agents import Reader, default_reader, windows_view
 from vmatlas.agents.service import SERVICE_NAME, AgentServicer
-from vmatlas.grpcutil import build_server, serve_until_signalled
+from vmatlas.agents.uplink import DEFAULT_INTERVAL_SECONDS, DEFAULT_JUMP_REGIONS, Uplink
+from vmatlas.grpcutil import build_server, is_loopback, serve_until_signalled
 from vmatlas.security.options import add_server_security_args, apply_config, server_security
 from vmatlas.security.policy import AGENT_POLICY
 from vmatlas.v1 import agent_pb2_grpc
@@ -28,6 +30,26 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         help=f"address to serve on (default {DEFAULT_LISTEN}; port 0 picks one)",
     )
     p.add_argument("--host-id", help="this host's name in the fleet (default: hostname)")
+    p.add_argument(
+        "--server",
+        metavar="HOST:PORT",
+        help="also connect to this fleet server and keep pushing summaries to it",
+    )
+    p.add_argument(
+        "--interval",
+        type=float,
+        default=DEFAULT_INTERVAL_SECONDS,
+        metavar="SECONDS",
+        help=f"push every process's summary this often (default {DEFAULT_INTERVAL_SECONDS:.0f})",
+    )
+    p.add_argument(
+        "--jump",
+        type=int,
+        default=DEFAULT_JUMP_REGIONS,
+        metavar="REGIONS",
+        help="push at once when a map count moves this much between pushes "
+        f"(default {DEFAULT_JUMP_REGIONS})",
+    )
     add_server_security_args(p)
     p.set_defaults(func=run)
 
@@ -44,9 +66,36 @@ def run(args: argparse.Namespace) -> int:
         credentials=security.credentials,
         interceptors=security.interceptors,
     )
+    uplink = _uplink(args, reader, servicer)
     server.start()
     host = listen.rsplit(":", 1)[0]
     log.info("serving with %s", security.describe())
     print(f"vmatlas agent listening on {host}:{port}", flush=True)
-    serve_until_signalled(server, health)
+    if uplink is not None:
+        uplink.start()
+        print(f"vmatlas agent connecting to server {args.server}", flush=True)
+    serve_until_signalled(server, health, on_stop=uplink.stop if uplink else None)
     return 0
+
+
+def _uplink(args: argparse.Namespace, reader: Reader, servicer: AgentServicer) -> Uplink | None:
+    """The stream to ``--server``; beyond loopback only with ``--insecure`` until the
+    uplink speaks TLS."""
+    if not args.server:
+        return None
+    if not is_loopback(args.server):
+        if not args.insecure:
+            raise errors.FailedPrecondition(
+                f"refusing to send address layouts to {args.server} without TLS; "
+                "pass --insecure to accept the risk"
+            )
+        log.warning("INSECURE: sending address layouts to %s without TLS", args.server)
+    if args.interval <= 0 or args.jump <= 0:
+        raise errors.InvalidArgument("--interval and --jump must be positive")
+    return Uplink(
+        reader,
+        args.server,
+        servicer=servicer,
+        interval_seconds=args.interval,
+        jump_regions=args.jump,
+    )

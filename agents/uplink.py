@@ -1,0 +1,295 @@
+"""The agent's side of the server stream: ``vmatlas agent --server HOST:PORT``.
+
+One long-lived ``AgentHubService.Connect`` stream per agent. Over it the agent
+registers, sends heartbeats, pushes every process's summary each ``interval`` (and at
+once for processes whose map count jumped by ``jump_regions`` since their last push),
+and answers the server's snapshot commands. When the stream breaks, or the server
+stays silent for three heartbeat intervals, it reconnects with exponential backoff and
+jitter and registers again.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import random
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+
+import grpc
+
+from vmatlas import __version__, errors, wire
+from vmatlas.agents.base import Reader
+from vmatlas.agents.service import AgentServicer
+from vmatlas.grpcutil import channel_options, error_from_rpc
+from vmatlas.model import Host, ProcessSummary, Snapshot
+from vmatlas.v1 import hub_pb2, hub_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+DEFAULT_INTERVAL_SECONDS = 60.0
+DEFAULT_JUMP_REGIONS = 1000
+SILENT_HEARTBEATS = 3
+
+
+def backoff_delay(attempt: int, initial: float, maximum: float) -> float:
+    """Exponential backoff with jitter: half the capped delay fixed, half random, so
+    agents that lost the same server do not return in step."""
+    cap = min(maximum, initial * 2.0**attempt)
+    return cap / 2 + random.uniform(0.0, cap / 2)
+
+
+class Uplink:
+    """Keeps this agent connected to a server until :meth:`stop`.
+
+    ``host_id`` overrides the reader's host id (several uplinks may share a reader).
+    ``poll_seconds`` is how often map counts are re-read between pushes to catch
+    jumps; 0 means a sixth of the interval, at most 10 s.
+    """
+
+    def __init__(
+        self,
+        reader: Reader,
+        target: str,
+        *,
+        host_id: str | None = None,
+        servicer: AgentServicer | None = None,
+        interval_seconds: float = DEFAULT_INTERVAL_SECONDS,
+        poll_seconds: float = 0.0,
+        jump_regions: int = DEFAULT_JUMP_REGIONS,
+        backoff_initial_seconds: float = 0.5,
+        backoff_max_seconds: float = 30.0,
+        credentials: grpc.ChannelCredentials | None = None,
+    ):
+        self.reader = reader
+        self.target = target
+        self.host_id = host_id
+        self.servicer = servicer or AgentServicer(reader)
+        self.interval_seconds = interval_seconds
+        self.poll_seconds = poll_seconds or min(10.0, interval_seconds / 6)
+        self.jump_regions = jump_regions
+        self.backoff_initial_seconds = backoff_initial_seconds
+        self.backoff_max_seconds = backoff_max_seconds
+        self.credentials = credentials
+        self.instance_id = uuid.uuid4().hex
+        # Set while registered on a stream; registrations counts them.
+        self.connected = threading.Event()
+        self.registrations = 0
+        self.pushes = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._call: grpc.Future | None = None
+        self.error: errors.Error | None = None
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    def start(self) -> Uplink:
+        self._thread = threading.Thread(target=self._run_logged, name="vmatlas-uplink", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        call = self._call
+        if call is not None:
+            call.cancel()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def _run_logged(self) -> None:
+        try:
+            self.run()
+        except errors.Error as exc:
+            self.error = exc
+            log.error("uplink to %s stopped: %s", self.target, exc)
+
+    def run(self) -> None:
+        """Connect, serve the stream, reconnect, until stopped. Raises AlreadyExists
+        when the very first registration is refused for a duplicate host id (a
+        misconfiguration); later refusals are retried (the server may still hold this
+        agent's own stale stream)."""
+        attempt = 0
+        while not self._stop.is_set():
+            before = self.registrations
+            try:
+                self._serve_stream()
+            except errors.AlreadyExists:
+                if self.registrations == 0:
+                    raise
+                log.warning("server still holds host id %s; retrying", self._host().host_id)
+            except errors.Error as exc:
+                log.warning("stream to %s ended: %s", self.target, exc)
+            if self.registrations > before:
+                attempt = 0
+            if self._stop.is_set():
+                break
+            delay = backoff_delay(attempt, self.backoff_initial_seconds, self.backoff_max_seconds)
+            attempt += 1
+            log.info("reconnecting to %s in %.1f s", self.target, delay)
+            self._stop.wait(delay)
+
+    # -- one stream ---------------------------------------------------------------------
+
+    def _host(self) -> Host:
+        host = self.reader.host()
+        return replace(host, host_id=self.host_id) if self.host_id else host
+
+    def _serve_stream(self) -> None:
+        outbox: queue.Queue[hub_pb2.ConnectRequest | None] = queue.Queue()
+        registration = hub_pb2.ConnectRequest()
+        wire.host_to_pb(self._host(), registration.register.host)
+        registration.register.instance_id = self.instance_id
+        registration.register.agent_version = __version__
+        outbox.put(registration)
+
+        def requests() -> Iterator[hub_pb2.ConnectRequest]:
+            while True:
+                message = outbox.get()
+                if message is None:
+                    return
+                yield message
+
+        if self.credentials is None:
+            channel = grpc.insecure_channel(self.target, options=channel_options())
+        else:
+            channel = grpc.secure_channel(self.target, self.credentials, options=channel_options())
+        ended = threading.Event()
+        workers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="vmatlas-uplink-snap")
+        try:
+            call = hub_pb2_grpc.AgentHubServiceStub(channel).Connect(requests())
+            self._call = call
+            if self._stop.is_set():
+                call.cancel()
+            last_heard = [time.monotonic()]
+            registered = False
+            for message in call:
+                last_heard[0] = time.monotonic()
+                kind = message.WhichOneof("message")
+                if kind == "registered" and not registered:
+                    registered = True
+                    self.registrations += 1
+                    self.connected.set()
+                    log.info("registered with %s", self.target)
+                    heartbeat = message.registered.heartbeat_interval_seconds or 10.0
+                    for target in (self._heartbeats, self._pushes):
+                        threading.Thread(
+                            target=target,
+                            args=(call, outbox, ended, heartbeat, last_heard),
+                            daemon=True,
+                        ).start()
+                elif kind == "snapshot_command":
+                    workers.submit(self._answer, message.snapshot_command, outbox)
+        except grpc.RpcError as exc:
+            if exc.code() != grpc.StatusCode.CANCELLED or not self._stop.is_set():
+                raise error_from_rpc(exc) from None
+        finally:
+            self.connected.clear()
+            ended.set()
+            outbox.put(None)
+            workers.shutdown(wait=False, cancel_futures=True)
+            channel.close()
+            self._call = None
+
+    def _heartbeats(
+        self,
+        call: grpc.Future,
+        outbox: queue.Queue[hub_pb2.ConnectRequest | None],
+        ended: threading.Event,
+        heartbeat: float,
+        last_heard: list[float],
+    ) -> None:
+        while not ended.wait(heartbeat):
+            if time.monotonic() - last_heard[0] > SILENT_HEARTBEATS * heartbeat:
+                log.warning("server %s fell silent; reconnecting", self.target)
+                call.cancel()
+                return
+            message = hub_pb2.ConnectRequest()
+            wire.timestamp_to_pb(time.time(), message.heartbeat.send_time)
+            outbox.put(message)
+
+    def _pushes(
+        self,
+        call: grpc.Future,
+        outbox: queue.Queue[hub_pb2.ConnectRequest | None],
+        ended: threading.Event,
+        heartbeat: float,
+        last_heard: list[float],
+    ) -> None:
+        pushed: dict[tuple[int, float], int] = {}
+        next_push = time.monotonic()
+        while not ended.is_set():
+            now = time.monotonic()
+            if now >= next_push:
+                items, denied = self._collect()
+                if ended.is_set():
+                    return
+                outbox.put(_push(items, complete=True, access_denied_count=denied))
+                self.pushes += 1
+                pushed = {_key(item): item.summary.map_count for item in items}
+                next_push = now + self.interval_seconds
+            elif pushed:
+                items, _ = self._collect()
+                jumped = [
+                    item
+                    for item in items
+                    if _key(item) in pushed
+                    and abs(item.summary.map_count - pushed[_key(item)]) >= self.jump_regions
+                ]
+                if jumped and not ended.is_set():
+                    log.info("map count jumped in %d processes", len(jumped))
+                    outbox.put(_push(jumped, complete=False))
+                    for item in jumped:
+                        pushed[_key(item)] = item.summary.map_count
+            ended.wait(max(0.0, min(next_push, time.monotonic() + self.poll_seconds) - now))
+
+    def _collect(self) -> tuple[list[ProcessSummary], int]:
+        items: list[ProcessSummary] = []
+        denied = 0
+        for item in self.reader.process_summaries():
+            if isinstance(item, ProcessSummary):
+                items.append(item)
+            elif isinstance(item, errors.AccessDenied):
+                denied += 1
+        return items, denied
+
+    def _answer(
+        self,
+        command: hub_pb2.SnapshotCommand,
+        outbox: queue.Queue[hub_pb2.ConnectRequest | None],
+    ) -> None:
+        message = hub_pb2.ConnectRequest()
+        result = message.snapshot_result
+        result.request_id = command.request_id
+        request = command.request
+        try:
+            snapshot: Snapshot = self.servicer.snapshot(
+                request.pid, request.include_free, request.include_residency, request.view
+            )
+            if self.host_id:
+                snapshot = replace(snapshot, host=replace(snapshot.host, host_id=self.host_id))
+            result.snapshot_header, result.regions = wire.snapshot_parts(snapshot)
+        except errors.Error as exc:
+            wire.error_to_pb(exc, result.error)
+        except Exception as exc:
+            log.exception("snapshot of pid %d failed", request.pid)
+            wire.error_to_pb(errors.Error(f"agent failed: {type(exc).__name__}"), result.error)
+        outbox.put(message)
+
+
+def _key(item: ProcessSummary) -> tuple[int, float]:
+    return item.process.pid, item.process.start_time
+
+
+def _push(
+    items: list[ProcessSummary], *, complete: bool, access_denied_count: int = 0
+) -> hub_pb2.ConnectRequest:
+    message = hub_pb2.ConnectRequest()
+    message.summaries.complete = complete
+    message.summaries.access_denied_count = access_denied_count
+    for item in items:
+        wire.process_summary_to_pb(item, message.summaries.processes.add())
+    return message
