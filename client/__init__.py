@@ -6,6 +6,17 @@
 ...     for region in snap.regions:               # rows: start, end, size, state, perms, ...
 ...         print(hex(region.start), region.perms, region.path)
 
+Calls that name a ``host`` go to a server's fleet service:
+
+>>> with Client("127.0.0.1:50550") as c:          # vmatlas server / vmatlas up
+...     for h in c.hosts():
+...         print(h.host_id, h.online, h.host.max_map_count, h.process_count)
+...     top = c.processes(host="web-1", order="headroom", limit=5)
+...     snap = c.snapshot(4242, host="web-1")         # fresh, through the agent's stream
+...     old = c.snapshot(4242, host="web-1", fresh=False)  # the latest stored one
+...     hist = c.history(host="web-1", pid=4242, since=time.time() - 3600)
+...     again = c.stored_snapshot(hist.snapshots[-1].snapshot_id)
+
 Failed calls raise the :mod:`vmatlas.errors` hierarchy (``NoSuchProcess``,
 ``AccessDenied``, ``Unavailable``, ...), never a raw ``grpc.RpcError``.
 """
@@ -20,12 +31,13 @@ from typing import Any
 import grpc
 
 from vmatlas import errors, wire
+from vmatlas.fleet import FleetProcess, History, HostStatus
 from vmatlas.grpcutil import channel_options, error_from_rpc, is_loopback
 from vmatlas.model import Host, ProcessSummary, Snapshot, SnapshotView
 from vmatlas.security import tls
-from vmatlas.v1 import agent_pb2, agent_pb2_grpc
+from vmatlas.v1 import agent_pb2, agent_pb2_grpc, fleet_pb2, fleet_pb2_grpc
 
-__all__ = ["Client", "ProcessList", "errors"]
+__all__ = ["Client", "FleetProcess", "History", "HostStatus", "ProcessList", "errors"]
 
 ORDERS = {
     "regions": agent_pb2.PROCESS_ORDER_REGION_COUNT,
@@ -79,6 +91,7 @@ class Client:
         else:
             self._channel = grpc.secure_channel(target, credentials, options=channel_options())
         self._agent = agent_pb2_grpc.AgentServiceStub(self._channel)
+        self._fleet = fleet_pb2_grpc.FleetServiceStub(self._channel)
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -115,11 +128,22 @@ class Client:
         response = self._call(self._agent.GetHost, agent_pb2.GetHostRequest())
         return wire.host_from_pb(response.host)
 
-    def processes(self, *, order: str = "regions", limit: int = 0, name: str = "") -> ProcessList:
+    def processes(
+        self, *, order: str = "regions", limit: int = 0, name: str = "", host: str | None = None
+    ) -> ProcessList:
         """Process summaries of the agent's host, by region count (or ``headroom``,
-        ``pid``), at most ``limit`` (0 = all), only names containing ``name``."""
+        ``pid``), at most ``limit`` (0 = all), only names containing ``name``. With
+        ``host``, the latest ones that host's agent pushed to the server."""
         if order not in ORDERS:
             raise errors.InvalidArgument(f"order must be one of {', '.join(ORDERS)}")
+        if host is not None:
+            if not host:
+                raise errors.InvalidArgument("host must name a host")
+            statuses = {h.host_id: h for h in self.hosts()}
+            if host not in statuses:
+                raise errors.NotFound(f"no host {host!r}")
+            items = self.fleet_processes(host=host, order=order, limit=limit, name=name)
+            return ProcessList([p.item for p in items], statuses[host].host, 0)
         request = agent_pb2.ListProcessesRequest(order=ORDERS[order], limit=limit, name_filter=name)
         response = self._call(self._agent.ListProcesses, request)
         return ProcessList(
@@ -135,8 +159,22 @@ class Client:
         include_free: bool = False,
         include_residency: bool = False,
         view: SnapshotView = SnapshotView.NATIVE,
+        host: str | None = None,
+        fresh: bool = True,
     ) -> Snapshot:
-        """One process's address space. Raises NoSuchProcess, AccessDenied, ..."""
+        """One process's address space. Raises NoSuchProcess, AccessDenied, ...
+
+        With ``host``, through the server: taken now by that host's agent (``fresh``;
+        Unavailable when the host is offline) or the latest stored one."""
+        if host is not None:
+            return self.host_snapshot(
+                host,
+                pid,
+                fresh=fresh,
+                include_free=include_free,
+                include_residency=include_residency,
+                view=view,
+            )[1]
         request = agent_pb2.GetSnapshotRequest(
             pid=pid,
             include_free=include_free,
@@ -164,3 +202,68 @@ class Client:
             raise self._error(exc) from None
         finally:
             stream.cancel()
+
+    # -- fleet calls (a server) ---------------------------------------------------------
+
+    def hosts(self) -> list[HostStatus]:
+        """Every host the server knows, online or not, by host id."""
+        response = self._call(self._fleet.ListHosts, fleet_pb2.ListHostsRequest())
+        return [wire.host_status_from_pb(h) for h in response.hosts]
+
+    def fleet_processes(
+        self, *, host: str = "", order: str = "regions", limit: int = 0, name: str = ""
+    ) -> list[FleetProcess]:
+        """Latest process summaries across hosts (or of ``host``), each with its host id,
+        by region count, ``headroom`` or ``pid``."""
+        if order not in ORDERS:
+            raise errors.InvalidArgument(f"order must be one of {', '.join(ORDERS)}")
+        request = fleet_pb2.ListFleetProcessesRequest(
+            host_id=host, name_filter=name, order=ORDERS[order], limit=limit
+        )
+        response = self._call(self._fleet.ListFleetProcesses, request)
+        return [wire.fleet_process_from_pb(p) for p in response.processes]
+
+    def host_snapshot(
+        self,
+        host: str,
+        pid: int,
+        *,
+        fresh: bool = True,
+        include_free: bool = False,
+        include_residency: bool = False,
+        view: SnapshotView = SnapshotView.NATIVE,
+    ) -> tuple[str, Snapshot]:
+        """``(snapshot_id, snapshot)`` of ``pid`` on ``host``: fresh from its agent or
+        the latest stored."""
+        request = fleet_pb2.GetHostSnapshotRequest(
+            host_id=host,
+            pid=pid,
+            fresh=fresh,
+            include_free=include_free,
+            include_residency=include_residency,
+            view=int(view),  # type: ignore[arg-type]
+        )
+        response = self._call(self._fleet.GetHostSnapshot, request)
+        return response.snapshot_id, wire.snapshot_from_bytes(response.snapshot)
+
+    def history(
+        self, *, host: str, pid: int, since: float | None = None, until: float | None = None
+    ) -> History:
+        """Stored summaries of ``pid`` on ``host`` (seconds since the epoch bounds,
+        inclusive), oldest first, and the snapshots stored meanwhile."""
+        request = fleet_pb2.ListProcessHistoryRequest(host_id=host, pid=pid)
+        if since is not None:
+            wire.timestamp_to_pb(since, request.since_time)
+        if until is not None:
+            wire.timestamp_to_pb(until, request.until_time)
+        response = self._call(self._fleet.ListProcessHistory, request)
+        return History(
+            summaries=[wire.process_summary_from_pb(p) for p in response.summaries],
+            snapshots=[wire.stored_info_from_pb(s, host) for s in response.snapshots],
+        )
+
+    def stored_snapshot(self, snapshot_id: str) -> Snapshot:
+        """A snapshot the server stored, by id. NotFound when pruned or unknown."""
+        request = fleet_pb2.GetStoredSnapshotRequest(snapshot_id=snapshot_id)
+        response = self._call(self._fleet.GetStoredSnapshot, request)
+        return wire.snapshot_from_bytes(response.snapshot)

@@ -7,6 +7,7 @@ import csv
 import json
 from dataclasses import asdict
 
+from vmatlas import errors
 from vmatlas.cli.common import (
     add_format_args,
     add_target_args,
@@ -15,6 +16,7 @@ from vmatlas.cli.common import (
     print_table,
     source,
 )
+from vmatlas.server.app import DEFAULT_LISTEN as DEFAULT_SERVER
 
 COLUMNS = ("pid", "name", "user", "map_count", "max_map_count", "headroom", "committed", "reserved")
 
@@ -27,13 +29,34 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "--sort", choices=("regions", "headroom", "pid"), default="regions", help="order"
     )
     p.add_argument("--name", default="", help="only processes whose name contains this")
+    add_host_arg(p, "the latest summaries its agent pushed")
     add_format_args(p)
     p.set_defaults(func=run)
 
 
+def add_host_arg(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument(
+        "--host",
+        metavar="NAME",
+        help=f"a fleet host: {what}, through the server at --target (default {DEFAULT_SERVER})",
+    )
+
+
+def fleet_target(args: argparse.Namespace) -> dict[str, str]:
+    """With --host, point --target at the server by default; the options that pass
+    the host on to the client."""
+    if not args.host:
+        return {}
+    if args.local:
+        raise errors.InvalidArgument("--host and --local exclude each other")
+    args.target = args.target or DEFAULT_SERVER
+    return {"host": args.host}
+
+
 def run(args: argparse.Namespace) -> int:
+    fleet = fleet_target(args)
     with source(args) as src:
-        items = src.processes(order=args.sort, limit=args.top, name=args.name)
+        items = src.processes(order=args.sort, limit=args.top, name=args.name, **fleet)
     with output(args) as out:
         if args.format == "json":
             doc = {

@@ -6,6 +6,7 @@ import argparse
 import json
 from typing import TextIO
 
+from vmatlas import errors
 from vmatlas.cli.common import (
     add_format_args,
     add_target_args,
@@ -14,6 +15,7 @@ from vmatlas.cli.common import (
     print_table,
     source,
 )
+from vmatlas.cli.ps import add_host_arg, fleet_target
 from vmatlas.export import snapshot_to_csv, snapshot_to_document
 from vmatlas.model import Snapshot, SnapshotView
 
@@ -29,16 +31,25 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         action="store_true",
         help="the Win32 view of a Wine process (VirtualQueryEx under Wine)",
     )
+    add_host_arg(p, "taken now by its agent")
+    p.add_argument(
+        "--stored", action="store_true", help="with --host: the latest stored snapshot instead"
+    )
     add_format_args(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     options: dict[str, object] = {"include_free": args.free, "include_residency": args.residency}
+    fleet: dict[str, object] = dict(fleet_target(args))
+    if args.stored:
+        if not fleet:
+            raise errors.InvalidArgument("--stored needs --host")
+        fleet["fresh"] = False
     with source(args) as src:
         if args.windows:
             options["view"] = SnapshotView.WINDOWS
-        snap = src.snapshot(args.pid, **options)
+        snap = src.snapshot(args.pid, **options, **fleet)
     with output(args) as out:
         if args.format == "json":
             json.dump(snapshot_to_document(snap), out, indent=1)

@@ -1,0 +1,111 @@
+"""``vmatlas server``: the fleet server. Agents stream in; clients ask it about hosts,
+processes, fresh and stored snapshots, and history."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+from vmatlas import errors
+from vmatlas.grpcutil import is_loopback, serve_until_signalled
+from vmatlas.server.app import DEFAULT_LISTEN, FleetServer, ServerConfig, default_data_dir
+from vmatlas.server.hub import DEFAULT_HEARTBEAT_SECONDS
+from vmatlas.server.store import parse_duration
+
+log = logging.getLogger("vmatlas.server")
+
+
+def add_server_args(p: argparse.ArgumentParser) -> None:
+    """The options ``server`` and ``up`` share."""
+    p.add_argument(
+        "--listen",
+        default=DEFAULT_LISTEN,
+        metavar="HOST:PORT",
+        help=f"address to serve on (default {DEFAULT_LISTEN}; port 0 picks one)",
+    )
+    p.add_argument(
+        "--data-dir",
+        default=None,
+        metavar="DIR",
+        help=f"where the database lives (default {default_data_dir()})",
+    )
+    p.add_argument(
+        "--retain",
+        default="30d",
+        metavar="DURATION",
+        help="prune history older than this: 30d, 12h, 90m; 0 keeps everything (default 30d)",
+    )
+    p.add_argument(
+        "--heartbeat",
+        type=float,
+        default=DEFAULT_HEARTBEAT_SECONDS,
+        metavar="SECONDS",
+        help=f"how often agents send heartbeats (default {DEFAULT_HEARTBEAT_SECONDS:.0f})",
+    )
+    p.add_argument(
+        "--offline-after",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="mark a silent agent's host offline after this (default 3 heartbeats)",
+    )
+    p.add_argument(
+        "--agent-timeout",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="longest wait for an agent's answer to a fresh snapshot (default 30)",
+    )
+    p.add_argument(
+        "--max-agents",
+        type=int,
+        default=1000,
+        metavar="N",
+        help="most agents connected at once (each holds one server thread; default 1000)",
+    )
+    p.add_argument(
+        "--insecure",
+        action="store_true",
+        help="allow listening beyond loopback without TLS and authentication",
+    )
+
+
+def config_from_args(args: argparse.Namespace) -> ServerConfig:
+    if not is_loopback(args.listen):
+        if not args.insecure:
+            raise errors.FailedPrecondition(
+                f"refusing to serve address layouts on {args.listen} without TLS and "
+                "authentication; listen on 127.0.0.1, or pass --insecure to accept the risk"
+            )
+        log.warning(
+            "INSECURE: serving the fleet's address layouts on %s without TLS or "
+            "authentication; anyone who can reach this port can read them and "
+            "register as any host",
+            args.listen,
+        )
+    if args.heartbeat <= 0 or args.offline_after < 0 or args.agent_timeout <= 0:
+        raise errors.InvalidArgument("--heartbeat and --agent-timeout must be positive")
+    return ServerConfig(
+        listen=args.listen,
+        data_dir=args.data_dir or default_data_dir(),
+        retain_seconds=parse_duration(args.retain),
+        heartbeat_seconds=args.heartbeat,
+        offline_after_seconds=args.offline_after,
+        agent_timeout_seconds=args.agent_timeout,
+        max_agents=args.max_agents,
+    )
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("server", help="the fleet server: agents connect to it, clients ask it")
+    add_server_args(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    fleet = FleetServer(config_from_args(args)).start()
+    print(f"vmatlas server listening on {fleet.address}", flush=True)
+    print(f"vmatlas server data in {fleet.config.data_dir}", flush=True)
+    serve_until_signalled(fleet.server, fleet.health, on_stop=fleet.closing)
+    fleet.store.close()
+    return 0

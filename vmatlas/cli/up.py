@@ -1,0 +1,143 @@
+"""``vmatlas up``: a fleet server on the embedded store and this host's agent connected
+to it, in one process, with a live view of the fleet until Ctrl-C."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import threading
+import time
+from typing import TextIO
+
+from vmatlas.agents import default_reader, windows_view
+from vmatlas.agents.service import SERVICE_NAME as AGENT_SERVICE
+from vmatlas.agents.service import AgentServicer
+from vmatlas.agents.uplink import DEFAULT_INTERVAL_SECONDS, Uplink
+from vmatlas.cli.common import print_table
+from vmatlas.cli.server import add_server_args, config_from_args
+from vmatlas.fleet import FleetProcess, HostStatus
+from vmatlas.grpcutil import serve_until_signalled
+from vmatlas.server.app import FleetServer
+from vmatlas.server.store import ProcessFilter
+from vmatlas.v1 import agent_pb2_grpc
+
+TOP_PROCESSES = 10
+_CLEAR = "\x1b[H\x1b[2J"
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser(
+        "up", help="a server and this host's agent in one process, with a live fleet view"
+    )
+    add_server_args(p)
+    p.add_argument(
+        "--interval",
+        type=float,
+        default=DEFAULT_INTERVAL_SECONDS,
+        metavar="SECONDS",
+        help=f"how often the local agent pushes summaries (default {DEFAULT_INTERVAL_SECONDS:.0f})",
+    )
+    p.add_argument("--host-id", help="this host's name in the fleet (default: hostname)")
+    p.add_argument(
+        "--refresh",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="redraw the view this often (default 2 on a terminal, 30 otherwise)",
+    )
+    p.set_defaults(func=run)
+
+
+def fleet_view(hosts: list[HostStatus], processes: list[FleetProcess], now: float) -> str:
+    """The live view as text: every host, then the processes closest to their limit."""
+    import io
+
+    out = io.StringIO()
+    online = sum(h.online for h in hosts)
+    out.write(f"vmatlas fleet at {time.strftime('%H:%M:%S', time.localtime(now))}: ")
+    out.write(f"{len(hosts)} hosts, {online} online\n\n")
+    print_table(
+        ("HOST", "STATE", "OS", "MAX_MAP_COUNT", "PROCESSES", "LAST SEEN"),
+        [
+            (
+                h.host_id,
+                "online" if h.online else "offline",
+                h.host.os.name.lower(),
+                h.host.max_map_count or "-",
+                h.process_count,
+                f"{max(0.0, now - h.last_seen_time):.0f}s ago",
+            )
+            for h in hosts
+        ],
+        out=out,
+        right=(3, 4),
+    )
+    out.write(f"\nclosest to their map limit (top {TOP_PROCESSES}):\n")
+    print_table(
+        ("HOST", "PID", "NAME", "MAPS", "LIMIT", "HEADROOM"),
+        [
+            (
+                p.host_id,
+                p.item.process.pid,
+                p.item.process.name,
+                p.item.summary.map_count,
+                p.item.summary.max_map_count or "-",
+                f"{100 * p.item.summary.headroom_fraction:.1f}%",
+            )
+            for p in processes
+        ],
+        out=out,
+        right=(1, 3, 4, 5),
+    )
+    return out.getvalue()
+
+
+def _show(fleet: FleetServer, out: TextIO, stop: threading.Event, refresh: float) -> None:
+    tty = out.isatty()
+    while True:
+        hosts = fleet.store.hosts()
+        top = fleet.store.processes(ProcessFilter(order="headroom", limit=TOP_PROCESSES))
+        text = fleet_view(hosts, top, time.time())
+        out.write(_CLEAR + text if tty else text + "\n")
+        out.flush()
+        if stop.wait(refresh):
+            return
+
+
+def run(args: argparse.Namespace) -> int:
+    config = config_from_args(args)
+    reader = default_reader(args.host_id)
+    agent = AgentServicer(reader, windows_view=windows_view(args.host_id))
+    fleet = FleetServer(
+        config,
+        extra_services=[(agent_pb2_grpc.add_AgentServiceServicer_to_server, agent, AGENT_SERVICE)],
+    ).start()
+    host = fleet.address.rsplit(":", 1)[0]
+    dial = "127.0.0.1" if host in ("0.0.0.0", "[::]", "::", "") else host
+    uplink = Uplink(
+        reader,
+        f"{dial}:{fleet.port}",
+        servicer=agent,
+        interval_seconds=args.interval,
+        backoff_max_seconds=5.0,
+    ).start()
+    print(f"vmatlas up: server listening on {fleet.address}", flush=True)
+    print(f"vmatlas up: data in {config.data_dir}", flush=True)
+    print(f"vmatlas up: local agent is host {reader.host().host_id}", flush=True)
+    uplink.connected.wait(5.0)
+    stop = threading.Event()
+    refresh = args.refresh or (2.0 if sys.stdout.isatty() else 30.0)
+    view = threading.Thread(
+        target=_show, args=(fleet, sys.stdout, stop, refresh), name="vmatlas-view", daemon=True
+    )
+    view.start()
+
+    def stopping() -> None:
+        stop.set()
+        uplink.stop()
+        fleet.closing()
+
+    serve_until_signalled(fleet.server, fleet.health, on_stop=stopping)
+    view.join(5.0)
+    fleet.store.close()
+    return 0
