@@ -116,7 +116,9 @@ def agent_process() -> Iterator[tuple[subprocess.Popen[str], str]]:
         line = proc.stdout.readline()
         match = re.search(r"listening on (\S+)", line)
         if not match:
-            raise RuntimeError(f"vmatlas agent did not start: {line or proc.stderr.read()}")
+            assert proc.stderr is not None
+            last = (line or proc.stderr.read()).strip().splitlines() or ["no output"]
+            raise RuntimeError(f"vmatlas agent did not start: {last[-1][:80]}")
         yield proc, match.group(1)
     finally:
         proc.terminate()
@@ -179,6 +181,14 @@ def spread(values: list[float], unit: str, scale: Callable[[float], str]) -> str
     return f"{scale(med)} [{scale(min(values))}-{scale(max(values))}]"
 
 
+def _share(x: float) -> str:
+    return f"{x:.1%}"
+
+
+def _times(x: float) -> str:
+    return f"{x:.2f}x"
+
+
 def render(rows: list[Row]) -> str:
     header = ("benchmark", "target", "vmatlas", "reference", "ratio [min-max]", "met")
     lines = []
@@ -194,8 +204,7 @@ def render(rows: list[Row]) -> str:
         )
         if row.ratio and row.refs:
             rs = row.ratios()
-            as_share = row.unit in ("bytes", "MiB")
-            ratio = spread(rs, "", lambda x: f"{x:.1%}" if as_share else f"{x:.2f}x")
+            ratio = spread(rs, "", _share if row.unit in ("bytes", "MiB") else _times)
             figure = statistics.median(rs)
         else:
             ratio = ""

@@ -11,6 +11,7 @@ memfd cases in the field do (~90 bytes a line, like FIELD.md's measurements).
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import mmap
@@ -51,10 +52,8 @@ def main() -> None:
     try:
         count = plant(regions, path)
     finally:
-        try:
+        with contextlib.suppress(OSError):
             os.unlink(path)  # the mapping keeps the file; maps shows it (deleted)
-        except OSError:
-            pass
     print(count, flush=True)
     sys.stdin.read()
 
