@@ -75,7 +75,11 @@ def strip_addresses(message: Message) -> Message:
         return message
     field: Any
     for field, value in message.ListFields():
-        if field.full_name in ADDRESS_FIELDS:
+        if field.full_name in ADDRESS_FIELDS or (
+            _is_message(field)
+            and not field.is_repeated
+            and field.message_type.full_name in LAYOUT_MESSAGES
+        ):
             message.ClearField(field.name)
         elif _is_message(field) and _may_hold_addresses(field.message_type):
             if field.message_type.GetOptions().map_entry:
@@ -83,7 +87,7 @@ def strip_addresses(message: Message) -> Message:
                 if _is_message(value_field):
                     for item in value.values():
                         strip_addresses(item)
-            elif field.label == FieldDescriptor.LABEL_REPEATED:
+            elif field.is_repeated:
                 for item in value:
                     strip_addresses(item)
             else:
@@ -103,17 +107,16 @@ def address_fields_set(message: Message, prefix: str = "") -> list[str]:
             found.append(path)
         elif _is_message(field):
             if field.message_type.GetOptions().map_entry:
+                value_is_message = _is_message(field.message_type.fields_by_name["value"])
                 items = (
-                    list(value.values())
-                    if _is_message(field.message_type.fields_by_name["value"])
-                    else []
+                    [(f"{path}[{k!r}].", v) for k, v in value.items()] if value_is_message else []
                 )
-            elif field.label == FieldDescriptor.LABEL_REPEATED:
-                items = list(value)
+            elif field.is_repeated:
+                items = [(f"{path}[{i}].", item) for i, item in enumerate(value)]
             else:
-                items = [value]
-            for i, item in enumerate(items):
-                found.extend(address_fields_set(item, f"{path}[{i}]."))
+                items = [(f"{path}.", value)]
+            for item_prefix, item in items:
+                found.extend(address_fields_set(item, item_prefix))
     return found
 
 
