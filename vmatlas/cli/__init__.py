@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from vmatlas import __version__, errors
 
 # Module names under vmatlas.cli, in the order --help lists them.
-COMMANDS = ("agent", "certs", "ps", "snapshot", "diff", "server", "up", "hosts")
+COMMANDS = ("agent", "certs", "ps", "snapshot", "diff", "audit", "server", "up", "hosts")
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
