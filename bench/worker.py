@@ -93,6 +93,68 @@ def op_client_snapshot(target: str, pid: int) -> dict[str, Any]:
     return {"seconds": time.perf_counter() - start, "regions": len(snapshot.regions)}
 
 
+def op_fleet_snapshot(target: str, host: str, pid: int) -> dict[str, Any]:
+    """A fresh snapshot through the server: client -> server -> agent stream -> back,
+    decoded by the client library (the server files it in its store on the way)."""
+    from vmatlas.client import Client
+
+    client = _clients.get(target)
+    if client is None:
+        client = _clients[target] = Client(target)
+        client.hosts()  # connect outside the timing
+    start = time.perf_counter()
+    snapshot = client.snapshot(pid, host=host, fresh=True)
+    return {"seconds": time.perf_counter() - start, "regions": len(snapshot.regions)}
+
+
+_audit_inputs: dict[tuple[int, int, int], Any] = {}
+
+
+def _fleet_inputs(hosts: int, processes: int, history_points: int) -> Any:
+    """``hosts`` hosts of ``processes`` processes each, as plain model objects, and
+    ``history_points`` earlier map counts for every process."""
+    import dataclasses
+
+    from bench.fleet import _host, summary_item
+
+    now = time.time()
+    host_list = []
+    by_host = {}
+    history = {}
+    for h in range(hosts):
+        host = _host(f"host-{h:04d}")
+        # A few groups with different limits, so recommendations have work.
+        host = dataclasses.replace(host, max_map_count=(65530, 262144, 1048576)[h % 3])
+        host_list.append(host)
+        items = [summary_item(1000 + i * 7 + h, now) for i in range(processes)]
+        by_host[host.host_id] = items
+        if history_points:
+            for item in items:
+                count = item.summary.map_count
+                history[(host.host_id, item.process.pid)] = [
+                    (now - 3600.0 * (k + 1), count - 50 * (k + 1))
+                    for k in range(history_points)
+                ]
+    return host_list, by_host, history
+
+
+def op_audit(hosts: int, processes: int, history_points: int = 0) -> dict[str, Any]:
+    """The pure fleet audit over synthetic plain-model inputs (built once, untimed)."""
+    from vmatlas import audit
+
+    key = (hosts, processes, history_points)
+    if key not in _audit_inputs:
+        _audit_inputs[key] = _fleet_inputs(*key)
+    host_list, by_host, history = _audit_inputs[key]
+    start = time.perf_counter()
+    report = audit.audit(host_list, by_host, history or None)
+    return {
+        "seconds": time.perf_counter() - start,
+        "findings": len(report.findings),
+        "processes": report.process_count,
+    }
+
+
 _diff_inputs: dict[int, Any] = {}
 
 
@@ -136,6 +198,8 @@ OPS: dict[str, Callable[..., dict[str, Any]]] = {
     "psutil": op_psutil,
     "client_snapshot": op_client_snapshot,
     "diff": op_diff,
+    "fleet_snapshot": op_fleet_snapshot,
+    "audit": op_audit,
 }
 
 
