@@ -23,6 +23,7 @@ Failed calls raise the :mod:`vmatlas.errors` hierarchy (``NoSuchProcess``,
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterator
 from types import TracebackType
@@ -30,12 +31,22 @@ from typing import Any
 
 import grpc
 
-from vmatlas import errors, wire
+from vmatlas import errors, wire, wire_analysis
+from vmatlas.audit import AuditReport
+from vmatlas.diff import Diff, DiffMode, diff
 from vmatlas.fleet import FleetProcess, History, HostStatus
 from vmatlas.grpcutil import channel_options, error_from_rpc, is_loopback
 from vmatlas.model import Host, ProcessSummary, Snapshot, SnapshotView
+from vmatlas.policy import Policy, policy_to_document
 from vmatlas.security import tls
-from vmatlas.v1 import agent_pb2, agent_pb2_grpc, fleet_pb2, fleet_pb2_grpc
+from vmatlas.v1 import (
+    agent_pb2,
+    agent_pb2_grpc,
+    analysis_pb2,
+    analysis_pb2_grpc,
+    fleet_pb2,
+    fleet_pb2_grpc,
+)
 
 __all__ = ["Client", "FleetProcess", "History", "HostStatus", "ProcessList", "errors"]
 
@@ -92,6 +103,7 @@ class Client:
             self._channel = grpc.secure_channel(target, credentials, options=channel_options())
         self._agent = agent_pb2_grpc.AgentServiceStub(self._channel)
         self._fleet = fleet_pb2_grpc.FleetServiceStub(self._channel)
+        self._analysis = analysis_pb2_grpc.AnalysisServiceStub(self._channel)
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -267,3 +279,30 @@ class Client:
         request = fleet_pb2.GetStoredSnapshotRequest(snapshot_id=snapshot_id)
         response = self._call(self._fleet.GetStoredSnapshot, request)
         return wire.snapshot_from_bytes(response.snapshot)
+
+    # -- analysis calls (a server) ------------------------------------------------------
+
+    def diff(
+        self,
+        before: Snapshot | str,
+        after: Snapshot | str,
+        *,
+        mode: DiffMode = DiffMode.UNSPECIFIED,
+    ) -> Diff:
+        """What changed from ``before`` to ``after``; each is a :class:`Snapshot`, a
+        stored snapshot id, or ``"HOST:PID"`` for that process's latest stored snapshot.
+        Two snapshots in hand are diffed here; otherwise the server does it."""
+        if isinstance(before, Snapshot) and isinstance(after, Snapshot):
+            return diff(before, after, mode)
+        request = analysis_pb2.DiffRequest(mode=int(mode))  # type: ignore[arg-type]
+        wire_analysis.selector_to_pb(before, request.before)
+        wire_analysis.selector_to_pb(after, request.after)
+        return wire_analysis.diff_from_pb(self._call(self._analysis.Diff, request))
+
+    def audit(self, *, policy: Policy | None = None) -> AuditReport:
+        """The server's audit of every host's latest data and history, under ``policy``
+        (the built-in defaults when None)."""
+        request = analysis_pb2.AuditRequest(
+            policy_json=json.dumps(policy_to_document(policy)) if policy is not None else ""
+        )
+        return wire_analysis.report_from_pb(self._call(self._analysis.Audit, request))

@@ -14,13 +14,15 @@ import grpc
 import platformdirs
 
 from vmatlas.grpcutil import DEFAULT_GRACE_SECONDS, build_server
+from vmatlas.server.analysis import SERVICE_NAME as ANALYSIS_SERVICE
+from vmatlas.server.analysis import AnalysisServicer
 from vmatlas.server.fleet import DEFAULT_AGENT_TIMEOUT_SECONDS, FleetServicer
 from vmatlas.server.fleet import SERVICE_NAME as FLEET_SERVICE
 from vmatlas.server.hub import DEFAULT_HEARTBEAT_SECONDS, AgentHubServicer, Hub
 from vmatlas.server.hub import SERVICE_NAME as HUB_SERVICE
 from vmatlas.server.sqlite_store import SQLiteStore
 from vmatlas.server.store import Store
-from vmatlas.v1 import fleet_pb2_grpc, hub_pb2_grpc
+from vmatlas.v1 import analysis_pb2_grpc, fleet_pb2_grpc, hub_pb2_grpc
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +81,11 @@ class FleetServer:
                 hub_pb2_grpc.add_AgentHubServiceServicer_to_server,
                 AgentHubServicer(self.hub),
                 HUB_SERVICE,
+            ),
+            (
+                analysis_pb2_grpc.add_AnalysisServiceServicer_to_server,
+                AnalysisServicer(self.store),
+                ANALYSIS_SERVICE,
             ),
             *extra_services,
         ]

@@ -284,3 +284,24 @@ def test_replace_keeps_policy_frozen():
     policy = dataclasses.replace(Policy(), map_count=MapCountRule(0.1, 0.2))
     with pytest.raises(dataclasses.FrozenInstanceError):
         policy.map_count.warn_fraction = 0.3  # type: ignore[misc]
+
+
+def test_report_survives_the_wire_and_enums_match_the_schema(make_planter):
+    from vmatlas.v1 import analysis_pb2
+    from vmatlas.wire_analysis import report_from_pb, report_to_pb
+
+    child = make_planter()
+    child.grow(1200)
+    host, item = _summary_of(child)
+    # Pretend it started long ago, so that the planted history falls in its lifetime.
+    item = dataclasses.replace(item, process=dataclasses.replace(item.process, start_time=0.0))
+    series = [(item.capture_time - 60 * k, item.summary.map_count - 50 * k) for k in range(1, 5)]
+    report = audit([host], {host.host_id: [item]}, {(host.host_id, child.pid): series})
+    assert any(f.forecast_seconds is not None for f in report.findings)
+    data = report_to_pb(report).SerializeToString()
+    assert report_from_pb(analysis_pb2.AuditResponse.FromString(data)) == report
+    for model, wire_enum, prefix in (
+        (Severity, analysis_pb2.Severity, "SEVERITY_"),
+        (Check, analysis_pb2.AuditCheck, "AUDIT_CHECK_"),
+    ):
+        assert {prefix + m.name: m.value for m in model} == dict(wire_enum.items())

@@ -128,3 +128,23 @@ def _vmatlas(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "vmatlas", *args], capture_output=True, text=True, timeout=60
     )
+
+
+def test_diff_survives_the_wire_and_enums_match_the_schema(planter):
+    from vmatlas.v1 import analysis_pb2
+    from vmatlas.wire_analysis import diff_from_pb, diff_to_pb
+
+    address = planter.map(16)
+    before = reader.snapshot(planter.pid)
+    planter.unmap(address + 4 * PAGE, 8)
+    planter.protect(address, 2, "r")
+    d = diff(before, reader.snapshot(planter.pid))
+    assert (
+        diff_from_pb(analysis_pb2.DiffResponse.FromString(diff_to_pb(d).SerializeToString())) == d
+    )
+    for model, wire_enum, prefix in (
+        (DiffMode, analysis_pb2.DiffMode, "DIFF_MODE_"),
+        (RegionClass, analysis_pb2.RegionClass, "REGION_CLASS_"),
+        (ChangeKind, analysis_pb2.ChangeKind, "CHANGE_KIND_"),
+    ):
+        assert {prefix + m.name: m.value for m in model} == dict(wire_enum.items())
