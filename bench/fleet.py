@@ -86,7 +86,9 @@ def _push(batch: int, capture_time: float) -> hub_pb2.ConnectRequest:
     message = hub_pb2.ConnectRequest()
     message.summaries.complete = True
     for pid in range(1000, 1000 + batch):
-        wire.process_summary_to_pb(summary_item(pid, capture_time), message.summaries.processes.add())
+        wire.process_summary_to_pb(
+            summary_item(pid, capture_time), message.summaries.processes.add()
+        )
     return message
 
 

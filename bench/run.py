@@ -104,12 +104,10 @@ class Worker:
 
 
 @contextlib.contextmanager
-def vmatlas_process(
-    command: str, *args: str
-) -> Iterator[tuple[subprocess.Popen[str], str]]:
+def vmatlas_process(command: str, *args: str) -> Iterator[tuple[subprocess.Popen[str], str]]:
     """``vmatlas COMMAND --listen 127.0.0.1:0 ARGS``: (process, target). stderr goes to
     a temporary file (a busy server logs a lot; a pipe nobody reads would fill)."""
-    errlog = tempfile.TemporaryFile("w+")
+    errlog = tempfile.TemporaryFile("w+")  # noqa: SIM115  # closed in the finally below
     proc = subprocess.Popen(
         [PYTHON, "-m", "vmatlas", command, "--listen", "127.0.0.1:0", *args],
         cwd=ROOT,
@@ -137,9 +135,9 @@ def vmatlas_process(
         errlog.close()
 
 
-def agent_process(*args: str) -> contextlib.AbstractContextManager[
-    tuple[subprocess.Popen[str], str]
-]:
+def agent_process(
+    *args: str,
+) -> contextlib.AbstractContextManager[tuple[subprocess.Popen[str], str]]:
     """``vmatlas agent`` on a loopback port: (process, target)."""
     return vmatlas_process("agent", *args)
 
@@ -152,9 +150,11 @@ def server_process(*args: str) -> Iterator[tuple[subprocess.Popen[str], str]]:
     extra = list(args)
     if "--rate-limit" in _server_help():
         extra += ["--rate-limit", "1000000", "--rate-burst", "1000000"]
-    with tempfile.TemporaryDirectory(prefix="vmatlas-bench-server-") as data:
-        with vmatlas_process("server", "--data-dir", data, "--retain", "0", *extra) as started:
-            yield started
+    with (
+        tempfile.TemporaryDirectory(prefix="vmatlas-bench-server-") as data,
+        vmatlas_process("server", "--data-dir", data, "--retain", "0", *extra) as started,
+    ):
+        yield started
 
 
 @functools.cache
@@ -490,8 +490,9 @@ def fleet_snapshot(
         goal=lambda r: r <= 3.0,
     )
     try:
-        with server_process() as (_, target), agent_process(
-            "--server", target, "--host-id", SERVER_HOST_ID
+        with (
+            server_process() as (_, target),
+            agent_process("--server", target, "--host-id", SERVER_HOST_ID),
         ):
             wait_online(target, SERVER_HOST_ID)
             snap = lambda: worker(  # noqa: E731
@@ -613,9 +614,7 @@ def connected_agents(count: int) -> Row:
         return row
     per_agent = (after - before) / count
     row.values = [per_agent]
-    row.note = (
-        f"RSS {before / MIB:,.0f} -> {after / MIB:,.0f} MiB, {threads} threads"
-    )
+    row.note = f"RSS {before / MIB:,.0f} -> {after / MIB:,.0f} MiB, {threads} threads"
     row.goal = lambda v: v <= 200 * 1024
     return row
 

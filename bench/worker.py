@@ -132,8 +132,7 @@ def _fleet_inputs(hosts: int, processes: int, history_points: int) -> Any:
             for item in items:
                 count = item.summary.map_count
                 history[(host.host_id, item.process.pid)] = [
-                    (now - 3600.0 * (k + 1), count - 50 * (k + 1))
-                    for k in range(history_points)
+                    (now - 3600.0 * (k + 1), count - 50 * (k + 1)) for k in range(history_points)
                 ]
     return host_list, by_host, history
 
