@@ -14,6 +14,8 @@ import grpc
 import platformdirs
 
 from vmatlas.grpcutil import DEFAULT_GRACE_SECONDS, build_server
+from vmatlas.security.auth import AuthInterceptor
+from vmatlas.security.policy import SERVER_POLICY
 from vmatlas.server.analysis import SERVICE_NAME as ANALYSIS_SERVICE
 from vmatlas.server.analysis import AnalysisServicer
 from vmatlas.server.fleet import DEFAULT_AGENT_TIMEOUT_SECONDS, FleetServicer
@@ -47,9 +49,13 @@ class ServerConfig:
     offline_after_seconds: float = 0.0
     agent_timeout_seconds: float = DEFAULT_AGENT_TIMEOUT_SECONDS
     max_agents: int = 1000
-    # TLS and authentication plug in here (the factory passes them through).
+    # TLS and authentication (vmatlas.security.options.server_security). Without them
+    # the access policy still holds and every caller is the anonymous admin: for
+    # loopback and tests only, which the command line enforces.
     credentials: grpc.ServerCredentials | None = None
-    interceptors: Sequence[grpc.ServerInterceptor] = ()
+    interceptors: Sequence[grpc.ServerInterceptor] = field(
+        default_factory=lambda: [AuthInterceptor(SERVER_POLICY, tokens=None)]
+    )
 
 
 class FleetServer:

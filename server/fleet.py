@@ -16,6 +16,7 @@ from vmatlas.grpcutil import maps_errors
 from vmatlas.server.hub import Hub
 from vmatlas.server.store import ProcessFilter, SnapshotRecord, Store
 from vmatlas.v1 import agent_pb2, fleet_pb2, fleet_pb2_grpc
+from vmatlas.validate import validate_snapshot_parts
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +103,12 @@ class FleetServicer(fleet_pb2_grpc.FleetServiceServicer):
             raise errors.Unavailable(
                 f"host {request.host_id!r} answered as {header.host.host_id!r}"
             )
+        try:
+            validate_snapshot_parts(result.snapshot_header, result.regions, session.host)
+        except errors.InvalidArgument as exc:
+            raise errors.Unavailable(
+                f"host {request.host_id!r} sent a bad snapshot: {exc}"
+            ) from None
         snapshot_id = self.store.put_snapshot(
             request.host_id, SnapshotRecord(header=header, regions=result.regions)
         )

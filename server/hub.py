@@ -27,8 +27,10 @@ import grpc
 from vmatlas import errors, wire
 from vmatlas.grpcutil import abort_with
 from vmatlas.model import Host
+from vmatlas.security.auth import require_agent_host
 from vmatlas.server.store import Store
 from vmatlas.v1 import agent_pb2, hub_pb2, hub_pb2_grpc
+from vmatlas.validate import validate_host, validate_summaries
 
 log = logging.getLogger(__name__)
 
@@ -225,6 +227,9 @@ class AgentHubServicer(hub_pb2_grpc.AgentHubServiceServicer):
             host = wire.host_from_pb(first.register.host)
             if not host.host_id:
                 raise errors.InvalidArgument("the registration names no host id")
+            validate_host(host)
+            # The agent's certificate must name the host it registers as.
+            require_agent_host(host.host_id)
             session = self.hub.claim(host, first.register.instance_id)
         except errors.Error as exc:
             abort_with(context, exc)
@@ -268,7 +273,11 @@ class AgentHubServicer(hub_pb2_grpc.AgentHubServiceServicer):
             session.send(ack)
         elif kind == "summaries":
             push = message.summaries
-            items = [wire.process_summary_from_pb(p) for p in push.processes]
+            try:
+                items = validate_summaries(push.processes, session.host)
+            except errors.InvalidArgument as exc:
+                log.warning("dropped a bad summary push from %s: %s", session.host_id, exc)
+                return
             self.hub.store.put_summaries(session.host_id, items, complete=push.complete)
         elif kind == "snapshot_result":
             session.resolve(message.snapshot_result)

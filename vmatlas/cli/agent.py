@@ -12,8 +12,14 @@ from vmatlas import errors
 from vmatlas.agents import Reader, default_reader, windows_view
 from vmatlas.agents.service import SERVICE_NAME, AgentServicer
 from vmatlas.agents.uplink import DEFAULT_INTERVAL_SECONDS, DEFAULT_JUMP_REGIONS, Uplink
-from vmatlas.grpcutil import build_server, is_loopback, serve_until_signalled
-from vmatlas.security.options import add_server_security_args, apply_config, server_security
+from vmatlas.grpcutil import build_server, serve_until_signalled
+from vmatlas.security.options import (
+    add_server_security_args,
+    add_uplink_security_args,
+    apply_config,
+    server_security,
+    uplink_credentials,
+)
 from vmatlas.security.policy import AGENT_POLICY
 from vmatlas.v1 import agent_pb2_grpc
 
@@ -51,6 +57,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         f"(default {DEFAULT_JUMP_REGIONS})",
     )
     add_server_security_args(p)
+    add_uplink_security_args(p)
     p.set_defaults(func=run)
 
 
@@ -79,17 +86,12 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _uplink(args: argparse.Namespace, reader: Reader, servicer: AgentServicer) -> Uplink | None:
-    """The stream to ``--server``; beyond loopback only with ``--insecure`` until the
-    uplink speaks TLS."""
+    """The stream to ``--server``: TLS with ``--server-ca``, presenting the agent's
+    certificate (``--agent-cert``/``--agent-key``); beyond loopback never in plain
+    text unless ``--insecure``."""
     if not args.server:
         return None
-    if not is_loopback(args.server):
-        if not args.insecure:
-            raise errors.FailedPrecondition(
-                f"refusing to send address layouts to {args.server} without TLS; "
-                "pass --insecure to accept the risk"
-            )
-        log.warning("INSECURE: sending address layouts to %s without TLS", args.server)
+    credentials = uplink_credentials(args, args.server)
     if args.interval <= 0 or args.jump <= 0:
         raise errors.InvalidArgument("--interval and --jump must be positive")
     return Uplink(
@@ -98,4 +100,5 @@ def _uplink(args: argparse.Namespace, reader: Reader, servicer: AgentServicer) -
         servicer=servicer,
         interval_seconds=args.interval,
         jump_regions=args.jump,
+        credentials=credentials,
     )

@@ -7,7 +7,9 @@ import argparse
 import logging
 
 from vmatlas import errors
-from vmatlas.grpcutil import is_loopback, serve_until_signalled
+from vmatlas.grpcutil import serve_until_signalled
+from vmatlas.security.options import add_server_security_args, apply_config, server_security
+from vmatlas.security.policy import SERVER_POLICY
 from vmatlas.server.app import DEFAULT_LISTEN, FleetServer, ServerConfig, default_data_dir
 from vmatlas.server.hub import DEFAULT_HEARTBEAT_SECONDS
 from vmatlas.server.store import parse_duration
@@ -19,7 +21,6 @@ def add_server_args(p: argparse.ArgumentParser) -> None:
     """The options ``server`` and ``up`` share."""
     p.add_argument(
         "--listen",
-        default=DEFAULT_LISTEN,
         metavar="HOST:PORT",
         help=f"address to serve on (default {DEFAULT_LISTEN}; port 0 picks one)",
     )
@@ -63,25 +64,20 @@ def add_server_args(p: argparse.ArgumentParser) -> None:
         metavar="N",
         help="most agents connected at once (each holds one server thread; default 1000)",
     )
-    p.add_argument(
-        "--insecure",
-        action="store_true",
-        help="allow listening beyond loopback without TLS and authentication",
-    )
+    add_server_security_args(p)
 
 
 def config_from_args(args: argparse.Namespace) -> ServerConfig:
-    if not is_loopback(args.listen):
-        if not args.insecure:
-            raise errors.FailedPrecondition(
-                f"refusing to serve address layouts on {args.listen} without TLS and "
-                "authentication; listen on 127.0.0.1, or pass --insecure to accept the risk"
-            )
+    """The server's configuration from its flags (and ``--config``), TLS and
+    authentication included; refuses to serve beyond loopback without them unless
+    ``--insecure``."""
+    apply_config(args, getattr(args, "command", None) or "server")
+    args.listen = args.listen or DEFAULT_LISTEN
+    security = server_security(args, SERVER_POLICY, listen=args.listen)
+    if security.authenticated and not security.mutual_tls:
         log.warning(
-            "INSECURE: serving the fleet's address layouts on %s without TLS or "
-            "authentication; anyone who can reach this port can read them and "
-            "register as any host",
-            args.listen,
+            "with --tokens and no --tls-client-ca, agents cannot connect: they "
+            "authenticate with their certificates (mutual TLS)"
         )
     if args.heartbeat <= 0 or args.offline_after < 0 or args.agent_timeout <= 0:
         raise errors.InvalidArgument("--heartbeat and --agent-timeout must be positive")
@@ -93,6 +89,8 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         offline_after_seconds=args.offline_after,
         agent_timeout_seconds=args.agent_timeout,
         max_agents=args.max_agents,
+        credentials=security.credentials,
+        interceptors=security.interceptors,
     )
 
 

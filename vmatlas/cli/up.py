@@ -9,6 +9,7 @@ import threading
 import time
 from typing import TextIO
 
+from vmatlas import errors
 from vmatlas.agents import default_reader, windows_view
 from vmatlas.agents.service import SERVICE_NAME as AGENT_SERVICE
 from vmatlas.agents.service import AgentServicer
@@ -17,6 +18,7 @@ from vmatlas.cli.common import print_table
 from vmatlas.cli.server import add_server_args, config_from_args
 from vmatlas.fleet import FleetProcess, HostStatus
 from vmatlas.grpcutil import serve_until_signalled
+from vmatlas.security.options import add_uplink_security_args, uplink_credentials
 from vmatlas.server.app import FleetServer
 from vmatlas.server.store import ProcessFilter
 from vmatlas.v1 import agent_pb2_grpc
@@ -30,6 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "up", help="a server and this host's agent in one process, with a live fleet view"
     )
     add_server_args(p)
+    add_uplink_security_args(p)
     p.add_argument(
         "--interval",
         type=float,
@@ -106,6 +109,16 @@ def _show(fleet: FleetServer, out: TextIO, stop: threading.Event, refresh: float
 
 def run(args: argparse.Namespace) -> int:
     config = config_from_args(args)
+    # With TLS the local agent dials its own server like any agent: trusting the fleet
+    # CA (the client CA, unless --server-ca says otherwise) with its own certificate.
+    credentials = uplink_credentials(args, "127.0.0.1", fallback_ca=args.tls_client_ca)
+    if config.credentials is not None and credentials is None:
+        raise errors.InvalidArgument("with --tls-cert the local agent needs --server-ca")
+    if args.tls_client_ca and not args.agent_cert:
+        raise errors.InvalidArgument(
+            "with --tls-client-ca the local agent needs --agent-cert and --agent-key "
+            "(`vmatlas certs agent DIR HOST_ID`)"
+        )
     reader = default_reader(args.host_id)
     agent = AgentServicer(reader, windows_view=windows_view(args.host_id))
     fleet = FleetServer(
@@ -120,6 +133,7 @@ def run(args: argparse.Namespace) -> int:
         servicer=agent,
         interval_seconds=args.interval,
         backoff_max_seconds=5.0,
+        credentials=credentials,
     ).start()
     print(f"vmatlas up: server listening on {fleet.address}", flush=True)
     print(f"vmatlas up: data in {config.data_dir}", flush=True)

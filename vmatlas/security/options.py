@@ -172,3 +172,38 @@ def security_namespace(**values: Any) -> argparse.Namespace:
         "config",
     )
     return argparse.Namespace(**{**dict.fromkeys(names), **values})
+
+
+def add_uplink_security_args(parser: argparse.ArgumentParser) -> None:
+    """Flags for an agent's stream to the fleet server."""
+    group = parser.add_argument_group("uplink security")
+    group.add_argument(
+        "--server-ca", metavar="PEM", help="connect to --server with TLS, trusting this CA"
+    )
+    group.add_argument(
+        "--agent-cert",
+        metavar="PEM",
+        help="this agent's certificate (`vmatlas certs agent`), naming its host id",
+    )
+    group.add_argument("--agent-key", metavar="PEM", help="the private key of --agent-cert")
+
+
+def uplink_credentials(
+    args: argparse.Namespace, target: str, *, fallback_ca: str | None = None
+) -> grpc.ChannelCredentials | None:
+    """Channel credentials for the stream to ``target``, or None for plain text, which
+    is refused beyond loopback unless ``--insecure``."""
+    ca = getattr(args, "server_ca", None) or fallback_ca
+    cert, key = getattr(args, "agent_cert", None), getattr(args, "agent_key", None)
+    if bool(cert) != bool(key):
+        raise errors.InvalidArgument("--agent-cert and --agent-key go together")
+    if ca or cert:
+        return tls.channel_credentials(ca, cert, key)
+    if not is_loopback(target):
+        if not getattr(args, "insecure", False):
+            raise errors.FailedPrecondition(
+                f"refusing to send address layouts to {target} without TLS; give "
+                "--server-ca and --agent-cert/--agent-key, or pass --insecure to accept the risk"
+            )
+        log.warning("INSECURE: sending address layouts to %s without TLS", target)
+    return None

@@ -12,8 +12,8 @@ from collections.abc import Iterable
 from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection_pb2
 
-from vmatlas.security.auth import INSPECTOR, VIEWER, Policy, Rule
-from vmatlas.v1 import agent_pb2
+from vmatlas.security.auth import AGENTS_ONLY, INSPECTOR, VIEWER, Policy, Rule
+from vmatlas.v1 import agent_pb2, fleet_pb2, hub_pb2
 
 
 def method_names(file_descriptor: object, service: str) -> list[str]:
@@ -27,6 +27,8 @@ def rules(service_methods: Iterable[str], rule: Rule) -> dict[str, Rule]:
 
 
 _AGENT = agent_pb2.DESCRIPTOR.services_by_name["AgentService"].full_name
+_FLEET = fleet_pb2.DESCRIPTOR.services_by_name["FleetService"].full_name
+_HUB = hub_pb2.DESCRIPTOR.services_by_name["AgentHubService"].full_name
 
 # Health and reflection reveal nothing about a host, but still need a token.
 STANDARD_POLICY: dict[str, Rule] = {
@@ -41,6 +43,23 @@ AGENT_POLICY: Policy = {
     f"/{_AGENT}/WatchProcess": VIEWER,
     # A full snapshot is the layout itself.
     f"/{_AGENT}/GetSnapshot": INSPECTOR,
+}
+
+# `vmatlas server` (and `vmatlas up`, which serves the local agent's service beside it).
+SERVER_POLICY: Policy = {
+    **AGENT_POLICY,
+    f"/{_FLEET}/ListHosts": VIEWER,
+    f"/{_FLEET}/ListFleetProcesses": VIEWER,
+    f"/{_FLEET}/ListProcessHistory": VIEWER,
+    # Serialized snapshots, layouts included.
+    f"/{_FLEET}/GetHostSnapshot": INSPECTOR,
+    f"/{_FLEET}/GetStoredSnapshot": INSPECTOR,
+    # The agents' uplink: their certificate names the host they may register.
+    f"/{_HUB}/Connect": AGENTS_ONLY,
+    # Audits and diffs: a viewer's diff reaches it with its change addresses stripped
+    # (vmatlas.security.redact), leaving the by-identity classes.
+    "/vmatlas.v1.AnalysisService/Diff": VIEWER,
+    "/vmatlas.v1.AnalysisService/Audit": VIEWER,
 }
 
 

@@ -29,6 +29,14 @@ ADDRESS_FIELDS: frozenset[str] = frozenset(
     {
         "vmatlas.v1.RegionTable.start_delta_bytes",
         "vmatlas.v1.RegionTable.allocation_base",
+        # Serialized Snapshots (the fleet forwards them without decoding).
+        "vmatlas.v1.GetHostSnapshotResponse.snapshot",
+        "vmatlas.v1.GetStoredSnapshotResponse.snapshot",
+        "vmatlas.v1.SnapshotResult.snapshot_header",
+        "vmatlas.v1.SnapshotResult.regions",
+        # A diff by address names the range of each change.
+        "vmatlas.v1.DiffChange.start_address",
+        "vmatlas.v1.DiffChange.end_address",
     }
 )
 
