@@ -80,6 +80,8 @@ class Uplink:
         self.connected = threading.Event()
         self.registrations = 0
         self.pushes = 0
+        # The latest complete push (what the server was last told exists).
+        self.last_push: tuple[ProcessSummary, ...] = ()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._call: grpc.Future | None = None
@@ -228,6 +230,7 @@ class Uplink:
                 if ended.is_set():
                     return
                 outbox.put(_push(items, complete=True, access_denied_count=denied))
+                self.last_push = tuple(items)
                 self.pushes += 1
                 pushed = {_key(item): item.summary.map_count for item in items}
                 next_push = now + self.interval_seconds

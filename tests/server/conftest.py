@@ -1,0 +1,151 @@
+"""Fixtures for the fleet server tests: an in-process server on a loopback port with a
+fresh data directory and heartbeat windows short enough for tests, uplinks that use
+the real Linux reader, and a hand-driven agent stream for misbehaving agents."""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from vmatlas import wire
+from vmatlas.agents.linux import LinuxReader
+from vmatlas.agents.uplink import Uplink
+from vmatlas.client import Client
+from vmatlas.server.app import FleetServer, ServerConfig
+from vmatlas.v1 import hub_pb2, hub_pb2_grpc
+
+HEARTBEAT_SECONDS = 0.2
+OFFLINE_AFTER_SECONDS = 1.0
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 15.0, what: str = "") -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what or predicate}")
+        time.sleep(0.05)
+
+
+@pytest.fixture(scope="session")
+def reader() -> LinuxReader:
+    return LinuxReader()
+
+
+@pytest.fixture
+def make_server(tmp_path: Path) -> Iterator[Callable[..., FleetServer]]:
+    servers: list[FleetServer] = []
+
+    def make(**overrides: Any) -> FleetServer:
+        values: dict[str, Any] = {
+            "listen": "127.0.0.1:0",
+            "data_dir": str(tmp_path / "data"),
+            "heartbeat_seconds": HEARTBEAT_SECONDS,
+            "offline_after_seconds": OFFLINE_AFTER_SECONDS,
+            "agent_timeout_seconds": 5.0,
+            "retain_seconds": 0.0,
+            "max_agents": 80,
+        }
+        values.update(overrides)
+        server = FleetServer(ServerConfig(**values)).start()
+        servers.append(server)
+        return server
+
+    yield make
+    for server in servers:
+        server.stop(0.5)
+
+
+@pytest.fixture
+def server(make_server: Callable[..., FleetServer]) -> FleetServer:
+    return make_server()
+
+
+@pytest.fixture
+def client(server: FleetServer) -> Iterator[Client]:
+    with Client(server.address, timeout=15.0) as c:
+        yield c
+
+
+@pytest.fixture
+def make_uplink(reader: LinuxReader) -> Iterator[Callable[..., Uplink]]:
+    uplinks: list[Uplink] = []
+
+    def make(target: str, host_id: str, **options: Any) -> Uplink:
+        source = options.pop("reader", reader)
+        values: dict[str, Any] = {"interval_seconds": 60.0, "backoff_max_seconds": 0.5}
+        values.update(options)
+        uplink = Uplink(source, target, host_id=host_id, **values)
+        uplinks.append(uplink.start())
+        return uplink
+
+    yield make
+    for uplink in uplinks:
+        uplink.stop()
+
+
+class RawAgent:
+    """An agent stream driven by hand: registers, heartbeats if asked, and never
+    answers a snapshot command (a hung agent)."""
+
+    def __init__(self, target: str, host_id: str, reader: LinuxReader, heartbeat: bool):
+        self.channel = grpc.insecure_channel(target)
+        self.outbox: queue.Queue[hub_pb2.ConnectRequest | None] = queue.Queue()
+        register = hub_pb2.ConnectRequest()
+        wire.host_to_pb(replace(reader.host(), host_id=host_id), register.register.host)
+        register.register.instance_id = uuid.uuid4().hex
+        self.outbox.put(register)
+        self.call = hub_pb2_grpc.AgentHubServiceStub(self.channel).Connect(self._requests())
+        self.received: list[hub_pb2.ConnectResponse] = []
+        self.stopped = threading.Event()
+        threading.Thread(target=self._receive, daemon=True).start()
+        if heartbeat:
+            threading.Thread(target=self._beat, daemon=True).start()
+
+    def _requests(self) -> Iterator[hub_pb2.ConnectRequest]:
+        while (message := self.outbox.get()) is not None:
+            yield message
+
+    def _receive(self) -> None:
+        try:
+            for message in self.call:
+                self.received.append(message)
+        except grpc.RpcError as exc:
+            self.error = exc
+
+    def _beat(self) -> None:
+        while not self.stopped.wait(HEARTBEAT_SECONDS):
+            message = hub_pb2.ConnectRequest()
+            message.heartbeat.SetInParent()
+            self.outbox.put(message)
+
+    def close(self) -> None:
+        self.stopped.set()
+        self.outbox.put(None)
+        self.call.cancel()
+        self.channel.close()
+
+
+@pytest.fixture
+def raw_agent(reader: LinuxReader) -> Iterator[Callable[..., RawAgent]]:
+    agents: list[RawAgent] = []
+
+    def make(target: str, host_id: str, *, heartbeat: bool = True) -> RawAgent:
+        agent = RawAgent(target, host_id, reader, heartbeat)
+        agents.append(agent)
+        return agent
+
+    yield make
+    for agent in agents:
+        agent.close()

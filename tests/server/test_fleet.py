@@ -1,0 +1,212 @@
+"""The fleet server over real gRPC on loopback, with uplinks on the real Linux reader."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from vmatlas import errors
+from vmatlas.agents.linux import LinuxReader
+from vmatlas.agents.uplink import Uplink
+from vmatlas.client import Client
+from vmatlas.model import ProcessSummary
+from vmatlas.server.app import FleetServer
+from vmatlas.server.sqlite_store import DATABASE_NAME
+
+from .conftest import OFFLINE_AFTER_SECONDS, RawAgent, wait_for
+
+
+class OnePassReader(LinuxReader):
+    """The real reader, but every process is read once and the summaries replayed:
+    fifty hosts sharing one /proc would otherwise read it fifty times over."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._lock = threading.Lock()
+        self._summaries: list[ProcessSummary | errors.Error] | None = None
+
+    def process_summaries(self) -> Iterator[ProcessSummary | errors.Error]:
+        with self._lock:
+            if self._summaries is None:
+                self._summaries = list(super().process_summaries())
+        return iter(self._summaries)
+
+
+def test_fifty_agents_all_listed_with_every_summary_stored(
+    make_server: Callable[..., FleetServer],
+    make_uplink: Callable[..., Uplink],
+) -> None:
+    server = make_server()
+    shared = OnePassReader()
+    host_ids = [f"host-{i:02d}" for i in range(50)]
+    uplinks = {h: make_uplink(server.address, h, reader=shared) for h in host_ids}
+    wait_for(lambda: all(u.pushes for u in uplinks.values()), 60, "every first push")
+    with Client(server.address) as client:
+
+        def stored_everything() -> bool:
+            hosts = client.hosts()
+            return [h.host_id for h in hosts] == host_ids and all(
+                h.online and h.process_count == len(uplinks[h.host_id].last_push) for h in hosts
+            )
+
+        wait_for(stored_everything, 30, "every host and summary stored")
+        for host_id, uplink in uplinks.items():
+            pushed = {(p.process.pid, p.process.start_time): p for p in uplink.last_push}
+            stored = client.fleet_processes(host=host_id, order="pid")
+            assert {(p.item.process.pid, p.item.process.start_time) for p in stored} == set(pushed)
+            for p in stored:
+                assert p.host_id == host_id
+                assert (
+                    p.item.summary == pushed[p.item.process.pid, p.item.process.start_time].summary
+                )
+        everyone = client.fleet_processes()
+        assert len(everyone) == sum(len(u.last_push) for u in uplinks.values())
+
+
+def test_fresh_remote_snapshot_equals_direct_snapshot(
+    server: FleetServer,
+    client: Client,
+    make_uplink: Callable[..., Uplink],
+    reader: LinuxReader,
+    planter: object,
+) -> None:
+    pid = planter.pid  # type: ignore[attr-defined]
+    planter.grow(300)  # type: ignore[attr-defined]
+    uplink = make_uplink(server.address, "solo")
+    wait_for(uplink.connected.is_set, what="registration")
+    snapshot_id, remote = client.host_snapshot("solo", pid)
+    direct = reader.snapshot(pid)
+    assert len(remote.regions) == len(direct.regions) > 300
+    assert list(remote.regions) == list(direct.regions)
+    assert remote.process == direct.process
+    assert remote.summary == direct.summary
+    assert remote.host.host_id == "solo"
+    # Stored as answered: by id, as the latest, and the identical table only once.
+    assert client.stored_snapshot(snapshot_id) == remote
+    assert client.snapshot(pid, host="solo", fresh=False) == remote
+    second_id, second = client.host_snapshot("solo", pid)
+    assert second_id != snapshot_id and second.regions == remote.regions
+    db = sqlite3.connect(Path(server.config.data_dir) / DATABASE_NAME)
+    assert db.execute("SELECT count(*) FROM snapshots").fetchone() == (2,)
+    assert db.execute("SELECT count(*) FROM region_tables").fetchone() == (1,)
+    history = client.history(host="solo", pid=pid)
+    assert [s.snapshot_id for s in history.snapshots] == [snapshot_id, second_id]
+
+
+def test_jump_in_region_count_is_pushed_at_once(
+    server: FleetServer,
+    client: Client,
+    make_uplink: Callable[..., Uplink],
+    planter: object,
+) -> None:
+    pid = planter.pid  # type: ignore[attr-defined]
+    uplink = make_uplink(server.address, "jumpy", poll_seconds=0.2, jump_regions=200)
+    wait_for(uplink.connected.is_set, what="registration")
+
+    def counts() -> list[int]:
+        return [s.summary.map_count for s in client.history(host="jumpy", pid=pid).summaries]
+
+    before = wait_for(counts, what="the first push")
+    planter.grow(500)  # type: ignore[attr-defined]
+    after = wait_for(lambda: counts()[len(before) :], what="a pushed jump")
+    assert after[0] >= before[-1] + 500
+
+
+def test_fresh_query_statuses(
+    server: FleetServer,
+    client: Client,
+    make_uplink: Callable[..., Uplink],
+    planter: object,
+) -> None:
+    uplink = make_uplink(server.address, "gone-soon")
+    wait_for(uplink.connected.is_set, what="registration")
+    with pytest.raises(errors.NotFound):
+        client.snapshot(1, host="no-such-host")
+    with pytest.raises(errors.NoSuchProcess) as exc:
+        client.snapshot(2**22 + 7, host="gone-soon")
+    assert exc.value.pid == 2**22 + 7
+    with pytest.raises(errors.InvalidArgument):
+        client.snapshot(0, host="gone-soon")
+    with pytest.raises(errors.NotFound):
+        client.snapshot(planter.pid, host="gone-soon", fresh=False)  # type: ignore[attr-defined]
+    wait_for(lambda: client.history(host="gone-soon", pid=planter.pid).summaries)  # type: ignore[attr-defined]
+    uplink.stop()
+    wait_for(lambda: not client.hosts()[0].online, what="offline")
+    with pytest.raises(errors.Unavailable):
+        client.snapshot(planter.pid, host="gone-soon")  # type: ignore[attr-defined]
+    # History outlives the agent.
+    pushed = {p.process.pid for p in uplink.last_push}
+    assert {p.item.process.pid for p in client.fleet_processes(host="gone-soon")} == pushed
+    assert client.history(host="gone-soon", pid=planter.pid).summaries  # type: ignore[attr-defined]
+
+
+def test_duplicate_host_id_is_refused(
+    server: FleetServer,
+    client: Client,
+    make_uplink: Callable[..., Uplink],
+    reader: LinuxReader,
+) -> None:
+    first = make_uplink(server.address, "taken")
+    wait_for(first.connected.is_set, what="registration")
+    second = Uplink(reader, server.address, host_id="taken")
+    with pytest.raises(errors.AlreadyExists, match="taken"):
+        second.run()
+    assert first.connected.is_set()
+    assert [(h.host_id, h.online) for h in client.hosts()] == [("taken", True)]
+
+
+def test_hung_agent_times_out_without_blocking_other_hosts(
+    make_server: Callable[..., FleetServer],
+    make_uplink: Callable[..., Uplink],
+    raw_agent: Callable[..., RawAgent],
+    planter: object,
+) -> None:
+    server = make_server(agent_timeout_seconds=2.0)
+    hung = raw_agent(server.address, "hung")
+    healthy = make_uplink(server.address, "healthy")
+    wait_for(healthy.connected.is_set, what="registration")
+    wait_for(lambda: hung.received, what="the hung agent's registration")
+    outcome: dict[str, object] = {}
+
+    def ask_hung() -> None:
+        with Client(server.address) as c:
+            try:
+                c.snapshot(planter.pid, host="hung")  # type: ignore[attr-defined]
+            except errors.Error as exc:
+                outcome["hung"] = exc
+
+    threads = [threading.Thread(target=ask_hung) for _ in range(3)]
+    for t in threads:
+        t.start()
+    time.sleep(0.2)
+    with Client(server.address) as c:
+        started = time.monotonic()
+        assert c.snapshot(planter.pid, host="healthy").process.pid == planter.pid  # type: ignore[attr-defined]
+        assert threads[0].is_alive(), "the healthy host answered after the hung one gave up"
+        assert time.monotonic() - started < 2.0
+    for t in threads:
+        t.join(10)
+    assert isinstance(outcome["hung"], errors.DeadlineExceeded)
+    assert any(m.HasField("snapshot_command") for m in hung.received)
+
+
+def test_silent_agent_goes_offline_after_missed_heartbeats(
+    server: FleetServer, client: Client, raw_agent: Callable[..., RawAgent]
+) -> None:
+    raw_agent(server.address, "quiet", heartbeat=False)
+    beating = raw_agent(server.address, "beating")
+    wait_for(lambda: len(client.hosts()) == 2, what="both registered")
+    started = time.monotonic()
+    wait_for(
+        lambda: {h.host_id: h.online for h in client.hosts()} == {"beating": True, "quiet": False},
+        what="the silent host offline",
+    )
+    assert time.monotonic() - started < OFFLINE_AFTER_SECONDS + 1.0
+    time.sleep(OFFLINE_AFTER_SECONDS)
+    assert {h.host_id: h.online for h in client.hosts()}["beating"]
+    assert beating.received

@@ -1,0 +1,157 @@
+"""The server, agents and ``vmatlas up`` as real processes: crash the server, kill an
+agent, stop ``up`` with SIGINT."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from vmatlas import errors
+from vmatlas.client import Client
+
+from .conftest import wait_for
+
+PYTHON = [sys.executable, "-m", "vmatlas"]
+
+
+class Child:
+    def __init__(self, *args: str):
+        self.proc = subprocess.Popen(
+            [*PYTHON, *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        self.lines: list[str] = []
+
+    def wait_line(self, pattern: str) -> re.Match[str]:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.append(line)
+            match = re.search(pattern, line)
+            if match:
+                return match
+        raise AssertionError(f"exited ({self.proc.wait()}) before {pattern!r}: {self.lines}")
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+
+
+@pytest.fixture
+def children() -> Iterator[list[Child]]:
+    started: list[Child] = []
+    yield started
+    for child in started:
+        child.kill()
+
+
+def start(children: list[Child], *args: str) -> Child:
+    child = Child(*args)
+    children.append(child)
+    return child
+
+
+def server_args(data: Path, port: int) -> list[str]:
+    return [
+        "server",
+        "--listen",
+        f"127.0.0.1:{port}",
+        "--data-dir",
+        str(data),
+        "--heartbeat",
+        "0.2",
+        "--offline-after",
+        "1",
+    ]
+
+
+def test_server_crash_and_agent_death(tmp_path: Path, children: list[Child]) -> None:
+    data = tmp_path / "data"
+    server = start(children, *server_args(data, 0))
+    port = int(server.wait_line(r"listening on 127\.0\.0\.1:(\d+)").group(1))
+    target = f"127.0.0.1:{port}"
+    agent = start(
+        children,
+        "agent",
+        "--listen",
+        "127.0.0.1:0",
+        "--server",
+        target,
+        "--host-id",
+        "crashy",
+        "--interval",
+        "0.5",
+    )
+    agent.wait_line(r"connecting to server")
+    pid = agent.proc.pid
+    with Client(target, timeout=10) as client:
+        wait_for(lambda: [h.host_id for h in client.hosts()] == ["crashy"], 20)
+        wait_for(lambda: len(client.history(host="crashy", pid=pid).summaries) >= 2, 20)
+        snapshot_id, snapshot = client.host_snapshot("crashy", pid)
+        before = client.history(host="crashy", pid=pid).summaries
+
+    server.proc.send_signal(signal.SIGKILL)
+    server.proc.wait()
+    server = start(children, *server_args(data, port))
+    server.wait_line(r"listening on")
+
+    with Client(target, timeout=10) as client:
+        # Everything acknowledged before the crash is there.
+        assert client.stored_snapshot(snapshot_id) == snapshot
+        assert client.history(host="crashy", pid=pid).summaries[: len(before)] == before
+        # The agent comes back by itself and carries on pushing.
+        wait_for(lambda: client.hosts()[0].online, 20, "the agent back online")
+        wait_for(
+            lambda: len(client.history(host="crashy", pid=pid).summaries) > len(before) + 1,
+            20,
+            "pushes after the restart",
+        )
+        assert client.snapshot(pid, host="crashy").process.pid == pid
+
+        agent.proc.send_signal(signal.SIGKILL)
+        agent.proc.wait()
+        wait_for(lambda: not client.hosts()[0].online, 3, "the killed agent's host offline")
+        with pytest.raises(errors.Unavailable):
+            client.snapshot(pid, host="crashy")
+        assert len(client.history(host="crashy", pid=pid).summaries) > len(before)
+        assert client.snapshot(pid, host="crashy", fresh=False).process.pid == pid
+
+
+def test_up_serves_until_sigint(tmp_path: Path, children: list[Child]) -> None:
+    up = start(
+        children,
+        "up",
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        str(tmp_path / "up"),
+        "--refresh",
+        "0.3",
+        "--interval",
+        "1",
+    )
+    target = up.wait_line(r"listening on (127\.0\.0\.1:\d+)").group(1)
+    host_id = up.wait_line(r"local agent is host (\S+)").group(1)
+    with Client(target, timeout=10) as client:
+        wait_for(lambda: client.hosts() and client.hosts()[0].process_count > 0, 20)
+        assert [h.host_id for h in client.hosts()] == [host_id]
+        listed = client.processes(host=host_id)
+        assert up.proc.pid in {p.process.pid for p in listed}
+        assert client.snapshot(up.proc.pid, host=host_id).process.pid == up.proc.pid
+        # The local agent's own service shares the port.
+        assert client.host().host_id == host_id
+    up.wait_line(r"closest to their map limit")
+    up.proc.send_signal(signal.SIGINT)
+    out, _ = up.proc.communicate(timeout=20)
+    assert up.proc.returncode == 0, "".join(up.lines) + out
+    assert "Traceback" not in out
