@@ -69,18 +69,18 @@ def test_snapshot_over_grpc_equals_the_reader(client: Client, planter: Planter) 
 
 def test_processes_are_sorted_by_region_count(client: Client, planter: Planter) -> None:
     planter.grow(300)
-    items = client.processes(limit=5)
+    items = client.processes()
     counts = [p.summary.map_count for p in items]
     assert counts == sorted(counts, reverse=True)
-    assert len(items) == 5
-    assert any(p.process.pid == planter.pid for p in items)
+    (mine,) = [p for p in items if p.process.pid == planter.pid]
+    assert mine.summary.map_count >= 300
+    assert len(client.processes(limit=5)) == 5
     by_headroom = client.processes(order="headroom")
     headrooms = [p.summary.headroom_fraction for p in by_headroom]
     assert headrooms == sorted(headrooms)
     named = client.processes(name="planter")
-    assert [p.process.pid for p in named] == [planter.pid] or planter.pid in {
-        p.process.pid for p in named
-    }
+    assert planter.pid in {p.process.pid for p in named}
+    assert all("planter" in p.process.name for p in named)
 
 
 def test_unknown_pid_is_not_found(client: Client, planter: Planter) -> None:
