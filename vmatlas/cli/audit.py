@@ -15,7 +15,14 @@ import sys
 from typing import TextIO
 
 from vmatlas.audit import AuditReport, Severity, audit, human_duration, report_to_document
-from vmatlas.cli.common import DEFAULT_AGENT, human_bytes, output, print_table
+from vmatlas.cli.common import (
+    DEFAULT_AGENT,
+    add_connection_args,
+    client_for,
+    human_bytes,
+    output,
+    print_table,
+)
 from vmatlas.model import ProcessSummary
 from vmatlas.policy import DEFAULT_POLICY, Policy, load_policy
 
@@ -50,6 +57,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument(
         "--timeout", type=float, default=60.0, metavar="SECONDS", help="per-call deadline"
     )
+    add_connection_args(p)
     p.add_argument(
         "--policy", metavar="FILE", help="policy file (.toml or .json) over the built-in defaults"
     )
@@ -82,9 +90,7 @@ def run(args: argparse.Namespace) -> int:
     if args.local:
         report = local_report(policy)
     else:
-        from vmatlas.client import Client
-
-        with Client(args.target or DEFAULT_AGENT, timeout=args.timeout) as client:
+        with client_for(args, args.target or DEFAULT_AGENT) as client:
             report = client.audit(policy=policy)
     with output(args) as out:
         if args.format == "json":

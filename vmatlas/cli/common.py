@@ -28,6 +28,14 @@ def add_target_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--timeout", type=float, default=30.0, metavar="SECONDS", help="per-call deadline"
     )
+    add_connection_args(parser)
+
+
+TOKEN_ENV = "VMATLAS_TOKEN"
+
+
+def add_connection_args(parser: argparse.ArgumentParser) -> None:
+    """TLS and token flags for every command that talks to an agent or server."""
     tls = parser.add_argument_group("TLS and authentication")
     tls.add_argument("--ca", metavar="PEM", help="connect with TLS, trusting this CA")
     tls.add_argument("--cert", metavar="PEM", help="client certificate, for mutual TLS")
@@ -39,20 +47,21 @@ def add_target_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
-TOKEN_ENV = "VMATLAS_TOKEN"
-
-
-@contextmanager
-def connect(args: argparse.Namespace) -> Iterator[Client]:
-    token = getattr(args, "token", None) or os.environ.get(TOKEN_ENV) or None
-    with Client(
-        args.target or DEFAULT_AGENT,
+def client_for(args: argparse.Namespace, target: str) -> Client:
+    """A Client for ``target`` with the command's TLS and token options."""
+    return Client(
+        target,
         timeout=args.timeout,
         ca=getattr(args, "ca", None),
         cert=getattr(args, "cert", None),
         key=getattr(args, "key", None),
-        token=token,
-    ) as client:
+        token=getattr(args, "token", None) or os.environ.get(TOKEN_ENV) or None,
+    )
+
+
+@contextmanager
+def connect(args: argparse.Namespace) -> Iterator[Client]:
+    with client_for(args, args.target or DEFAULT_AGENT) as client:
         yield client
 
 

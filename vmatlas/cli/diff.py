@@ -14,7 +14,14 @@ import time
 from typing import TextIO
 
 from vmatlas import errors
-from vmatlas.cli.common import DEFAULT_AGENT, human_bytes, output, print_table
+from vmatlas.cli.common import (
+    DEFAULT_AGENT,
+    add_connection_args,
+    client_for,
+    human_bytes,
+    output,
+    print_table,
+)
 from vmatlas.diff import Diff, DiffMode, diff, diff_to_document
 from vmatlas.export import snapshot_from_document
 from vmatlas.model import Snapshot
@@ -53,6 +60,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument(
         "--timeout", type=float, default=30.0, metavar="SECONDS", help="per-call deadline"
     )
+    add_connection_args(p)
     p.add_argument("--top", type=int, default=20, metavar="N", help="list at most N changes")
     p.add_argument("--format", choices=("table", "json"), default="table", help="output format")
     p.add_argument("--output", "-o", metavar="FILE", help="write to FILE, not stdout")
@@ -76,9 +84,7 @@ def run(args: argparse.Namespace) -> int:
     if isinstance(before, Snapshot) and isinstance(after, Snapshot):
         result = diff(before, after, mode)
     else:
-        from vmatlas.client import Client
-
-        with Client(args.target or DEFAULT_AGENT, timeout=args.timeout) as client:
+        with client_for(args, args.target or DEFAULT_AGENT) as client:
             result = client.diff(before, after, mode=mode)
     with output(args) as out:
         if args.format == "json":

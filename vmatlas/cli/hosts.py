@@ -8,7 +8,7 @@ import json
 import time
 from dataclasses import asdict
 
-from vmatlas.cli.common import add_format_args, connect, output, print_table
+from vmatlas.cli.common import add_connection_args, add_format_args, connect, output, print_table
 from vmatlas.server.app import DEFAULT_LISTEN as DEFAULT_SERVER
 
 
@@ -23,6 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument(
         "--timeout", type=float, default=30.0, metavar="SECONDS", help="per-call deadline"
     )
+    add_connection_args(p)
     add_format_args(p)
     p.set_defaults(func=run)
 

@@ -50,7 +50,7 @@ REDACTED = "<address>"
 
 
 def _is_message(field: Any) -> bool:
-    return field.type == FieldDescriptor.TYPE_MESSAGE
+    return bool(field.type == FieldDescriptor.TYPE_MESSAGE)
 
 
 @cache
