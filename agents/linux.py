@@ -195,14 +195,14 @@ def _parse_maps(data: bytes) -> RegionTable:
         by_rest = {rest: f[k] for rest, f in facts.items()}
         return list(map(by_rest.__getitem__, rests))
 
-    bits = list(map(_PERMS_BITS.__getitem__, perms))
+    protection = list(map(_PERMS_BITS.__getitem__, perms))
     return RegionTable(
         start=list(map(int, starts_hex, repeat(16, n))),
         end=list(map(int, ends_hex, repeat(16, n))),
         state=list(map(_PERMS_STATE.__getitem__, perms)),
         type=types,
-        protection=bits,
-        protection_raw=list(bits),
+        protection=protection,
+        protection_raw=list(protection),
         kind=column(4),
         path=column(2),
         offset=list(map(int, offsets_hex, repeat(16, n))),

@@ -103,11 +103,11 @@ def table_to_pb(table: RegionTable, message: pb.RegionTable | None = None) -> pb
     starts, ends = table.start, table.end
     message.start_delta_bytes.extend(list(map(sub, starts, [0, *ends[:-1]])))
     message.size_bytes.extend(list(map(sub, ends, starts)))
-    message.state.extend(table.state)
-    message.type.extend(table.type)
+    message.state.extend(table.state)  # type: ignore[arg-type]  # enum values as ints
+    message.type.extend(table.type)  # type: ignore[arg-type]  # enum values as ints
     message.protection.extend(table.protection)
     message.protection_raw.extend(table.protection_raw)
-    message.kind.extend(table.kind)
+    message.kind.extend(table.kind)  # type: ignore[arg-type]  # enum values as ints
     # Indices in order of first appearance; dict.fromkeys finds the distinct paths in
     # one C pass, so only they are numbered in Python.
     index: dict[str, int] = {"": 0}
