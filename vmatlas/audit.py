@@ -136,13 +136,20 @@ def human_duration(seconds: float) -> str:
 def least_squares(points: Sequence[tuple[float, float]]) -> tuple[float, float]:
     """``(slope, intercept)`` of the least-squares line through ``points`` (x, y)."""
     n = len(points)
-    mean_x = sum(x for x, _ in points) / n
-    mean_y = sum(y for _, y in points) / n
-    sxx = sum((x - mean_x) ** 2 for x, _ in points)
-    if sxx == 0:
-        return 0.0, mean_y
-    slope = sum((x - mean_x) * (y - mean_y) for x, y in points) / sxx
-    return slope, mean_y - slope * mean_x
+    # x is shifted to the first point: epoch seconds squared would lose precision.
+    x0 = points[0][0]
+    sx = sy = sxx = sxy = 0.0
+    for x, y in points:
+        x -= x0
+        sx += x
+        sy += y
+        sxx += x * x
+        sxy += x * y
+    denominator = n * sxx - sx * sx
+    if denominator <= 0:
+        return 0.0, sy / n
+    slope = (n * sxy - sx * sy) / denominator
+    return slope, (sy - slope * sx) / n - slope * x0
 
 
 def group_of(host: Host, policy: Policy) -> str:
