@@ -16,7 +16,6 @@ from typing import TextIO
 
 from vmatlas.audit import AuditReport, Severity, audit, human_duration, report_to_document
 from vmatlas.cli.common import (
-    DEFAULT_AGENT,
     add_connection_args,
     client_for,
     human_bytes,
@@ -25,6 +24,7 @@ from vmatlas.cli.common import (
 )
 from vmatlas.model import ProcessSummary
 from vmatlas.policy import DEFAULT_POLICY, Policy, load_policy
+from vmatlas.server.app import DEFAULT_LISTEN as DEFAULT_SERVER
 
 EXIT_FINDINGS = 3
 CSV_COLUMNS = (
@@ -51,7 +51,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     )
     where = p.add_mutually_exclusive_group()
     where.add_argument(
-        "--target", metavar="HOST:PORT", help=f"the server to ask (default {DEFAULT_AGENT})"
+        "--target", metavar="HOST:PORT", help=f"the server to ask (default {DEFAULT_SERVER})"
     )
     where.add_argument("--local", action="store_true", help="audit this host directly")
     p.add_argument(
@@ -90,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
     if args.local:
         report = local_report(policy)
     else:
-        with client_for(args, args.target or DEFAULT_AGENT) as client:
+        with client_for(args, args.target or DEFAULT_SERVER) as client:
             report = client.audit(policy=policy)
     with output(args) as out:
         if args.format == "json":

@@ -15,7 +15,6 @@ from typing import TextIO
 
 from vmatlas import errors
 from vmatlas.cli.common import (
-    DEFAULT_AGENT,
     add_connection_args,
     client_for,
     human_bytes,
@@ -25,6 +24,7 @@ from vmatlas.cli.common import (
 from vmatlas.diff import Diff, DiffMode, diff, diff_to_document
 from vmatlas.export import snapshot_from_document
 from vmatlas.model import Snapshot
+from vmatlas.server.app import DEFAULT_LISTEN as DEFAULT_SERVER
 
 MODES = {"auto": DiffMode.UNSPECIFIED, "address": DiffMode.ADDRESS, "identity": DiffMode.IDENTITY}
 SUMMARY_LABELS = (
@@ -55,7 +55,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "(two processes or hosts); auto: address when both are one process",
     )
     p.add_argument(
-        "--target", metavar="HOST:PORT", help=f"the server to ask (default {DEFAULT_AGENT})"
+        "--target", metavar="HOST:PORT", help=f"the server to ask (default {DEFAULT_SERVER})"
     )
     p.add_argument(
         "--timeout", type=float, default=30.0, metavar="SECONDS", help="per-call deadline"
@@ -84,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
     if isinstance(before, Snapshot) and isinstance(after, Snapshot):
         result = diff(before, after, mode)
     else:
-        with client_for(args, args.target or DEFAULT_AGENT) as client:
+        with client_for(args, args.target or DEFAULT_SERVER) as client:
             result = client.diff(before, after, mode=mode)
     with output(args) as out:
         if args.format == "json":
