@@ -29,7 +29,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
-from itertools import compress
+from itertools import compress, repeat
 
 from vmatlas.model import (
     ACCESS_MASK,
@@ -580,17 +580,21 @@ def _bytes_by_class(
     key_class: dict[tuple[object, ...], tuple[RegionClass, str]],
 ) -> dict[tuple[RegionClass, str], int]:
     """Total size of the regions of each class named in ``key_class``."""
+    classes = list(dict.fromkeys(key_class.values()))
+    number = {cls: k for k, cls in enumerate(classes)}
+    # One hashing pass over the keys; after it only small ints are compared.
+    ids = list(map({key: number[cls] for key, cls in key_class.items()}.get, keys))
     sizes = list(map(operator.sub, table.end, table.start))
-    totals: dict[tuple[RegionClass, str], int] = dict.fromkeys(key_class.values(), 0)
-    if len(totals) <= _PER_CLASS_PASSES:
-        for cls in totals:
-            members = {key for key, c in key_class.items() if c == cls}
-            totals[cls] = sum(compress(sizes, map(members.__contains__, keys)))
-    else:
-        wanted = key_class.keys()
-        for key, size in compress(zip(keys, sizes, strict=True), map(wanted.__contains__, keys)):
-            totals[key_class[key]] += size
-    return totals
+    if len(classes) <= _PER_CLASS_PASSES:
+        return {
+            cls: sum(compress(sizes, map(operator.eq, ids, repeat(k))))
+            for k, cls in enumerate(classes)
+        }
+    totals = [0] * len(classes)
+    for k, size in zip(ids, sizes, strict=True):
+        if k is not None:
+            totals[k] += size
+    return dict(zip(classes, totals, strict=True))
 
 
 def diff_by_identity(a: RegionTable, b: RegionTable) -> tuple[ClassDelta, ...]:
