@@ -167,3 +167,44 @@ def test_every_served_method_has_a_rule() -> None:
     for descriptor, name in services:
         assert method_names(descriptor, name)
         assert uncovered(SERVER_POLICY, descriptor, name) == []
+
+
+def test_viewer_diff_by_address_arrives_without_addresses(
+    pki: Pki, fleet: FleetServer, planter: Any
+) -> None:
+    from vmatlas.security import redact
+    from vmatlas.v1 import analysis_pb2, analysis_pb2_grpc
+
+    uplink = Uplink(
+        LinuxReader(),
+        target(fleet),
+        host_id="host-a",
+        interval_seconds=0.5,
+        credentials=agent_credentials(pki, "host-a"),
+    ).start()
+    try:
+        wait_for(uplink.connected.is_set)
+        with operator(pki, fleet, Role.INSPECTOR) as inspector:
+            before, _ = inspector.host_snapshot("host-a", planter.pid, fresh=True)
+            planter.map(3)
+            after, _ = inspector.host_snapshot("host-a", planter.pid, fresh=True)
+    finally:
+        uplink.stop()
+    request = analysis_pb2.DiffRequest(mode=analysis_pb2.DIFF_MODE_ADDRESS)
+    request.before.snapshot_id = before
+    request.after.snapshot_id = after
+    mine = pki.client("operator")
+    credentials = tls.channel_credentials(pki.ca, mine.cert_path, mine.key_path)
+    responses = {}
+    with grpc.secure_channel(target(fleet), credentials) as channel:
+        stub = analysis_pb2_grpc.AnalysisServiceStub(channel)
+        for role in (Role.INSPECTOR, Role.VIEWER):
+            metadata = (("authorization", f"Bearer {pki.tokens[role]}"),)
+            responses[role] = stub.Diff(request, metadata=metadata, timeout=15)
+    assert any(c.start_address for c in responses[Role.INSPECTOR].changes)
+    viewer = responses[Role.VIEWER]
+    assert redact.address_fields_set(viewer) == []
+    assert len(viewer.changes) == len(responses[Role.INSPECTOR].changes)
+    assert [c.bytes_after for c in viewer.changes] == [
+        c.bytes_after for c in responses[Role.INSPECTOR].changes
+    ]
