@@ -175,28 +175,44 @@ def build_server(
     return server, port, health_servicer
 
 
+class StopSignals:
+    """SIGTERM and SIGINT caught from the moment this is made. Make it before the server
+    starts, so that a signal arriving just after the "listening" line still drains."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self._previous = {
+            s: signal.signal(s, self._handle) for s in (signal.SIGTERM, signal.SIGINT)
+        }
+
+    def _handle(self, signum: int, _frame: Any) -> None:
+        log.info("signal %d: draining", signum)
+        self.event.set()
+
+    def wait(self) -> None:
+        while not self.event.wait(0.5):
+            pass
+
+    def restore(self) -> None:
+        for s, h in self._previous.items():
+            signal.signal(s, h)
+
+
 def serve_until_signalled(
     server: grpc.Server,
     health_servicer: health.HealthServicer,
     *,
+    signals: StopSignals | None = None,
     grace_seconds: float = DEFAULT_GRACE_SECONDS,
     on_stop: Callable[[], None] | None = None,
 ) -> None:
     """Block until SIGTERM or SIGINT, then drain: report NOT_SERVING, refuse new calls,
     let calls in flight finish within ``grace_seconds``."""
-    stop = threading.Event()
-
-    def handle(signum: int, _frame: Any) -> None:
-        log.info("signal %d: draining for up to %.0f s", signum, grace_seconds)
-        stop.set()
-
-    previous = {s: signal.signal(s, handle) for s in (signal.SIGTERM, signal.SIGINT)}
+    signals = signals or StopSignals()
     try:
-        while not stop.wait(0.5):
-            pass
+        signals.wait()
     finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
+        signals.restore()
         health_servicer.enter_graceful_shutdown()
         if on_stop is not None:
             on_stop()

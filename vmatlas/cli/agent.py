@@ -12,7 +12,7 @@ from vmatlas import errors
 from vmatlas.agents import Reader, default_reader, windows_view
 from vmatlas.agents.service import SERVICE_NAME, AgentServicer
 from vmatlas.agents.uplink import DEFAULT_INTERVAL_SECONDS, DEFAULT_JUMP_REGIONS, Uplink
-from vmatlas.grpcutil import build_server, serve_until_signalled
+from vmatlas.grpcutil import StopSignals, build_server, serve_until_signalled
 from vmatlas.security.options import (
     add_server_security_args,
     add_uplink_security_args,
@@ -74,6 +74,7 @@ def run(args: argparse.Namespace) -> int:
         interceptors=security.interceptors,
     )
     uplink = _uplink(args, reader, servicer)
+    signals = StopSignals()
     server.start()
     host = listen.rsplit(":", 1)[0]
     log.info("serving with %s", security.describe())
@@ -81,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
     if uplink is not None:
         uplink.start()
         print(f"vmatlas agent connecting to server {args.server}", flush=True)
-    serve_until_signalled(server, health, on_stop=uplink.stop if uplink else None)
+    serve_until_signalled(server, health, signals=signals, on_stop=uplink.stop if uplink else None)
     return 0
 
 

@@ -7,7 +7,7 @@ import argparse
 import logging
 
 from vmatlas import errors
-from vmatlas.grpcutil import serve_until_signalled
+from vmatlas.grpcutil import StopSignals, serve_until_signalled
 from vmatlas.security.options import add_server_security_args, apply_config, server_security
 from vmatlas.security.policy import SERVER_POLICY
 from vmatlas.server.app import DEFAULT_LISTEN, FleetServer, ServerConfig, default_data_dir
@@ -101,9 +101,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def run(args: argparse.Namespace) -> int:
+    signals = StopSignals()
     fleet = FleetServer(config_from_args(args)).start()
     print(f"vmatlas server listening on {fleet.address}", flush=True)
     print(f"vmatlas server data in {fleet.config.data_dir}", flush=True)
-    serve_until_signalled(fleet.server, fleet.health, on_stop=fleet.closing)
+    serve_until_signalled(fleet.server, fleet.health, signals=signals, on_stop=fleet.closing)
     fleet.store.close()
     return 0

@@ -17,7 +17,7 @@ from vmatlas.agents.uplink import DEFAULT_INTERVAL_SECONDS, Uplink
 from vmatlas.cli.common import print_table
 from vmatlas.cli.server import add_server_args, config_from_args
 from vmatlas.fleet import FleetProcess, HostStatus
-from vmatlas.grpcutil import serve_until_signalled
+from vmatlas.grpcutil import StopSignals, serve_until_signalled
 from vmatlas.security.options import add_uplink_security_args, uplink_credentials
 from vmatlas.server.app import FleetServer
 from vmatlas.server.store import ProcessFilter
@@ -121,6 +121,7 @@ def run(args: argparse.Namespace) -> int:
         )
     reader = default_reader(args.host_id)
     agent = AgentServicer(reader, windows_view=windows_view(args.host_id))
+    signals = StopSignals()
     fleet = FleetServer(
         config,
         extra_services=[(agent_pb2_grpc.add_AgentServiceServicer_to_server, agent, AGENT_SERVICE)],
@@ -151,7 +152,7 @@ def run(args: argparse.Namespace) -> int:
         uplink.stop()
         fleet.closing()
 
-    serve_until_signalled(fleet.server, fleet.health, on_stop=stopping)
+    serve_until_signalled(fleet.server, fleet.health, signals=signals, on_stop=stopping)
     view.join(5.0)
     fleet.store.close()
     return 0
