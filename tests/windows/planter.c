@@ -6,6 +6,7 @@
  *   walk  -> "region BASE ALLOCBASE ALLOCPROTECT SIZE STATE PROTECT TYPE NAME" for every
  *            region from the minimum to the maximum application address (hex; NAME is
  *            GetMappedFileNameW's answer, or "-"), then "end"
+ *   small N -> N more separate 4 KiB allocations (each takes a 64 KiB granule); "ok"
  *   exit  -> ends the process
  * End of input ends the process too.
  */
@@ -109,7 +110,14 @@ int wmain(int argc, WCHAR **argv)
 
     char line[64];
     while (fgets(line, sizeof(line), stdin)) {
+        unsigned n;
         if (!strncmp(line, "walk", 4)) walk();
+        else if (sscanf(line, "small %u", &n) == 1) {
+            for (unsigned i = 0; i < n; i++)
+                must(VirtualAlloc(NULL, 0x1000, MEM_RESERVE | MEM_COMMIT, PAGE_READWRITE), "small");
+            printf("ok\n");
+            fflush(stdout);
+        }
         else if (!strncmp(line, "exit", 4)) ExitProcess(0);
     }
     return 0;

@@ -39,6 +39,14 @@ class Planter:
             regions.append(Region(*(int(n, 16) for n in numbers), name=name))
         raise AssertionError("the planter stopped mid-walk")
 
+    def allocate_small(self, count: int) -> None:
+        """``count`` more separate 4 KiB allocations."""
+        assert self.process.stdin is not None and self.process.stdout is not None
+        self.process.stdin.write(f"small {count}\n")
+        self.process.stdin.flush()
+        answer = self.process.stdout.readline().strip()
+        assert answer == "ok", answer
+
     def exit(self) -> None:
         if self.process.poll() is None:
             assert self.process.stdin is not None
