@@ -32,7 +32,6 @@ from functools import lru_cache
 from itertools import compress, repeat
 
 from vmatlas.model import (
-    ACCESS_MASK,
     Protection,
     RegionKind,
     RegionState,
@@ -42,15 +41,9 @@ from vmatlas.model import (
     Summary,
     perms_text,
 )
-from vmatlas.summary import GUARD_MAX_BYTES
+from vmatlas.summary import GUARD, PRIVATE, guard_indices
 
-FREE = int(RegionState.FREE)
-RESERVED = int(RegionState.RESERVED)
-COMMITTED = int(RegionState.COMMITTED)
-PRIVATE = int(RegionType.PRIVATE)
 IMAGE = int(RegionType.IMAGE)
-ACCESS = int(ACCESS_MASK)
-GUARD = int(Protection.GUARD)
 SHARED = int(Protection.SHARED)
 STACK = int(RegionKind.STACK)
 MEMFD = int(RegionKind.MEMFD)
@@ -221,34 +214,13 @@ def classify(
 
 
 def stack_guard_indices(table: RegionTable) -> set[int]:
-    """Regions that are guard pages (and the stack or block each one guards): a PAGE_GUARD
-    region, or a small no-access private reservation directly below committed memory
-    (glibc, the JVM and malloc debuggers put one below each thread stack or block)."""
-    found: set[int] = set()
-    protection = table.protection
-    n = len(protection)
-    candidates: list[int] = []
-    if protection.count(0):
-        candidates = [i for i, p in enumerate(protection) if not p]
-    if table.allocation_base:  # Windows: PAGE_GUARD is explicit
-        candidates += [i for i, p in enumerate(protection) if p & GUARD]
-    starts, ends, states, types, paths = table.start, table.end, table.state, table.type, table.path
-    for i in candidates:
-        if protection[i] & GUARD:
-            found.add(i)
-            continue
-        if (
-            i + 1 < n
-            and states[i] == RESERVED
-            and types[i] == PRIVATE
-            and not paths[i]
-            and ends[i] - starts[i] <= GUARD_MAX_BYTES
-            and starts[i + 1] == ends[i]
-            and states[i + 1] == COMMITTED
-        ):
-            found.add(i)
-            if not paths[i + 1]:
-                found.add(i + 1)
+    """Guard regions (summary.guard_indices) and the anonymous stack or block each
+    no-access one guards, which sits directly above it."""
+    found = set(guard_indices(table))
+    protection, paths = table.protection, table.path
+    for i in list(found):
+        if not protection[i] & GUARD and not paths[i + 1]:
+            found.add(i + 1)
     return found
 
 
@@ -285,7 +257,7 @@ def diff(before: Snapshot, after: Snapshot, mode: DiffMode = DiffMode.UNSPECIFIE
     two snapshots of one process and IDENTITY otherwise."""
     if mode == DiffMode.UNSPECIFIED:
         mode = DiffMode.ADDRESS if same_process(before, after) else DiffMode.IDENTITY
-    a, b = _without_free(before.regions), _without_free(after.regions)
+    a, b = before.regions.without_free(), after.regions.without_free()
     with _no_gc():
         if mode == DiffMode.ADDRESS:
             classes, changes = diff_by_address(a, b)
@@ -313,34 +285,6 @@ def _no_gc() -> Iterator[None]:
     finally:
         if enabled:
             gc.enable()
-
-
-def _without_free(table: RegionTable) -> RegionTable:
-    if FREE not in table.state:
-        return table
-    keep = [i for i, s in enumerate(table.state) if s != FREE]
-    out = RegionTable()
-    for name in (
-        "start",
-        "end",
-        "state",
-        "type",
-        "protection",
-        "protection_raw",
-        "kind",
-        "path",
-        "offset",
-        "device",
-        "inode",
-        "deleted",
-        "allocation_base",
-        "allocation_protection",
-        "allocation_protection_raw",
-    ):
-        column = getattr(table, name)
-        if column:
-            setattr(out, name, [column[i] for i in keep])
-    return out
 
 
 def _biggest_first(item: ClassDelta | Change) -> tuple[int, int, str]:

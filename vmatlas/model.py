@@ -9,7 +9,7 @@ hundreds of thousands of them; :meth:`RegionTable.rows` hands them out as rows.
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, fields
 
 
@@ -252,7 +252,7 @@ class RegionTable:
 
     def append(self, region: Region) -> None:
         """Add one region at the end (for readers that build row by row)."""
-        for name in _ROW_COLUMNS:
+        for name in ROW_COLUMNS:
             getattr(self, name).append(getattr(region, name))
         if region.allocation_base or self.allocation_base:
             self._fill_allocation(len(self.start) - 1)
@@ -272,6 +272,23 @@ class RegionTable:
         ):
             column.extend([0] * (upto + 1 - len(column)))
 
+    def take(self, indices: Sequence[int]) -> RegionTable:
+        """A new table of the rows at ``indices``, in that order."""
+        out = RegionTable()
+        for name in (*ROW_COLUMNS, *ALLOCATION_COLUMNS):
+            column = getattr(self, name)
+            if column:
+                setattr(out, name, [column[i] for i in indices])
+        out.residency = {k: [c[i] for i in indices] for k, c in self.residency.items()}
+        return out
+
+    def without_free(self) -> RegionTable:
+        """This table less its FREE regions (itself when it lists none)."""
+        free = int(RegionState.FREE)
+        if free not in self.state:
+            return self
+        return self.take([i for i, state in enumerate(self.state) if state != free])
+
     @classmethod
     def from_rows(cls, regions: list[Region]) -> RegionTable:
         table = cls()
@@ -280,7 +297,8 @@ class RegionTable:
         return table
 
 
-_ROW_COLUMNS = (
+# The columns every region has a value in, and the optional ones (empty or full).
+ROW_COLUMNS = (
     "start",
     "end",
     "state",
@@ -294,6 +312,7 @@ _ROW_COLUMNS = (
     "inode",
     "deleted",
 )
+ALLOCATION_COLUMNS = ("allocation_base", "allocation_protection", "allocation_protection_raw")
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,6 +8,8 @@ from operator import sub
 
 from vmatlas.model import (
     ACCESS_MASK,
+    ALLOCATION_COLUMNS,
+    ROW_COLUMNS,
     Host,
     Process,
     Protection,
@@ -55,6 +57,35 @@ def free_gaps(table: RegionTable, range_min: int, range_max: int) -> list[tuple[
     return gaps
 
 
+def guard_indices(table: RegionTable) -> list[int]:
+    """Indices of the guard regions: PAGE_GUARD ones, and each small no-access private
+    reservation directly below committed memory (glibc and the JVM put one below every
+    thread stack; malloc debuggers one beside every block)."""
+    protections, states = table.protection, table.state
+    starts, ends, types = table.start, table.end, table.type
+    n = len(table)
+    guard_protections = {p for p in set(protections) if p & GUARD}
+    found = (
+        [i for i, p in enumerate(protections) if p in guard_protections]
+        if guard_protections
+        else []
+    )
+    # Reservations are rare enough to look at one by one.
+    for i in compress(range(n), map(RESERVED.__eq__, states)):
+        protection = protections[i]
+        if (
+            not protection & GUARD
+            and not protection & ACCESS
+            and ends[i] - starts[i] <= GUARD_MAX_BYTES
+            and types[i] == PRIVATE
+            and i + 1 < n
+            and starts[i + 1] == ends[i]
+            and states[i + 1] == COMMITTED
+        ):
+            found.append(i)
+    return sorted(found)
+
+
 def summarize(
     table: RegionTable,
     *,
@@ -67,9 +98,7 @@ def summarize(
     """Figures for one address space whose user range is ``[range_min, range_max)``."""
     # Column at a time (C loops over lists) rather than row at a time: a 65K-region
     # table costs a few milliseconds instead of tens.
-    n = len(table)
-    starts, ends, states = table.start, table.end, table.state
-    protections, types, kinds = table.protection, table.type, table.kind
+    starts, ends, states, kinds = table.start, table.end, table.state, table.kind
     sizes = list(map(sub, ends, starts))
     live = list(map(FREE.__ne__, states))
     region_count = sum(live)
@@ -77,22 +106,7 @@ def summarize(
     reserved = sum(compress(sizes, map(RESERVED.__eq__, states)))
     gate_count = sum(compress(map(VSYSCALL.__eq__, kinds), live))
     single_page = sum(compress(map(page_size_bytes.__eq__, sizes), live))
-    guard_protections = {p for p in set(protections) if p & GUARD}
-    guard = sum(compress(map(guard_protections.__contains__, protections), live))
-    # A small no-access private reservation directly below committed memory (rare
-    # enough to look at one by one).
-    for i in compress(range(n), map(RESERVED.__eq__, states)):
-        protection = protections[i]
-        if (
-            not protection & GUARD
-            and not protection & ACCESS
-            and sizes[i] <= GUARD_MAX_BYTES
-            and types[i] == PRIVATE
-            and i + 1 < n
-            and starts[i + 1] == ends[i]
-            and states[i + 1] == COMMITTED
-        ):
-            guard += 1
+    guard = len(guard_indices(table))
 
     gaps = free_gaps(table, range_min, range_max)
     free = sum(end - start for start, end in gaps)
@@ -148,7 +162,7 @@ def insert_free(table: RegionTable, range_min: int, range_max: int) -> RegionTab
     if not gaps:
         return table
     out = RegionTable()
-    columns = [*_ROW_COLUMNS, *(name for name in _ALLOCATION_COLUMNS if getattr(table, name))]
+    columns = [*ROW_COLUMNS, *(name for name in ALLOCATION_COLUMNS if getattr(table, name))]
     defaults = {"path": "", "deleted": False}
     residency: dict[str, list[int]] = {name: [] for name in table.residency}
     g = 0
@@ -170,24 +184,3 @@ def insert_free(table: RegionTable, range_min: int, range_max: int) -> RegionTab
                 column.append(table.residency[key][i])
     out.residency = residency
     return out
-
-
-_ROW_COLUMNS = (
-    "start",
-    "end",
-    "state",
-    "type",
-    "protection",
-    "protection_raw",
-    "kind",
-    "path",
-    "offset",
-    "device",
-    "inode",
-    "deleted",
-)
-_ALLOCATION_COLUMNS = (
-    "allocation_base",
-    "allocation_protection",
-    "allocation_protection_raw",
-)

@@ -293,7 +293,7 @@ class WindowsReader:
         capture_time = time.time()
         summary = summarize_process(table, host, process)
         if not include_free:
-            table = _without_free(table)
+            table = table.without_free()
         return Snapshot(
             host=host,
             process=process,
@@ -350,30 +350,3 @@ def _table(regions: list[MemoryRegion], paths: dict[int, str], low: int, high: i
         )
         table.allocation_protection_raw.append(0 if free else region.allocation_protect)
     return table
-
-
-def _without_free(table: RegionTable) -> RegionTable:
-    keep = [i for i, state in enumerate(table.state) if state != RegionState.FREE]
-    if len(keep) == len(table):
-        return table
-    out = RegionTable()
-    for name in (
-        "start",
-        "end",
-        "state",
-        "type",
-        "protection",
-        "protection_raw",
-        "kind",
-        "path",
-        "offset",
-        "device",
-        "inode",
-        "deleted",
-        "allocation_base",
-        "allocation_protection",
-        "allocation_protection_raw",
-    ):
-        column = getattr(table, name)
-        setattr(out, name, [column[i] for i in keep])
-    return out
