@@ -32,3 +32,14 @@ class Reader(Protocol):
 
     def process_summaries(self) -> Iterator[ProcessSummary | errors.Error]:
         """Every process's summary, or the error that stopped one being read."""
+
+
+def sweep(reader: Reader) -> Iterator[ProcessSummary | errors.Error]:
+    """Every process's summary, or the error that stopped one being read: what a
+    reader's ``process_summaries`` yields (the host is read once for the sweep)."""
+    host = reader.host()
+    for pid in reader.pids():
+        try:
+            yield reader.process_summary(pid, host)
+        except errors.Error as exc:
+            yield exc

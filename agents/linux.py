@@ -26,6 +26,7 @@ from itertools import repeat
 from typing import Any
 
 from vmatlas import errors
+from vmatlas.agents.base import sweep
 from vmatlas.model import (
     RESIDENCY_FIELDS,
     Host,
@@ -465,12 +466,7 @@ class LinuxReader:
 
     def process_summaries(self) -> Iterator[ProcessSummary | errors.Error]:
         """A summary of every process, or the error that stopped one being read."""
-        host = self.host()
-        for pid in self.pids():
-            try:
-                yield self.process_summary(pid, host)
-            except errors.Error as exc:
-                yield exc
+        return sweep(self)
 
 
 @lru_cache(maxsize=1024)

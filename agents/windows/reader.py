@@ -16,6 +16,7 @@ from collections.abc import Iterator
 import psutil
 
 from vmatlas import errors
+from vmatlas.agents.base import sweep
 from vmatlas.agents.windows.win32 import (
     ERROR_ACCESS_DENIED,
     MEM_COMMIT,
@@ -316,12 +317,7 @@ class WindowsReader:
 
     def process_summaries(self) -> Iterator[ProcessSummary | errors.Error]:
         """A summary of every process, or the error that stopped one being read."""
-        host = self.host()
-        for pid in self.pids():
-            try:
-                yield self.process_summary(pid, host)
-            except errors.Error as exc:
-                yield exc
+        return sweep(self)
 
 
 def _table(regions: list[MemoryRegion], paths: dict[int, str], low: int, high: int) -> RegionTable:
