@@ -250,28 +250,6 @@ class RegionTable:
     def __getitem__(self, i: int) -> Region:
         return self.row(range(len(self.start))[i])
 
-    def append(self, region: Region) -> None:
-        """Add one region at the end (for readers that build row by row)."""
-        for name in ROW_COLUMNS:
-            getattr(self, name).append(getattr(region, name))
-        if region.allocation_base or self.allocation_base:
-            self._fill_allocation(len(self.start) - 1)
-            self.allocation_base[-1] = region.allocation_base
-            self.allocation_protection[-1] = int(region.allocation_protection)
-            self.allocation_protection_raw[-1] = region.allocation_protection_raw
-        if region.residency is not None:
-            for name in RESIDENCY_FIELDS:
-                column = self.residency.setdefault(name, [0] * (len(self.start) - 1))
-                column.append(getattr(region.residency, name))
-
-    def _fill_allocation(self, upto: int) -> None:
-        for column in (
-            self.allocation_base,
-            self.allocation_protection,
-            self.allocation_protection_raw,
-        ):
-            column.extend([0] * (upto + 1 - len(column)))
-
     def take(self, indices: Sequence[int]) -> RegionTable:
         """A new table of the rows at ``indices``, in that order."""
         out = RegionTable()
@@ -288,13 +266,6 @@ class RegionTable:
         if free not in self.state:
             return self
         return self.take([i for i, state in enumerate(self.state) if state != free])
-
-    @classmethod
-    def from_rows(cls, regions: list[Region]) -> RegionTable:
-        table = cls()
-        for region in regions:
-            table.append(region)
-        return table
 
 
 # The columns every region has a value in, and the optional ones (empty or full).
