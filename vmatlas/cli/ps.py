@@ -6,16 +6,19 @@ import argparse
 import csv
 import json
 from dataclasses import asdict
+from typing import Any
 
 from vmatlas import errors
 from vmatlas.cli.common import (
     add_format_args,
     add_target_args,
+    connect,
     human_bytes,
     output,
     print_table,
     source,
 )
+from vmatlas.model import ProcessSummary
 from vmatlas.server.app import DEFAULT_LISTEN as DEFAULT_SERVER
 
 COLUMNS = ("pid", "name", "user", "map_count", "max_map_count", "headroom", "committed", "reserved")
@@ -30,6 +33,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     )
     p.add_argument("--name", default="", help="only processes whose name contains this")
     add_host_arg(p, "the latest summaries its agent pushed")
+    p.add_argument(
+        "--all-hosts",
+        action="store_true",
+        help="every host the server knows, closest to the limit first with --sort headroom",
+    )
     add_format_args(p)
     p.set_defaults(func=run)
 
@@ -53,17 +61,29 @@ def fleet_target(args: argparse.Namespace) -> dict[str, str]:
     return {"host": args.host}
 
 
-def run(args: argparse.Namespace) -> int:
+def _rows(args: argparse.Namespace) -> tuple[list[tuple[str, ProcessSummary]], Any]:
+    """``(host_id, summary)`` pairs, plus the one host's facts (None across hosts)."""
+    if args.all_hosts:
+        if args.local or args.host:
+            raise errors.InvalidArgument("--all-hosts excludes --local and --host")
+        args.target = args.target or DEFAULT_SERVER
+        with connect(args) as client:
+            found = client.fleet_processes(order=args.sort, limit=args.top, name=args.name)
+        return [(f.host_id, f.item) for f in found], None
     fleet = fleet_target(args)
     with source(args) as src:
         items = src.processes(order=args.sort, limit=args.top, name=args.name, **fleet)
+    return [(items.host.host_id, p) for p in items], items
+
+
+def run(args: argparse.Namespace) -> int:
+    rows, items = _rows(args)
     with output(args) as out:
         if args.format == "json":
-            doc = {
-                "host": {**asdict(items.host), "os": items.host.os.name.lower()},
-                "access_denied_count": items.access_denied_count,
+            doc: dict[str, Any] = {
                 "processes": [
                     {
+                        "host_id": host_id,
                         "process": {
                             **asdict(p.process),
                             "command_line": list(p.process.command_line),
@@ -71,14 +91,18 @@ def run(args: argparse.Namespace) -> int:
                         "summary": asdict(p.summary),
                         "capture_time": p.capture_time,
                     }
-                    for p in items
+                    for host_id, p in rows
                 ],
             }
+            if items is not None:
+                doc["host"] = {**asdict(items.host), "os": items.host.os.name.lower()}
+                doc["access_denied_count"] = items.access_denied_count
             json.dump(doc, out, indent=2)
             out.write("\n")
             return 0
-        rows = [
+        table = [
             (
+                host_id,
                 p.process.pid,
                 p.process.name,
                 p.process.user,
@@ -88,19 +112,31 @@ def run(args: argparse.Namespace) -> int:
                 p.summary.committed_bytes,
                 p.summary.reserved_bytes,
             )
-            for p in items
+            for host_id, p in rows
         ]
         if args.format == "csv":
             writer = csv.writer(out, lineterminator="\n")
-            writer.writerow(COLUMNS)
-            writer.writerows(rows)
+            writer.writerow(("host_id", *COLUMNS))
+            writer.writerows(table)
             return 0
-        print_table(
-            ("PID", "NAME", "USER", "MAPS", "LIMIT", "HEADROOM", "COMMITTED", "RESERVED"),
-            [(*r[:6], human_bytes(r[6]), human_bytes(r[7])) for r in rows],
-            out=out,
-            right=(0, 3, 4, 5, 6, 7),
+        header = (
+            "HOST",
+            "PID",
+            "NAME",
+            "USER",
+            "MAPS",
+            "LIMIT",
+            "HEADROOM",
+            "COMMITTED",
+            "RESERVED",
         )
-        if items.access_denied_count:
-            out.write(f"({items.access_denied_count} processes not readable: access denied)\n")
+        cells = [(*r[:7], human_bytes(r[7]), human_bytes(r[8])) for r in table]
+        right = (1, 4, 5, 6, 7, 8)
+        if items is not None:  # one host: named once below, not on every row
+            header, cells, right = header[1:], [c[1:] for c in cells], (0, 3, 4, 5, 6, 7)
+        print_table(header, cells, out=out, right=right)
+        if items is not None:
+            denied = items.access_denied_count
+            note = f"; {denied} not readable (access denied)" if denied else ""
+            out.write(f"(host {items.host.host_id}: {len(rows)} processes shown{note})\n")
     return 0
