@@ -6,6 +6,14 @@ once for processes whose map count jumped by ``jump_regions`` since their last p
 and answers the server's snapshot commands. When the stream breaks, or the server
 stays silent for three heartbeat intervals, it reconnects with exponential backoff and
 jitter and registers again.
+
+Pushes are made whether or not the server is reachable. Each gets the next sequence
+number of this agent instance and waits in a buffer of at most ``buffer_pushes`` until
+the server acknowledges it as stored; after a reconnect the unacknowledged ones are
+sent again in order (the server ignores any it had stored already). When the buffer is
+full the oldest push is dropped, logged, and counted in every later push's
+``dropped_push_count``. :meth:`Uplink.stop` answers the snapshot commands in hand,
+delivers what is buffered, then closes the stream from its end.
 """
 
 from __future__ import annotations
@@ -16,8 +24,10 @@ import random
 import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_futures
 from dataclasses import replace
 
 import grpc
@@ -33,7 +43,11 @@ log = logging.getLogger(__name__)
 
 DEFAULT_INTERVAL_SECONDS = 60.0
 DEFAULT_JUMP_REGIONS = 1000
+# An hour of pushes at the default interval (jump pushes count too).
+DEFAULT_BUFFER_PUSHES = 60
 SILENT_HEARTBEATS = 3
+
+Outbox = queue.Queue[hub_pb2.ConnectRequest | None]
 
 
 def backoff_delay(attempt: int, initial: float, maximum: float) -> float:
@@ -48,7 +62,8 @@ class Uplink:
 
     ``host_id`` overrides the reader's host id (several uplinks may share a reader).
     ``poll_seconds`` is how often map counts are re-read between pushes to catch
-    jumps; 0 means a sixth of the interval, at most 10 s.
+    jumps; 0 means a sixth of the interval, at most 10 s. ``buffer_pushes`` bounds the
+    pushes kept until the server acknowledges them.
     """
 
     def __init__(
@@ -63,8 +78,11 @@ class Uplink:
         jump_regions: int = DEFAULT_JUMP_REGIONS,
         backoff_initial_seconds: float = 0.5,
         backoff_max_seconds: float = 30.0,
+        buffer_pushes: int = DEFAULT_BUFFER_PUSHES,
         credentials: grpc.ChannelCredentials | None = None,
     ):
+        if buffer_pushes < 1:
+            raise errors.InvalidArgument("the push buffer must hold at least one push")
         self.reader = reader
         self.target = target
         self.host_id = host_id
@@ -74,17 +92,26 @@ class Uplink:
         self.jump_regions = jump_regions
         self.backoff_initial_seconds = backoff_initial_seconds
         self.backoff_max_seconds = backoff_max_seconds
+        self.buffer_pushes = buffer_pushes
         self.credentials = credentials
         self.instance_id = uuid.uuid4().hex
         # Set while registered on a stream; registrations counts them.
         self.connected = threading.Event()
         self.registrations = 0
+        # Pushes made (their sequence numbers run 1..pushes), dropped from a full
+        # buffer, and acknowledged (the highest sequence the server has stored).
         self.pushes = 0
-        # The latest complete push (what the server was last told exists).
+        self.dropped_pushes = 0
+        self.acked_sequence = 0
+        # The latest complete push made (what the server will be told exists).
         self.last_push: tuple[ProcessSummary, ...] = ()
+        self._buffer: deque[hub_pb2.ConnectRequest] = deque()
+        self._buffered = threading.Condition()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._call: grpc.Future | None = None
+        self._outbox: Outbox | None = None
+        self._answering: set[Future[None]] = set()
         self.error: errors.Error | None = None
 
     # -- lifecycle ----------------------------------------------------------------------
@@ -95,12 +122,38 @@ class Uplink:
         return self
 
     def stop(self, timeout: float = 5.0) -> None:
+        """Stop making pushes; within ``timeout``, finish the snapshot answers in hand
+        and deliver the buffered pushes if connected, then close the stream from this
+        end (the server sees a clean end, not a broken stream). Cancels the stream
+        when time runs out."""
+        deadline = time.monotonic() + timeout
         self._stop.set()
+        with self._buffered:
+            self._buffered.notify_all()
+        wait_futures(self._answering.copy(), timeout=max(0.0, deadline - time.monotonic()))
+        with self._buffered:
+            while self._buffer and self.connected.is_set():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._buffered.wait(min(left, 0.1))
+        outbox = self._outbox
+        if outbox is not None:
+            outbox.put(None)
+        if self._thread is not None:
+            self._thread.join(max(0.1, deadline - time.monotonic()))
         call = self._call
         if call is not None:
             call.cancel()
         if self._thread is not None:
-            self._thread.join(timeout)
+            self._thread.join(1.0)
+        if self._buffer:
+            log.warning("%d summary pushes were never delivered", len(self._buffer))
+
+    def buffered(self) -> int:
+        """Pushes waiting for the server's acknowledgement."""
+        with self._buffered:
+            return len(self._buffer)
 
     def _run_logged(self) -> None:
         try:
@@ -110,10 +163,18 @@ class Uplink:
             log.error("uplink to %s stopped: %s", self.target, exc)
 
     def run(self) -> None:
-        """Connect, serve the stream, reconnect, until stopped. Raises AlreadyExists
-        when the very first registration is refused for a duplicate host id (a
-        misconfiguration); later refusals are retried (the server may still hold this
-        agent's own stale stream)."""
+        """Make pushes; connect, serve the stream, reconnect, until stopped. Raises
+        AlreadyExists when the very first registration is refused for a duplicate host
+        id (a misconfiguration); later refusals are retried (the server may still hold
+        this agent's own stale stream)."""
+        collector = threading.Thread(target=self._collect_loop, name="vmatlas-sweep", daemon=True)
+        collector.start()
+        try:
+            self._connect_loop()
+        finally:
+            self._stop.set()
+
+    def _connect_loop(self) -> None:
         attempt = 0
         while not self._stop.is_set():
             before = self.registrations
@@ -141,7 +202,7 @@ class Uplink:
         return replace(host, host_id=self.host_id) if self.host_id else host
 
     def _serve_stream(self) -> None:
-        outbox: queue.Queue[hub_pb2.ConnectRequest | None] = queue.Queue()
+        outbox: Outbox = queue.Queue()
         registration = hub_pb2.ConnectRequest()
         wire.host_to_pb(self._host(), registration.register.host)
         registration.register.instance_id = self.instance_id
@@ -155,15 +216,20 @@ class Uplink:
                     return
                 yield message
 
+        # A channel of its own each time: gRPC's process-wide subchannel pool would
+        # hand a new stream the old connection, still in gRPC's own reconnect backoff
+        # (up to two minutes) after a long outage; this class does the backing off.
+        options = [*channel_options(), ("grpc.use_local_subchannel_pool", 1)]
         if self.credentials is None:
-            channel = grpc.insecure_channel(self.target, options=channel_options())
+            channel = grpc.insecure_channel(self.target, options=options)
         else:
-            channel = grpc.secure_channel(self.target, self.credentials, options=channel_options())
+            channel = grpc.secure_channel(self.target, self.credentials, options=options)
         ended = threading.Event()
         workers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="vmatlas-uplink-snap")
         try:
             call = hub_pb2_grpc.AgentHubServiceStub(channel).Connect(requests())
             self._call = call
+            self._outbox = outbox
             if self._stop.is_set():
                 call.cancel()
             last_heard = [time.monotonic()]
@@ -177,20 +243,29 @@ class Uplink:
                     self.connected.set()
                     log.info("registered with %s", self.target)
                     heartbeat = message.registered.heartbeat_interval_seconds or 10.0
-                    for target in (self._heartbeats, self._pushes):
-                        threading.Thread(
-                            target=target,
-                            args=(call, outbox, ended, heartbeat, last_heard),
-                            daemon=True,
-                        ).start()
+                    threading.Thread(
+                        target=self._heartbeats,
+                        args=(call, outbox, ended, heartbeat, last_heard),
+                        daemon=True,
+                    ).start()
+                    threading.Thread(
+                        target=self._send_buffered, args=(outbox, ended), daemon=True
+                    ).start()
+                elif kind == "summaries_ack":
+                    self._acknowledged(message.summaries_ack.sequence)
                 elif kind == "snapshot_command":
-                    workers.submit(self._answer, message.snapshot_command, outbox)
+                    answer = workers.submit(self._answer, message.snapshot_command, outbox)
+                    self._answering.add(answer)
+                    answer.add_done_callback(self._answering.discard)
         except grpc.RpcError as exc:
             if exc.code() != grpc.StatusCode.CANCELLED or not self._stop.is_set():
                 raise error_from_rpc(exc) from None
         finally:
             self.connected.clear()
             ended.set()
+            with self._buffered:
+                self._buffered.notify_all()
+            self._outbox = None
             outbox.put(None)
             workers.shutdown(wait=False, cancel_futures=True)
             channel.close()
@@ -199,7 +274,7 @@ class Uplink:
     def _heartbeats(
         self,
         call: grpc.Future,
-        outbox: queue.Queue[hub_pb2.ConnectRequest | None],
+        outbox: Outbox,
         ended: threading.Event,
         heartbeat: float,
         last_heard: list[float],
@@ -213,41 +288,84 @@ class Uplink:
             wire.timestamp_to_pb(time.time(), message.heartbeat.send_time)
             outbox.put(message)
 
-    def _pushes(
-        self,
-        call: grpc.Future,
-        outbox: queue.Queue[hub_pb2.ConnectRequest | None],
-        ended: threading.Event,
-        heartbeat: float,
-        last_heard: list[float],
-    ) -> None:
+    # -- pushes -------------------------------------------------------------------------
+
+    def _collect_loop(self) -> None:
+        """Make a complete push every interval, and a push of the processes whose map
+        count jumped in between, connected or not."""
         pushed: dict[tuple[int, float], int] = {}
         next_push = time.monotonic()
-        while not ended.is_set():
+        while not self._stop.is_set():
             now = time.monotonic()
-            if now >= next_push:
-                items, denied = self._collect()
+            try:
+                if now >= next_push:
+                    items, denied = self._collect()
+                    self._buffer_push(_push(items, complete=True, access_denied_count=denied))
+                    self.last_push = tuple(items)
+                    pushed = {_key(item): item.summary.map_count for item in items}
+                    next_push = now + self.interval_seconds
+                elif pushed:
+                    items, _ = self._collect()
+                    jumped = [
+                        item
+                        for item in items
+                        if _key(item) in pushed
+                        and abs(item.summary.map_count - pushed[_key(item)]) >= self.jump_regions
+                    ]
+                    if jumped:
+                        log.info("map count jumped in %d processes", len(jumped))
+                        self._buffer_push(_push(jumped, complete=False))
+                        for item in jumped:
+                            pushed[_key(item)] = item.summary.map_count
+            except Exception:
+                log.exception("reading process summaries failed")
+                next_push = now + self.interval_seconds
+            self._stop.wait(max(0.0, min(next_push, time.monotonic() + self.poll_seconds) - now))
+
+    def _buffer_push(self, message: hub_pb2.ConnectRequest) -> None:
+        """Number the push and keep it until acknowledged; drop the oldest when full."""
+        with self._buffered:
+            self.pushes += 1
+            message.summaries.sequence = self.pushes
+            if len(self._buffer) >= self.buffer_pushes:
+                oldest = self._buffer.popleft()
+                self.dropped_pushes += 1
+                log.warning(
+                    "push buffer full (%d): dropped push %d, %d dropped so far",
+                    self.buffer_pushes,
+                    oldest.summaries.sequence,
+                    self.dropped_pushes,
+                )
+            self._buffer.append(message)
+            self._buffered.notify_all()
+
+    def _acknowledged(self, sequence: int) -> None:
+        with self._buffered:
+            self.acked_sequence = max(self.acked_sequence, sequence)
+            while self._buffer and self._buffer[0].summaries.sequence <= self.acked_sequence:
+                self._buffer.popleft()
+            self._buffered.notify_all()
+
+    def _send_buffered(self, outbox: Outbox, ended: threading.Event) -> None:
+        """Send every unacknowledged push on this stream, in order, then each new one
+        as it is made, until the stream ends."""
+        sent = 0
+        while not ended.is_set():
+            with self._buffered:
+                waiting = [m for m in self._buffer if m.summaries.sequence > sent]
+                if not waiting:
+                    self._buffered.wait(1.0)
+                    continue
+                dropped = self.dropped_pushes
+            for message in waiting:
                 if ended.is_set():
                     return
-                outbox.put(_push(items, complete=True, access_denied_count=denied))
-                self.last_push = tuple(items)
-                self.pushes += 1
-                pushed = {_key(item): item.summary.map_count for item in items}
-                next_push = now + self.interval_seconds
-            elif pushed:
-                items, _ = self._collect()
-                jumped = [
-                    item
-                    for item in items
-                    if _key(item) in pushed
-                    and abs(item.summary.map_count - pushed[_key(item)]) >= self.jump_regions
-                ]
-                if jumped and not ended.is_set():
-                    log.info("map count jumped in %d processes", len(jumped))
-                    outbox.put(_push(jumped, complete=False))
-                    for item in jumped:
-                        pushed[_key(item)] = item.summary.map_count
-            ended.wait(max(0.0, min(next_push, time.monotonic() + self.poll_seconds) - now))
+                # A copy: the buffered original may be sent again on the next stream.
+                out = hub_pb2.ConnectRequest()
+                out.CopyFrom(message)
+                out.summaries.dropped_push_count = dropped
+                outbox.put(out)
+                sent = message.summaries.sequence
 
     def _collect(self) -> tuple[list[ProcessSummary], int]:
         items: list[ProcessSummary] = []
@@ -259,11 +377,7 @@ class Uplink:
                 denied += 1
         return items, denied
 
-    def _answer(
-        self,
-        command: hub_pb2.SnapshotCommand,
-        outbox: queue.Queue[hub_pb2.ConnectRequest | None],
-    ) -> None:
+    def _answer(self, command: hub_pb2.SnapshotCommand, outbox: Outbox) -> None:
         message = hub_pb2.ConnectRequest()
         result = message.snapshot_result
         result.request_id = command.request_id

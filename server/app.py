@@ -132,17 +132,19 @@ class FleetServer:
             if self._stop.wait(period):
                 return
 
-    def closing(self) -> None:
-        """Stop pruning and close the agents' streams (they will reconnect to the
-        next server); what ``serve_until_signalled`` runs before draining calls."""
+    def closing(self, grace_seconds: float = DEFAULT_GRACE_SECONDS) -> None:
+        """Stop pruning; let fresh snapshots in flight be answered (within the grace),
+        then close the agents' streams (they will reconnect to the next server). What
+        ``serve_until_signalled`` runs once new calls are refused."""
         self._stop.set()
-        self.hub.stop()
+        self.hub.stop(grace_seconds)
 
     def stop(self, grace_seconds: float = DEFAULT_GRACE_SECONDS) -> None:
-        """Refuse new calls, close the agents' streams, let calls in flight finish,
-        then close the store."""
+        """Refuse new calls, let calls in flight finish (fresh snapshots included, so
+        the agents' streams stay open for them) within the grace, close the agents'
+        streams, then close the store."""
         self.health.enter_graceful_shutdown()
         stopped = self.server.stop(grace_seconds)
-        self.closing()
+        self.closing(grace_seconds)
         stopped.wait()
         self.store.close()

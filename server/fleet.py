@@ -74,6 +74,16 @@ class FleetServicer(fleet_pb2_grpc.FleetServiceServicer):
     def GetHostSnapshot(
         self, request: fleet_pb2.GetHostSnapshotRequest, context: grpc.ServicerContext
     ) -> fleet_pb2.GetHostSnapshotResponse:
+        if not request.fresh:
+            return self._host_snapshot(request, context)
+        # A fresh snapshot in flight when the server is told to stop is answered and
+        # stored before the agents' streams close.
+        with self.hub.serving():
+            return self._host_snapshot(request, context)
+
+    def _host_snapshot(
+        self, request: fleet_pb2.GetHostSnapshotRequest, context: grpc.ServicerContext
+    ) -> fleet_pb2.GetHostSnapshotResponse:
         if request.pid == 0:
             raise errors.InvalidArgument("pid must be given (pid 0 is not a process)")
         if not request.fresh:

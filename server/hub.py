@@ -5,7 +5,12 @@ and the snapshot requests waiting for its answers. The :class:`Hub` holds one se
 per host id (a second live agent claiming it is refused), records hosts online and
 offline in the store, and drops sessions whose agent fell silent for longer than the
 offline window. A request to one agent waits only on its own future with a deadline,
-so a slow or hung agent holds up nobody else.
+and at most ``MAX_WAITING_SNAPSHOTS`` requests wait on one agent at a time (more are
+refused at once), so a slow or hung agent holds up nobody else and ties up a bounded
+number of server threads.
+
+Stopping drains: the hub waits (within the grace) for the snapshot requests in flight
+to be answered before it closes the agents' streams.
 
 Sync gRPC keeps one pool thread per open stream, plus one thread here that reads the
 agent's messages; the server sizes its pool for ``max_agents`` streams.
@@ -21,6 +26,7 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
+from contextlib import contextmanager
 
 import grpc
 
@@ -28,7 +34,7 @@ from vmatlas import errors, wire
 from vmatlas.grpcutil import abort_with
 from vmatlas.model import Host
 from vmatlas.security.auth import require_agent_host
-from vmatlas.server.store import Store
+from vmatlas.server.store import PushOrigin, Store
 from vmatlas.v1 import agent_pb2, hub_pb2, hub_pb2_grpc
 from vmatlas.validate import validate_host, validate_summaries
 
@@ -39,6 +45,8 @@ SERVICE_NAME = hub_pb2.DESCRIPTOR.services_by_name["AgentHubService"].full_name
 DEFAULT_HEARTBEAT_SECONDS = 10.0
 # Missed heartbeats before a silent agent counts as gone.
 MISSED_HEARTBEATS = 3
+# Snapshot requests that may wait on one agent at once; each holds a server thread.
+MAX_WAITING_SNAPSHOTS = 8
 
 
 class AgentSession:
@@ -50,6 +58,8 @@ class AgentSession:
         self.instance_id = instance_id
         self.last_heard = time.monotonic()
         self.last_recorded = 0.0
+        # The agent's running total of pushes dropped, as last reported.
+        self.dropped_push_count = 0
         self.closed = threading.Event()
         self._outbox: queue.Queue[hub_pb2.ConnectResponse | None] = queue.Queue()
         self._pending: dict[int, Future[hub_pb2.SnapshotResult]] = {}
@@ -79,6 +89,11 @@ class AgentSession:
         with self._lock:
             if self.closed.is_set():
                 raise errors.Unavailable(f"host {self.host_id!r} is offline")
+            if len(self._pending) >= MAX_WAITING_SNAPSHOTS:
+                raise errors.ResourceExhausted(
+                    f"host {self.host_id!r} already has {MAX_WAITING_SNAPSHOTS} snapshot "
+                    "requests waiting; try again later"
+                )
             request_id = next(self._ids)
             self._pending[request_id] = future
         command = hub_pb2.ConnectResponse()
@@ -135,6 +150,9 @@ class Hub:
         self._sessions: dict[str, AgentSession] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
+        # Client calls in flight that need an agent's stream (fresh snapshots).
+        self._in_flight = 0
+        self._idle = threading.Condition()
         self._monitor = threading.Thread(target=self._watch, name="vmatlas-hub", daemon=True)
         self._monitor.start()
 
@@ -204,9 +222,29 @@ class Hub:
             for session in silent:
                 self.release(session, "missed heartbeats")
 
-    def stop(self) -> None:
-        """Close every session (agents will reconnect to the next server)."""
+    @contextmanager
+    def serving(self) -> Iterator[None]:
+        """Marks a client call that needs an agent's answer, so that :meth:`stop`
+        lets it finish."""
+        with self._idle:
+            self._in_flight += 1
+        try:
+            yield
+        finally:
+            with self._idle:
+                self._in_flight -= 1
+                self._idle.notify_all()
+
+    def stop(self, grace_seconds: float = 0.0) -> None:
+        """Wait up to ``grace_seconds`` for the calls marked by :meth:`serving` to
+        finish, then close every session (agents will reconnect to the next server)."""
         self._stop.set()
+        deadline = time.monotonic() + grace_seconds
+        with self._idle:
+            while self._in_flight and (left := deadline - time.monotonic()) > 0:
+                self._idle.wait(left)
+            if self._in_flight:
+                log.warning("closing agent streams with %d calls unanswered", self._in_flight)
         with self._lock:
             sessions = list(self._sessions.values())
         for session in sessions:
@@ -272,14 +310,41 @@ class AgentHubServicer(hub_pb2_grpc.AgentHubServiceServicer):
             wire.timestamp_to_pb(self.hub.clock(), ack.heartbeat_ack.send_time)
             session.send(ack)
         elif kind == "summaries":
-            push = message.summaries
-            try:
-                items = validate_summaries(push.processes, session.host)
-            except errors.InvalidArgument as exc:
-                log.warning("dropped a bad summary push from %s: %s", session.host_id, exc)
-                return
-            self.hub.store.put_summaries(session.host_id, items, complete=push.complete)
+            self._store_push(session, message.summaries)
         elif kind == "snapshot_result":
             session.resolve(message.snapshot_result)
         else:
             log.warning("agent %s sent an unexpected %s message", session.host_id, kind)
+
+    def _store_push(self, session: AgentSession, push: hub_pb2.SummaryPush) -> None:
+        """Store one push and acknowledge it when sequenced. A bad push is acknowledged
+        too: sending it again would not make it good."""
+        if push.dropped_push_count > session.dropped_push_count:
+            log.warning(
+                "host %s's agent dropped %d summary pushes while it could not deliver them "
+                "(%d in all)",
+                session.host_id,
+                push.dropped_push_count - session.dropped_push_count,
+                push.dropped_push_count,
+            )
+            session.dropped_push_count = push.dropped_push_count
+        try:
+            items = validate_summaries(push.processes, session.host)
+        except errors.InvalidArgument as exc:
+            log.warning("dropped a bad summary push from %s: %s", session.host_id, exc)
+            items = None
+        origin = (
+            PushOrigin(session.instance_id, push.sequence, push.dropped_push_count)
+            if push.sequence
+            else None
+        )
+        if items is not None:
+            stored = self.hub.store.put_summaries(
+                session.host_id, items, complete=push.complete, origin=origin
+            )
+            if not stored:
+                log.info("host %s: push %d was stored already", session.host_id, push.sequence)
+        if push.sequence:
+            ack = hub_pb2.ConnectResponse()
+            ack.summaries_ack.sequence = push.sequence
+            session.send(ack)

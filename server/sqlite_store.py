@@ -28,7 +28,7 @@ from contextlib import contextmanager
 from dataclasses import asdict
 from typing import Any
 
-from vmatlas import errors
+from vmatlas import errors, wire
 from vmatlas.fleet import FleetProcess, History, HostStatus, StoredSnapshotInfo
 from vmatlas.model import (
     Host,
@@ -40,7 +40,8 @@ from vmatlas.model import (
     SnapshotView,
     Summary,
 )
-from vmatlas.server.store import ProcessFilter, SnapshotRecord
+from vmatlas.server.store import ProcessFilter, PushOrigin, SnapshotRecord
+from vmatlas.v1 import snapshot_pb2
 
 DATABASE_NAME = "vmatlas.sqlite3"
 SCHEMA_VERSION = 1
@@ -102,6 +103,15 @@ CREATE TABLE IF NOT EXISTS snapshots (
   {_SUMMARY_DDL},
   regions_sha256 BLOB NOT NULL REFERENCES region_tables(sha256)
 );
+-- Per host, the agent instance whose pushes are being stored and its last stored
+-- push: a replayed push (sequence not above it) is a no-op.
+CREATE TABLE IF NOT EXISTS push_sequences (
+  host_id TEXT PRIMARY KEY REFERENCES hosts(host_id),
+  instance_id TEXT NOT NULL,
+  sequence INTEGER NOT NULL,
+  instance_dropped_push_count INTEGER NOT NULL,  -- that instance's running total
+  dropped_push_count INTEGER NOT NULL            -- over every instance of the host
+);
 CREATE INDEX IF NOT EXISTS snapshots_process ON snapshots (process_id, capture_time);
 CREATE INDEX IF NOT EXISTS snapshots_time ON snapshots (capture_time);
 CREATE VIEW IF NOT EXISTS current_summaries AS
@@ -149,10 +159,22 @@ def _summary_from(row: sqlite3.Row | tuple[Any, ...], first: int) -> Summary:
 class SQLiteStore:
     """:class:`~vmatlas.server.store.Store` on one SQLite file under ``data_dir``."""
 
-    def __init__(self, data_dir: str | os.PathLike[str]):
-        os.makedirs(data_dir, mode=0o700, exist_ok=True)
+    def __init__(self, data_dir: str | os.PathLike[str], *, read_only: bool = False):
+        """Open (or create) the store. ``read_only`` opens an existing store for
+        :meth:`check` without changing it, also beside a running server (WAL lets a
+        reader in while the server writes); NotFound when there is none."""
         self.path = os.path.join(os.fspath(data_dir), DATABASE_NAME)
         self._lock = threading.RLock()
+        if read_only:
+            if not os.path.exists(self.path):
+                raise errors.NotFound(f"no vmatlas store in {os.fspath(data_dir)}")
+            self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            self._db.execute("PRAGMA busy_timeout=10000")
+            # Opening may replay the WAL a crashed server left (that is recovery, not
+            # a change); no statement of ours may write.
+            self._db.execute("PRAGMA query_only=ON")
+            return
+        os.makedirs(data_dir, mode=0o700, exist_ok=True)
         self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         # Layouts defeat ASLR: keep them readable by this user only.
         os.chmod(self.path, 0o600)
@@ -232,19 +254,21 @@ class SQLiteStore:
             db.execute("UPDATE hosts SET online = 0 WHERE host_id = ?", (host_id,))
 
     def _host_status(self, row: tuple[Any, ...]) -> HostStatus:
-        facts, online, first_seen, last_seen, count = row
+        facts, online, first_seen, last_seen, count, dropped = row
         return HostStatus(
             host=_host_from_json(facts),
             online=bool(online),
             first_seen_time=first_seen,
             last_seen_time=last_seen,
             process_count=count,
+            dropped_push_count=dropped or 0,
         )
 
     _HOST_SELECT = """SELECT h.facts, h.online, h.first_seen_time, h.last_seen_time,
                         (SELECT count(*) FROM processes p
-                         WHERE p.host_id = h.host_id AND p.current = 1)
-                      FROM hosts h"""
+                         WHERE p.host_id = h.host_id AND p.current = 1),
+                        q.dropped_push_count
+                      FROM hosts h LEFT JOIN push_sequences q ON q.host_id = h.host_id"""
 
     def hosts(self) -> list[HostStatus]:
         rows = self._read(self._HOST_SELECT + " ORDER BY h.host_id")
@@ -273,12 +297,50 @@ class SQLiteStore:
         ).fetchone()
         return int(row[0])
 
+    def _sequence(self, db: sqlite3.Connection, host_id: str, origin: PushOrigin) -> bool:
+        """Record ``origin`` as the host's latest push; False when it is not newer
+        than the last one stored from the same agent instance (a replay)."""
+        row = db.execute(
+            """SELECT instance_id, sequence, instance_dropped_push_count, dropped_push_count
+               FROM push_sequences WHERE host_id = ?""",
+            (host_id,),
+        ).fetchone()
+        same = row is not None and row[0] == origin.instance_id
+        sequence, instance_dropped, total = (row[1], row[2], row[3]) if same else (0, 0, 0)
+        if row is not None and not same:
+            total = row[3]
+        dropped = max(instance_dropped, origin.dropped_push_count)
+        db.execute(
+            """INSERT INTO push_sequences (host_id, instance_id, sequence,
+                                           instance_dropped_push_count, dropped_push_count)
+               VALUES (?, ?, ?, ?, ?)
+               ON CONFLICT (host_id) DO UPDATE SET
+                 instance_id = excluded.instance_id, sequence = excluded.sequence,
+                 instance_dropped_push_count = excluded.instance_dropped_push_count,
+                 dropped_push_count = excluded.dropped_push_count""",
+            (
+                host_id,
+                origin.instance_id,
+                max(sequence, origin.sequence),
+                dropped,
+                total + dropped - instance_dropped,
+            ),
+        )
+        return origin.sequence > sequence
+
     def put_summaries(
-        self, host_id: str, items: list[ProcessSummary], *, complete: bool = True
-    ) -> None:
+        self,
+        host_id: str,
+        items: list[ProcessSummary],
+        *,
+        complete: bool = True,
+        origin: PushOrigin | None = None,
+    ) -> bool:
         placeholders = ", ".join("?" * (2 + len(_SUMMARY_COLUMNS)))
         with self._tx() as db:
             self._require_host(db, host_id)
+            if origin is not None and origin.sequence and not self._sequence(db, host_id, origin):
+                return False
             if complete:
                 db.execute("UPDATE processes SET current = 0 WHERE host_id = ?", (host_id,))
             for item in items:
@@ -295,6 +357,7 @@ class SQLiteStore:
                        WHERE id = ?""",
                     (item.capture_time, item.capture_time, process_id),
                 )
+        return True
 
     _CURRENT = f"""SELECT p.host_id, p.facts, s.capture_time, {_SUMMARY_SELECT}
                    FROM processes p JOIN summaries s
@@ -475,3 +538,43 @@ class SQLiteStore:
                     AND s.capture_time = processes.latest_capture_time)"""
             )
             return summaries + snapshots
+
+    # -- integrity ----------------------------------------------------------------------
+
+    def check(self) -> list[str]:
+        problems: list[str] = []
+        with self._lock:
+            rows = self._db.execute("PRAGMA integrity_check").fetchall()
+            if [tuple(r) for r in rows] != [("ok",)]:
+                problems += [f"integrity: {r[0]}" for r in rows]
+            for table, rowid, parent, _ in self._db.execute("PRAGMA foreign_key_check"):
+                problems.append(f"{table} row {rowid} refers to a missing {parent} row")
+            version = self._db.execute(
+                "SELECT value FROM meta WHERE key = 'schema_version'"
+            ).fetchone()
+        if version is None:
+            problems.append("no schema version")
+        # One table at a time: a store may hold thousands of them.
+        for (digest,) in self._read("SELECT sha256 FROM region_tables ORDER BY sha256"):
+            problems += self._check_region_table(digest)
+        return problems
+
+    def _check_region_table(self, digest: bytes) -> list[str]:
+        rows = self._read(
+            "SELECT size_bytes, zlib_data FROM region_tables WHERE sha256 = ?", (digest,)
+        )
+        if not rows:  # pruned meanwhile
+            return []
+        size_bytes, packed = rows[0]
+        name = f"region table {digest.hex()[:16]}"
+        try:
+            data = zlib.decompress(packed)
+        except zlib.error as exc:
+            return [f"{name} does not decompress: {exc}"]
+        if len(data) != size_bytes or hashlib.sha256(data).digest() != digest:
+            return [f"{name} does not match its size or hash"]
+        try:
+            wire.table_from_pb(snapshot_pb2.RegionTable.FromString(data))
+        except Exception as exc:  # any decoding failure is the finding
+            return [f"{name} does not decode: {type(exc).__name__}: {exc}"]
+        return []

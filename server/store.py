@@ -32,6 +32,17 @@ class SnapshotRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class PushOrigin:
+    """Which push of which agent instance a batch of summaries is: the key that makes
+    a replayed push a no-op. ``dropped_push_count`` is the instance's running total
+    of pushes it dropped from its full buffer."""
+
+    instance_id: str
+    sequence: int
+    dropped_push_count: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class ProcessFilter:
     host_id: str = ""
     name_contains: str = ""
@@ -51,11 +62,19 @@ class Store(Protocol):
         """The host's agent is gone; its history stays."""
 
     def put_summaries(
-        self, host_id: str, items: list[ProcessSummary], *, complete: bool = True
-    ) -> None:
+        self,
+        host_id: str,
+        items: list[ProcessSummary],
+        *,
+        complete: bool = True,
+        origin: PushOrigin | None = None,
+    ) -> bool:
         """Append summaries to history. ``complete`` means ``items`` is every current
         process of the host (the rest have exited); otherwise they update the current
-        set. NotFound for an unknown host."""
+        set. With ``origin``, a push whose sequence is not above the last one stored
+        for the same agent instance changes nothing but the drop count, and False is
+        returned; the sequence is recorded in the same transaction as the summaries.
+        NotFound for an unknown host."""
 
     def put_snapshot(self, host_id: str, record: SnapshotRecord) -> str:
         """Store a snapshot (committed before this returns) and return its id.
@@ -88,6 +107,11 @@ class Store(Protocol):
         """Delete history (summaries, snapshots, unreferenced region tables) captured
         before ``older_than``; hosts stay. Returns how many summaries and snapshots
         went."""
+
+    def check(self) -> list[str]:
+        """Verify the store end to end: the database's own integrity, references
+        between tables, and every stored snapshot's region table present and
+        decodable. Returns the problems found; empty means consistent."""
 
     def close(self) -> None:
         """Release the store; later calls fail."""

@@ -19,6 +19,8 @@ class HostStatus:
     first_seen_time: float
     last_seen_time: float
     process_count: int = 0
+    # Summary pushes the host's agents dropped from a full buffer (gaps in history).
+    dropped_push_count: int = 0
 
     @property
     def host_id(self) -> str:

@@ -207,16 +207,19 @@ def serve_until_signalled(
     on_stop: Callable[[], None] | None = None,
 ) -> None:
     """Block until SIGTERM or SIGINT, then drain: report NOT_SERVING, refuse new calls,
-    let calls in flight finish within ``grace_seconds``."""
+    run ``on_stop`` (which may wait for work in flight, within the grace) and let calls
+    in flight finish within ``grace_seconds``; those still running then are cancelled.
+    """
     signals = signals or StopSignals()
     try:
         signals.wait()
     finally:
         signals.restore()
         health_servicer.enter_graceful_shutdown()
+        stopped = server.stop(grace_seconds)
         if on_stop is not None:
             on_stop()
-        server.stop(grace_seconds).wait()
+        stopped.wait()
 
 
 def is_loopback(address: str) -> bool:

@@ -334,6 +334,7 @@ def host_status_to_pb(
     timestamp_to_pb(status.first_seen_time, message.first_seen_time)
     timestamp_to_pb(status.last_seen_time, message.last_seen_time)
     message.process_count = status.process_count
+    message.dropped_push_count = status.dropped_push_count
     return message
 
 
@@ -344,6 +345,7 @@ def host_status_from_pb(message: fleet_pb2.HostStatus) -> HostStatus:
         first_seen_time=timestamp_from_pb(message.first_seen_time),
         last_seen_time=timestamp_from_pb(message.last_seen_time),
         process_count=message.process_count,
+        dropped_push_count=message.dropped_push_count,
     )
 
 

@@ -1,10 +1,15 @@
 """Fixtures for the fleet server tests: an in-process server on a loopback port with a
 fresh data directory and heartbeat windows short enough for tests, uplinks that use
-the real Linux reader, and a hand-driven agent stream for misbehaving agents."""
+the real Linux reader, a hand-driven agent stream for misbehaving agents, and
+``vmatlas`` commands as child processes."""
 
 from __future__ import annotations
 
+import os
 import queue
+import re
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -149,3 +154,75 @@ def raw_agent(reader: LinuxReader) -> Iterator[Callable[..., RawAgent]]:
     yield make
     for agent in agents:
         agent.close()
+
+
+PYTHON = [sys.executable, "-m", "vmatlas"]
+
+
+class Child:
+    """A ``vmatlas`` command as a child process, its stderr merged into stdout."""
+
+    def __init__(self, *args: str):
+        self.proc = subprocess.Popen(
+            [*PYTHON, *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        self.lines: list[str] = []
+
+    def wait_line(self, pattern: str) -> re.Match[str]:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.append(line)
+            match = re.search(pattern, line)
+            if match:
+                return match
+        raise AssertionError(f"exited ({self.proc.wait()}) before {pattern!r}: {self.lines}")
+
+    def finish(self, timeout: float = 20.0) -> str:
+        """Everything it prints until it exits (within ``timeout``)."""
+        out, _ = self.proc.communicate(timeout=timeout)
+        self.lines.append(out)
+        return "".join(self.lines)
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+
+
+@pytest.fixture
+def children() -> Iterator[list[Child]]:
+    started: list[Child] = []
+    yield started
+    for child in started:
+        child.kill()
+
+
+def start(children: list[Child], *args: str) -> Child:
+    child = Child(*args)
+    children.append(child)
+    return child
+
+
+def server_args(data: Path, port: int, *more: str) -> list[str]:
+    return [
+        "server",
+        "--listen",
+        f"127.0.0.1:{port}",
+        "--data-dir",
+        str(data),
+        "--heartbeat",
+        "0.2",
+        "--offline-after",
+        "1",
+        *more,
+    ]
+
+
+def start_server(children: list[Child], data: Path, port: int = 0, *more: str) -> tuple[Child, int]:
+    """A server process; returns it and its port once it listens."""
+    server = start(children, *server_args(data, port, *more))
+    return server, int(server.wait_line(r"listening on 127\.0\.0\.1:(\d+)").group(1))

@@ -3,12 +3,7 @@ agent, stop ``up`` with SIGINT."""
 
 from __future__ import annotations
 
-import os
-import re
 import signal
-import subprocess
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,63 +11,7 @@ import pytest
 from vmatlas import errors
 from vmatlas.client import Client
 
-from .conftest import wait_for
-
-PYTHON = [sys.executable, "-m", "vmatlas"]
-
-
-class Child:
-    def __init__(self, *args: str):
-        self.proc = subprocess.Popen(
-            [*PYTHON, *args],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
-        self.lines: list[str] = []
-
-    def wait_line(self, pattern: str) -> re.Match[str]:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.lines.append(line)
-            match = re.search(pattern, line)
-            if match:
-                return match
-        raise AssertionError(f"exited ({self.proc.wait()}) before {pattern!r}: {self.lines}")
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait()
-
-
-@pytest.fixture
-def children() -> Iterator[list[Child]]:
-    started: list[Child] = []
-    yield started
-    for child in started:
-        child.kill()
-
-
-def start(children: list[Child], *args: str) -> Child:
-    child = Child(*args)
-    children.append(child)
-    return child
-
-
-def server_args(data: Path, port: int) -> list[str]:
-    return [
-        "server",
-        "--listen",
-        f"127.0.0.1:{port}",
-        "--data-dir",
-        str(data),
-        "--heartbeat",
-        "0.2",
-        "--offline-after",
-        "1",
-    ]
+from .conftest import Child, server_args, start, wait_for
 
 
 def test_server_crash_and_agent_death(tmp_path: Path, children: list[Child]) -> None:

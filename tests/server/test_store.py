@@ -1,9 +1,12 @@
-"""The SQLite store on its own: retention prunes exactly what is older than the cutoff."""
+"""The SQLite store on its own: retention prunes exactly what is older than the cutoff,
+a replayed push is a no-op, and the integrity check finds what is broken."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import sqlite3
+import zlib
 from dataclasses import replace
 from pathlib import Path
 
@@ -13,7 +16,7 @@ from vmatlas import errors, wire
 from vmatlas.agents.linux import LinuxReader
 from vmatlas.model import ProcessSummary
 from vmatlas.server.sqlite_store import DATABASE_NAME, SQLiteStore
-from vmatlas.server.store import SnapshotRecord, parse_duration
+from vmatlas.server.store import PushOrigin, SnapshotRecord, parse_duration
 
 
 def test_parse_duration() -> None:
@@ -61,3 +64,73 @@ def test_prune_removes_exactly_what_is_older(tmp_path: Path, reader: LinuxReader
     store.prune(5000.0)
     assert db.execute("SELECT count(*) FROM region_tables").fetchone() == (0,)
     store.close()
+
+
+def test_replayed_push_is_a_no_op_and_drops_add_up(tmp_path: Path, reader: LinuxReader) -> None:
+    store = SQLiteStore(tmp_path)
+    host = reader.host()
+    store.put_host(host, 1000.0)
+    base = reader.process_summary(os.getpid())
+
+    def push(t: float, origin: PushOrigin) -> bool:
+        item = ProcessSummary(base.process, replace(base.summary, map_count=int(t)), t)
+        return store.put_summaries(host.host_id, [item], origin=origin)
+
+    assert push(1000.0, PushOrigin("a", 1))
+    assert push(1001.0, PushOrigin("a", 2))
+    # The same pushes again (their acknowledgements were lost): nothing changes.
+    assert not push(1000.0, PushOrigin("a", 1))
+    assert not push(1001.0, PushOrigin("a", 2))
+    # Pushes 3-5 dropped by the agent; 6 reports it, and 7 the same running total.
+    assert push(1006.0, PushOrigin("a", 6, dropped_push_count=3))
+    assert push(1007.0, PushOrigin("a", 7, dropped_push_count=3))
+    assert store.host(host.host_id).dropped_push_count == 3
+    # A restarted agent numbers from 1 again and its drops add to the host's total.
+    assert push(1010.0, PushOrigin("b", 1, dropped_push_count=2))
+    assert not push(1010.0, PushOrigin("b", 1, dropped_push_count=2))
+    assert store.hosts()[0].dropped_push_count == 5
+    history = store.history(host.host_id, os.getpid(), 0.0, float("inf"))
+    assert [s.capture_time for s in history.summaries] == [1000.0, 1001.0, 1006.0, 1007.0, 1010.0]
+    assert [s.summary.map_count for s in history.summaries] == [1000, 1001, 1006, 1007, 1010]
+    store.close()
+
+
+def test_integrity_check_finds_broken_tables(tmp_path: Path, reader: LinuxReader) -> None:
+    store = SQLiteStore(tmp_path)
+    host = reader.host()
+    store.put_host(host, 1000.0)
+    header, regions = wire.snapshot_parts(reader.snapshot(os.getpid()))
+    record = SnapshotRecord(wire.snapshot_header_from_bytes(header), regions)
+    snapshot_id = store.put_snapshot(host.host_id, record)
+    assert store.check() == []
+    store.close()
+    checker = SQLiteStore(tmp_path, read_only=True)
+    assert checker.check() == []
+    with pytest.raises(sqlite3.OperationalError, match="readonly"):
+        checker._db.execute("UPDATE hosts SET online = 1")
+    checker.close()
+
+    db = sqlite3.connect(tmp_path / DATABASE_NAME, isolation_level=None)
+    # A region table that decompresses to bytes that are not a RegionTable.
+    garbage = b"\xff\xff\xff"
+    db.execute(
+        "UPDATE region_tables SET zlib_data = ?, size_bytes = ?",
+        (zlib.compress(garbage), len(garbage)),
+    )
+    problems = SQLiteStore(tmp_path, read_only=True).check()
+    assert len(problems) == 1 and "does not match" in problems[0]
+    # The same bytes filed under their own hash: intact, but not a region table.
+    fake = hashlib.sha256(garbage).digest()
+    db.execute("UPDATE region_tables SET sha256 = ?", (fake,))
+    db.execute("UPDATE snapshots SET regions_sha256 = ?", (fake,))
+    problems = SQLiteStore(tmp_path, read_only=True).check()
+    assert len(problems) == 1 and "does not decode" in problems[0]
+    db.execute("UPDATE region_tables SET zlib_data = ?", (b"not zlib",))
+    problems = SQLiteStore(tmp_path, read_only=True).check()
+    assert len(problems) == 1 and "does not decompress" in problems[0]
+    # A snapshot whose region table is gone.
+    db.execute("DELETE FROM region_tables")
+    problems = SQLiteStore(tmp_path, read_only=True).check()
+    assert problems == [f"snapshots row {snapshot_id} refers to a missing region_tables row"]
+    with pytest.raises(errors.NotFound):
+        SQLiteStore(tmp_path / "elsewhere", read_only=True)

@@ -11,8 +11,18 @@ import logging
 from vmatlas import errors
 from vmatlas.agents import Reader, default_reader, windows_view
 from vmatlas.agents.service import SERVICE_NAME, AgentServicer
-from vmatlas.agents.uplink import DEFAULT_INTERVAL_SECONDS, DEFAULT_JUMP_REGIONS, Uplink
-from vmatlas.grpcutil import StopSignals, build_server, serve_until_signalled
+from vmatlas.agents.uplink import (
+    DEFAULT_BUFFER_PUSHES,
+    DEFAULT_INTERVAL_SECONDS,
+    DEFAULT_JUMP_REGIONS,
+    Uplink,
+)
+from vmatlas.grpcutil import (
+    DEFAULT_GRACE_SECONDS,
+    StopSignals,
+    build_server,
+    serve_until_signalled,
+)
 from vmatlas.security.options import (
     add_server_security_args,
     add_uplink_security_args,
@@ -56,6 +66,24 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         help="push at once when a map count moves this much between pushes "
         f"(default {DEFAULT_JUMP_REGIONS})",
     )
+    p.add_argument(
+        "--buffer",
+        type=int,
+        default=DEFAULT_BUFFER_PUSHES,
+        metavar="PUSHES",
+        help="keep at most this many pushes the server has not acknowledged (while it is "
+        "unreachable), delivering them in order on reconnect; when full the oldest is "
+        f"dropped and the drop reported (default {DEFAULT_BUFFER_PUSHES})",
+    )
+    p.add_argument(
+        "--grace",
+        type=float,
+        default=DEFAULT_GRACE_SECONDS,
+        metavar="SECONDS",
+        help="on SIGTERM or SIGINT, refuse new calls, answer the ones in flight, deliver "
+        "buffered pushes and close the server stream within this long "
+        f"(default {DEFAULT_GRACE_SECONDS:.0f})",
+    )
     add_server_security_args(p)
     add_uplink_security_args(p)
     p.set_defaults(func=run)
@@ -82,7 +110,13 @@ def run(args: argparse.Namespace) -> int:
     if uplink is not None:
         uplink.start()
         print(f"vmatlas agent connecting to server {args.server}", flush=True)
-    serve_until_signalled(server, health, signals=signals, on_stop=uplink.stop if uplink else None)
+    serve_until_signalled(
+        server,
+        health,
+        signals=signals,
+        grace_seconds=args.grace,
+        on_stop=(lambda: uplink.stop(args.grace)) if uplink else None,
+    )
     return 0
 
 
@@ -93,13 +127,14 @@ def _uplink(args: argparse.Namespace, reader: Reader, servicer: AgentServicer) -
     if not args.server:
         return None
     credentials = uplink_credentials(args, args.server)
-    if args.interval <= 0 or args.jump <= 0:
-        raise errors.InvalidArgument("--interval and --jump must be positive")
+    if args.interval <= 0 or args.jump <= 0 or args.buffer <= 0:
+        raise errors.InvalidArgument("--interval, --jump and --buffer must be positive")
     return Uplink(
         reader,
         args.server,
         servicer=servicer,
         interval_seconds=args.interval,
         jump_regions=args.jump,
+        buffer_pushes=args.buffer,
         credentials=credentials,
     )

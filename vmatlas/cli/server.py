@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 
 from vmatlas import errors
-from vmatlas.grpcutil import StopSignals, serve_until_signalled
+from vmatlas.grpcutil import DEFAULT_GRACE_SECONDS, StopSignals, serve_until_signalled
 from vmatlas.security.options import add_server_security_args, apply_config, server_security
 from vmatlas.security.policy import SERVER_POLICY
 from vmatlas.server.app import DEFAULT_LISTEN, FleetServer, ServerConfig, default_data_dir
 from vmatlas.server.hub import DEFAULT_HEARTBEAT_SECONDS
+from vmatlas.server.sqlite_store import SQLiteStore
 from vmatlas.server.store import parse_duration
 
 log = logging.getLogger("vmatlas.server")
@@ -64,6 +66,15 @@ def add_server_args(p: argparse.ArgumentParser) -> None:
         metavar="N",
         help="most agents connected at once (each holds one server thread; default 1000)",
     )
+    p.add_argument(
+        "--grace",
+        type=float,
+        default=DEFAULT_GRACE_SECONDS,
+        metavar="SECONDS",
+        help="on SIGTERM or SIGINT, refuse new calls and give the ones in flight this "
+        f"long to finish (fresh snapshots included) before exiting (default "
+        f"{DEFAULT_GRACE_SECONDS:.0f})",
+    )
     add_server_security_args(p)
 
 
@@ -81,6 +92,8 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         )
     if args.heartbeat <= 0 or args.offline_after < 0 or args.agent_timeout <= 0:
         raise errors.InvalidArgument("--heartbeat and --agent-timeout must be positive")
+    if args.grace < 0:
+        raise errors.InvalidArgument("--grace must not be negative")
     return ServerConfig(
         listen=args.listen,
         data_dir=args.data_dir or default_data_dir(),
@@ -97,14 +110,44 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("server", help="the fleet server: agents connect to it, clients ask it")
     add_server_args(p)
+    p.add_argument(
+        "--check",
+        action="store_true",
+        help="do not serve: verify the store in --data-dir (database integrity, "
+        "references, every snapshot's region table present and decodable) and exit "
+        "non-zero if anything is wrong; safe beside a running server",
+    )
     p.set_defaults(func=run)
 
 
+def check(data_dir: str) -> int:
+    store = SQLiteStore(data_dir, read_only=True)
+    try:
+        problems = store.check()
+    finally:
+        store.close()
+    if problems:
+        for problem in problems:
+            print(problem)
+        print(f"vmatlas store in {data_dir}: {len(problems)} problems", file=sys.stderr)
+        return 1
+    print(f"vmatlas store in {data_dir}: consistent")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.check:
+        return check(args.data_dir or default_data_dir())
     signals = StopSignals()
     fleet = FleetServer(config_from_args(args)).start()
     print(f"vmatlas server listening on {fleet.address}", flush=True)
     print(f"vmatlas server data in {fleet.config.data_dir}", flush=True)
-    serve_until_signalled(fleet.server, fleet.health, signals=signals, on_stop=fleet.closing)
+    serve_until_signalled(
+        fleet.server,
+        fleet.health,
+        signals=signals,
+        grace_seconds=args.grace,
+        on_stop=lambda: fleet.closing(args.grace),
+    )
     fleet.store.close()
     return 0

@@ -149,10 +149,12 @@ def run(args: argparse.Namespace) -> int:
 
     def stopping() -> None:
         stop.set()
-        uplink.stop()
-        fleet.closing()
+        uplink.stop(args.grace)
+        fleet.closing(args.grace)
 
-    serve_until_signalled(fleet.server, fleet.health, signals=signals, on_stop=stopping)
+    serve_until_signalled(
+        fleet.server, fleet.health, signals=signals, grace_seconds=args.grace, on_stop=stopping
+    )
     view.join(5.0)
     fleet.store.close()
     return 0

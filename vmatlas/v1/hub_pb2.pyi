@@ -66,24 +66,28 @@ class ConnectResponse(_message.Message):
     REGISTERED_FIELD_NUMBER: _builtins.int
     HEARTBEAT_ACK_FIELD_NUMBER: _builtins.int
     SNAPSHOT_COMMAND_FIELD_NUMBER: _builtins.int
+    SUMMARIES_ACK_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def registered(self) -> Global___AgentRegistered: ...
     @_builtins.property
     def heartbeat_ack(self) -> Global___AgentHeartbeat: ...
     @_builtins.property
     def snapshot_command(self) -> Global___SnapshotCommand: ...
+    @_builtins.property
+    def summaries_ack(self) -> Global___SummaryPushAck: ...
     def __init__(
         self,
         *,
         registered: Global___AgentRegistered | None = ...,
         heartbeat_ack: Global___AgentHeartbeat | None = ...,
         snapshot_command: Global___SnapshotCommand | None = ...,
+        summaries_ack: Global___SummaryPushAck | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["heartbeat_ack", b"heartbeat_ack", "message", b"message", "registered", b"registered", "snapshot_command", b"snapshot_command"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["heartbeat_ack", b"heartbeat_ack", "message", b"message", "registered", b"registered", "snapshot_command", b"snapshot_command", "summaries_ack", b"summaries_ack"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["heartbeat_ack", b"heartbeat_ack", "message", b"message", "registered", b"registered", "snapshot_command", b"snapshot_command"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["heartbeat_ack", b"heartbeat_ack", "message", b"message", "registered", b"registered", "snapshot_command", b"snapshot_command", "summaries_ack", b"summaries_ack"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_message: _TypeAlias = _typing.Literal["registered", "heartbeat_ack", "snapshot_command"]  # noqa: Y015
+    _WhichOneofReturnType_message: _TypeAlias = _typing.Literal["registered", "heartbeat_ack", "snapshot_command", "summaries_ack"]  # noqa: Y015
     _WhichOneofArgType_message: _TypeAlias = _typing.Literal["message", b"message"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_message) -> _WhichOneofReturnType_message | None: ...
 
@@ -171,12 +175,23 @@ class SummaryPush(_message.Message):
     PROCESSES_FIELD_NUMBER: _builtins.int
     COMPLETE_FIELD_NUMBER: _builtins.int
     ACCESS_DENIED_COUNT_FIELD_NUMBER: _builtins.int
+    SEQUENCE_FIELD_NUMBER: _builtins.int
+    DROPPED_PUSH_COUNT_FIELD_NUMBER: _builtins.int
     complete: _builtins.bool
     """True when this is every readable process of the host (processes missing from it
     have exited); false for a push of just the processes whose region count jumped.
     """
     access_denied_count: _builtins.int
     """Processes that exist but could not be read (complete pushes only)."""
+    sequence: _builtins.int
+    """Numbers this agent instance's pushes 1, 2, 3, ... in the order they were made;
+    0 means unsequenced (stored as it comes, never acknowledged). A gap means the
+    agent dropped pushes.
+    """
+    dropped_push_count: _builtins.int
+    """How many pushes this agent instance has dropped so far, oldest first, because
+    its buffer filled while the server was unreachable (a running total).
+    """
     @_builtins.property
     def processes(self) -> _containers.RepeatedCompositeFieldContainer[_snapshot_pb2.ProcessSummary]: ...
     def __init__(
@@ -185,14 +200,39 @@ class SummaryPush(_message.Message):
         processes: _abc.Iterable[_snapshot_pb2.ProcessSummary] | None = ...,
         complete: _builtins.bool = ...,
         access_denied_count: _builtins.int = ...,
+        sequence: _builtins.int = ...,
+        dropped_push_count: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["access_denied_count", b"access_denied_count", "complete", b"complete", "processes", b"processes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["access_denied_count", b"access_denied_count", "complete", b"complete", "dropped_push_count", b"dropped_push_count", "processes", b"processes", "sequence", b"sequence"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SummaryPush: _TypeAlias = SummaryPush  # noqa: Y015
+
+@_typing.final
+class SummaryPushAck(_message.Message):
+    """Every sequenced push of this stream's agent instance up to and including
+    `sequence` is stored.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SEQUENCE_FIELD_NUMBER: _builtins.int
+    sequence: _builtins.int
+    def __init__(
+        self,
+        *,
+        sequence: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["sequence", b"sequence"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SummaryPushAck: _TypeAlias = SummaryPushAck  # noqa: Y015
 
 @_typing.final
 class SnapshotCommand(_message.Message):

@@ -45,6 +45,11 @@ class AgentHubServiceStub:
          each with `heartbeat_ack`), `summaries` every push interval and at once when
          a process's region count jumps, and one `snapshot_result` for every
          `snapshot_command` the server sends, carrying the command's request_id.
+         The server answers each sequenced `summaries` with `summaries_ack` once the
+         push is stored; the agent keeps unacknowledged pushes (in a bounded buffer)
+         and sends them again, in order, after a reconnect. A push whose sequence the
+         server has already stored for the same agent instance is acknowledged and
+         otherwise ignored, so a replay never stores a summary twice.
       3. The server marks the host offline when the stream ends or no message arrived
          within its offline window; the agent reconnects with exponential backoff and
          jitter and registers again.
@@ -70,6 +75,11 @@ class AgentHubServiceAsyncStub(AgentHubServiceStub):
          each with `heartbeat_ack`), `summaries` every push interval and at once when
          a process's region count jumps, and one `snapshot_result` for every
          `snapshot_command` the server sends, carrying the command's request_id.
+         The server answers each sequenced `summaries` with `summaries_ack` once the
+         push is stored; the agent keeps unacknowledged pushes (in a bounded buffer)
+         and sends them again, in order, after a reconnect. A push whose sequence the
+         server has already stored for the same agent instance is acknowledged and
+         otherwise ignored, so a replay never stores a summary twice.
       3. The server marks the host offline when the stream ends or no message arrived
          within its offline window; the agent reconnects with exponential backoff and
          jitter and registers again.
@@ -98,6 +108,11 @@ class AgentHubServiceServicer(metaclass=_abc_1.ABCMeta):
              each with `heartbeat_ack`), `summaries` every push interval and at once when
              a process's region count jumps, and one `snapshot_result` for every
              `snapshot_command` the server sends, carrying the command's request_id.
+             The server answers each sequenced `summaries` with `summaries_ack` once the
+             push is stored; the agent keeps unacknowledged pushes (in a bounded buffer)
+             and sends them again, in order, after a reconnect. A push whose sequence the
+             server has already stored for the same agent instance is acknowledged and
+             otherwise ignored, so a replay never stores a summary twice.
           3. The server marks the host offline when the stream ends or no message arrived
              within its offline window; the agent reconnects with exponential backoff and
              jitter and registers again.
