@@ -16,6 +16,7 @@ from vmatlas.agents.uplink import Uplink
 from vmatlas.client import Client
 from vmatlas.model import ProcessSummary
 from vmatlas.server.app import FleetServer
+from vmatlas.server.hub import MAX_WAITING_SNAPSHOTS
 from vmatlas.server.sqlite_store import DATABASE_NAME
 
 from .conftest import OFFLINE_AFTER_SECONDS, RawAgent, wait_for
@@ -210,3 +211,49 @@ def test_silent_agent_goes_offline_after_missed_heartbeats(
     time.sleep(OFFLINE_AFTER_SECONDS)
     assert {h.host_id: h.online for h in client.hosts()}["beating"]
     assert beating.received
+
+
+def test_a_hung_agent_ties_up_few_server_threads(
+    make_server: Callable[..., FleetServer],
+    make_uplink: Callable[..., Uplink],
+    raw_agent: Callable[..., RawAgent],
+    planter: object,
+) -> None:
+    # Two agents' streams and the 32 threads for queries: more callers asking the hung
+    # host than that would, unbounded, leave no thread for anyone else.
+    server = make_server(agent_timeout_seconds=3.0, max_agents=2)
+    pid = planter.pid  # type: ignore[attr-defined]
+    hung = raw_agent(server.address, "hung")
+    healthy = make_uplink(server.address, "healthy")
+    wait_for(healthy.connected.is_set, what="registration")
+    wait_for(lambda: hung.received, what="the hung agent's registration")
+    wait_for(lambda: healthy.acked_sequence, what="the healthy host's first push")
+    outcomes: list[errors.Error] = []
+
+    def ask_hung() -> None:
+        with Client(server.address, timeout=10) as c:
+            try:
+                c.snapshot(pid, host="hung")
+            except errors.Error as exc:
+                outcomes.append(exc)
+
+    threads = [threading.Thread(target=ask_hung) for _ in range(40)]
+    for t in threads:
+        t.start()
+    refused = 40 - MAX_WAITING_SNAPSHOTS
+    wait_for(lambda: len(outcomes) >= refused, 2.5, "the excess refused at once")
+    assert all(isinstance(e, errors.ResourceExhausted) for e in outcomes)
+    # While the rest wait on the hung agent, every other query is answered.
+    with Client(server.address, timeout=10) as c:
+        started = time.monotonic()
+        assert c.snapshot(pid, host="healthy").process.pid == pid
+        assert {h.host_id for h in c.hosts()} == {"hung", "healthy"}
+        assert c.fleet_processes(host="healthy")
+        assert c.history(host="healthy", pid=pid).summaries
+        assert time.monotonic() - started < 2.0
+    assert sum(t.is_alive() for t in threads) == MAX_WAITING_SNAPSHOTS
+    for t in threads:
+        t.join(10)
+    late = outcomes[refused:]
+    assert len(late) == MAX_WAITING_SNAPSHOTS
+    assert all(isinstance(e, errors.DeadlineExceeded) for e in late)
