@@ -10,6 +10,12 @@ built and serialized before the clock starts. Prints one JSON line.
 ``python -m bench.fleet hold TARGET COUNT TAG`` opens COUNT agent streams, each on its
 own connection (grpc.aio in one process), registers them, prints ``{"ready": COUNT}``
 and holds them open until stdin closes.
+
+``python -m bench.fleet soak TARGET COUNT INTERVAL SECONDS BATCH`` opens COUNT agent
+streams as ``hold`` does, then for SECONDS each sends a sequenced push of BATCH
+processes and a heartbeat every INTERVAL, as the uplink does, and waits for every
+push to be acknowledged. Prints ``{"ready": COUNT}`` once registered, then one JSON
+line: pushes sent and acknowledged, and the errors seen.
 """
 
 from __future__ import annotations
@@ -183,6 +189,72 @@ async def _hold(target: str, count: int, tag: str) -> None:
     await asyncio.gather(*(channel.close() for channel in channels))
 
 
+async def _soak(target: str, count: int, interval: float, seconds: float, batch: int) -> None:
+    from grpc import aio
+
+    sent = acked = 0
+    problems: list[str] = []
+
+    async def agent(index: int, ready: asyncio.Event, go: asyncio.Event) -> None:
+        nonlocal sent, acked
+        channel = aio.insecure_channel(
+            target, options=[*channel_options(), ("grpc.use_local_subchannel_pool", 1)]
+        )
+        try:
+            call = hub_pb2_grpc.AgentHubServiceStub(channel).Connect()
+            await call.write(_register(f"soak-{index:03d}"))
+            response = await call.read()
+            assert response.WhichOneof("message") == "registered", response
+            ready.set()
+            await go.wait()
+            last_acked = 0
+
+            async def reader() -> None:
+                nonlocal acked, last_acked
+                while (message := await call.read()) is not aio.EOF:
+                    if message.WhichOneof("message") == "summaries_ack":
+                        acked += message.summaries_ack.sequence - last_acked
+                        last_acked = message.summaries_ack.sequence
+
+            reading = asyncio.create_task(reader())
+            end = time.monotonic() + seconds
+            sequence = 0
+            # Spread the agents over the interval, as independent agents would be.
+            await asyncio.sleep(interval * index / count)
+            while time.monotonic() < end:
+                sequence += 1
+                push = _push(batch, time.time())
+                push.summaries.sequence = sequence
+                await call.write(push)
+                sent += 1
+                heartbeat = hub_pb2.ConnectRequest()
+                wire.timestamp_to_pb(time.time(), heartbeat.heartbeat.send_time)
+                await call.write(heartbeat)
+                await asyncio.sleep(interval)
+            deadline = time.monotonic() + 10
+            while last_acked < sequence and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            await call.done_writing()
+            await asyncio.wait_for(reading, 10)
+        except Exception as exc:  # reported in the JSON line
+            problems.append(f"agent {index}: {type(exc).__name__}: {exc}"[:200])
+            ready.set()
+        finally:
+            await channel.close()
+
+    go = asyncio.Event()
+    readies = [asyncio.Event() for _ in range(count)]
+    tasks = []
+    for first in range(0, count, 50):
+        for i in range(first, min(count, first + 50)):
+            tasks.append(asyncio.create_task(agent(i, readies[i], go)))
+        await asyncio.gather(*(r.wait() for r in readies[first : first + 50]))
+    print(json.dumps({"ready": count}), flush=True)
+    go.set()
+    await asyncio.gather(*tasks)
+    print(json.dumps({"sent": sent, "acked": acked, "errors": problems}), flush=True)
+
+
 def main(argv: list[str]) -> None:
     if argv[0] == "ingest":
         target, streams, pushes, batch, tag = argv[1:6]
@@ -193,6 +265,9 @@ def main(argv: list[str]) -> None:
         print(json.dumps(answer), flush=True)
     elif argv[0] == "hold":
         asyncio.run(_hold(argv[1], int(argv[2]), argv[3]))
+    elif argv[0] == "soak":
+        target, count, interval, seconds, batch = argv[1:6]
+        asyncio.run(_soak(target, int(count), float(interval), float(seconds), int(batch)))
     else:
         raise SystemExit(f"unknown command {argv[0]!r}")
 
