@@ -130,8 +130,10 @@ def run(args: argparse.Namespace) -> int:
             "COMMITTED",
             "RESERVED",
         )
-        cells = [(*r[:7], human_bytes(r[7]), human_bytes(r[8])) for r in table]
-        right = (1, 4, 5, 6, 7, 8)
+        cells: list[tuple[Any, ...]] = [
+            (*r[:7], human_bytes(r[7]), human_bytes(r[8])) for r in table
+        ]
+        right: tuple[int, ...] = (1, 4, 5, 6, 7, 8)
         if items is not None:  # one host: named once below, not on every row
             header, cells, right = header[1:], [c[1:] for c in cells], (0, 3, 4, 5, 6, 7)
         print_table(header, cells, out=out, right=right)
