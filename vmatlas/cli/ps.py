@@ -119,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
             writer.writerow(("host_id", *COLUMNS))
             writer.writerows(table)
             return 0
-        header = (
+        header: tuple[str, ...] = (
             "HOST",
             "PID",
             "NAME",
