@@ -14,6 +14,7 @@ from vmatlas.model import (
     Protection,
     RegionKind,
     RegionState,
+    RegionTable,
     RegionType,
     SnapshotView,
 )
@@ -62,11 +63,127 @@ def test_wire_is_smaller_than_the_maps_text() -> None:
     assert len(wire.table_to_pb(snap.regions).SerializeToString()) < len(text) / 2
 
 
-def test_malformed_tables_are_refused() -> None:
-    table = pb.RegionTable(size_bytes=[4096, 4096], start_delta_bytes=[4096])
-    with pytest.raises(ValueError, match="differ in length"):
+def _windows_like_table() -> RegionTable:
+    """Columns the Linux reader never fills: raw protections of their own, allocation
+    bases, a kind without a path, a path of two files, no devices or inodes."""
+    page = 4096
+    return RegionTable(
+        start=[0x10000, 0x11000, 0x20000, 0x7FFE0000],
+        end=[0x11000, 0x20000, 0x30000, 0x7FFE1000],
+        state=[3, 2, 3, 3],
+        type=[3, 3, 1, 2],
+        protection=[3, 0, 5, 1],
+        protection_raw=[0x04, 0x01, 0x20, 0x102],
+        kind=[1, 1, 0, 0],
+        path=["", "", "C:\\app.exe", "C:\\app.exe"],
+        offset=[0, 0, 0, 3 * page],
+        device=[0, 0, 0, 0],
+        inode=[0, 0, 0, 0],
+        deleted=[False, False, False, True],
+        allocation_base=[0x10000, 0x10000, 0x20000, 0x7FFE0000],
+        allocation_protection=[3, 3, 7, 1],
+        allocation_protection_raw=[0x04, 0x04, 0x80, 0x02],
+    )
+
+
+def _round_trip(table: RegionTable, page: int = 4096) -> RegionTable:
+    data = wire.table_to_pb(table, page_size_bytes=page).SerializeToString()
+    return wire.table_from_pb(pb.RegionTable.FromString(data))
+
+
+def test_linux_tables_travel_in_pages_with_a_file_table() -> None:
+    table = LinuxReader().snapshot(os.getpid()).regions
+    message = wire.table_to_pb(table)
+    assert message.page_size_bytes == 4096
+    sizes = [(end - start) // 4096 for start, end in zip(table.start, table.end, strict=True)]
+    assert list(message.size_pages) == sizes
+    assert not message.protection_raw  # equal to protection on Linux
+    files = message.files
+    assert files.path[0] == ""
+    # Columns are empty (all zero) or start with entry 0's zero.
+    assert all(not c or not c[0] for c in (files.device, files.inode, files.deleted, files.kind))
+    columns = (table.path, table.device, table.inode, table.deleted, table.kind)
+    distinct = set(zip(*columns, strict=True))
+    assert len(files.path) == len(distinct | {("", 0, 0, False, 0)})
+    assert [files.path[i] for i in message.file_index] == table.path
+    assert _round_trip(table) == table
+
+
+def test_other_columns_round_trip() -> None:
+    table = _windows_like_table()
+    message = wire.table_to_pb(table)
+    assert list(message.protection_raw) == table.protection_raw
+    assert list(message.files.path) == ["", "", "C:\\app.exe", "C:\\app.exe"]
+    assert list(message.file_index) == [1, 1, 2, 3]
+    assert not message.files.device and not message.files.inode  # all zero
+    assert _round_trip(table) == table
+    assert _round_trip(table, page=1 << 16 >> 4) == table
+    assert _round_trip(RegionTable()) == RegionTable()
+
+
+def test_tables_off_the_page_are_refused_not_rounded() -> None:
+    table = _windows_like_table()
+    table.end[1] += 512
+    table.start[2] += 512
+    with pytest.raises(ValueError, match=r"region 1 \(0x11000-0x20200\) does not start and end"):
+        wire.table_to_pb(table)
+    with pytest.raises(ValueError, match=r"region 0 \(0x10000-0x11000\) .* 65536-byte page"):
+        wire.table_to_pb(_windows_like_table(), page_size_bytes=65536)
+    with pytest.raises(ValueError, match="page size 3000 is not a power of two"):
+        wire.table_to_pb(_windows_like_table(), page_size_bytes=3000)
+    table = _windows_like_table()
+    table.inode.pop()
+    with pytest.raises(ValueError, match="region column inode has 3 rows, not 4"):
+        wire.table_to_pb(table)
+
+
+def _break_size(m: pb.RegionTable) -> None:
+    m.size_pages.append(1)
+
+
+def _break_raw(m: pb.RegionTable) -> None:
+    del m.protection_raw[-1]
+
+
+def _break_index(m: pb.RegionTable) -> None:
+    m.file_index[2] = 9
+
+
+def _break_entry_0(m: pb.RegionTable) -> None:
+    m.files.path[0] = "C:\\"
+
+
+def _break_files(m: pb.RegionTable) -> None:
+    m.files.deleted.append(True)
+
+
+def _break_no_files(m: pb.RegionTable) -> None:
+    m.ClearField("files")
+
+
+def _break_page(m: pb.RegionTable) -> None:
+    m.page_size_bytes = 3
+
+
+def _break_overflow(m: pb.RegionTable) -> None:
+    m.page_size_bytes = 1 << 62
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (_break_size, "column start_delta_pages has 4 entries, not 5"),
+        (_break_raw, "column protection_raw has 3 entries, not 0 or 4"),
+        (_break_index, r"file_index 9 is out of range \(4 files\)"),
+        (_break_entry_0, "file entry 0 is .*, not no file"),
+        (_break_files, "column files.deleted has 5 entries, not 0 or 4"),
+        (_break_no_files, "no files.path"),
+        (_break_page, "page_size_bytes 3 is not a power of two"),
+        (_break_overflow, "beyond the 64-bit address space"),
+    ],
+)
+def test_malformed_tables_are_refused(damage, message) -> None:  # type: ignore[no-untyped-def]
+    table = wire.table_to_pb(_windows_like_table())
+    damage(table)
+    with pytest.raises(ValueError, match=message):
         wire.table_from_pb(table)
-    snap = wire.table_to_pb(LinuxReader().snapshot(os.getpid()).regions)
-    snap.path_index[0] = len(snap.strings) + 5
-    with pytest.raises(ValueError, match="out of range"):
-        wire.table_from_pb(snap)

@@ -3,9 +3,9 @@
 :func:`validate_snapshot` and :func:`validate_summaries` accept the plain model or the
 wire messages and raise :class:`vmatlas.errors.InvalidArgument` with a precise message
 on the first problem: regions unsorted, overlapping, empty or outside the host's user
-address range (the Linux ``[vsyscall]`` gate page above it excepted), columns of
-different lengths, unknown enum values, counts and strings beyond sane bounds. Nothing
-else escapes them, whatever the input.
+address range (the Linux ``[vsyscall]`` gate page above it excepted) or off the host's
+page boundaries, columns of different lengths, unknown enum values, counts and strings
+beyond sane bounds. Nothing else escapes them, whatever the input.
 """
 
 from __future__ import annotations
@@ -281,6 +281,19 @@ def _validate_layout(table: RegionTable, host: Host, includes_free: bool) -> Non
         previous_end = end
 
 
+def _validate_pages(table: RegionTable, page: int) -> None:
+    """Every boundary on a page boundary: the wire carries regions in pages, so a
+    snapshot that passes can be encoded again."""
+    mask = page - 1
+    if any(map(mask.__and__, table.start)) or any(map(mask.__and__, table.end)):
+        rows = zip(table.start, table.end, strict=True)
+        i = next(i for i, (start, end) in enumerate(rows) if (start | end) & mask)
+        raise _bad(
+            f"region {i} ({table.start[i]:#x}-{table.end[i]:#x}) does not start and end "
+            f"on a {page}-byte page boundary"
+        )
+
+
 # -- whole messages -----------------------------------------------------------------------------
 
 
@@ -323,6 +336,7 @@ def validate_snapshot(snapshot: Snapshot | pb.Snapshot, host: Host | pb.Host) ->
     _seconds(snapshot.capture_time, "snapshot.capture_time")
     validate_summary(snapshot.summary, "snapshot.summary")
     validate_table(snapshot.regions, host, includes_free=bool(snapshot.includes_free))
+    _validate_pages(snapshot.regions, wire.table_page_size(snapshot.host))
     mapped = sum(1 for state in snapshot.regions.state if state != _FREE)
     if snapshot.regions.start and mapped != snapshot.summary.region_count:
         raise _bad(

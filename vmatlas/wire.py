@@ -3,8 +3,8 @@ and the ``vmatlas.v1`` wire schema. Everything else works on the plain model."""
 
 from __future__ import annotations
 
-from itertools import accumulate
-from operator import sub
+from itertools import accumulate, chain, repeat
+from operator import add, lshift, rshift, sub
 from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -12,7 +12,9 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from vmatlas import errors
 from vmatlas.fleet import FleetProcess, HostStatus, StoredSnapshotInfo
 from vmatlas.model import (
+    ALLOCATION_COLUMNS,
     RESIDENCY_FIELDS,
+    ROW_COLUMNS,
     Host,
     OperatingSystem,
     Process,
@@ -96,29 +98,68 @@ def summary_from_pb(message: pb.Summary) -> Summary:
     return Summary(**{name: getattr(message, name) for name in _SUMMARY_FIELDS})
 
 
-def table_to_pb(table: RegionTable, message: pb.RegionTable | None = None) -> pb.RegionTable:
-    """Columns out: starts become deltas from the previous end, paths an index into a
-    de-duplicated string table, so a large address space packs into a few bytes a row."""
+# The wire RegionTable's unit when the caller names no page size: the page of x86-64
+# Linux and of Windows. Snapshots always pass their host's page size.
+DEFAULT_PAGE_SIZE_BYTES = 4096
+
+# RegionFiles entry 0, "no file": path, then _FILE_COLUMNS.
+_NO_FILE = ("", 0, 0, False, 0)
+_FILE_COLUMNS = ("device", "inode", "deleted", "kind")
+_FILE_ZEROS = dict(zip(_FILE_COLUMNS, _NO_FILE[1:], strict=True))
+
+
+def _misaligned(table: RegionTable, page: int) -> ValueError:
+    for i, (start, end) in enumerate(zip(table.start, table.end, strict=True)):
+        if (start | end) % page:
+            return ValueError(
+                f"region {i} ({start:#x}-{end:#x}) does not start and end on a "
+                f"{page}-byte page boundary"
+            )
+    return ValueError(f"region table does not start and end on {page}-byte page boundaries")
+
+
+def table_to_pb(
+    table: RegionTable,
+    message: pb.RegionTable | None = None,
+    *,
+    page_size_bytes: int = DEFAULT_PAGE_SIZE_BYTES,
+) -> pb.RegionTable:
+    """Columns out: boundaries in pages, starts as deltas from the previous end, and
+    what regions share (path, device, inode, deleted, kind) as an index into a table of
+    the distinct files, so a large address space packs into a few bytes a row.
+
+    Raises ValueError when a start or end is not a multiple of ``page_size_bytes``, or
+    that is not a power of two, or the columns differ in length: nothing is lost."""
+    page = page_size_bytes
+    if page <= 0 or page & (page - 1):
+        raise ValueError(f"page size {page} is not a power of two")
+    n = len(table.start)
+    for name in ROW_COLUMNS:
+        if len(getattr(table, name)) != n:
+            raise ValueError(f"region column {name} has {len(getattr(table, name))} rows, not {n}")
     message = pb.RegionTable() if message is None else message
+    message.page_size_bytes = page
+    shift = page.bit_length() - 1
     starts, ends = table.start, table.end
-    message.start_delta_bytes.extend(list(map(sub, starts, [0, *ends[:-1]])))
-    message.size_bytes.extend(list(map(sub, ends, starts)))
+    # Differences first: small numbers shift faster than addresses. A value ``v >> shift
+    # << shift`` is at most v, so the page sums times the page equal the byte sums only
+    # when every value is a multiple: one C pass for the check, not a test per value.
+    # Deltas and sizes sum to the last end.
+    deltas = list(map(rshift, map(sub, starts, chain((0,), ends)), repeat(shift)))
+    sizes = list(map(rshift, map(sub, ends, starts), repeat(shift)))
+    aligned = (sum(deltas) + sum(sizes)) << shift == (ends[-1] if ends else 0)
+    if not aligned:
+        raise _misaligned(table, page)
+    message.start_delta_pages.extend(deltas)
+    message.size_pages.extend(sizes)
     message.state.extend(table.state)  # type: ignore[arg-type]  # enum values as ints
     message.type.extend(table.type)  # type: ignore[arg-type]  # enum values as ints
     message.protection.extend(table.protection)
-    message.protection_raw.extend(table.protection_raw)
-    message.kind.extend(table.kind)  # type: ignore[arg-type]  # enum values as ints
-    # Indices in order of first appearance; dict.fromkeys finds the distinct paths in
-    # one C pass, so only they are numbered in Python.
-    index: dict[str, int] = {"": 0}
-    for path in dict.fromkeys(table.path):
-        index.setdefault(path, len(index))
-    message.path_index.extend(list(map(index.__getitem__, table.path)))
-    message.strings.extend(index)
-    message.offset_bytes.extend(table.offset)
-    message.device.extend(table.device)
-    message.inode.extend(table.inode)
-    message.deleted.extend(table.deleted)
+    if table.protection_raw != table.protection:
+        message.protection_raw.extend(table.protection_raw)
+    if any(table.offset):
+        message.offset_bytes.extend(table.offset)
+    _files_to_pb(table, message)
     if table.allocation_base:
         message.allocation_base.extend(table.allocation_base)
         message.allocation_protection.extend(table.allocation_protection)
@@ -129,67 +170,109 @@ def table_to_pb(table: RegionTable, message: pb.RegionTable | None = None) -> pb
     return message
 
 
+def _files_to_pb(table: RegionTable, message: pb.RegionTable) -> None:
+    if not table.start:
+        return
+    # Columns that are all zero stay empty and out of the key (on Windows all four are).
+    names = [name for name in _FILE_COLUMNS if any(getattr(table, name))]
+    keys = zip(table.path, *(getattr(table, name) for name in names), strict=True)
+    # One hash per region: each new file is numbered len(files) as setdefault files it
+    # (map draws the default from the len() iterator just before each call).
+    no_file = ("", *(_FILE_ZEROS[name] for name in names))
+    files = {no_file: 0}
+    index = list(map(files.setdefault, keys, iter(files.__len__, -1)))
+    columns = list(zip(*files, strict=True))
+    message.files.path.extend(columns[0])
+    for name, column in zip(names, columns[1:], strict=True):
+        getattr(message.files, name).extend(column)
+    if len(files) > 1:
+        message.file_index.extend(index)
+
+
+def _check_length(name: str, column: Any, n: int, *, optional: bool = True) -> None:
+    if len(column) != n and not (optional and not column):
+        allowed = f"0 or {n}" if optional else f"{n}"
+        raise ValueError(f"region table column {name} has {len(column)} entries, not {allowed}")
+
+
 def table_from_pb(message: pb.RegionTable) -> RegionTable:
-    """Columns in. Raises ValueError when the columns disagree in length or an index is
-    out of range (a malformed table is never half-read)."""
-    n = len(message.size_bytes)
-    full = (
-        message.start_delta_bytes,
-        message.state,
-        message.type,
-        message.protection,
-        message.protection_raw,
-        message.kind,
-        message.path_index,
-        message.offset_bytes,
-        message.device,
-        message.inode,
-        message.deleted,
-    )
-    if any(len(column) != n for column in full):
-        raise ValueError("region table columns differ in length")
-    optional = (
-        message.allocation_base,
-        message.allocation_protection,
-        message.allocation_protection_raw,
-    )
-    if any(len(column) not in (0, n) for column in optional):
-        raise ValueError("region table allocation columns differ in length")
-    sizes = list(message.size_bytes)
-    ends = list(accumulate(d + s for d, s in zip(message.start_delta_bytes, sizes, strict=True)))
-    starts = [e - s for e, s in zip(ends, sizes, strict=True)]
-    strings = list(message.strings)
-    if strings and strings[0] != "":
-        raise ValueError("region table strings[0] must be empty")
-    try:
-        paths = [strings[i] for i in message.path_index] if n else []
-    except IndexError:
-        raise ValueError("region table path index out of range") from None
+    """Columns in. Raises ValueError when the columns disagree in length, a file index
+    is out of range, file entry 0 is not "no file" or the page size is not a power of
+    two (a malformed table is never half-read)."""
+    n = len(message.size_pages)
+    for name in ("start_delta_pages", "state", "type", "protection"):
+        _check_length(name, getattr(message, name), n, optional=False)
+    for name in ("protection_raw", "offset_bytes", "file_index", *ALLOCATION_COLUMNS):
+        _check_length(name, getattr(message, name), n)
     residency: dict[str, list[int]] = {}
     if message.HasField("residency"):
         for name in RESIDENCY_FIELDS:
-            column = list(getattr(message.residency, name))
-            if len(column) != n:
-                raise ValueError(f"residency column {name} differs in length")
-            residency[name] = column
+            column = getattr(message.residency, name)
+            _check_length(f"residency.{name}", column, n, optional=False)
+            residency[name] = column[:]
+    if not n:
+        return RegionTable(residency=residency)
+    page = message.page_size_bytes
+    if not page or page & (page - 1):
+        raise ValueError(f"region table page_size_bytes {page} is not a power of two")
+    shift = page.bit_length() - 1
+    # Small numbers in pages become bytes before the sums grow into addresses.
+    size_bytes = list(map(lshift, message.size_pages[:], repeat(shift)))
+    delta_bytes = map(lshift, message.start_delta_pages[:], repeat(shift))
+    ends = list(accumulate(map(add, delta_bytes, size_bytes)))
+    if ends[-1] >= 1 << 64:
+        raise ValueError("region table extends beyond the 64-bit address space")
+    paths, devices, inodes, deleted, kinds = _files_from_pb(message, n)
+    protection = message.protection[:]
     return RegionTable(
-        start=starts,
+        start=list(map(sub, ends, size_bytes)),
         end=ends,
-        state=list(message.state),
-        type=list(message.type),
-        protection=list(message.protection),
-        protection_raw=list(message.protection_raw),
-        kind=list(message.kind),
+        state=message.state[:],  # type: ignore[arg-type]  # enum values as ints
+        type=message.type[:],  # type: ignore[arg-type]  # enum values as ints
+        protection=protection,
+        protection_raw=message.protection_raw[:] or protection.copy(),
+        kind=kinds,
         path=paths,
-        offset=list(message.offset_bytes),
-        device=list(message.device),
-        inode=list(message.inode),
-        deleted=list(message.deleted),
-        allocation_base=list(message.allocation_base),
-        allocation_protection=list(message.allocation_protection),
-        allocation_protection_raw=list(message.allocation_protection_raw),
+        offset=message.offset_bytes[:] or [0] * n,
+        device=devices,
+        inode=inodes,
+        deleted=deleted,
+        allocation_base=message.allocation_base[:],
+        allocation_protection=message.allocation_protection[:],
+        allocation_protection_raw=message.allocation_protection_raw[:],
         residency=residency,
     )
+
+
+def _files_from_pb(message: pb.RegionTable, n: int) -> list[list[Any]]:
+    """The path, device, inode, deleted and kind columns of ``n`` regions."""
+    files = message.files
+    file_count = len(files.path)
+    if not file_count:
+        raise ValueError("region table has no files.path (entry 0, no file, is missing)")
+    table: list[list[Any]] = [files.path[:]]
+    for name, zero in _FILE_ZEROS.items():
+        column = getattr(files, name)
+        _check_length(f"files.{name}", column, file_count)
+        table.append(column[:] or [zero] * file_count)
+    entry = tuple(column[0] for column in table)
+    if entry != _NO_FILE:
+        raise ValueError(f"region table file entry 0 is {entry!r:.80}, not no file")
+    index = message.file_index[:]
+    if not index:
+        return [[column[0]] * n for column in table]
+    try:
+        return [[column[i] for i in index] for column in table]
+    except IndexError:
+        raise ValueError(
+            f"region table file_index {max(index)} is out of range ({file_count} files)"
+        ) from None
+
+
+def table_page_size(host: Host) -> int:
+    """The unit of the wire table of a snapshot from ``host``: its page size, or
+    DEFAULT_PAGE_SIZE_BYTES where the host does not say."""
+    return host.page_size_bytes or DEFAULT_PAGE_SIZE_BYTES
 
 
 def snapshot_to_pb(snapshot: Snapshot, message: pb.Snapshot | None = None) -> pb.Snapshot:
@@ -198,7 +281,7 @@ def snapshot_to_pb(snapshot: Snapshot, message: pb.Snapshot | None = None) -> pb
     process_to_pb(snapshot.process, message.process)
     timestamp_to_pb(snapshot.capture_time, message.capture_time)
     summary_to_pb(snapshot.summary, message.summary)
-    table_to_pb(snapshot.regions, message.regions)
+    table_to_pb(snapshot.regions, message.regions, page_size_bytes=table_page_size(snapshot.host))
     message.view = int(snapshot.view)  # type: ignore[assignment]
     message.includes_free = snapshot.includes_free
     message.includes_residency = snapshot.includes_residency
@@ -263,7 +346,8 @@ def _varint(n: int) -> bytes:
 def snapshot_parts(snapshot: Snapshot) -> tuple[bytes, bytes]:
     """``(header, regions)``: the serialized Snapshot without its regions, and the
     serialized RegionTable."""
-    return snapshot_header_bytes(snapshot), table_to_pb(snapshot.regions).SerializeToString()
+    regions = table_to_pb(snapshot.regions, page_size_bytes=table_page_size(snapshot.host))
+    return snapshot_header_bytes(snapshot), regions.SerializeToString()
 
 
 def snapshot_header_bytes(snapshot: Snapshot) -> bytes:

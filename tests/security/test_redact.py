@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import os
 
+from google.protobuf import descriptor_pool
+
 from vmatlas import wire
 from vmatlas.agents.linux import LinuxReader
 from vmatlas.security import redact
-from vmatlas.v1 import agent_pb2
+from vmatlas.v1 import agent_pb2, analysis_pb2, fleet_pb2, hub_pb2  # noqa: F401  # registered
 
 
 def test_strip_addresses_leaves_the_summary_and_no_layout() -> None:
@@ -37,3 +39,12 @@ def test_scrub_text_hides_addresses() -> None:
     assert "7f3a2c" not in scrubbed and "55d0c8" not in scrubbed and "deadbeef" not in scrubbed
     assert scrubbed.startswith("pid 12 at <address>")
     assert redact.scrub_text("no such process: pid 4194304") == "no such process: pid 4194304"
+
+
+def test_every_address_field_names_a_field_of_the_schema() -> None:
+    # A renamed field would otherwise drop out of the list silently.
+    pool = descriptor_pool.Default()
+    for name in redact.ADDRESS_FIELDS:
+        assert pool.FindFieldByName(name).full_name == name
+    for name in redact.LAYOUT_MESSAGES:
+        assert pool.FindMessageTypeByName(name).full_name == name

@@ -15,7 +15,6 @@ from hypothesis import strategies as st
 from vmatlas import errors, validate, wire
 from vmatlas.agents.linux import LinuxReader
 from vmatlas.model import RegionKind, RegionState, RegionTable, Snapshot
-from vmatlas.v1 import snapshot_pb2 as pb
 
 SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 READER = LinuxReader(host_id="validated")
@@ -65,6 +64,10 @@ def test_precise_messages() -> None:
     _refused(_with_regions(end=[starts[0], *ends[1:]]), match="region 0 is empty or reversed")
     _refused(_with_regions(kind=SNAPSHOT.regions.kind[:-1]), match="column kind has")
     _refused(_with_regions(state=[99] * len(starts)), match="column state holds unknown value 99")
+    _refused(
+        _with_regions(start=[starts[0] + 512, *starts[1:]]),
+        match=r"region 0 \(.*\) does not start and end on a 4096-byte page boundary",
+    )
     small = replace(HOST, user_address_max=ends[0] + 4096)
     _refused(SNAPSHOT, small, match="user address range ends at .* beyond the host's")
     process = replace(SNAPSHOT.process, user_address_max=small.user_address_max)
@@ -145,19 +148,27 @@ def test_arbitrary_bytes_are_refused_with_invalid_argument(header: bytes, region
 @given(st.data())
 def test_arbitrary_wire_tables_are_refused_with_invalid_argument(data: st.DataObject) -> None:
     message = wire.snapshot_to_pb(SNAPSHOT)
-    columns = [f.name for f in pb.RegionTable.DESCRIPTOR.fields if f.is_repeated]
+    columns = [
+        (owner, f.name)
+        for owner in (message.regions, message.regions.files)
+        for f in owner.DESCRIPTOR.fields
+        if f.is_repeated
+    ]
     for _ in range(data.draw(st.integers(1, 3))):
-        name = data.draw(st.sampled_from(columns))
-        column = getattr(message.regions, name)
-        if name == "strings":
+        owner, name = data.draw(st.sampled_from([*columns, (message.regions, "page_size_bytes")]))
+        if name == "page_size_bytes":
+            message.regions.page_size_bytes = data.draw(st.integers(0, (1 << 64) - 1))
+            continue
+        column = getattr(owner, name)
+        if name == "path":
             column.append(data.draw(st.text(max_size=10)))
         elif name == "deleted":
             column.append(True)
         elif column and data.draw(st.booleans()):
             del column[data.draw(st.integers(0, len(column) - 1))]
         else:
-            top = (1 << 64) - 1 if name.endswith(("bytes", "device", "inode", "base")) else 99
-            column.append(data.draw(st.integers(0, top)))
+            wide = name.endswith(("pages", "bytes", "device", "inode", "base"))
+            column.append(data.draw(st.integers(0, (1 << 64) - 1 if wide else 99)))
     with contextlib.suppress(errors.InvalidArgument):
         validate.validate_snapshot(message, HOST)
 

@@ -27,7 +27,7 @@ LAYOUT_MESSAGES: frozenset[str] = frozenset({"vmatlas.v1.RegionTable"})
 # Single fields that hold an absolute address, wherever they appear.
 ADDRESS_FIELDS: frozenset[str] = frozenset(
     {
-        "vmatlas.v1.RegionTable.start_delta_bytes",
+        "vmatlas.v1.RegionTable.start_delta_pages",
         "vmatlas.v1.RegionTable.allocation_base",
         # Serialized Snapshots (the fleet forwards them without decoding).
         "vmatlas.v1.GetHostSnapshotResponse.snapshot",

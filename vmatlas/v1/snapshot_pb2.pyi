@@ -441,38 +441,96 @@ class Residency(_message.Message):
 Global___Residency: _TypeAlias = Residency  # noqa: Y015
 
 @_typing.final
-class RegionTable(_message.Message):
-    """All regions of one address space, sorted by start, as packed columns: a 65K-region
-    process encodes in a fraction of the time and bytes of one message per region.
-    Every non-empty column has exactly one entry per region; an empty column means
-    "all zero" (for example allocation_base on Linux).
+class RegionFiles(_message.Message):
+    """The distinct backing files of a RegionTable's regions, as packed columns: one entry
+    per distinct (path, device, inode, deleted, kind), in order of first use. Entry 0 is
+    "no file": empty path, zeros, not deleted, REGION_KIND_UNSPECIFIED (anonymous memory,
+    FREE regions).
     """
 
     DESCRIPTOR: _descriptor.Descriptor
 
-    START_DELTA_BYTES_FIELD_NUMBER: _builtins.int
-    SIZE_BYTES_FIELD_NUMBER: _builtins.int
+    PATH_FIELD_NUMBER: _builtins.int
+    DEVICE_FIELD_NUMBER: _builtins.int
+    INODE_FIELD_NUMBER: _builtins.int
+    DELETED_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def path(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """One entry per file; defines how many entries there are. path[0] is always ""."""
+
+    @_builtins.property
+    def device(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Each of the columns below is empty ("all zero") or has one entry per path.
+        Device of the backing file, as makedev(major, minor).
+        """
+
+    @_builtins.property
+    def inode(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    @_builtins.property
+    def deleted(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bool]:
+        """The backing file was deleted (maps shows " (deleted)")."""
+
+    @_builtins.property
+    def kind(self) -> _containers.RepeatedScalarFieldContainer[Global___RegionKind.ValueType]:
+        """Named by the path on Linux ([heap], [anon:NAME], /memfd:NAME, ...), hence kept here."""
+
+    def __init__(
+        self,
+        *,
+        path: _abc.Iterable[_builtins.str] | None = ...,
+        device: _abc.Iterable[_builtins.int] | None = ...,
+        inode: _abc.Iterable[_builtins.int] | None = ...,
+        deleted: _abc.Iterable[_builtins.bool] | None = ...,
+        kind: _abc.Iterable[Global___RegionKind.ValueType] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deleted", b"deleted", "device", b"device", "inode", b"inode", "kind", b"kind", "path", b"path"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RegionFiles: _TypeAlias = RegionFiles  # noqa: Y015
+
+@_typing.final
+class RegionTable(_message.Message):
+    """All regions of one address space, sorted by start, as packed columns: a 65K-region
+    process encodes in a fraction of the time and bytes of one message per region.
+    Every boundary is a multiple of page_size_bytes, so positions and sizes travel in
+    pages; what regions share (their file) travels once, in `files`.
+    The columns state, type and protection have one entry per region, and size_pages
+    and start_delta_pages do too; every other column is empty or has one entry per
+    region, and empty means "all zero" unless its comment says otherwise.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAGE_SIZE_BYTES_FIELD_NUMBER: _builtins.int
+    START_DELTA_PAGES_FIELD_NUMBER: _builtins.int
+    SIZE_PAGES_FIELD_NUMBER: _builtins.int
     STATE_FIELD_NUMBER: _builtins.int
     TYPE_FIELD_NUMBER: _builtins.int
     PROTECTION_FIELD_NUMBER: _builtins.int
     PROTECTION_RAW_FIELD_NUMBER: _builtins.int
-    KIND_FIELD_NUMBER: _builtins.int
-    PATH_INDEX_FIELD_NUMBER: _builtins.int
-    STRINGS_FIELD_NUMBER: _builtins.int
     OFFSET_BYTES_FIELD_NUMBER: _builtins.int
-    DEVICE_FIELD_NUMBER: _builtins.int
-    INODE_FIELD_NUMBER: _builtins.int
-    DELETED_FIELD_NUMBER: _builtins.int
+    FILE_INDEX_FIELD_NUMBER: _builtins.int
+    FILES_FIELD_NUMBER: _builtins.int
     ALLOCATION_BASE_FIELD_NUMBER: _builtins.int
     ALLOCATION_PROTECTION_FIELD_NUMBER: _builtins.int
     ALLOCATION_PROTECTION_RAW_FIELD_NUMBER: _builtins.int
     RESIDENCY_FIELD_NUMBER: _builtins.int
+    page_size_bytes: _builtins.int
+    """The unit of the *_pages columns: the host's page size, a power of two. Every
+    region starts and ends on a multiple of it.
+    """
     @_builtins.property
-    def start_delta_bytes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
-        """start minus the previous region's end; for the first region, its start."""
+    def start_delta_pages(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """In pages: start minus the previous region's end; for the first region, its start."""
 
     @_builtins.property
-    def size_bytes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    def size_pages(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """In pages: end minus start, at least 1."""
+
     @_builtins.property
     def state(self) -> _containers.RepeatedScalarFieldContainer[Global___RegionState.ValueType]: ...
     @_builtins.property
@@ -485,33 +543,27 @@ class RegionTable(_message.Message):
     def protection_raw(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
         """The OS's own value: PAGE_* on Windows; on Linux PROT_READ|PROT_WRITE|PROT_EXEC,
         plus 0x8 (MAP_SHARED's bit position in vmatlas) for shared mappings.
+        Empty means "equal to protection", as it is for every Linux region.
         """
 
     @_builtins.property
-    def kind(self) -> _containers.RepeatedScalarFieldContainer[Global___RegionKind.ValueType]: ...
-    @_builtins.property
-    def path_index(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
-        """Index into strings; 0 is the empty string (no path)."""
+    def offset_bytes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Offset of the region's first byte in its backing file; 0 for anonymous memory and
+        on Windows. In bytes: Linux offsets are page multiples too, but dividing them costs
+        more encoding time than the byte a row it would save.
+        """
 
     @_builtins.property
-    def strings(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """De-duplicated paths; strings[0] is always ""."""
+    def file_index(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Index into files; 0 is "no file"."""
 
     @_builtins.property
-    def offset_bytes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
-    @_builtins.property
-    def device(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
-        """Device of the backing file, as makedev(major, minor)."""
-
-    @_builtins.property
-    def inode(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
-    @_builtins.property
-    def deleted(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bool]:
-        """The backing file was deleted (maps shows " (deleted)")."""
+    def files(self) -> Global___RegionFiles:
+        """Holds at least entry 0 whenever there are regions."""
 
     @_builtins.property
     def allocation_base(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
-        """Windows AllocationBase."""
+        """Windows AllocationBase: an address, in bytes."""
 
     @_builtins.property
     def allocation_protection(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
@@ -526,27 +578,24 @@ class RegionTable(_message.Message):
     def __init__(
         self,
         *,
-        start_delta_bytes: _abc.Iterable[_builtins.int] | None = ...,
-        size_bytes: _abc.Iterable[_builtins.int] | None = ...,
+        page_size_bytes: _builtins.int = ...,
+        start_delta_pages: _abc.Iterable[_builtins.int] | None = ...,
+        size_pages: _abc.Iterable[_builtins.int] | None = ...,
         state: _abc.Iterable[Global___RegionState.ValueType] | None = ...,
         type: _abc.Iterable[Global___RegionType.ValueType] | None = ...,
         protection: _abc.Iterable[_builtins.int] | None = ...,
         protection_raw: _abc.Iterable[_builtins.int] | None = ...,
-        kind: _abc.Iterable[Global___RegionKind.ValueType] | None = ...,
-        path_index: _abc.Iterable[_builtins.int] | None = ...,
-        strings: _abc.Iterable[_builtins.str] | None = ...,
         offset_bytes: _abc.Iterable[_builtins.int] | None = ...,
-        device: _abc.Iterable[_builtins.int] | None = ...,
-        inode: _abc.Iterable[_builtins.int] | None = ...,
-        deleted: _abc.Iterable[_builtins.bool] | None = ...,
+        file_index: _abc.Iterable[_builtins.int] | None = ...,
+        files: Global___RegionFiles | None = ...,
         allocation_base: _abc.Iterable[_builtins.int] | None = ...,
         allocation_protection: _abc.Iterable[_builtins.int] | None = ...,
         allocation_protection_raw: _abc.Iterable[_builtins.int] | None = ...,
         residency: Global___Residency | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["residency", b"residency"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["files", b"files", "residency", b"residency"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["allocation_base", b"allocation_base", "allocation_protection", b"allocation_protection", "allocation_protection_raw", b"allocation_protection_raw", "deleted", b"deleted", "device", b"device", "inode", b"inode", "kind", b"kind", "offset_bytes", b"offset_bytes", "path_index", b"path_index", "protection", b"protection", "protection_raw", b"protection_raw", "residency", b"residency", "size_bytes", b"size_bytes", "start_delta_bytes", b"start_delta_bytes", "state", b"state", "strings", b"strings", "type", b"type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allocation_base", b"allocation_base", "allocation_protection", b"allocation_protection", "allocation_protection_raw", b"allocation_protection_raw", "file_index", b"file_index", "files", b"files", "offset_bytes", b"offset_bytes", "page_size_bytes", b"page_size_bytes", "protection", b"protection", "protection_raw", b"protection_raw", "residency", b"residency", "size_pages", b"size_pages", "start_delta_pages", b"start_delta_pages", "state", b"state", "type", b"type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
