@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import math
+import threading
 import time
 from collections.abc import Callable, Iterator
 
@@ -18,6 +20,10 @@ log = logging.getLogger(__name__)
 
 # (pid, include_free, include_residency) -> the Win32 view of a Wine process.
 WindowsView = Callable[[int, bool, bool], Snapshot]
+
+# Watches at once (each holds one of the server's threads) and their fastest poll.
+MAX_WATCHES = 8
+MIN_POLL_SECONDS = 0.05
 
 SERVICE_NAME = agent_pb2.DESCRIPTOR.services_by_name["AgentService"].full_name
 
@@ -39,6 +45,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
     def __init__(self, reader: Reader, windows_view: WindowsView | None = None):
         self.reader = reader
         self.windows_view = windows_view
+        self._watches = threading.BoundedSemaphore(MAX_WATCHES)
 
     @maps_errors
     def GetHost(
@@ -104,16 +111,31 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         if request.pid == 0:
             raise errors.InvalidArgument("pid must be given (pid 0 is not a process)")
         interval = request.interval_seconds or 5.0
-        poll = min(request.poll_seconds or 0.5, interval)
-        if interval < 0 or poll < 0:
-            raise errors.InvalidArgument("interval and poll must be positive")
-        first = self.reader.process(request.pid)
+        poll = request.poll_seconds or 0.5
+        if not (math.isfinite(interval) and math.isfinite(poll)) or interval < 0 or poll < 0:
+            raise errors.InvalidArgument("interval and poll must be positive numbers of seconds")
+        # Each watch holds a server thread and rereads the process's maps every poll:
+        # bounded in rate and in number, so watches cannot starve the agent's other calls.
+        poll = min(max(poll, MIN_POLL_SECONDS), max(interval, MIN_POLL_SECONDS))
+        if not self._watches.acquire(blocking=False):
+            raise errors.ResourceExhausted(
+                f"this agent already serves {MAX_WATCHES} watches; try again later"
+            )
+        try:
+            yield from self._watch(request.pid, interval, poll, context)
+        finally:
+            self._watches.release()
+
+    def _watch(
+        self, pid: int, interval: float, poll: float, context: grpc.ServicerContext
+    ) -> Iterator[agent_pb2.WatchProcessResponse]:
+        first = self.reader.process(pid)
         last_count: int | None = None
         next_tick = 0.0
         while context.is_active():
-            item = self.reader.process_summary(request.pid)
+            item = self.reader.process_summary(pid)
             if item.process.start_time != first.start_time:
-                raise errors.NoSuchProcess(pid=request.pid, name=first.name)
+                raise errors.NoSuchProcess(pid=pid, name=first.name)
             now = time.monotonic()
             changed = last_count is not None and item.summary.region_count != last_count
             if changed or now >= next_tick:

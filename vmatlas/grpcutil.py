@@ -5,6 +5,7 @@ reflection on, message sizes bounded, SIGTERM draining)."""
 from __future__ import annotations
 
 import functools
+import ipaddress
 import logging
 import signal
 import threading
@@ -223,6 +224,21 @@ def serve_until_signalled(
 
 
 def is_loopback(address: str) -> bool:
-    """Whether a ``host:port`` listen address stays on this machine."""
-    host = address.rsplit(":", 1)[0].strip("[]")
-    return host in ("localhost", "::1") or host.startswith("127.")
+    """Whether a ``host:port`` address stays on this machine: ``localhost`` or a
+    loopback IP (127.0.0.0/8, ::1), never a name that merely starts like one."""
+    bare = address.strip("[]")
+    host = bare if _is_ip(bare) else address.rsplit(":", 1)[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True

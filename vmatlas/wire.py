@@ -3,6 +3,7 @@ and the ``vmatlas.v1`` wire schema. Everything else works on the plain model."""
 
 from __future__ import annotations
 
+import math
 from itertools import accumulate, chain, repeat
 from operator import add, lshift, rshift, sub
 from typing import Any
@@ -32,9 +33,12 @@ _HOST_FIELDS = tuple(name for name in Host.__dataclass_fields__ if name != "os")
 
 
 def timestamp_to_pb(seconds: float, message: Timestamp) -> None:
-    whole = int(seconds)
+    whole = math.floor(seconds)
+    nanos = round((seconds - whole) * 1e9)
+    if nanos == 1_000_000_000:  # rounded up into the next second
+        whole, nanos = whole + 1, 0
     message.seconds = whole
-    message.nanos = round((seconds - whole) * 1e9) % 1_000_000_000
+    message.nanos = nanos
 
 
 def timestamp_from_pb(message: Timestamp) -> float:

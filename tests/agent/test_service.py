@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
 
 import grpc
@@ -16,7 +17,7 @@ from tests.conftest import PAGE, Planter
 from tests.linux.test_reader import unprivileged
 from vmatlas import errors
 from vmatlas.agents.linux import LinuxReader
-from vmatlas.agents.service import SERVICE_NAME, AgentServicer
+from vmatlas.agents.service import MAX_WATCHES, SERVICE_NAME, AgentServicer
 from vmatlas.client import Client
 from vmatlas.grpcutil import build_server
 from vmatlas.model import SnapshotView
@@ -142,3 +143,29 @@ def test_health_and_reflection(agent: str) -> None:
         assert SERVICE_NAME in set(database.get_services())
         method = database.FindFileContainingSymbol(SERVICE_NAME)
         assert method.package == "vmatlas.v1"
+
+
+def test_watches_are_bounded_in_number_and_rate(client: Client, planter: Planter) -> None:
+    streams = [client.watch(planter.pid, interval=60, poll=0.05) for _ in range(MAX_WATCHES)]
+    try:
+        for stream in streams:
+            next(stream)
+        with pytest.raises(errors.ResourceExhausted, match="watches"):
+            next(client.watch(planter.pid, interval=60))
+    finally:
+        for stream in streams:
+            stream.close()
+    # Closed watches give their places back.
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            stream = client.watch(planter.pid, interval=60)
+            next(stream)
+            stream.close()
+            break
+        except errors.ResourceExhausted:
+            assert time.monotonic() < deadline, "closed watches were not released"
+            time.sleep(0.1)
+    for bad in (float("nan"), float("inf"), -1.0):
+        with pytest.raises(errors.InvalidArgument):
+            next(client.watch(planter.pid, interval=bad))

@@ -195,7 +195,9 @@ class WatchProcessRequest(_message.Message):
     interval_seconds: _builtins.float
     """Seconds between summaries; 0 means 5."""
     poll_seconds: _builtins.float
-    """How often to look for a region count change between ticks; 0 means 0.5 seconds."""
+    """How often to look for a region count change between ticks; 0 means 0.5 seconds,
+    and anything below 0.05 seconds is raised to it.
+    """
     def __init__(
         self,
         *,

@@ -91,7 +91,9 @@ class AgentServiceServicer:
     def WatchProcess(self, request, context):
         """Streams one process's summary: one at once, then one every interval, and one at
         once whenever its region count changes between interval ticks. Ends with NOT_FOUND
-        when the process exits; fails with PERMISSION_DENIED or INVALID_ARGUMENT as above.
+        when the process exits; fails with PERMISSION_DENIED, with INVALID_ARGUMENT for pid
+        0 or a negative or non-finite interval, and with RESOURCE_EXHAUSTED when the agent
+        already serves its maximum number of watches (8).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

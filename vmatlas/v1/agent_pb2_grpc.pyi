@@ -50,7 +50,9 @@ class AgentServiceStub:
     WatchProcess: _grpc.UnaryStreamMultiCallable[_agent_pb2.WatchProcessRequest, _agent_pb2.WatchProcessResponse]
     """Streams one process's summary: one at once, then one every interval, and one at
     once whenever its region count changes between interval ticks. Ends with NOT_FOUND
-    when the process exits; fails with PERMISSION_DENIED or INVALID_ARGUMENT as above.
+    when the process exits; fails with PERMISSION_DENIED, with INVALID_ARGUMENT for pid
+    0 or a negative or non-finite interval, and with RESOURCE_EXHAUSTED when the agent
+    already serves its maximum number of watches (8).
     """
 
 @_typing.type_check_only
@@ -75,7 +77,9 @@ class AgentServiceAsyncStub(AgentServiceStub):
     WatchProcess: _aio.UnaryStreamMultiCallable[_agent_pb2.WatchProcessRequest, _agent_pb2.WatchProcessResponse]  # type: ignore[assignment]
     """Streams one process's summary: one at once, then one every interval, and one at
     once whenever its region count changes between interval ticks. Ends with NOT_FOUND
-    when the process exits; fails with PERMISSION_DENIED or INVALID_ARGUMENT as above.
+    when the process exits; fails with PERMISSION_DENIED, with INVALID_ARGUMENT for pid
+    0 or a negative or non-finite interval, and with RESOURCE_EXHAUSTED when the agent
+    already serves its maximum number of watches (8).
     """
 
 class AgentServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -121,7 +125,9 @@ class AgentServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_abc.Iterator[_agent_pb2.WatchProcessResponse], _abc.AsyncIterator[_agent_pb2.WatchProcessResponse]]:
         """Streams one process's summary: one at once, then one every interval, and one at
         once whenever its region count changes between interval ticks. Ends with NOT_FOUND
-        when the process exits; fails with PERMISSION_DENIED or INVALID_ARGUMENT as above.
+        when the process exits; fails with PERMISSION_DENIED, with INVALID_ARGUMENT for pid
+        0 or a negative or non-finite interval, and with RESOURCE_EXHAUSTED when the agent
+        already serves its maximum number of watches (8).
         """
 
 def add_AgentServiceServicer_to_server(servicer: AgentServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
