@@ -23,9 +23,10 @@ import os
 import sqlite3
 import threading
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
+from operator import attrgetter
 from typing import Any
 
 from vmatlas import errors, wire
@@ -138,8 +139,14 @@ def _host_from_json(text: str) -> Host:
     return Host(**values)
 
 
+_PROCESS_FIELDS = tuple(Process.__dataclass_fields__)
+_process_values = attrgetter(*_PROCESS_FIELDS)
+
+
 def _process_json(process: Process) -> str:
-    return json.dumps(asdict(process))
+    # What json.dumps(asdict(process)) gives (the fields are flat), without asdict's
+    # deep copy: this runs once per stored summary.
+    return json.dumps(dict(zip(_PROCESS_FIELDS, _process_values(process), strict=True)))
 
 
 def _process_from_json(text: str) -> Process:
@@ -148,8 +155,7 @@ def _process_from_json(text: str) -> Process:
     return Process(**values)
 
 
-def _summary_values(summary: Summary) -> tuple[Any, ...]:
-    return tuple(getattr(summary, name) for name in _SUMMARY_COLUMNS)
+_summary_values: Callable[[Summary], tuple[Any, ...]] = attrgetter(*_SUMMARY_COLUMNS)
 
 
 def _summary_from(row: sqlite3.Row | tuple[Any, ...], first: int) -> Summary:
@@ -336,28 +342,60 @@ class SQLiteStore:
         complete: bool = True,
         origin: PushOrigin | None = None,
     ) -> bool:
-        placeholders = ", ".join("?" * (2 + len(_SUMMARY_COLUMNS)))
+        processes = [
+            (
+                host_id,
+                item.process.pid,
+                item.process.start_time,
+                item.process.name,
+                _process_json(item.process),
+                item.capture_time,
+            )
+            for item in items
+        ]
+        summaries = [
+            (item.capture_time, *_summary_values(item.summary), host_id, p[1], p[2])
+            for item, p in zip(items, processes, strict=True)
+        ]
         with self._tx() as db:
             self._require_host(db, host_id)
             if origin is not None and origin.sequence and not self._sequence(db, host_id, origin):
                 return False
             if complete:
-                db.execute("UPDATE processes SET current = 0 WHERE host_id = ?", (host_id,))
-            for item in items:
-                process_id = self._process_id(db, host_id, item.process)
-                db.execute(
-                    f"""INSERT OR REPLACE INTO summaries
-                        (process_id, capture_time, {", ".join(_SUMMARY_COLUMNS)})
-                        VALUES ({placeholders})""",
-                    (process_id, item.capture_time, *_summary_values(item.summary)),
-                )
-                db.execute(
-                    """UPDATE processes SET current = 1,
-                         latest_capture_time = max(coalesce(latest_capture_time, ?), ?)
-                       WHERE id = ?""",
-                    (item.capture_time, item.capture_time, process_id),
-                )
+                # Only the processes that left stop being current: clearing every row
+                # and setting most of them again costs more than it looks (the rows
+                # and the index on current change twice per push).
+                pushed = {(p[1], p[2]) for p in processes}
+                gone = [
+                    (process_id,)
+                    for process_id, pid, start_time in db.execute(
+                        "SELECT id, pid, start_time FROM processes"
+                        " WHERE host_id = ? AND current = 1",
+                        (host_id,),
+                    )
+                    if (pid, start_time) not in pushed
+                ]
+                db.executemany("UPDATE processes SET current = 0 WHERE id = ?", gone)
+            db.executemany(self._UPSERT_CURRENT_PROCESS, processes)
+            db.executemany(self._INSERT_SUMMARY, summaries)
         return True
+
+    # One statement per table for a whole push: the process row (current, latest
+    # capture time) first, then the summary keyed by the row's id.
+    _UPSERT_CURRENT_PROCESS = """
+        INSERT INTO processes (host_id, pid, start_time, name, facts, current,
+                               latest_capture_time)
+        VALUES (?, ?, ?, ?, ?, 1, ?)
+        ON CONFLICT (host_id, pid, start_time) DO UPDATE SET
+          name = excluded.name, facts = excluded.facts, current = 1,
+          latest_capture_time = max(coalesce(latest_capture_time,
+                                             excluded.latest_capture_time),
+                                    excluded.latest_capture_time)"""
+
+    _INSERT_SUMMARY = f"""
+        INSERT OR REPLACE INTO summaries (process_id, capture_time, {", ".join(_SUMMARY_COLUMNS)})
+        SELECT id, ?{", ?" * len(_SUMMARY_COLUMNS)} FROM processes
+        WHERE host_id = ? AND pid = ? AND start_time = ?"""
 
     _CURRENT = f"""SELECT p.host_id, p.facts, s.capture_time, {_SUMMARY_SELECT}
                    FROM processes p JOIN summaries s

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
+from operator import attrgetter
 from typing import Any
 
 from google.protobuf.message import DecodeError
@@ -119,7 +120,68 @@ def validate_host(host: Host) -> None:
         raise _bad("host.overcommit_mode must be -1, 0, 1 or 2")
 
 
+# What a summary push repeats per process, checked in a few C-level passes; anything
+# these fast checks do not pass goes through the field-by-field checks below, which
+# decide it and name the first problem. Each fast check accepts only what its slow
+# path accepts.
+_SECONDS_LIMIT = float(1 << 40)
+_ONLY_INT = frozenset((int,))
+_ONLY_STR = frozenset((str,))
+_process_ints = attrgetter("pid", "parent_pid", "user_address_min", "user_address_max")
+_process_texts = attrgetter("name", "executable", "user")
+_SUMMARY_UINT_FIELDS = tuple(
+    name for name in Summary.__dataclass_fields__ if name != "headroom_fraction"
+)
+_summary_uints = attrgetter(*_SUMMARY_UINT_FIELDS)
+
+
+def _process_fast(process: Process, host: Host) -> bool:
+    if type(process) is not Process:
+        return False
+    ints = _process_ints(process)
+    if not _ONLY_INT.issuperset(map(type, ints)) or min(ints) < 0 or max(ints) >= U64:
+        return False
+    pid, parent_pid, low, high = ints
+    if not 0 < pid < 1 << 32 or parent_pid >= 1 << 32:
+        return False
+    if (high and low >= high) or (host.user_address_max and high > host.user_address_max):
+        return False
+    texts = _process_texts(process)
+    if not _ONLY_STR.issuperset(map(type, texts)) or max(map(len, texts)) > MAX_PATH_CHARS:
+        return False
+    args = process.command_line
+    if type(args) is not tuple or len(args) > MAX_COMMAND_LINE_ARGS:
+        return False
+    if not _ONLY_STR.issuperset(map(type, args)):
+        return False
+    joined = "".join(args)
+    if len(joined) > MAX_COMMAND_LINE_CHARS or "\0" in joined or any("\0" in t for t in texts):
+        return False
+    start = process.start_time
+    return (
+        type(start) is float and 0.0 <= start < _SECONDS_LIMIT and process.pointer_bits in (32, 64)
+    )
+
+
+def _summary_fast(summary: Summary) -> bool:
+    if type(summary) is not Summary:
+        return False
+    values = _summary_uints(summary)
+    if not _ONLY_INT.issuperset(map(type, values)) or min(values) < 0 or max(values) >= U64:
+        return False
+    headroom = summary.headroom_fraction
+    return (
+        summary.region_count <= MAX_REGIONS
+        and summary.map_count <= summary.region_count
+        and summary.largest_free_bytes <= summary.free_bytes
+        and type(headroom) is float
+        and 0.0 <= headroom <= 1.0
+    )
+
+
 def validate_process(process: Process, host: Host, what: str = "process") -> None:
+    if _process_fast(process, host):
+        return
     if not isinstance(process, Process):
         raise _bad(f"{what} is missing")
     pid = _uint(process.pid, f"{what}.pid", 1 << 32)
@@ -151,6 +213,8 @@ def validate_process(process: Process, host: Host, what: str = "process") -> Non
 
 
 def validate_summary(summary: Summary, what: str = "summary") -> None:
+    if _summary_fast(summary):
+        return
     if not isinstance(summary, Summary):
         raise _bad(f"{what} is missing")
     for name in Summary.__dataclass_fields__:
@@ -379,9 +443,13 @@ def validate_summaries(
                 raise _bad(f"process summary {i} is malformed: {exc}") from None
         if not isinstance(item, ProcessSummary):
             raise _bad(f"process summary {i} is not a process summary")
-        validate_process(item.process, host, f"processes[{i}].process")
-        validate_summary(item.summary, f"processes[{i}].summary")
-        _seconds(item.capture_time, f"processes[{i}].capture_time")
+        if not _process_fast(item.process, host):
+            validate_process(item.process, host, f"processes[{i}].process")
+        if not _summary_fast(item.summary):
+            validate_summary(item.summary, f"processes[{i}].summary")
+        capture_time = item.capture_time
+        if type(capture_time) is not float or not 0.0 <= capture_time < _SECONDS_LIMIT:
+            _seconds(capture_time, f"processes[{i}].capture_time")
         if item.process.pid in seen:
             raise _bad(f"pid {item.process.pid} appears twice in one push")
         seen.add(item.process.pid)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 from itertools import accumulate, chain, repeat
-from operator import add, lshift, rshift, sub
+from operator import add, attrgetter, lshift, rshift, sub
 from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -29,6 +29,8 @@ from vmatlas.v1 import fleet_pb2, hub_pb2
 from vmatlas.v1 import snapshot_pb2 as pb
 
 _SUMMARY_FIELDS = tuple(Summary.__dataclass_fields__)
+# The wire Summary's fields in the model's order, read in one call.
+_summary_pb_values = attrgetter(*_SUMMARY_FIELDS)
 _HOST_FIELDS = tuple(name for name in Host.__dataclass_fields__ if name != "os")
 
 
@@ -99,7 +101,7 @@ def summary_to_pb(summary: Summary, message: pb.Summary | None = None) -> pb.Sum
 
 
 def summary_from_pb(message: pb.Summary) -> Summary:
-    return Summary(**{name: getattr(message, name) for name in _SUMMARY_FIELDS})
+    return Summary(*_summary_pb_values(message))
 
 
 # The wire RegionTable's unit when the caller names no page size: the page of x86-64
