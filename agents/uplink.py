@@ -25,7 +25,7 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
 from dataclasses import replace
@@ -113,6 +113,8 @@ class Uplink:
         self._outbox: Outbox | None = None
         self._answering: set[Future[None]] = set()
         self.error: errors.Error | None = None
+        # Called with the error when the uplink gives up for good (a refused host id).
+        self.on_fatal: Callable[[errors.Error], None] | None = None
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -161,6 +163,8 @@ class Uplink:
         except errors.Error as exc:
             self.error = exc
             log.error("uplink to %s stopped: %s", self.target, exc)
+            if self.on_fatal is not None:
+                self.on_fatal(exc)
 
     def run(self) -> None:
         """Make pushes; connect, serve the stream, reconnect, until stopped. Raises

@@ -94,3 +94,17 @@ def test_up_serves_until_sigint(tmp_path: Path, children: list[Child]) -> None:
     out, _ = up.proc.communicate(timeout=20)
     assert up.proc.returncode == 0, "".join(up.lines) + out
     assert "Traceback" not in out
+
+
+def test_an_agent_refused_its_host_id_exits(tmp_path: Path, children: list[Child]) -> None:
+    server = start(children, *server_args(tmp_path / "data", 0))
+    target = "127.0.0.1:" + server.wait_line(r"listening on 127\.0\.0\.1:(\d+)").group(1)
+    agent = ["agent", "--listen", "127.0.0.1:0", "--server", target, "--host-id", "twin"]
+    first = start(children, *agent)
+    with Client(target, timeout=10) as client:
+        wait_for(lambda: [h.online for h in client.hosts()] == [True], 20, "the first agent")
+    second = start(children, *agent)
+    # A second agent claiming a live host id would otherwise serve locally and look
+    # healthy while its host never reported.
+    assert second.proc.wait(timeout=30) == 1
+    assert first.proc.poll() is None

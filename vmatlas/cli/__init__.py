@@ -11,6 +11,7 @@ import sys
 from collections.abc import Sequence
 
 from vmatlas import __version__, errors
+from vmatlas.security.options import apply_config_defaults
 
 # Module names under vmatlas.cli, in the order --help lists them.
 COMMANDS = ("agent", "certs", "ps", "snapshot", "diff", "audit", "server", "up", "hosts")
@@ -37,6 +38,16 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if getattr(args, "config", None):
+        # The file's [command] table becomes the command's defaults; parsing again
+        # lets the flags given on the command line win over it.
+        try:
+            commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+            apply_config_defaults(commands.choices[args.command], args.config, args.command)
+        except errors.Error as exc:
+            print(f"vmatlas {args.command}: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+        args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.WARNING - 10 * min(args.verbose, 2),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 
 from vmatlas import errors
 from vmatlas.agents import Reader, default_reader, windows_view
@@ -17,6 +18,7 @@ from vmatlas.agents.uplink import (
     DEFAULT_JUMP_REGIONS,
     Uplink,
 )
+from vmatlas.cli import EXIT_ERROR
 from vmatlas.grpcutil import (
     DEFAULT_GRACE_SECONDS,
     StopSignals,
@@ -26,7 +28,6 @@ from vmatlas.grpcutil import (
 from vmatlas.security.options import (
     add_server_security_args,
     add_uplink_security_args,
-    apply_config,
     server_security,
     uplink_credentials,
 )
@@ -90,7 +91,6 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def run(args: argparse.Namespace) -> int:
-    apply_config(args, "agent")
     listen = args.listen or DEFAULT_LISTEN
     security = server_security(args, AGENT_POLICY, listen=listen)
     reader = default_reader(args.host_id)
@@ -108,6 +108,9 @@ def run(args: argparse.Namespace) -> int:
     log.info("serving with %s", security.describe())
     print(f"vmatlas agent listening on {host}:{port}", flush=True)
     if uplink is not None:
+        # An uplink that gives up for good (its host id is held by a live agent) ends
+        # the agent: a process that serves locally but never reports would look healthy.
+        uplink.on_fatal = lambda _exc: signals.event.set()
         uplink.start()
         print(f"vmatlas agent connecting to server {args.server}", flush=True)
     serve_until_signalled(
@@ -117,6 +120,9 @@ def run(args: argparse.Namespace) -> int:
         grace_seconds=args.grace,
         on_stop=(lambda: uplink.stop(args.grace)) if uplink else None,
     )
+    if uplink is not None and uplink.error is not None:
+        print(f"vmatlas agent: uplink to {args.server} stopped: {uplink.error}", file=sys.stderr)
+        return EXIT_ERROR
     return 0
 
 

@@ -9,7 +9,7 @@ import sys
 
 from vmatlas import errors
 from vmatlas.grpcutil import DEFAULT_GRACE_SECONDS, StopSignals, serve_until_signalled
-from vmatlas.security.options import add_server_security_args, apply_config, server_security
+from vmatlas.security.options import add_server_security_args, server_security
 from vmatlas.security.policy import SERVER_POLICY
 from vmatlas.server.app import DEFAULT_LISTEN, FleetServer, ServerConfig, default_data_dir
 from vmatlas.server.hub import DEFAULT_HEARTBEAT_SECONDS
@@ -82,7 +82,6 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
     """The server's configuration from its flags (and ``--config``), TLS and
     authentication included; refuses to serve beyond loopback without them unless
     ``--insecure``."""
-    apply_config(args, getattr(args, "command", None) or "server")
     args.listen = args.listen or DEFAULT_LISTEN
     security = server_security(args, SERVER_POLICY, listen=args.listen)
     if security.authenticated and not security.mutual_tls:

@@ -65,12 +65,11 @@ def add_server_security_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def apply_config(args: argparse.Namespace, section: str) -> None:
-    """Fill options not given on the command line from ``args.config``'s ``[section]``
-    (keys are option names: ``tls-cert`` or ``tls_cert``)."""
-    path = getattr(args, "config", None)
-    if not path:
-        return
+def apply_config_defaults(parser: argparse.ArgumentParser, path: str, section: str) -> None:
+    """Make ``path``'s ``[section]`` table the defaults of ``parser``'s options, so that
+    flags given on the command line still win. Keys are option names (``tls-cert`` or
+    ``tls_cert``); values are converted as the flag's own would be. An unknown key or a
+    value of the wrong kind is refused, naming the file, the table and the key."""
     try:
         with open(path, "rb") as f:
             data = tomllib.load(f)
@@ -81,12 +80,34 @@ def apply_config(args: argparse.Namespace, section: str) -> None:
     table = data.get(section, {})
     if not isinstance(table, dict):
         raise errors.InvalidArgument(f"config {path}: [{section}] must be a table")
+    actions = {action.dest: action for action in parser._actions}
+    defaults = {}
     for key, value in table.items():
         name = key.replace("-", "_")
-        if name == "config" or not hasattr(args, name):
+        action = actions.get(name)
+        if name in ("config", "help") or action is None or not action.option_strings:
             raise errors.InvalidArgument(f"config {path}: unknown option {key!r} in [{section}]")
-        if getattr(args, name) is None:
-            setattr(args, name, value)
+        defaults[name] = _config_value(action, value, f"config {path}: [{section}] {key}")
+    parser.set_defaults(**defaults)
+
+
+def _config_value(action: argparse.Action, value: Any, where: str) -> Any:
+    if action.nargs == 0:  # a switch such as --insecure
+        if not isinstance(value, bool):
+            raise errors.InvalidArgument(f"{where} must be true or false")
+        return value
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        raise errors.InvalidArgument(f"{where} must be a string or a number")
+    convert = action.type if callable(action.type) else str
+    try:
+        converted = convert(value if isinstance(value, str) else str(value))
+    except (ValueError, TypeError, argparse.ArgumentTypeError, errors.Error) as exc:
+        raise errors.InvalidArgument(f"{where}: {exc}") from None
+    if action.choices is not None and converted not in action.choices:
+        raise errors.InvalidArgument(
+            f"{where} must be one of {', '.join(map(str, action.choices))}"
+        )
+    return converted
 
 
 @dataclass(slots=True)
