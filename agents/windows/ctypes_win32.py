@@ -147,14 +147,16 @@ class CtypesApi:
         try:
             raw = bytearray()
             entry = _ProcessEntryBuffer(dwSize=PROCESSENTRY32W_SIZE)
+            call = "Process32FirstW"
             more = self._Process32FirstW(snapshot, ctypes.byref(entry))
             while more:
                 raw += bytes(entry)
                 entry.dwSize = PROCESSENTRY32W_SIZE
+                call = "Process32NextW"
                 more = self._Process32NextW(snapshot, ctypes.byref(entry))
             error = _last_error()
             if error != ERROR_NO_MORE_FILES:
-                raise Win32Error("Process32NextW", error)
+                raise Win32Error(call, error)
         finally:
             self._CloseHandle(snapshot)
         return decode_process_entries(bytes(raw))

@@ -11,6 +11,7 @@ here, once, by :func:`decode_mbi` and friends.
 from __future__ import annotations
 
 import ctypes
+import logging
 import struct
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -53,6 +54,8 @@ PAGE_WRITECOMBINE = 0x400
 
 # 100 ns FILETIME ticks between 1601-01-01 and 1970-01-01.
 _FILETIME_EPOCH = 116444736000000000
+
+log = logging.getLogger(__name__)
 
 
 class Win32Error(OSError):
@@ -270,12 +273,16 @@ def open_error(pid: int, winerror: int) -> errors.Error:
 
 @contextmanager
 def opened(api: Win32Api, pid: int) -> Iterator[int]:
-    """A process handle for the length of a ``with`` block."""
+    """A process handle for the length of a ``with`` block. A failure to close it is
+    logged, never raised over the error that ended the block."""
     handle = api.open_process(pid)
     try:
         yield handle
     finally:
-        api.close_handle(handle)
+        try:
+            api.close_handle(handle)
+        except (Win32Error, errors.Error) as exc:
+            log.warning("closing the handle of pid %d failed: %s", pid, exc)
 
 
 def walk_by_query(api: Win32Api, handle: int, start: int, end: int) -> list[bytes]:
