@@ -3,11 +3,13 @@
 Durability: WAL journal with ``synchronous=FULL``. A commit returns only after the WAL
 is fsynced, so anything acknowledged survives a server crash *and* a power cut
 (``NORMAL`` with WAL survives a process crash but may lose the last commits on power
-loss; a snapshot is acknowledged to a client, so FULL is the honest setting). WAL lets
-readers proceed while one writer commits.
+loss; a snapshot is acknowledged to a client, so FULL is the honest setting).
 
-Threads: one connection guarded by one lock. Every write is a short transaction, so
-serializing them costs little next to the fsync each commit pays anyway.
+Threads: writes go through one connection guarded by one lock. Every write is a short
+transaction, so serializing them costs little next to the fsync each commit pays
+anyway. Reads take a connection of their own from a small pool (read-only ones): with
+WAL they proceed while a writer commits, and each sees every commit made before it
+began.
 
 Summaries are plain columns (``summaries``; ``current_summaries`` is a view of every
 host's latest push) so audits can use SQL. Region tables are the serialized
@@ -20,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import queue
 import sqlite3
 import threading
 import zlib
@@ -42,10 +45,11 @@ from vmatlas.model import (
     Summary,
 )
 from vmatlas.server.store import ProcessFilter, PushOrigin, SnapshotRecord
-from vmatlas.v1 import snapshot_pb2
 
 DATABASE_NAME = "vmatlas.sqlite3"
 SCHEMA_VERSION = 1
+# Read connections open at most; more readers at once wait for one to come free.
+MAX_READERS = 8
 
 _SUMMARY_COLUMNS = tuple(Summary.__dataclass_fields__)
 _SUMMARY_DDL = ",\n  ".join(
@@ -171,14 +175,14 @@ class SQLiteStore:
         reader in while the server writes); NotFound when there is none."""
         self.path = os.path.join(os.fspath(data_dir), DATABASE_NAME)
         self._lock = threading.RLock()
+        self._readers: list[sqlite3.Connection] = []
+        self._idle_readers: queue.SimpleQueue[sqlite3.Connection] = queue.SimpleQueue()
+        self._readers_lock = threading.Lock()
+        self._closed = False
         if read_only:
             if not os.path.exists(self.path):
                 raise errors.NotFound(f"no vmatlas store in {os.fspath(data_dir)}")
-            self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-            self._db.execute("PRAGMA busy_timeout=10000")
-            # Opening may replay the WAL a crashed server left (that is recovery, not
-            # a change); no statement of ours may write.
-            self._db.execute("PRAGMA query_only=ON")
+            self._db = self._connect_reader()
             return
         os.makedirs(data_dir, mode=0o700, exist_ok=True)
         self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
@@ -217,11 +221,43 @@ class SQLiteStore:
                 raise
             self._db.execute("COMMIT")
 
+    def _connect_reader(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        db.execute("PRAGMA busy_timeout=10000")
+        # Opening may replay the WAL a crashed server left (that is recovery, not a
+        # change); no statement of ours may write.
+        db.execute("PRAGMA query_only=ON")
+        return db
+
+    @contextmanager
+    def _reading(self) -> Iterator[sqlite3.Connection]:
+        """A read connection for this thread's use until the block ends."""
+        try:
+            db = self._idle_readers.get_nowait()
+        except queue.Empty:
+            with self._readers_lock:
+                if self._closed:
+                    raise errors.FailedPrecondition("the store is closed") from None
+                fresh = len(self._readers) < MAX_READERS
+                if fresh:
+                    db = self._connect_reader()
+                    self._readers.append(db)
+            if not fresh:
+                db = self._idle_readers.get()
+        try:
+            yield db
+        finally:
+            self._idle_readers.put(db)
+
     def _read(self, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
-        with self._lock:
-            return self._db.execute(sql, params).fetchall()
+        with self._reading() as db:
+            return db.execute(sql, params).fetchall()
 
     def close(self) -> None:
+        with self._readers_lock:
+            self._closed = True
+            for db in self._readers:
+                db.close()
         with self._lock:
             self._db.close()
 
@@ -419,8 +455,7 @@ class SQLiteStore:
         sql = self._CURRENT
         params: list[Any] = []
         if where.host_id:
-            with self._lock:
-                self.host(where.host_id)  # NotFound for an unknown host
+            self.host(where.host_id)  # NotFound for an unknown host
             sql += " AND p.host_id = ?"
             params.append(where.host_id)
         if where.name_contains:
@@ -441,14 +476,17 @@ class SQLiteStore:
     def put_snapshot(self, host_id: str, record: SnapshotRecord) -> str:
         header = record.header
         digest = hashlib.sha256(record.regions).digest()
-        with self._lock:
-            known = self._db.execute(
-                "SELECT 1 FROM region_tables WHERE sha256 = ?", (digest,)
-            ).fetchone()
+        known = self._read("SELECT 1 FROM region_tables WHERE sha256 = ?", (digest,))
         # Compress outside the transaction: it is the slow part.
         packed = None if known else zlib.compress(record.regions, 6)
         with self._tx() as db:
             self._require_host(db, host_id)
+            # Whether the table is there decides here, in the transaction that refers
+            # to it: a prune since the look above may have deleted it (rare, so
+            # compressing under the lock then costs little).
+            present = db.execute("SELECT 1 FROM region_tables WHERE sha256 = ?", (digest,))
+            if packed is None and present.fetchone() is None:
+                packed = zlib.compress(record.regions, 6)
             if packed is not None:
                 db.execute(
                     """INSERT OR IGNORE INTO region_tables (sha256, size_bytes, zlib_data)
@@ -581,15 +619,13 @@ class SQLiteStore:
 
     def check(self) -> list[str]:
         problems: list[str] = []
-        with self._lock:
-            rows = self._db.execute("PRAGMA integrity_check").fetchall()
+        with self._reading() as db:
+            rows = db.execute("PRAGMA integrity_check").fetchall()
             if [tuple(r) for r in rows] != [("ok",)]:
                 problems += [f"integrity: {r[0]}" for r in rows]
-            for table, rowid, parent, _ in self._db.execute("PRAGMA foreign_key_check"):
+            for table, rowid, parent, _ in db.execute("PRAGMA foreign_key_check"):
                 problems.append(f"{table} row {rowid} refers to a missing {parent} row")
-            version = self._db.execute(
-                "SELECT value FROM meta WHERE key = 'schema_version'"
-            ).fetchone()
+            version = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
         if version is None:
             problems.append("no schema version")
         # One table at a time: a store may hold thousands of them.
@@ -612,7 +648,7 @@ class SQLiteStore:
         if len(data) != size_bytes or hashlib.sha256(data).digest() != digest:
             return [f"{name} does not match its size or hash"]
         try:
-            wire.table_from_pb(snapshot_pb2.RegionTable.FromString(data))
+            wire.table_from_bytes(data)
         except Exception as exc:  # any decoding failure is the finding
             return [f"{name} does not decode: {type(exc).__name__}: {exc}"]
         return []

@@ -275,6 +275,17 @@ def _files_from_pb(message: pb.RegionTable, n: int) -> list[list[Any]]:
         ) from None
 
 
+def table_from_bytes(data: bytes) -> RegionTable:
+    """A serialized RegionTable (as :func:`snapshot_parts` makes it). Raises ValueError
+    when the bytes are not one or the table is malformed."""
+    message = pb.RegionTable()
+    try:
+        message.ParseFromString(data)
+    except Exception as exc:  # protobuf raises DecodeError, a bare Exception subclass
+        raise ValueError(f"not a serialized RegionTable: {exc}") from None
+    return table_from_pb(message)
+
+
 def table_page_size(host: Host) -> int:
     """The unit of the wire table of a snapshot from ``host``: its page size, or
     DEFAULT_PAGE_SIZE_BYTES where the host does not say."""
