@@ -6,14 +6,15 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
 import platformdirs
+from grpc_health.v1.health import HealthServicer
 
-from vmatlas.grpcutil import DEFAULT_GRACE_SECONDS, build_server
+from vmatlas.grpcutil import DEFAULT_GRACE_SECONDS, StopSignals, build_server
 from vmatlas.security.auth import AuthInterceptor
 from vmatlas.security.policy import SERVER_POLICY
 from vmatlas.server.analysis import SERVICE_NAME as ANALYSIS_SERVICE
@@ -71,13 +72,34 @@ class FleetServer:
         extra_services: Sequence[tuple[Any, Any, str]] = (),
     ):
         self.config = config
+        owned = store is None
         self.store: Store = store if store is not None else SQLiteStore(config.data_dir)
-        self.hub = Hub(
-            self.store,
-            heartbeat_seconds=config.heartbeat_seconds,
-            offline_after_seconds=config.offline_after_seconds,
-            max_agents=config.max_agents,
-        )
+        try:
+            self.hub = Hub(
+                self.store,
+                heartbeat_seconds=config.heartbeat_seconds,
+                offline_after_seconds=config.offline_after_seconds,
+                max_agents=config.max_agents,
+            )
+            try:
+                self.server, self.port, self.health = self._build(extra_services)
+            except BaseException:
+                self.hub.stop()
+                raise
+        except BaseException:
+            # A server that never started leaves nothing open (the port may be taken).
+            if owned:
+                self.store.close()
+            raise
+        self._stop = threading.Event()
+        self._stopped = False
+        self._stopping = threading.Lock()
+        self._pruner = threading.Thread(target=self._prune_loop, name="vmatlas-prune", daemon=True)
+
+    def _build(
+        self, extra_services: Sequence[tuple[Any, Any, str]]
+    ) -> tuple[grpc.Server, int, HealthServicer]:
+        config = self.config
         fleet = FleetServicer(
             self.store, self.hub, agent_timeout_seconds=config.agent_timeout_seconds
         )
@@ -95,15 +117,13 @@ class FleetServer:
             ),
             *extra_services,
         ]
-        self.server, self.port, self.health = build_server(
+        return build_server(
             services=services,
             address=config.listen,
             max_workers=config.max_agents + QUERY_WORKERS,
             interceptors=config.interceptors,
             credentials=config.credentials,
         )
-        self._stop = threading.Event()
-        self._pruner = threading.Thread(target=self._prune_loop, name="vmatlas-prune", daemon=True)
 
     @property
     def address(self) -> str:
@@ -132,19 +152,45 @@ class FleetServer:
             if self._stop.wait(period):
                 return
 
-    def closing(self, grace_seconds: float = DEFAULT_GRACE_SECONDS) -> None:
-        """Stop pruning; let fresh snapshots in flight be answered (within the grace),
-        then close the agents' streams (they will reconnect to the next server). What
-        ``serve_until_signalled`` runs once new calls are refused."""
-        self._stop.set()
-        self.hub.stop(grace_seconds)
+    def stop(
+        self,
+        grace_seconds: float = DEFAULT_GRACE_SECONDS,
+        *,
+        on_draining: Callable[[], None] | None = None,
+    ) -> None:
+        """The one way the server stops (tests, ``vmatlas server`` and ``vmatlas up``):
+        report NOT_SERVING and refuse new calls; run ``on_draining`` (``up`` stops its
+        local agent there); let calls in flight finish within the grace, fresh
+        snapshots included, so the agents' streams stay open for them; stop pruning
+        and close the agents' streams (they reconnect to the next server); wait for
+        the calls still running to end (cancelled once the grace is over); close the
+        store. Later calls do nothing."""
+        with self._stopping:
+            if self._stopped:
+                return
+            self._stopped = True
+            self.health.enter_graceful_shutdown()
+            stopped = self.server.stop(grace_seconds)
+            try:
+                if on_draining is not None:
+                    on_draining()
+            finally:
+                self._stop.set()
+                self.hub.stop(grace_seconds)
+                stopped.wait()
+                self.store.close()
 
-    def stop(self, grace_seconds: float = DEFAULT_GRACE_SECONDS) -> None:
-        """Refuse new calls, let calls in flight finish (fresh snapshots included, so
-        the agents' streams stay open for them) within the grace, close the agents'
-        streams, then close the store."""
-        self.health.enter_graceful_shutdown()
-        stopped = self.server.stop(grace_seconds)
-        self.closing(grace_seconds)
-        stopped.wait()
-        self.store.close()
+    def serve_until_signalled(
+        self,
+        signals: StopSignals,
+        grace_seconds: float = DEFAULT_GRACE_SECONDS,
+        *,
+        on_draining: Callable[[], None] | None = None,
+    ) -> None:
+        """Serve until SIGTERM or SIGINT (caught by ``signals`` since before the server
+        started), then :meth:`stop`."""
+        try:
+            signals.wait()
+        finally:
+            signals.restore()
+            self.stop(grace_seconds, on_draining=on_draining)

@@ -149,6 +149,8 @@ class Hub:
         self.clock = clock
         self._sessions: dict[str, AgentSession] = {}
         self._lock = threading.Lock()
+        # Serializes the hub's store writes (see _record); never taken under _lock.
+        self._writing = threading.Lock()
         self._stop = threading.Event()
         # Client calls in flight that need an agent's stream (fresh snapshots).
         self._in_flight = 0
@@ -157,9 +159,10 @@ class Hub:
         self._monitor.start()
 
     def claim(self, host: Host, instance_id: str) -> AgentSession:
-        """A new session for ``host``. AlreadyExists when another live agent holds the
-        host id; a reconnect by the same agent (same instance id) replaces its own
-        stale session."""
+        """A new session for ``host``, recorded online in the store. AlreadyExists when
+        another live agent holds the host id; a reconnect by the same agent (same
+        instance id) replaces its own stale session. When the store write fails the
+        session is undone and the error raised."""
         with self._lock:
             existing = self._sessions.get(host.host_id)
             if existing is not None and not existing.closed.is_set():
@@ -172,8 +175,12 @@ class Hub:
                 raise errors.ResourceExhausted(f"the server takes at most {self.max_agents} agents")
             session = AgentSession(host, instance_id)
             self._sessions[host.host_id] = session
-            self.store.put_host(host, self.clock())
-            session.last_recorded = session.last_heard
+        try:
+            self._record(host.host_id)
+        except BaseException:
+            self.release(session, "could not be recorded")
+            raise
+        session.last_recorded = session.last_heard
         log.info("host %s online", host.host_id)
         return session
 
@@ -184,7 +191,7 @@ class Hub:
             if self._sessions.get(session.host_id) is not session:
                 return
             del self._sessions[session.host_id]
-            self.store.mark_offline(session.host_id)
+        self._record(session.host_id)
         log.info("host %s offline: %s", session.host_id, reason)
 
     def heard(self, session: AgentSession) -> None:
@@ -193,9 +200,28 @@ class Hub:
         session.heard()
         if session.last_heard - session.last_recorded >= self.heartbeat_seconds:
             session.last_recorded = session.last_heard
+            self._record(session.host_id, only=session)
+
+    def _record(self, host_id: str, *, only: AgentSession | None = None) -> None:
+        """Write the host's state as it is now (online with its session's facts, or
+        offline) to the store; with ``only``, just the last-seen time and only while
+        that session holds the host.
+
+        The hub's lock is never held across a store write (a durable commit): lookups
+        and claims of every other host go on meanwhile. Writes for the hub are
+        serialized instead, and each reads the state after it takes its turn, so
+        whichever runs last writes the latest state: a release racing a reconnect
+        cannot leave the reconnected host offline."""
+        with self._writing:
             with self._lock:
-                if self._sessions.get(session.host_id) is session:
-                    self.store.mark_online(session.host_id, self.clock())
+                session = self._sessions.get(host_id)
+            if only is not None:
+                if session is only and not session.closed.is_set():
+                    self.store.mark_online(host_id, self.clock())
+            elif session is None:
+                self.store.mark_offline(host_id)
+            else:
+                self.store.put_host(session.host, self.clock())
 
     def session(self, host_id: str) -> AgentSession:
         """The live session of ``host_id``: NotFound for a host never seen,
@@ -249,6 +275,8 @@ class Hub:
             sessions = list(self._sessions.values())
         for session in sessions:
             self.release(session, "server stopping")
+        if self._monitor is not threading.current_thread():
+            self._monitor.join()
 
 
 class AgentHubServicer(hub_pb2_grpc.AgentHubServiceServicer):
@@ -262,7 +290,7 @@ class AgentHubServicer(hub_pb2_grpc.AgentHubServiceServicer):
             first = next(request_iterator, None)
             if first is None or first.WhichOneof("message") != "register":
                 raise errors.InvalidArgument("the first message must be a registration")
-            host = wire.host_from_pb(first.register.host)
+            host = wire.registered_host_from_pb(first.register.host)
             if not host.host_id:
                 raise errors.InvalidArgument("the registration names no host id")
             validate_host(host)
@@ -271,6 +299,11 @@ class AgentHubServicer(hub_pb2_grpc.AgentHubServiceServicer):
             session = self.hub.claim(host, first.register.instance_id)
         except errors.Error as exc:
             abort_with(context, exc)
+            return
+        except Exception:
+            # Logged here; the agent learns only that the server failed, not how.
+            log.exception("registering an agent failed")
+            context.abort(grpc.StatusCode.INTERNAL, "internal error registering the agent")
             return
         context.add_callback(lambda: session.close("stream ended"))
         reader = threading.Thread(

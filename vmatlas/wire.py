@@ -56,8 +56,20 @@ def host_to_pb(host: Host, message: pb.Host | None = None) -> pb.Host:
 
 
 def host_from_pb(message: pb.Host) -> Host:
+    """Raises ValueError for an ``os`` this version does not know."""
     values: dict[str, Any] = {name: getattr(message, name) for name in _HOST_FIELDS}
     return Host(os=OperatingSystem(message.os), **values)
+
+
+def registered_host_from_pb(message: pb.Host) -> Host:
+    """The host an agent registers as: :func:`host_from_pb`, but what this version
+    cannot read is InvalidArgument (the agent's fault), named without internals."""
+    try:
+        return host_from_pb(message)
+    except ValueError:
+        raise errors.InvalidArgument(
+            f"the registration's host.os ({message.os}) is not a known operating system"
+        ) from None
 
 
 def process_to_pb(process: Process, message: pb.Process | None = None) -> pb.Process:

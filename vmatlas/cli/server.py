@@ -8,7 +8,7 @@ import logging
 import sys
 
 from vmatlas import errors
-from vmatlas.grpcutil import DEFAULT_GRACE_SECONDS, StopSignals, serve_until_signalled
+from vmatlas.grpcutil import DEFAULT_GRACE_SECONDS, StopSignals
 from vmatlas.security.options import add_server_security_args, server_security
 from vmatlas.security.policy import SERVER_POLICY
 from vmatlas.server.app import DEFAULT_LISTEN, FleetServer, ServerConfig, default_data_dir
@@ -141,12 +141,5 @@ def run(args: argparse.Namespace) -> int:
     fleet = FleetServer(config_from_args(args)).start()
     print(f"vmatlas server listening on {fleet.address}", flush=True)
     print(f"vmatlas server data in {fleet.config.data_dir}", flush=True)
-    serve_until_signalled(
-        fleet.server,
-        fleet.health,
-        signals=signals,
-        grace_seconds=args.grace,
-        on_stop=lambda: fleet.closing(args.grace),
-    )
-    fleet.store.close()
+    fleet.serve_until_signalled(signals, args.grace)
     return 0

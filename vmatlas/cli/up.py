@@ -17,7 +17,7 @@ from vmatlas.agents.uplink import DEFAULT_INTERVAL_SECONDS, Uplink
 from vmatlas.cli.common import print_table
 from vmatlas.cli.server import add_server_args, config_from_args
 from vmatlas.fleet import FleetProcess, HostStatus
-from vmatlas.grpcutil import StopSignals, serve_until_signalled
+from vmatlas.grpcutil import StopSignals
 from vmatlas.security.options import add_uplink_security_args, uplink_credentials
 from vmatlas.server.app import FleetServer
 from vmatlas.server.store import ProcessFilter
@@ -148,13 +148,11 @@ def run(args: argparse.Namespace) -> int:
     view.start()
 
     def stopping() -> None:
+        # The local agent answers what it was asked and closes its stream, and the
+        # view stops reading, before the server closes the streams and the store.
         stop.set()
         uplink.stop(args.grace)
-        fleet.closing(args.grace)
+        view.join(5.0)
 
-    serve_until_signalled(
-        fleet.server, fleet.health, signals=signals, grace_seconds=args.grace, on_stop=stopping
-    )
-    view.join(5.0)
-    fleet.store.close()
+    fleet.serve_until_signalled(signals, args.grace, on_draining=stopping)
     return 0

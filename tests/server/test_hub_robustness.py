@@ -1,0 +1,170 @@
+"""The hub and the server's life cycle when things go wrong, on real gRPC streams over
+loopback and the real SQLite store: a registration the server cannot read or cannot
+record, a store write that stalls, a port that is taken, a stop."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import queue
+import socket
+import sqlite3
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import grpc
+import pytest
+
+from vmatlas import errors, wire
+from vmatlas.agents.linux import LinuxReader
+from vmatlas.client import Client
+from vmatlas.model import Host
+from vmatlas.server.app import FleetServer, ServerConfig
+from vmatlas.server.sqlite_store import DATABASE_NAME, SQLiteStore
+from vmatlas.v1 import hub_pb2, hub_pb2_grpc
+
+from .conftest import HEARTBEAT_SECONDS, RawAgent, wait_for
+
+
+class Stream:
+    """One agent stream whose messages the test sends by hand."""
+
+    def __init__(self, target: str, host: Host, *, os_value: int | None = None):
+        self.channel = grpc.insecure_channel(target)
+        self.outbox: queue.Queue[hub_pb2.ConnectRequest | None] = queue.Queue()
+        register = hub_pb2.ConnectRequest()
+        wire.host_to_pb(host, register.register.host)
+        if os_value is not None:
+            register.register.host.os = os_value  # type: ignore[assignment]
+        register.register.instance_id = uuid.uuid4().hex
+        self.outbox.put(register)
+        self.call = hub_pb2_grpc.AgentHubServiceStub(self.channel).Connect(self._requests())
+
+    def _requests(self) -> Iterator[hub_pb2.ConnectRequest]:
+        while (message := self.outbox.get()) is not None:
+            yield message
+
+    def next(self) -> hub_pb2.ConnectResponse:
+        return next(self.call)
+
+    def failure(self) -> grpc.RpcError:
+        with pytest.raises(grpc.RpcError) as caught:
+            for _ in self.call:
+                pass
+        return caught.value
+
+    def close(self) -> None:
+        self.outbox.put(None)
+        self.call.cancel()
+        self.channel.close()
+
+
+@pytest.fixture
+def stream() -> Iterator[Callable[..., Stream]]:
+    streams: list[Stream] = []
+
+    def make(target: str, host: Host, **options: int) -> Stream:
+        streams.append(Stream(target, host, **options))
+        return streams[-1]
+
+    yield make
+    for s in streams:
+        s.close()
+
+
+def test_registration_with_an_unknown_os_is_invalid_argument(
+    server: FleetServer, reader: LinuxReader, stream: Callable[..., Stream]
+) -> None:
+    host = replace(reader.host(), host_id="future-os")
+    failure = stream(server.address, host, os_value=7).failure()
+    assert failure.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert failure.details() == ("the registration's host.os (7) is not a known operating system")
+    assert "future-os" not in server.hub.online()
+
+
+def test_registration_the_store_cannot_record_is_undone(
+    server: FleetServer, reader: LinuxReader, stream: Callable[..., Stream]
+) -> None:
+    # A valid uint64 that an SQLite INTEGER cannot hold: recording the host fails.
+    unstorable = replace(reader.host(), host_id="big", max_map_count=1 << 63)
+    failure = stream(server.address, unstorable).failure()
+    assert failure.code() == grpc.StatusCode.INTERNAL
+    assert failure.details() == "internal error registering the agent"
+    assert "big" not in server.hub.online()
+    # Nothing holds the host id: another agent may take it at once.
+    good = stream(server.address, replace(unstorable, max_map_count=65530))
+    assert good.next().HasField("registered")
+    assert server.hub.online() == ["big"]
+    with Client(server.address) as client:
+        assert [(h.host_id, h.online) for h in client.hosts()] == [("big", True)]
+
+
+def test_a_stalled_store_write_blocks_no_hub_lookup(
+    server: FleetServer, raw_agent: Callable[..., RawAgent]
+) -> None:
+    raw_agent(server.address, "beating")
+    wait_for(lambda: server.hub.online() == ["beating"], what="the agent online")
+    # Another connection holds SQLite's write lock: the heartbeat's last-seen record
+    # (and the silence check's offline record after it) wait for it.
+    other = sqlite3.connect(os.path.join(server.config.data_dir, DATABASE_NAME))
+    other.isolation_level = None
+    other.execute("BEGIN IMMEDIATE")
+    try:
+        threading.Event().wait(3 * HEARTBEAT_SECONDS)  # a heartbeat arrives meanwhile
+        answers: queue.Queue[list[str]] = queue.Queue()
+        threading.Thread(target=lambda: answers.put(server.hub.online()), daemon=True).start()
+        online = answers.get(timeout=5.0)
+        # Store reads go on beside the stalled write too.
+        with Client(server.address, timeout=5.0) as client:
+            hosts = client.hosts()
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    assert online == ["beating"]
+    assert [h.host_id for h in hosts] == ["beating"]
+
+
+def test_a_taken_port_leaves_nothing_open(tmp_path: Path) -> None:
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    data = tmp_path / "data"
+    try:
+        # grpc raises RuntimeError for a port it cannot bind.
+        with pytest.raises((errors.Unavailable, RuntimeError)):
+            FleetServer(
+                ServerConfig(listen=f"127.0.0.1:{taken.getsockname()[1]}", data_dir=str(data))
+            )
+    finally:
+        taken.close()
+    assert not [t for t in threading.enumerate() if t.name == "vmatlas-hub"]
+    assert not [f for f in _open_files() if f.startswith(str(data))]
+
+
+def _open_files() -> list[str]:
+    paths = []
+    for fd in os.listdir("/proc/self/fd"):
+        # The listing's own descriptor is closed by now.
+        with contextlib.suppress(FileNotFoundError):
+            paths.append(os.readlink(f"/proc/self/fd/{fd}"))
+    return paths
+
+
+def test_stop_marks_the_hosts_offline_and_closes_the_store_once(
+    make_server: Callable[..., FleetServer], raw_agent: Callable[..., RawAgent]
+) -> None:
+    server = make_server()
+    raw_agent(server.address, "leaving")
+    wait_for(lambda: server.hub.online() == ["leaving"], what="the agent online")
+    server.stop(0.5)
+    server.stop(0.5)  # a second stop does nothing
+    with pytest.raises(errors.FailedPrecondition):
+        server.store.hosts()
+    store = SQLiteStore(server.config.data_dir, read_only=True)
+    try:
+        assert [(h.host_id, h.online) for h in store.hosts()] == [("leaving", False)]
+    finally:
+        store.close()
