@@ -155,7 +155,8 @@ class Client:
             if host not in statuses:
                 raise errors.NotFound(f"no host {host!r}")
             items = self.fleet_processes(host=host, order=order, limit=limit, name=name)
-            return ProcessList([p.item for p in items], statuses[host].host, 0)
+            status = statuses[host]
+            return ProcessList([p.item for p in items], status.host, status.access_denied_count)
         request = agent_pb2.ListProcessesRequest(order=ORDERS[order], limit=limit, name_filter=name)
         response = self._call(self._agent.ListProcesses, request)
         return ProcessList(

@@ -373,7 +373,11 @@ class AgentHubServicer(hub_pb2_grpc.AgentHubServiceServicer):
         )
         if items is not None:
             stored = self.hub.store.put_summaries(
-                session.host_id, items, complete=push.complete, origin=origin
+                session.host_id,
+                items,
+                complete=push.complete,
+                origin=origin,
+                access_denied_count=push.access_denied_count,
             )
             if not stored:
                 log.info("host %s: push %d was stored already", session.host_id, push.sequence)

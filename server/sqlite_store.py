@@ -117,6 +117,11 @@ CREATE TABLE IF NOT EXISTS push_sequences (
   instance_dropped_push_count INTEGER NOT NULL,  -- that instance's running total
   dropped_push_count INTEGER NOT NULL            -- over every instance of the host
 );
+-- Per host, what its agent's latest complete push said besides the summaries.
+CREATE TABLE IF NOT EXISTS latest_pushes (
+  host_id TEXT PRIMARY KEY REFERENCES hosts(host_id),
+  access_denied_count INTEGER NOT NULL  -- processes the agent could not read
+);
 CREATE INDEX IF NOT EXISTS snapshots_process ON snapshots (process_id, capture_time);
 CREATE INDEX IF NOT EXISTS snapshots_time ON snapshots (capture_time);
 CREATE VIEW IF NOT EXISTS current_summaries AS
@@ -296,7 +301,7 @@ class SQLiteStore:
             db.execute("UPDATE hosts SET online = 0 WHERE host_id = ?", (host_id,))
 
     def _host_status(self, row: tuple[Any, ...]) -> HostStatus:
-        facts, online, first_seen, last_seen, count, dropped = row
+        facts, online, first_seen, last_seen, count, dropped, denied = row
         return HostStatus(
             host=_host_from_json(facts),
             online=bool(online),
@@ -304,13 +309,16 @@ class SQLiteStore:
             last_seen_time=last_seen,
             process_count=count,
             dropped_push_count=dropped or 0,
+            access_denied_count=denied or 0,
         )
 
     _HOST_SELECT = """SELECT h.facts, h.online, h.first_seen_time, h.last_seen_time,
                         (SELECT count(*) FROM processes p
                          WHERE p.host_id = h.host_id AND p.current = 1),
-                        q.dropped_push_count
-                      FROM hosts h LEFT JOIN push_sequences q ON q.host_id = h.host_id"""
+                        q.dropped_push_count, l.access_denied_count
+                      FROM hosts h
+                        LEFT JOIN push_sequences q ON q.host_id = h.host_id
+                        LEFT JOIN latest_pushes l ON l.host_id = h.host_id"""
 
     def hosts(self) -> list[HostStatus]:
         rows = self._read(self._HOST_SELECT + " ORDER BY h.host_id")
@@ -377,6 +385,7 @@ class SQLiteStore:
         *,
         complete: bool = True,
         origin: PushOrigin | None = None,
+        access_denied_count: int = 0,
     ) -> bool:
         processes = [
             (
@@ -412,6 +421,12 @@ class SQLiteStore:
                     if (pid, start_time) not in pushed
                 ]
                 db.executemany("UPDATE processes SET current = 0 WHERE id = ?", gone)
+                db.execute(
+                    """INSERT INTO latest_pushes (host_id, access_denied_count) VALUES (?, ?)
+                       ON CONFLICT (host_id) DO UPDATE SET
+                         access_denied_count = excluded.access_denied_count""",
+                    (host_id, access_denied_count),
+                )
             db.executemany(self._UPSERT_CURRENT_PROCESS, processes)
             db.executemany(self._INSERT_SUMMARY, summaries)
         return True

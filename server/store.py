@@ -68,12 +68,15 @@ class Store(Protocol):
         *,
         complete: bool = True,
         origin: PushOrigin | None = None,
+        access_denied_count: int = 0,
     ) -> bool:
         """Append summaries to history. ``complete`` means ``items`` is every current
-        process of the host (the rest have exited); otherwise they update the current
-        set. With ``origin``, a push whose sequence is not above the last one stored
-        for the same agent instance changes nothing but the drop count, and False is
-        returned; the sequence is recorded in the same transaction as the summaries.
+        process of the host (the rest have exited), and ``access_denied_count`` how
+        many more exist but could not be read (the host's count from then on);
+        otherwise they update the current set. With ``origin``, a push whose
+        sequence is not above the last one stored for the same agent instance changes
+        nothing but the drop count, and False is returned; the sequence is recorded
+        in the same transaction as the summaries.
         NotFound for an unknown host."""
 
     def put_snapshot(self, host_id: str, record: SnapshotRecord) -> str:

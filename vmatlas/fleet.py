@@ -21,6 +21,8 @@ class HostStatus:
     process_count: int = 0
     # Summary pushes the host's agents dropped from a full buffer (gaps in history).
     dropped_push_count: int = 0
+    # Processes its agent could not read (access denied) at its latest complete push.
+    access_denied_count: int = 0
 
     @property
     def host_id(self) -> str:

@@ -448,6 +448,7 @@ def host_status_to_pb(
     timestamp_to_pb(status.last_seen_time, message.last_seen_time)
     message.process_count = status.process_count
     message.dropped_push_count = status.dropped_push_count
+    message.access_denied_count = status.access_denied_count
     return message
 
 
@@ -459,6 +460,7 @@ def host_status_from_pb(message: fleet_pb2.HostStatus) -> HostStatus:
         last_seen_time=timestamp_from_pb(message.last_seen_time),
         process_count=message.process_count,
         dropped_push_count=message.dropped_push_count,
+        access_denied_count=message.access_denied_count,
     )
 
 

@@ -1,6 +1,7 @@
 """The hub and the server's life cycle when things go wrong, on real gRPC streams over
 loopback and the real SQLite store: a registration the server cannot read or cannot
-record, a store write that stalls, a port that is taken, a stop."""
+record, a store write that stalls, a port that is taken, and what the agents report
+beyond their summaries."""
 
 from __future__ import annotations
 
@@ -168,3 +169,35 @@ def test_stop_marks_the_hosts_offline_and_closes_the_store_once(
         assert [(h.host_id, h.online) for h in store.hosts()] == [("leaving", False)]
     finally:
         store.close()
+
+
+def _push(sequence: int, *, complete: bool, denied: int) -> hub_pb2.ConnectRequest:
+    message = hub_pb2.ConnectRequest()
+    message.summaries.complete = complete
+    message.summaries.access_denied_count = denied
+    message.summaries.sequence = sequence
+    return message
+
+
+def test_unreadable_processes_reach_the_fleet_calls(
+    server: FleetServer,
+    client: Client,
+    reader: LinuxReader,
+    stream: Callable[..., Stream],
+) -> None:
+    agent = stream(server.address, replace(reader.host(), host_id="guarded"))
+    assert agent.next().HasField("registered")
+
+    def pushed(message: hub_pb2.ConnectRequest) -> None:
+        agent.outbox.put(message)
+        while not agent.next().HasField("summaries_ack"):
+            pass
+
+    pushed(_push(1, complete=True, denied=3))
+    assert client.processes(host="guarded").access_denied_count == 3
+    assert [h.access_denied_count for h in client.hosts()] == [3]
+    # A partial push (processes whose region count jumped) says nothing about the rest.
+    pushed(_push(2, complete=False, denied=0))
+    assert client.processes(host="guarded").access_denied_count == 3
+    pushed(_push(3, complete=True, denied=1))
+    assert client.processes(host="guarded").access_denied_count == 1

@@ -31,6 +31,7 @@ class HostStatus(_message.Message):
     LAST_SEEN_TIME_FIELD_NUMBER: _builtins.int
     PROCESS_COUNT_FIELD_NUMBER: _builtins.int
     DROPPED_PUSH_COUNT_FIELD_NUMBER: _builtins.int
+    ACCESS_DENIED_COUNT_FIELD_NUMBER: _builtins.int
     online: _builtins.bool
     """An agent holds a stream open for this host and sends heartbeats."""
     process_count: _builtins.int
@@ -38,6 +39,10 @@ class HostStatus(_message.Message):
     dropped_push_count: _builtins.int
     """Summary pushes the host's agents dropped, over the host's history, because
     their buffer filled while this server was unreachable: the gaps in its history.
+    """
+    access_denied_count: _builtins.int
+    """Processes that exist on the host but its agent could not read (access denied),
+    as of its latest complete summary push.
     """
     @_builtins.property
     def host(self) -> _snapshot_pb2.Host: ...
@@ -54,10 +59,11 @@ class HostStatus(_message.Message):
         last_seen_time: _timestamp_pb2.Timestamp | None = ...,
         process_count: _builtins.int = ...,
         dropped_push_count: _builtins.int = ...,
+        access_denied_count: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["first_seen_time", b"first_seen_time", "host", b"host", "last_seen_time", b"last_seen_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["dropped_push_count", b"dropped_push_count", "first_seen_time", b"first_seen_time", "host", b"host", "last_seen_time", b"last_seen_time", "online", b"online", "process_count", b"process_count"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["access_denied_count", b"access_denied_count", "dropped_push_count", b"dropped_push_count", "first_seen_time", b"first_seen_time", "host", b"host", "last_seen_time", b"last_seen_time", "online", b"online", "process_count", b"process_count"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
