@@ -7,9 +7,11 @@ import io
 import json
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -125,3 +127,17 @@ def test_agent_refuses_to_listen_beyond_loopback_without_tls() -> None:
     result = run("agent", "--listen", "0.0.0.0:0", check=False)
     assert result.returncode == 1
     assert "refusing" in result.stderr
+
+
+def test_a_taken_port_is_one_line_not_a_traceback(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        address = f"127.0.0.1:{taken.getsockname()[1]}"
+        for command in (["agent"], ["server", "--data-dir", str(tmp_path)]):
+            result = run(*command, "--listen", address, check=False)
+            assert result.returncode == 1
+            assert result.stderr == (
+                f"vmatlas {command[0]}: cannot listen on {address}: "
+                "the address is in use or not on this host\n"
+            )

@@ -4,6 +4,13 @@ message on stderr and a non-zero exit status."""
 
 from __future__ import annotations
 
+import os
+
+# gRPC's core writes its own error lines to stderr (a failed bind, say) before the
+# command reports the same failure as its one line; GRPC_VERBOSITY=ERROR brings them
+# back. Set before anything imports grpc.
+os.environ.setdefault("GRPC_VERBOSITY", "NONE")
+
 import argparse
 import importlib
 import logging
