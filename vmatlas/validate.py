@@ -34,6 +34,9 @@ from vmatlas.model import (
 from vmatlas.v1 import snapshot_pb2 as pb
 
 U64 = 1 << 64
+# Figures a store keeps as integers (summaries, host limits) must fit a signed 64-bit
+# column; nothing real comes near (a 57-bit address space is 2**57 bytes).
+STORED_INT = 1 << 63
 # More than any kernel allows (max_map_count tops out near 2**31, but a message this
 # size would exceed the gRPC limit long before).
 MAX_REGIONS = 1 << 23
@@ -114,7 +117,7 @@ def validate_host(host: Host) -> None:
     if high and low >= high:
         raise _bad(f"host user address range is empty ({low:#x} >= {high:#x})")
     for name in ("max_map_count", "memory_total_bytes"):
-        _uint(getattr(host, name), f"host.{name}")
+        _uint(getattr(host, name), f"host.{name}", STORED_INT)
     _uint(host.cpu_count, "host.cpu_count", 1 << 32)
     if type(host.overcommit_mode) is not int or not -1 <= host.overcommit_mode <= 2:
         raise _bad("host.overcommit_mode must be -1, 0, 1 or 2")
@@ -167,7 +170,9 @@ def _summary_fast(summary: Summary) -> bool:
     if type(summary) is not Summary:
         return False
     values = _summary_uints(summary)
-    if not _ONLY_INT.issuperset(map(type, values)) or min(values) < 0 or max(values) >= U64:
+    if not _ONLY_INT.issuperset(map(type, values)) or min(values) < 0:
+        return False
+    if max(values) >= STORED_INT:
         return False
     headroom = summary.headroom_fraction
     return (
@@ -219,7 +224,7 @@ def validate_summary(summary: Summary, what: str = "summary") -> None:
         raise _bad(f"{what} is missing")
     for name in Summary.__dataclass_fields__:
         if name != "headroom_fraction":
-            _uint(getattr(summary, name), f"{what}.{name}")
+            _uint(getattr(summary, name), f"{what}.{name}", STORED_INT)
     if summary.region_count > MAX_REGIONS:
         raise _bad(f"{what}.region_count {summary.region_count} exceeds {MAX_REGIONS}")
     if summary.map_count > summary.region_count:

@@ -86,21 +86,48 @@ def test_registration_with_an_unknown_os_is_invalid_argument(
     assert "future-os" not in server.hub.online()
 
 
+class DiskFailsOnce(SQLiteStore):
+    """The real store, whose first host record meets a failing disk."""
+
+    failed = False
+
+    def put_host(self, host: Host, now: float) -> None:
+        if not self.failed:
+            self.failed = True
+            raise sqlite3.OperationalError("disk I/O error")
+        super().put_host(host, now)
+
+
 def test_registration_the_store_cannot_record_is_undone(
+    tmp_path: Path, reader: LinuxReader, stream: Callable[..., Stream]
+) -> None:
+    store = DiskFailsOnce(str(tmp_path / "data"))
+    config = ServerConfig(listen="127.0.0.1:0", data_dir=str(tmp_path / "data"))
+    server = FleetServer(config, store=store).start()
+    try:
+        host = replace(reader.host(), host_id="unlucky")
+        failure = stream(server.address, host).failure()
+        assert failure.code() == grpc.StatusCode.INTERNAL
+        assert failure.details() == "internal error registering the agent"
+        assert "unlucky" not in server.hub.online()
+        # Nothing holds the host id: another agent may take it at once.
+        good = stream(server.address, host)
+        assert good.next().HasField("registered")
+        assert server.hub.online() == ["unlucky"]
+        with Client(server.address) as client:
+            assert [(h.host_id, h.online) for h in client.hosts()] == [("unlucky", True)]
+    finally:
+        server.stop(0.5)
+        store.close()
+
+
+def test_a_host_figure_no_store_column_holds_is_invalid_argument(
     server: FleetServer, reader: LinuxReader, stream: Callable[..., Stream]
 ) -> None:
-    # A valid uint64 that an SQLite INTEGER cannot hold: recording the host fails.
-    unstorable = replace(reader.host(), host_id="big", max_map_count=1 << 63)
-    failure = stream(server.address, unstorable).failure()
-    assert failure.code() == grpc.StatusCode.INTERNAL
-    assert failure.details() == "internal error registering the agent"
-    assert "big" not in server.hub.online()
-    # Nothing holds the host id: another agent may take it at once.
-    good = stream(server.address, replace(unstorable, max_map_count=65530))
-    assert good.next().HasField("registered")
-    assert server.hub.online() == ["big"]
-    with Client(server.address) as client:
-        assert [(h.host_id, h.online) for h in client.hosts()] == [("big", True)]
+    # A uint64 on the wire, but beyond a signed 64-bit column (and beyond any kernel).
+    failure = stream(server.address, replace(reader.host(), max_map_count=1 << 63)).failure()
+    assert failure.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "max_map_count" in failure.details()
 
 
 def test_a_stalled_store_write_blocks_no_hub_lookup(
