@@ -4,14 +4,14 @@ certificate, operators their role with a token, and pushes are validated."""
 from __future__ import annotations
 
 import os
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
 
+from tests.conftest import wait_for
 from tests.security.conftest import Pki, tls_options
 from vmatlas import errors, wire
 from vmatlas.agents.linux import LinuxReader
@@ -23,15 +23,6 @@ from vmatlas.security.policy import SERVER_POLICY, method_names, uncovered
 from vmatlas.security.tokens import Role
 from vmatlas.server.app import FleetServer, ServerConfig
 from vmatlas.v1 import agent_pb2, fleet_pb2, hub_pb2, hub_pb2_grpc
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float = 15.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while not (value := predicate()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {predicate}")
-        time.sleep(0.05)
-    return value
 
 
 @pytest.fixture

@@ -11,7 +11,6 @@ import re
 import subprocess
 import sys
 import threading
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import replace
@@ -21,6 +20,8 @@ from typing import Any
 import grpc
 import pytest
 
+# Re-exported: the server tests import it from here.
+from tests.conftest import wait_for as wait_for
 from vmatlas import wire
 from vmatlas.agents.linux import LinuxReader
 from vmatlas.agents.uplink import Uplink
@@ -30,17 +31,6 @@ from vmatlas.v1 import hub_pb2, hub_pb2_grpc
 
 HEARTBEAT_SECONDS = 0.2
 OFFLINE_AFTER_SECONDS = 1.0
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float = 15.0, what: str = "") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what or predicate}")
-        time.sleep(0.05)
 
 
 @pytest.fixture(scope="session")

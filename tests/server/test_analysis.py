@@ -13,6 +13,7 @@ import time
 import grpc
 import pytest
 
+from tests.conftest import wait_for
 from vmatlas import errors
 from vmatlas.audit import Check, Severity
 from vmatlas.diff import ChangeKind, DiffMode
@@ -21,14 +22,6 @@ from vmatlas.v1 import analysis_pb2, analysis_pb2_grpc
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
 HOST = "analysis-host"
-
-
-def wait_for(predicate, timeout: float = 15.0, what: str = ""):
-    deadline = time.monotonic() + timeout
-    while not (value := predicate()):
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
-    return value
 
 
 def stored_summaries(client, pid: int) -> int:
