@@ -109,6 +109,7 @@ class Uplink:
         self._buffered = threading.Condition()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._collector: threading.Thread | None = None
         self._call: grpc.Future | None = None
         self._outbox: Outbox | None = None
         self._answering: set[Future[None]] = set()
@@ -132,6 +133,10 @@ class Uplink:
         self._stop.set()
         with self._buffered:
             self._buffered.notify_all()
+        # A push being collected now is made after all: wait for it to join the buffer.
+        collector = self._collector
+        if collector is not None and collector is not threading.current_thread():
+            collector.join(max(0.0, deadline - time.monotonic()))
         wait_futures(self._answering.copy(), timeout=max(0.0, deadline - time.monotonic()))
         with self._buffered:
             while self._buffer and self.connected.is_set():
@@ -172,6 +177,7 @@ class Uplink:
         id (a misconfiguration); later refusals are retried (the server may still hold
         this agent's own stale stream)."""
         collector = threading.Thread(target=self._collect_loop, name="vmatlas-sweep", daemon=True)
+        self._collector = collector
         collector.start()
         try:
             self._connect_loop()

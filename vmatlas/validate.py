@@ -232,7 +232,11 @@ def validate_summary(summary: Summary, what: str = "summary") -> None:
     if summary.largest_free_bytes > summary.free_bytes:
         raise _bad(f"{what}.largest_free_bytes exceeds its free_bytes")
     headroom = summary.headroom_fraction
-    if not isinstance(headroom, float | int) or not 0.0 <= headroom <= 1.0:
+    if (
+        isinstance(headroom, bool)
+        or not isinstance(headroom, float | int)
+        or not 0.0 <= headroom <= 1.0
+    ):
         raise _bad(f"{what}.headroom_fraction must be between 0 and 1")
 
 

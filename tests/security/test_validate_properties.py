@@ -426,9 +426,9 @@ def _break_summary(data: st.DataObject, item: ProcessSummary, i: int) -> tuple[A
         summary = replace(summary, largest_free_bytes=largest)
         return replace(item, summary=summary), rf"{at}\.summary\.largest_free_bytes exceeds"
     if how == "headroom_fraction":
-        # Not booleans: the field checks take True for 1 (see the report of this test).
         value = data.draw(
             st.one_of(
+                st.booleans(),
                 st.floats(max_value=-1e-9),
                 st.floats(min_value=1.0, exclude_min=True),
                 st.just(math.nan),
