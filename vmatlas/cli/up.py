@@ -139,7 +139,11 @@ def run(args: argparse.Namespace) -> int:
     print(f"vmatlas up: server listening on {fleet.address}", flush=True)
     print(f"vmatlas up: data in {config.data_dir}", flush=True)
     print(f"vmatlas up: local agent is host {reader.host().host_id}", flush=True)
-    uplink.connected.wait(5.0)
+    # The first view is worth showing once this host's first push is stored.
+    deadline = time.monotonic() + 10.0
+    while not uplink.acked_sequence and time.monotonic() < deadline:
+        if signals.event.wait(0.05):
+            break
     stop = threading.Event()
     refresh = args.refresh or (2.0 if sys.stdout.isatty() else 30.0)
     view = threading.Thread(
