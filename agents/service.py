@@ -59,22 +59,26 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
     def ListProcesses(
         self, request: agent_pb2.ListProcessesRequest, context: grpc.ServicerContext
     ) -> agent_pb2.ListProcessesResponse:
-        if request.order not in agent_pb2.ProcessOrder.values():
-            raise errors.InvalidArgument(f"unknown process order {request.order}")
+        items, denied = self.process_list(request.order, request.limit, request.name_filter)
+        response = agent_pb2.ListProcessesResponse(access_denied_count=denied)
+        wire.host_to_pb(self.reader.host(), response.host)
+        for item in items:
+            wire.process_summary_to_pb(item, response.processes.add())
+        return response
+
+    def process_list(self, order: int, limit: int, name: str) -> tuple[list[ProcessSummary], int]:
+        """Summaries of the processes whose name contains ``name``, in ``order``, at
+        most ``limit`` (0: all); and how many processes could not be read."""
+        if order not in agent_pb2.ProcessOrder.values():
+            raise errors.InvalidArgument(f"unknown process order {order}")
         items: list[ProcessSummary] = []
         denied = 0
         for item in self.reader.process_summaries():
             if isinstance(item, errors.AccessDenied):
                 denied += 1
-            elif isinstance(item, ProcessSummary) and (
-                not request.name_filter or request.name_filter in item.process.name
-            ):
+            elif isinstance(item, ProcessSummary) and (not name or name in item.process.name):
                 items.append(item)
-        response = agent_pb2.ListProcessesResponse(access_denied_count=denied)
-        wire.host_to_pb(self.reader.host(), response.host)
-        for item in sort_summaries(items, request.order, request.limit):
-            wire.process_summary_to_pb(item, response.processes.add())
-        return response
+        return sort_summaries(items, order, limit), denied
 
     def snapshot(
         self, pid: int, include_free: bool, include_residency: bool, view: int

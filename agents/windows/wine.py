@@ -327,19 +327,22 @@ def windows_pid_of(api: WineApi, linux_pid: int, procfs: str = "/proc") -> int:
 
     Wine does not publish the mapping, so it is worked out: a Wine process's Linux name
     is its image name (cut to 15 characters), and its Windows creation time is set by
-    the wineserver as the Linux process starts. Among the Windows processes of that
-    name, the one created nearest the Linux start time wins, within two seconds.
+    the wineserver as the Linux process starts. The only Windows process of that name
+    is the one; among several, the one created nearest the Linux start time, within
+    two seconds. (A process that started a new prefix is created in Windows only once
+    the prefix is made, seconds after its Linux start: hence no time check for one.)
     """
     from vmatlas.agents.linux import LinuxReader
 
     linux = LinuxReader(procfs).process(linux_pid)
     name = linux.name.casefold()
+    candidates = [e.pid for e in api.process_entries() if e.exe_file.casefold()[:15] == name]
+    if len(candidates) == 1:
+        return candidates[0]
     best: tuple[float, int] | None = None
-    for entry in api.process_entries():
-        if entry.exe_file.casefold()[:15] != name:
-            continue
+    for pid in candidates:
         try:
-            handle = api.open_process(entry.pid)
+            handle = api.open_process(pid)
         except errors.Error:
             continue
         try:
@@ -350,10 +353,15 @@ def windows_pid_of(api: WineApi, linux_pid: int, procfs: str = "/proc") -> int:
             api.close_handle(handle)
         distance = abs(created - linux.start_time)
         if best is None or distance < best[0]:
-            best = (distance, entry.pid)
+            best = (distance, pid)
     if best is None or best[0] > 2.0:
+        what = (
+            "several Windows processes, none started with it,"
+            if candidates
+            else "no Windows process"
+        )
         raise errors.NoSuchProcess(
-            f"pid {linux_pid} ({linux.name}) has no Windows process in prefix {api.prefix}",
+            f"pid {linux_pid} ({linux.name}) has {what} in prefix {api.prefix}",
             pid=linux_pid,
             name=linux.name,
         )

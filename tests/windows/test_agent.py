@@ -3,6 +3,9 @@ Linux one: the Windows view through the helper, the Linux view through /proc."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from collections.abc import Iterator
 
 import pytest
@@ -52,3 +55,34 @@ def test_windows_and_linux_views_of_one_wine_process(client: Client, planter: Pl
     assert native.process.pid == linux_pid
     assert native.summary.allocation_count == 0
     assert native.summary.region_count > 0
+
+
+def test_snapshot_command_shows_the_windows_view_locally(
+    planter: Planter, wine_env: dict[str, str]
+) -> None:
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "vmatlas",
+            "snapshot",
+            "--local",
+            "--windows",
+            str(planter.process.pid),
+            "--format",
+            "json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=wine_env,
+    )
+    assert result.returncode == 0, result.stderr
+    doc = json.loads(result.stdout)
+    assert doc["view"] == "windows"
+    assert doc["host"]["os"] == "windows"
+    assert doc["process"]["pid"] == planter.windows_pid
+    reserved = [r for r in doc["regions"] if r["start"] == hex(planter.plants["reserved"])]
+    assert [(r["state"], r["allocation_base"]) for r in reserved] == [
+        ("reserved", hex(planter.plants["reserved"]))
+    ]

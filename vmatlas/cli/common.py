@@ -11,6 +11,7 @@ from contextlib import contextmanager
 from typing import Any, TextIO
 
 from vmatlas.client import Client
+from vmatlas.model import Snapshot, SnapshotView
 
 DEFAULT_AGENT = "127.0.0.1:50551"
 
@@ -97,41 +98,50 @@ def print_table(
 
 
 class LocalSource:
-    """This host read directly, with the same calls as :class:`Client`."""
+    """This host read directly, with the same calls as :class:`Client`: the agent's
+    service without the gRPC around it."""
 
     def __init__(self) -> None:
-        from vmatlas.agents import default_reader
+        from vmatlas.agents import default_reader, windows_view
+        from vmatlas.agents.service import AgentServicer
 
-        self.reader = default_reader()
+        self._view = windows_view()
+        self.agent = AgentServicer(default_reader(), windows_view=self._view)
 
     def processes(self, *, order: str = "regions", limit: int = 0, name: str = "") -> Any:
         from vmatlas import errors
-        from vmatlas.agents.service import sort_summaries
         from vmatlas.client import ORDERS, ProcessList
-        from vmatlas.model import ProcessSummary
 
         if order not in ORDERS:
             raise errors.InvalidArgument(f"order must be one of {', '.join(ORDERS)}")
-        items, denied = [], 0
-        for item in self.reader.process_summaries():
-            if isinstance(item, errors.AccessDenied):
-                denied += 1
-            elif isinstance(item, ProcessSummary) and (not name or name in item.process.name):
-                items.append(item)
-        return ProcessList(sort_summaries(items, ORDERS[order], limit), self.reader.host(), denied)
+        items, denied = self.agent.process_list(ORDERS[order], limit, name)
+        return ProcessList(items, self.agent.reader.host(), denied)
 
-    def snapshot(self, pid: int, **options: Any) -> Any:
-        return self.reader.snapshot(pid, **options)
+    def snapshot(
+        self,
+        pid: int,
+        *,
+        include_free: bool = False,
+        include_residency: bool = False,
+        view: SnapshotView = SnapshotView.NATIVE,
+    ) -> Snapshot:
+        return self.agent.snapshot(pid, include_free, include_residency, int(view))
 
     def close(self) -> None:
-        pass
+        close = getattr(self._view, "close", None)
+        if close is not None:
+            close()
 
 
 @contextmanager
 def source(args: argparse.Namespace) -> Iterator[Any]:
     """A Client for --target (or the default agent), or this host for --local."""
     if getattr(args, "local", False):
-        yield LocalSource()
+        local = LocalSource()
+        try:
+            yield local
+        finally:
+            local.close()
     else:
         with connect(args) as client:
             yield client
