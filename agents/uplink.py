@@ -102,6 +102,8 @@ class Uplink:
         # buffer, and acknowledged (the highest sequence the server has stored).
         self.pushes = 0
         self.dropped_pushes = 0
+        # Pushes the server refused as malformed (a bug here, or a reader gone wrong).
+        self.refused_pushes = 0
         self.acked_sequence = 0
         # The latest complete push made (what the server will be told exists).
         self.last_push: tuple[ProcessSummary, ...] = ()
@@ -262,7 +264,13 @@ class Uplink:
                         target=self._send_buffered, args=(outbox, ended), daemon=True
                     ).start()
                 elif kind == "summaries_ack":
-                    self._acknowledged(message.summaries_ack.sequence)
+                    ack = message.summaries_ack
+                    if ack.refused_code:
+                        self.refused_pushes += 1
+                        log.error(
+                            "the server refused push %d: %s", ack.sequence, ack.refused_message
+                        )
+                    self._acknowledged(ack.sequence)
                 elif kind == "snapshot_command":
                     answer = workers.submit(self._answer, message.snapshot_command, outbox)
                     self._answering.add(answer)

@@ -361,11 +361,12 @@ class AgentHubServicer(hub_pb2_grpc.AgentHubServiceServicer):
                 push.dropped_push_count,
             )
             session.dropped_push_count = push.dropped_push_count
+        refused: errors.InvalidArgument | None = None
         try:
             items = validate_summaries(push.processes, session.host)
         except errors.InvalidArgument as exc:
-            log.warning("dropped a bad summary push from %s: %s", session.host_id, exc)
-            items = None
+            log.warning("refused a bad summary push from %s: %s", session.host_id, exc)
+            items, refused = None, exc
         origin = (
             PushOrigin(session.instance_id, push.sequence, push.dropped_push_count)
             if push.sequence
@@ -384,4 +385,7 @@ class AgentHubServicer(hub_pb2_grpc.AgentHubServiceServicer):
         if push.sequence:
             ack = hub_pb2.ConnectResponse()
             ack.summaries_ack.sequence = push.sequence
+            if refused is not None:
+                ack.summaries_ack.refused_code = grpc.StatusCode.INVALID_ARGUMENT.value[0]
+                ack.summaries_ack.refused_message = str(refused)
             session.send(ack)

@@ -11,69 +11,22 @@ import queue
 import socket
 import sqlite3
 import threading
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
 import grpc
 import pytest
 
-from vmatlas import errors, wire
+from vmatlas import errors
 from vmatlas.agents.linux import LinuxReader
 from vmatlas.client import Client
 from vmatlas.model import Host
 from vmatlas.server.app import FleetServer, ServerConfig
 from vmatlas.server.sqlite_store import DATABASE_NAME, SQLiteStore
-from vmatlas.v1 import hub_pb2, hub_pb2_grpc
+from vmatlas.v1 import hub_pb2
 
-from .conftest import HEARTBEAT_SECONDS, RawAgent, wait_for
-
-
-class Stream:
-    """One agent stream whose messages the test sends by hand."""
-
-    def __init__(self, target: str, host: Host, *, os_value: int | None = None):
-        self.channel = grpc.insecure_channel(target)
-        self.outbox: queue.Queue[hub_pb2.ConnectRequest | None] = queue.Queue()
-        register = hub_pb2.ConnectRequest()
-        wire.host_to_pb(host, register.register.host)
-        if os_value is not None:
-            register.register.host.os = os_value  # type: ignore[assignment]
-        register.register.instance_id = uuid.uuid4().hex
-        self.outbox.put(register)
-        self.call = hub_pb2_grpc.AgentHubServiceStub(self.channel).Connect(self._requests())
-
-    def _requests(self) -> Iterator[hub_pb2.ConnectRequest]:
-        while (message := self.outbox.get()) is not None:
-            yield message
-
-    def next(self) -> hub_pb2.ConnectResponse:
-        return next(self.call)
-
-    def failure(self) -> grpc.RpcError:
-        with pytest.raises(grpc.RpcError) as caught:
-            for _ in self.call:
-                pass
-        return caught.value
-
-    def close(self) -> None:
-        self.outbox.put(None)
-        self.call.cancel()
-        self.channel.close()
-
-
-@pytest.fixture
-def stream() -> Iterator[Callable[..., Stream]]:
-    streams: list[Stream] = []
-
-    def make(target: str, host: Host, **options: int) -> Stream:
-        streams.append(Stream(target, host, **options))
-        return streams[-1]
-
-    yield make
-    for s in streams:
-        s.close()
+from .conftest import HEARTBEAT_SECONDS, RawAgent, Stream, wait_for
 
 
 def test_registration_with_an_unknown_os_is_invalid_argument(

@@ -214,21 +214,30 @@ Global___SummaryPush: _TypeAlias = SummaryPush  # noqa: Y015
 @_typing.final
 class SummaryPushAck(_message.Message):
     """Every sequenced push of this stream's agent instance up to and including
-    `sequence` is stored.
+    `sequence` is done with: stored, or refused (then never to be sent again).
     """
 
     DESCRIPTOR: _descriptor.Descriptor
 
     SEQUENCE_FIELD_NUMBER: _builtins.int
+    REFUSED_CODE_FIELD_NUMBER: _builtins.int
+    REFUSED_MESSAGE_FIELD_NUMBER: _builtins.int
     sequence: _builtins.int
+    refused_code: _builtins.int
+    """Set when push `sequence` was refused and nothing of it stored: INVALID_ARGUMENT
+    (a gRPC status code, 3) when it failed validation, with the reason.
+    """
+    refused_message: _builtins.str
     def __init__(
         self,
         *,
         sequence: _builtins.int = ...,
+        refused_code: _builtins.int = ...,
+        refused_message: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["sequence", b"sequence"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["refused_code", b"refused_code", "refused_message", b"refused_message", "sequence", b"sequence"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
