@@ -286,6 +286,8 @@ def test_recorded_procfs_tree(tmp_path: Path) -> None:
         "00402000-00404000 ---p 00000000 00:00 0 \n"
         "7f0000000000-7f0000001000 rw-s 00000000 00:01 99                 /memfd:pool (deleted)\n"
         "7f0000001000-7f0000002000 rw-p 00000000 00:00 0                  [anon:jit]\n"
+        "7f0000200000-7f0000400000 rw-s 00000000 00:0f 4026   /anon_hugepage (deleted)\n"
+        "7f0000400000-7f0000600000 rw-p 00200000 fd:1a 77                 /dev/hugepages/buf\n"
         "7ffc00000000-7ffc00021000 rw-p 00000000 00:00 0                  [stack]\n"
         "ffffffffff600000-ffffffffff601000 --xp 00000000 00:00 0          [vsyscall]\n"
     )
@@ -303,6 +305,8 @@ def test_recorded_procfs_tree(tmp_path: Path) -> None:
         "",
         "/memfd:pool",
         "[anon:jit]",
+        "/anon_hugepage",
+        "/dev/hugepages/buf",
         "[stack]",
         "[vsyscall]",
     ]
@@ -314,9 +318,15 @@ def test_recorded_procfs_tree(tmp_path: Path) -> None:
         rows[3].deleted and rows[3].kind is RegionKind.MEMFD and rows[3].type is RegionType.MAPPED
     )
     assert rows[4].kind is RegionKind.ANON_NAMED
-    assert rows[6].kind is RegionKind.VSYSCALL
-    assert snap.summary.region_count == 7
-    assert snap.summary.map_count == 6
-    assert snap.summary.headroom_fraction == pytest.approx(0.94)
+    # Huge-page mappings: shared anonymous huge pages and a hugetlbfs file, whose
+    # device numbers are hex (fd:1a is 253:26).
+    assert (rows[5].deleted, rows[5].type, rows[5].perms) == (True, RegionType.MAPPED, "rw-s")
+    assert rows[5].size == 2 << 20
+    assert rows[6].device == os.makedev(0xFD, 0x1A)
+    assert (rows[6].offset, rows[6].inode, rows[6].type) == (0x200000, 77, RegionType.MAPPED)
+    assert rows[8].kind is RegionKind.VSYSCALL
+    assert snap.summary.region_count == 9
+    assert snap.summary.map_count == 8
+    assert snap.summary.headroom_fraction == pytest.approx(0.92)
     assert snap.summary.reserved_bytes == 0x2000
     assert snap.summary.single_page_region_count == 5
