@@ -15,7 +15,8 @@ import pytest
 
 from tests.conftest import PAGE, Planter
 from vmatlas import errors
-from vmatlas.agents.linux import LinuxReader
+from vmatlas.agents import linux
+from vmatlas.agents.linux import LinuxReader, parse_maps
 from vmatlas.model import Protection, RegionKind, RegionState, RegionTable, RegionType
 
 reader = LinuxReader()
@@ -330,3 +331,16 @@ def test_recorded_procfs_tree(tmp_path: Path) -> None:
     assert snap.summary.headroom_fraction == pytest.approx(0.92)
     assert snap.summary.reserved_bytes == 0x2000
     assert snap.summary.single_page_region_count == 5
+
+
+def test_parsing_in_batches_changes_nothing(
+    planter: Planter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    planter.grow(3000)
+    with open(f"/proc/{planter.pid}/maps", "rb") as f:
+        data = f.read()
+    whole = parse_maps(data)
+    monkeypatch.setattr(linux, "_BATCH_BYTES", 97)  # cuts inside nearly every line
+    batched = parse_maps(data)
+    assert batched == whole
+    assert len(whole) == data.count(b"\n")
