@@ -259,23 +259,52 @@ def parse_smaps(text: str | bytes) -> RegionTable:
 
 
 def _parse_smaps(data: bytes) -> RegionTable:
-    lines = data.split(b"\n")
-    if lines and not lines[-1]:
-        lines.pop()
-    # Lines per region block: from one header line to the next.
-    width = next(
-        (i for i, line in enumerate(lines[1:], 1) if _MAPS_LINE.fullmatch(line)), len(lines)
-    )
-    if not lines or len(lines) % width:
-        if _MAPS_LINE.search(data):
+    headers: list[bytes] = []
+    residency: dict[str, list[int]] = {name: [] for name in RESIDENCY_FIELDS}
+    width = 0
+    for pos, endpos in _smaps_batches(data):
+        lines = data[pos:endpos].split(b"\n")
+        if lines and not lines[-1]:
+            lines.pop()
+        # Lines per region block: from one header line to the next.
+        batch_width = next(
+            (i for i, line in enumerate(lines[1:], 1) if _MAPS_LINE.fullmatch(line)), len(lines)
+        )
+        if width and batch_width != width and len(lines) > batch_width:
             raise ValueError("smaps fields are not the same for every region")
-        return RegionTable(residency={name: [] for name in RESIDENCY_FIELDS})
-    headers = lines[0::width]
+        width = width or batch_width
+        if not lines or len(lines) % width:
+            if _MAPS_LINE.search(data):
+                raise ValueError("smaps fields are not the same for every region")
+            return RegionTable(residency={name: [] for name in RESIDENCY_FIELDS})
+        headers += lines[0::width]
+        _residency_columns(lines, width, residency)
     table = _parse_maps(b"\n".join(headers))
-    n = len(table)
-    if n != len(headers):
+    if len(table) != len(headers):
         raise ValueError("smaps fields are not the same for every region")
-    residency: dict[str, list[int]] = {name: [0] * n for name in RESIDENCY_FIELDS}
+    table.residency = residency
+    return table
+
+
+def _smaps_batches(data: bytes) -> Iterator[tuple[int, int]]:
+    """``(pos, endpos)`` spans of ``data`` about _BATCH_BYTES long, each a run of whole
+    region blocks (cut just before a header line)."""
+    pos, size = 0, len(data)
+    while pos < size:
+        endpos = size
+        if pos + _BATCH_BYTES < size:
+            header = _MAPS_LINE.search(data, pos + _BATCH_BYTES)
+            if header is not None:
+                endpos = header.start()
+        yield pos, endpos
+        pos = endpos
+
+
+def _residency_columns(lines: list[bytes], width: int, residency: dict[str, list[int]]) -> None:
+    """Append the residency of the region blocks in ``lines`` (``width`` lines each) to
+    ``residency``; each distinct line is checked and converted once."""
+    n = len(lines) // width
+    found: set[str] = set()
     for k in range(1, width):
         field_lines = lines[k::width]
         name = field_lines[0].split(b":", 1)[0]
@@ -291,9 +320,11 @@ def _parse_smaps(data: bytes) -> RegionTable:
             if match is None or match[1] != name:
                 raise ValueError("smaps fields are not the same for every region")
             in_bytes[line] = int(match[2]) * 1024
-        residency[key] = list(map(in_bytes.__getitem__, field_lines))
-    table.residency = residency
-    return table
+        residency[key] += map(in_bytes.__getitem__, field_lines)
+        found.add(key)
+    for key, column in residency.items():
+        if key not in found:  # a field this kernel does not print
+            column += [0] * n
 
 
 def _user_range(machine: str, mmap_min_addr: int, pointer_bits: int) -> tuple[int, int]:

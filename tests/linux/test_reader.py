@@ -16,7 +16,7 @@ import pytest
 from tests.conftest import PAGE, Planter
 from vmatlas import errors
 from vmatlas.agents import linux
-from vmatlas.agents.linux import LinuxReader, parse_maps
+from vmatlas.agents.linux import LinuxReader, parse_maps, parse_smaps
 from vmatlas.model import Protection, RegionKind, RegionState, RegionTable, RegionType
 
 reader = LinuxReader()
@@ -339,8 +339,13 @@ def test_parsing_in_batches_changes_nothing(
     planter.grow(3000)
     with open(f"/proc/{planter.pid}/maps", "rb") as f:
         data = f.read()
-    whole = parse_maps(data)
+    with open(f"/proc/{planter.pid}/smaps", "rb") as f:
+        smaps = f.read()
+    whole, whole_smaps = parse_maps(data), parse_smaps(smaps)
     monkeypatch.setattr(linux, "_BATCH_BYTES", 97)  # cuts inside nearly every line
-    batched = parse_maps(data)
-    assert batched == whole
-    assert len(whole) == data.count(b"\n")
+    assert parse_maps(data) == whole
+    assert parse_smaps(smaps) == whole_smaps
+    assert len(whole) == data.count(b"\n") == len(whole_smaps)
+    assert whole_smaps.residency["rss_bytes"] and len(whole_smaps.residency["rss_bytes"]) == len(
+        whole
+    )
