@@ -47,6 +47,9 @@ from vmatlas.model import (
 from vmatlas.server.store import ProcessFilter, PushOrigin, SnapshotRecord
 
 DATABASE_NAME = "vmatlas.sqlite3"
+# Region tables are already packed columns: level 1 compresses a 65K-region table to
+# within 2% of level 6 in a fifth of the time (3 ms against 15), on the fresh path.
+ZLIB_LEVEL = 1
 SCHEMA_VERSION = 1
 # Read connections open at most; more readers at once wait for one to come free.
 MAX_READERS = 8
@@ -493,7 +496,7 @@ class SQLiteStore:
         digest = hashlib.sha256(record.regions).digest()
         known = self._read("SELECT 1 FROM region_tables WHERE sha256 = ?", (digest,))
         # Compress outside the transaction: it is the slow part.
-        packed = None if known else zlib.compress(record.regions, 6)
+        packed = None if known else zlib.compress(record.regions, ZLIB_LEVEL)
         with self._tx() as db:
             self._require_host(db, host_id)
             # Whether the table is there decides here, in the transaction that refers
@@ -501,7 +504,7 @@ class SQLiteStore:
             # compressing under the lock then costs little).
             present = db.execute("SELECT 1 FROM region_tables WHERE sha256 = ?", (digest,))
             if packed is None and present.fetchone() is None:
-                packed = zlib.compress(record.regions, 6)
+                packed = zlib.compress(record.regions, ZLIB_LEVEL)
             if packed is not None:
                 db.execute(
                     """INSERT OR IGNORE INTO region_tables (sha256, size_bytes, zlib_data)
