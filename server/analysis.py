@@ -74,24 +74,15 @@ class AnalysisServicer(analysis_pb2_grpc.AnalysisServiceServicer):
         processes: dict[str, list[ProcessSummary]] = {}
         for fleet_process in self.store.latest_summaries_all_hosts():
             processes.setdefault(fleet_process.host_id, []).append(fleet_process.item)
+        # Every trend point in the window in one read, then each process's own (a
+        # reused pid is another process: its start time tells them apart).
+        series = self.store.map_count_series(now - policy.trend.window_seconds, now)
         history: dict[tuple[str, int], list[tuple[float, int]]] = {}
-        since = now - policy.trend.window_seconds
         for host_id, items in processes.items():
             for item in items:
                 if item.summary.map_count < TREND_MIN_MAP_COUNT:
                     continue
-                stored = self.store.history(host_id, item.process.pid, since, now)
-                start = item.process.start_time
-                # The same pid may have been another process earlier (pid reuse).
-                points = [
-                    (s.capture_time, s.summary.map_count)
-                    for s in stored.summaries
-                    if abs(s.process.start_time - start) < 1.0
-                ] + [
-                    (s.capture_time, s.summary.map_count)
-                    for s in stored.snapshots
-                    if abs(s.process.start_time - start) < 1.0
-                ]
-                history[(host_id, item.process.pid)] = points
+                key = (host_id, item.process.pid, item.process.start_time)
+                history[(host_id, item.process.pid)] = series.get(key, [])
         report = audit(hosts, processes, history, policy=policy, now=now)
         return wire_analysis.report_to_pb(report)

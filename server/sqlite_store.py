@@ -606,6 +606,25 @@ class SQLiteStore:
             ],
         )
 
+    def map_count_series(
+        self, since: float, until: float
+    ) -> dict[tuple[str, int, float], list[tuple[float, int]]]:
+        rows = self._read(
+            """SELECT p.host_id, p.pid, p.start_time, s.capture_time, s.map_count
+                 FROM summaries s JOIN processes p ON p.id = s.process_id
+                WHERE s.capture_time BETWEEN ? AND ?
+               UNION ALL
+               SELECT p.host_id, p.pid, p.start_time, s.capture_time, s.map_count
+                 FROM snapshots s JOIN processes p ON p.id = s.process_id
+                WHERE s.capture_time BETWEEN ? AND ?
+               ORDER BY 4""",
+            (since, until, since, until),
+        )
+        series: dict[tuple[str, int, float], list[tuple[float, int]]] = {}
+        for host_id, pid, start_time, capture_time, map_count in rows:
+            series.setdefault((host_id, pid, start_time), []).append((capture_time, map_count))
+        return series
+
     # -- retention ----------------------------------------------------------------------
 
     def prune(self, older_than: float) -> int:

@@ -94,6 +94,14 @@ class Store(Protocol):
         """Summaries and snapshot infos of the pid with ``since <= capture_time <=
         until``, oldest first. NotFound for an unknown host."""
 
+    def map_count_series(
+        self, since: float, until: float
+    ) -> dict[tuple[str, int, float], list[tuple[float, int]]]:
+        """Every process's ``(capture_time, map_count)`` points with ``since <=
+        capture_time <= until``, from summaries and snapshots alike, oldest first,
+        keyed by ``(host_id, pid, process start time)`` (so a reused pid is another
+        key): what an audit's trends are fitted to, in one read."""
+
     def hosts(self) -> list[HostStatus]:
         """Every known host, sorted by host id."""
 

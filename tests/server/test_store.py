@@ -134,3 +134,37 @@ def test_integrity_check_finds_broken_tables(tmp_path: Path, reader: LinuxReader
     assert problems == [f"snapshots row {snapshot_id} refers to a missing region_tables row"]
     with pytest.raises(errors.NotFound):
         SQLiteStore(tmp_path / "elsewhere", read_only=True)
+
+
+def test_map_count_series_reads_every_process_in_one_go(
+    tmp_path: Path, reader: LinuxReader
+) -> None:
+    store = SQLiteStore(tmp_path)
+    host = reader.host()
+    store.put_host(host, 1000.0)
+    base = reader.process_summary(os.getpid())
+    # The same pid, reused by a second process that started later.
+    reused = replace(base.process, start_time=base.process.start_time + 500.0)
+
+    def item(process: object, t: float, maps: int) -> ProcessSummary:
+        return ProcessSummary(process, replace(base.summary, map_count=maps), t)  # type: ignore[arg-type]
+
+    store.put_summaries(host.host_id, [item(base.process, 1000.0, 100)])
+    store.put_summaries(host.host_id, [item(base.process, 1010.0, 110)])
+    store.put_summaries(host.host_id, [item(reused, 1020.0, 7)])
+    snapshot = reader.snapshot(os.getpid())
+    header, regions = wire.snapshot_parts(snapshot)
+    stored_header = replace(
+        wire.snapshot_header_from_bytes(header),
+        capture_time=1005.0,
+        summary=replace(snapshot.summary, map_count=105),
+    )
+    store.put_snapshot(host.host_id, SnapshotRecord(stored_header, regions))
+
+    series = store.map_count_series(1001.0, 2000.0)
+    pid, first = base.process.pid, base.process.start_time
+    assert series == {
+        (host.host_id, pid, first): [(1005.0, 105), (1010.0, 110)],  # 1000.0 is before
+        (host.host_id, pid, reused.start_time): [(1020.0, 7)],
+    }
+    store.close()
