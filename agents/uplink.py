@@ -272,7 +272,9 @@ class Uplink:
                         )
                     self._acknowledged(ack.sequence)
                 elif kind == "snapshot_command":
-                    answer = workers.submit(self._answer, message.snapshot_command, outbox)
+                    answer = workers.submit(
+                        self._answer, message.snapshot_command, outbox, time.monotonic()
+                    )
                     self._answering.add(answer)
                     answer.add_done_callback(self._answering.discard)
         except grpc.RpcError as exc:
@@ -395,11 +397,19 @@ class Uplink:
                 denied += 1
         return items, denied
 
-    def _answer(self, command: hub_pb2.SnapshotCommand, outbox: Outbox) -> None:
+    def _answer(self, command: hub_pb2.SnapshotCommand, outbox: Outbox, received: float) -> None:
         message = hub_pb2.ConnectRequest()
         result = message.snapshot_result
         result.request_id = command.request_id
         request = command.request
+        # A command that waited in the queue past the server's deadline has no caller
+        # left: skipping it keeps a burst from delaying every later request too.
+        if command.timeout_seconds and time.monotonic() > received + command.timeout_seconds:
+            wire.error_to_pb(
+                errors.DeadlineExceeded("the request waited past its deadline"), result.error
+            )
+            outbox.put(message)
+            return
         try:
             snapshot: Snapshot = self.servicer.snapshot(
                 request.pid, request.include_free, request.include_residency, request.view

@@ -164,6 +164,8 @@ class Hub:
         instance id) replaces its own stale session. When the store write fails the
         session is undone and the error raised."""
         with self._lock:
+            if self._stop.is_set():
+                raise errors.Unavailable("the server is stopping")
             existing = self._sessions.get(host.host_id)
             if existing is not None and not existing.closed.is_set():
                 if existing.instance_id != instance_id and not self._silent(existing):
@@ -191,7 +193,15 @@ class Hub:
             if self._sessions.get(session.host_id) is not session:
                 return
             del self._sessions[session.host_id]
-        self._record(session.host_id)
+        try:
+            self._record(session.host_id)
+        except errors.FailedPrecondition:
+            pass  # the store is closed: the server is stopping, and its start marks
+            # every host offline anyway
+        except Exception:
+            # The host stays online in the store until its next session ends; the
+            # stream's end, the monitor and the caller carry on regardless.
+            log.exception("recording host %s offline failed", session.host_id)
         log.info("host %s offline: %s", session.host_id, reason)
 
     def heard(self, session: AgentSession) -> None:
@@ -246,7 +256,10 @@ class Hub:
             with self._lock:
                 silent = [s for s in self._sessions.values() if self._silent(s)]
             for session in silent:
-                self.release(session, "missed heartbeats")
+                try:
+                    self.release(session, "missed heartbeats")
+                except Exception:  # the monitor must outlive any one failure
+                    log.exception("dropping the silent agent of %s failed", session.host_id)
 
     @contextmanager
     def serving(self) -> Iterator[None]:
@@ -264,7 +277,8 @@ class Hub:
     def stop(self, grace_seconds: float = 0.0) -> None:
         """Wait up to ``grace_seconds`` for the calls marked by :meth:`serving` to
         finish, then close every session (agents will reconnect to the next server)."""
-        self._stop.set()
+        with self._lock:  # no claim after this: see claim()
+            self._stop.set()
         deadline = time.monotonic() + grace_seconds
         with self._idle:
             while self._in_flight and (left := deadline - time.monotonic()) > 0:
@@ -300,6 +314,8 @@ class AgentHubServicer(hub_pb2_grpc.AgentHubServiceServicer):
         except errors.Error as exc:
             abort_with(context, exc)
             return
+        except grpc.RpcError:
+            return  # the agent went away before it registered
         except Exception:
             # Logged here; the agent learns only that the server failed, not how.
             log.exception("registering an agent failed")

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import queue
 import sqlite3
@@ -45,6 +46,8 @@ from vmatlas.model import (
     Summary,
 )
 from vmatlas.server.store import ProcessFilter, PushOrigin, SnapshotRecord
+
+log = logging.getLogger(__name__)
 
 DATABASE_NAME = "vmatlas.sqlite3"
 # Region tables are already packed columns: level 1 compresses a 65K-region table to
@@ -221,13 +224,21 @@ class SQLiteStore:
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
         with self._lock:
+            if self._closed:
+                raise errors.FailedPrecondition("the store is closed")
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 yield self._db
+                self._db.execute("COMMIT")
             except BaseException:
-                self._db.execute("ROLLBACK")
+                # A failed COMMIT (disk full, an I/O error at fsync) may leave the
+                # transaction open: end it, or every later write would fail too.
+                if self._db.in_transaction:
+                    try:
+                        self._db.execute("ROLLBACK")
+                    except sqlite3.Error:
+                        log.exception("rolling back failed")
                 raise
-            self._db.execute("COMMIT")
 
     def _connect_reader(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
@@ -252,6 +263,9 @@ class SQLiteStore:
                     self._readers.append(db)
             if not fresh:
                 db = self._idle_readers.get()
+        if self._closed:  # closed while idle in the pool
+            self._idle_readers.put(db)
+            raise errors.FailedPrecondition("the store is closed")
         try:
             yield db
         finally:
@@ -262,11 +276,10 @@ class SQLiteStore:
             return db.execute(sql, params).fetchall()
 
     def close(self) -> None:
-        with self._readers_lock:
+        with self._lock, self._readers_lock:
             self._closed = True
             for db in self._readers:
                 db.close()
-        with self._lock:
             self._db.close()
 
     # -- hosts ----------------------------------------------------------------------------

@@ -168,3 +168,16 @@ def test_map_count_series_reads_every_process_in_one_go(
         (host.host_id, pid, reused.start_time): [(1020.0, 7)],
     }
     store.close()
+
+
+def test_a_closed_store_says_so(tmp_path: Path, reader: LinuxReader) -> None:
+    store = SQLiteStore(tmp_path)
+    host = reader.host()
+    store.put_host(host, 1000.0)
+    assert [h.host_id for h in store.hosts()] == [host.host_id]  # a reader in the pool
+    store.close()
+    # Threads that outlive a stopping server get the store's own error, not sqlite's.
+    with pytest.raises(errors.FailedPrecondition, match="closed"):
+        store.put_host(host, 1001.0)
+    with pytest.raises(errors.FailedPrecondition, match="closed"):
+        store.hosts()
