@@ -368,7 +368,7 @@ class LinuxReader:
         except OSError:
             kernel = platform.release()
         page = os.sysconf("SC_PAGE_SIZE")
-        low, high = _user_range(self._machine, self._read_int("sys/vm/mmap_min_addr", page), 64)
+        low, high = _user_range(self._machine, self._mmap_min_addr(), 64)
         return Host(
             host_id=self._host_id or hostname,
             hostname=hostname,
@@ -440,8 +440,10 @@ class LinuxReader:
                 pass
         return self._boot_time
 
-    def process(self, pid: int) -> Process:
-        """Identity of ``pid``. Raises NoSuchProcess when it does not exist."""
+    def process(self, pid: int, host: Host | None = None) -> Process:
+        """Identity of ``pid``. Raises NoSuchProcess when it does not exist. With
+        ``host`` (read once for a whole sweep), its mmap_min_addr is used rather than
+        read again for every process."""
         stat = self._read_text(pid, "stat")
         # comm may hold spaces and parentheses: it ends at the last ')'.
         close = stat.rfind(")")
@@ -465,9 +467,8 @@ class LinuxReader:
         except OSError:
             pass
         pointer_bits = 64 if kernel_thread else self._pointer_bits(pid)
-        low, high = _user_range(
-            self._machine, self._read_int("sys/vm/mmap_min_addr", 4096), pointer_bits
-        )
+        mmap_min_addr = host.user_address_min if host else self._mmap_min_addr()
+        low, high = _user_range(self._machine, mmap_min_addr, pointer_bits)
         return Process(
             pid=pid,
             parent_pid=ppid,
@@ -481,6 +482,9 @@ class LinuxReader:
             user_address_max=high,
             address_space_empty=kernel_thread or state in "ZX",
         )
+
+    def _mmap_min_addr(self) -> int:
+        return self._read_int("sys/vm/mmap_min_addr", os.sysconf("SC_PAGE_SIZE"))
 
     def _pointer_bits(self, pid: int) -> int:
         try:
@@ -501,7 +505,7 @@ class LinuxReader:
         self, pid: int, *, include_free: bool = False, include_residency: bool = False
     ) -> Snapshot:
         host = self.host()
-        process = self.process(pid)
+        process = self.process(pid, host)
         table = self.regions(pid, residency=include_residency, name=process.name)
         capture_time = time.time()
         summary = summarize_process(table, host, process)
@@ -520,7 +524,7 @@ class LinuxReader:
 
     def process_summary(self, pid: int, host: Host | None = None) -> ProcessSummary:
         host = host or self.host()
-        process = self.process(pid)
+        process = self.process(pid, host)
         table = self.regions(pid, name=process.name)
         return ProcessSummary(
             process=process,
