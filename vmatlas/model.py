@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 
 
 class OperatingSystem(enum.IntEnum):
@@ -303,7 +303,3 @@ class ProcessSummary:
     process: Process
     summary: Summary
     capture_time: float
-
-
-def field_names(cls: type) -> tuple[str, ...]:
-    return tuple(f.name for f in fields(cls))

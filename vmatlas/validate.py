@@ -19,6 +19,7 @@ from google.protobuf.message import DecodeError
 
 from vmatlas import errors, wire
 from vmatlas.model import (
+    ALLOCATION_COLUMNS,
     RESIDENCY_FIELDS,
     Host,
     OperatingSystem,
@@ -60,7 +61,6 @@ _FULL_INT_COLUMNS = ("offset", "device", "inode")
 _ENUM_COLUMNS = (("state", _STATES), ("type", _TYPES), ("kind", _KINDS))
 _PROTECTION_COLUMNS = ("protection",)
 _RAW_COLUMNS = ("protection_raw",)
-_ALLOCATION_COLUMNS = ("allocation_base", "allocation_protection", "allocation_protection_raw")
 
 
 def _bad(message: str) -> errors.InvalidArgument:
@@ -279,7 +279,7 @@ def validate_table(table: RegionTable, host: Host, *, includes_free: bool = True
     for name in (*full, *_FULL_INT_COLUMNS, "deleted"):
         if len(_column(table, name)) != n:
             raise _bad(f"region column {name} has {len(_column(table, name))} rows, not {n}")
-    for name in _ALLOCATION_COLUMNS:
+    for name in ALLOCATION_COLUMNS:
         if len(_column(table, name)) not in (0, n):
             raise _bad(f"region column {name} has {len(_column(table, name))} rows, not 0 or {n}")
     for name in ("start", "end", *_FULL_INT_COLUMNS, "allocation_base"):
@@ -491,11 +491,6 @@ def validate_summaries(
         seen.add(item.process.pid)
         out.append(item)
     return out
-
-
-def bounded_text(value: str, what: str, limit: int = MAX_NAME_CHARS) -> str:
-    """``value`` if it is text of at most ``limit`` characters, else InvalidArgument."""
-    return _text(value, what, limit)
 
 
 __all__: Sequence[str] = (
