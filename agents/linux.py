@@ -314,6 +314,8 @@ def _residency_columns(lines: list[bytes], width: int, residency: dict[str, list
             if not all(line.startswith(name + b":") for line in distinct):
                 raise ValueError("smaps fields are not the same for every region")
             continue
+        if key in found:  # the kernel prints each field once per region
+            raise ValueError(f"smaps field {key} appears twice in a region")
         in_bytes = {}
         for line in distinct:
             match = _SMAPS_FIELD.fullmatch(line)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from vmatlas.agents.linux import parse_maps, parse_smaps
@@ -120,6 +120,7 @@ def test_arbitrary_maps_text_gives_a_table(text: str) -> None:
 
 @SETTINGS
 @given(st.one_of(NOISY_TEXT, st.binary(max_size=300)))
+@example("0-0 ---p 0 0:0 0\nPss: 0 kB\nPss: 0 kB")  # a field twice in one region
 def test_arbitrary_smaps_text_gives_a_table_or_value_error(text: str | bytes) -> None:
     try:
         table = parse_smaps(text)
