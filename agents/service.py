@@ -13,7 +13,7 @@ import grpc
 from vmatlas import errors, wire
 from vmatlas.agents.base import Reader
 from vmatlas.grpcutil import maps_errors, maps_stream_errors
-from vmatlas.model import OperatingSystem, ProcessSummary, Snapshot, SnapshotView
+from vmatlas.model import OperatingSystem, ProcessOrder, ProcessSummary, Snapshot, SnapshotView
 from vmatlas.v1 import agent_pb2, agent_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -26,19 +26,6 @@ MAX_WATCHES = 8
 MIN_POLL_SECONDS = 0.05
 
 SERVICE_NAME = agent_pb2.DESCRIPTOR.services_by_name["AgentService"].full_name
-
-
-def sort_summaries(items: list[ProcessSummary], order: int, limit: int = 0) -> list[ProcessSummary]:
-    """Processes in the requested order (region count, largest first, by default)."""
-    if order in (agent_pb2.PROCESS_ORDER_UNSPECIFIED, agent_pb2.PROCESS_ORDER_REGION_COUNT):
-        items.sort(key=lambda p: (-p.summary.map_count, p.process.pid))
-    elif order == agent_pb2.PROCESS_ORDER_HEADROOM:
-        items.sort(key=lambda p: (p.summary.headroom_fraction, p.process.pid))
-    elif order == agent_pb2.PROCESS_ORDER_PID:
-        items.sort(key=lambda p: p.process.pid)
-    else:
-        raise errors.InvalidArgument(f"unknown process order {order}")
-    return items[:limit] if limit else items
 
 
 class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
@@ -59,18 +46,19 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
     def ListProcesses(
         self, request: agent_pb2.ListProcessesRequest, context: grpc.ServicerContext
     ) -> agent_pb2.ListProcessesResponse:
-        items, denied = self.process_list(request.order, request.limit, request.name_filter)
+        order = wire.process_order_from_pb(request.order)
+        items, denied = self.process_list(order, request.limit, request.name_filter)
         response = agent_pb2.ListProcessesResponse(access_denied_count=denied)
         wire.host_to_pb(self.reader.host(), response.host)
         for item in items:
             wire.process_summary_to_pb(item, response.processes.add())
         return response
 
-    def process_list(self, order: int, limit: int, name: str) -> tuple[list[ProcessSummary], int]:
+    def process_list(
+        self, order: ProcessOrder, limit: int, name: str
+    ) -> tuple[list[ProcessSummary], int]:
         """Summaries of the processes whose name contains ``name``, in ``order``, at
         most ``limit`` (0: all); and how many processes could not be read."""
-        if order not in agent_pb2.ProcessOrder.values():
-            raise errors.InvalidArgument(f"unknown process order {order}")
         items: list[ProcessSummary] = []
         denied = 0
         for item in self.reader.process_summaries():
@@ -78,7 +66,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
                 denied += 1
             elif isinstance(item, ProcessSummary) and (not name or name in item.process.name):
                 items.append(item)
-        return sort_summaries(items, order, limit), denied
+        return order.sort(items, limit), denied
 
     def snapshot(
         self, pid: int, include_free: bool, include_residency: bool, view: int

@@ -36,7 +36,7 @@ from vmatlas.audit import AuditReport
 from vmatlas.diff import Diff, DiffMode, diff
 from vmatlas.fleet import FleetProcess, History, HostStatus
 from vmatlas.grpcutil import channel_options, error_from_rpc, is_loopback
-from vmatlas.model import Host, ProcessSummary, Snapshot, SnapshotView
+from vmatlas.model import Host, ProcessOrder, ProcessSummary, Snapshot, SnapshotView
 from vmatlas.policy import Policy, policy_to_document
 from vmatlas.security import tls
 from vmatlas.v1 import (
@@ -48,13 +48,15 @@ from vmatlas.v1 import (
     fleet_pb2_grpc,
 )
 
-__all__ = ["Client", "FleetProcess", "History", "HostStatus", "ProcessList", "errors"]
-
-ORDERS = {
-    "regions": agent_pb2.PROCESS_ORDER_REGION_COUNT,
-    "headroom": agent_pb2.PROCESS_ORDER_HEADROOM,
-    "pid": agent_pb2.PROCESS_ORDER_PID,
-}
+__all__ = [
+    "Client",
+    "FleetProcess",
+    "History",
+    "HostStatus",
+    "ProcessList",
+    "ProcessOrder",
+    "errors",
+]
 
 
 class ProcessList(list[ProcessSummary]):
@@ -141,13 +143,18 @@ class Client:
         return wire.host_from_pb(response.host)
 
     def processes(
-        self, *, order: str = "regions", limit: int = 0, name: str = "", host: str | None = None
+        self,
+        *,
+        order: ProcessOrder | str = ProcessOrder.REGIONS,
+        limit: int = 0,
+        name: str = "",
+        host: str | None = None,
     ) -> ProcessList:
-        """Process summaries of the agent's host, by region count (or ``headroom``,
-        ``pid``), at most ``limit`` (0 = all), only names containing ``name``. With
-        ``host``, the latest ones that host's agent pushed to the server."""
-        if order not in ORDERS:
-            raise errors.InvalidArgument(f"order must be one of {', '.join(ORDERS)}")
+        """Process summaries of the agent's host in ``order`` (a :class:`ProcessOrder`
+        or its keyword: ``regions``, ``headroom``, ``pid``), at most ``limit`` (0 =
+        all), only names containing ``name``. With ``host``, the latest ones that
+        host's agent pushed to the server."""
+        order = ProcessOrder.parse(order)
         if host is not None:
             if not host:
                 raise errors.InvalidArgument("host must name a host")
@@ -157,7 +164,9 @@ class Client:
             items = self.fleet_processes(host=host, order=order, limit=limit, name=name)
             status = statuses[host]
             return ProcessList([p.item for p in items], status.host, status.access_denied_count)
-        request = agent_pb2.ListProcessesRequest(order=ORDERS[order], limit=limit, name_filter=name)
+        request = agent_pb2.ListProcessesRequest(
+            order=wire.process_order_to_pb(order), limit=limit, name_filter=name
+        )
         response = self._call(self._agent.ListProcesses, request)
         return ProcessList(
             [wire.process_summary_from_pb(p) for p in response.processes],
@@ -224,14 +233,20 @@ class Client:
         return [wire.host_status_from_pb(h) for h in response.hosts]
 
     def fleet_processes(
-        self, *, host: str = "", order: str = "regions", limit: int = 0, name: str = ""
+        self,
+        *,
+        host: str = "",
+        order: ProcessOrder | str = ProcessOrder.REGIONS,
+        limit: int = 0,
+        name: str = "",
     ) -> list[FleetProcess]:
         """Latest process summaries across hosts (or of ``host``), each with its host id,
         by region count, ``headroom`` or ``pid``."""
-        if order not in ORDERS:
-            raise errors.InvalidArgument(f"order must be one of {', '.join(ORDERS)}")
         request = fleet_pb2.ListFleetProcessesRequest(
-            host_id=host, name_filter=name, order=ORDERS[order], limit=limit
+            host_id=host,
+            name_filter=name,
+            order=wire.process_order_to_pb(ProcessOrder.parse(order)),
+            limit=limit,
         )
         response = self._call(self._fleet.ListFleetProcesses, request)
         return [wire.fleet_process_from_pb(p) for p in response.processes]

@@ -17,12 +17,15 @@ from grpc_health.v1.health import HealthServicer
 from vmatlas.grpcutil import DEFAULT_GRACE_SECONDS, StopSignals, build_server
 from vmatlas.security.auth import AuthInterceptor
 from vmatlas.security.policy import SERVER_POLICY
-from vmatlas.server.analysis import SERVICE_NAME as ANALYSIS_SERVICE
-from vmatlas.server.analysis import AnalysisServicer
-from vmatlas.server.fleet import DEFAULT_AGENT_TIMEOUT_SECONDS, FleetServicer
-from vmatlas.server.fleet import SERVICE_NAME as FLEET_SERVICE
-from vmatlas.server.hub import DEFAULT_HEARTBEAT_SECONDS, AgentHubServicer, Hub
-from vmatlas.server.hub import SERVICE_NAME as HUB_SERVICE
+from vmatlas.server.domain.analysis import Analysis
+from vmatlas.server.domain.fleet import DEFAULT_AGENT_TIMEOUT_SECONDS, FleetQueries
+from vmatlas.server.domain.hub import DEFAULT_HEARTBEAT_SECONDS, Hub
+from vmatlas.server.rpc.analysis import SERVICE_NAME as ANALYSIS_SERVICE
+from vmatlas.server.rpc.analysis import AnalysisServicer
+from vmatlas.server.rpc.fleet import SERVICE_NAME as FLEET_SERVICE
+from vmatlas.server.rpc.fleet import FleetServicer
+from vmatlas.server.rpc.hub import SERVICE_NAME as HUB_SERVICE
+from vmatlas.server.rpc.hub import AgentHubServicer
 from vmatlas.server.sqlite_store import SQLiteStore
 from vmatlas.server.store import Store
 from vmatlas.v1 import analysis_pb2_grpc, fleet_pb2_grpc, hub_pb2_grpc
@@ -60,9 +63,10 @@ class ServerConfig:
 
 
 class FleetServer:
-    """The server, its store and its hub. ``extra_services`` are more
-    ``(add_fn, servicer, name)`` triples for the same port (``vmatlas up`` adds the
-    local agent's service)."""
+    """The server: its store, its domain (``hub``, ``queries``, ``analysis``: see
+    :mod:`vmatlas.server.domain`) and the gRPC front end over it. ``extra_services``
+    are more ``(add_fn, servicer, name)`` triples for the same port (``vmatlas up``
+    adds the local agent's service)."""
 
     def __init__(
         self,
@@ -81,6 +85,10 @@ class FleetServer:
                 offline_after_seconds=config.offline_after_seconds,
                 max_agents=config.max_agents,
             )
+            self.queries = FleetQueries(
+                self.store, self.hub, agent_timeout_seconds=config.agent_timeout_seconds
+            )
+            self.analysis = Analysis(self.store)
             try:
                 self.server, self.port, self.health = self._build(extra_services)
             except BaseException:
@@ -100,11 +108,12 @@ class FleetServer:
         self, extra_services: Sequence[tuple[Any, Any, str]]
     ) -> tuple[grpc.Server, int, HealthServicer]:
         config = self.config
-        fleet = FleetServicer(
-            self.store, self.hub, agent_timeout_seconds=config.agent_timeout_seconds
-        )
         services = [
-            (fleet_pb2_grpc.add_FleetServiceServicer_to_server, fleet, FLEET_SERVICE),
+            (
+                fleet_pb2_grpc.add_FleetServiceServicer_to_server,
+                FleetServicer(self.queries),
+                FLEET_SERVICE,
+            ),
             (
                 hub_pb2_grpc.add_AgentHubServiceServicer_to_server,
                 AgentHubServicer(self.hub),
@@ -112,7 +121,7 @@ class FleetServer:
             ),
             (
                 analysis_pb2_grpc.add_AnalysisServiceServicer_to_server,
-                AnalysisServicer(self.store),
+                AnalysisServicer(self.analysis),
                 ANALYSIS_SERVICE,
             ),
             *extra_services,

@@ -39,6 +39,7 @@ from vmatlas.model import (
     Host,
     OperatingSystem,
     Process,
+    ProcessOrder,
     ProcessSummary,
     RegionTable,
     Snapshot,
@@ -138,9 +139,9 @@ CREATE VIEW IF NOT EXISTS current_summaries AS
 """
 
 _ORDER_BY = {
-    "regions": "s.map_count DESC, p.host_id, p.pid",
-    "headroom": "s.headroom_fraction ASC, p.host_id, p.pid",
-    "pid": "p.host_id, p.pid",
+    ProcessOrder.REGIONS: "s.map_count DESC, p.host_id, p.pid",
+    ProcessOrder.HEADROOM: "s.headroom_fraction ASC, p.host_id, p.pid",
+    ProcessOrder.PID: "p.host_id, p.pid",
 }
 
 

@@ -19,7 +19,7 @@ from typing import Protocol
 
 from vmatlas import errors
 from vmatlas.fleet import FleetProcess, History, HostStatus
-from vmatlas.model import Host, ProcessSummary, Snapshot
+from vmatlas.model import Host, ProcessOrder, ProcessSummary, Snapshot
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,8 +46,7 @@ class PushOrigin:
 class ProcessFilter:
     host_id: str = ""
     name_contains: str = ""
-    # "regions" (map count, largest first) or "headroom" (smallest first) or "pid".
-    order: str = "regions"
+    order: ProcessOrder = ProcessOrder.REGIONS
     limit: int = 0
 
 

@@ -187,3 +187,22 @@ def test_malformed_tables_are_refused(damage, message) -> None:  # type: ignore[
     damage(table)
     with pytest.raises(ValueError, match=message):
         wire.table_from_pb(table)
+
+
+def test_process_order_is_one_enum_with_the_schema_s_values() -> None:
+    from vmatlas import errors
+    from vmatlas.model import ProcessOrder
+    from vmatlas.v1 import agent_pb2
+
+    names = {ProcessOrder.REGIONS: "PROCESS_ORDER_REGION_COUNT"}
+    for order in ProcessOrder:
+        expected = names.get(order, f"PROCESS_ORDER_{order.name}")
+        assert agent_pb2.ProcessOrder.Name(wire.process_order_to_pb(order)) == expected
+        assert wire.process_order_from_pb(wire.process_order_to_pb(order)) is order
+        assert ProcessOrder.parse(order.keyword) is order
+    assert {int(o) for o in ProcessOrder} | {0} == set(agent_pb2.ProcessOrder.values())
+    assert wire.process_order_from_pb(agent_pb2.PROCESS_ORDER_UNSPECIFIED) is ProcessOrder.REGIONS
+    with pytest.raises(errors.InvalidArgument):
+        wire.process_order_from_pb(99)
+    with pytest.raises(errors.InvalidArgument, match="regions, headroom, pid"):
+        ProcessOrder.parse("largest")

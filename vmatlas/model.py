@@ -12,6 +12,8 @@ import enum
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
+from vmatlas import errors
+
 
 class OperatingSystem(enum.IntEnum):
     UNSPECIFIED = 0
@@ -50,6 +52,47 @@ class SnapshotView(enum.IntEnum):
     UNSPECIFIED = 0
     NATIVE = 1
     WINDOWS = 2
+
+
+class ProcessOrder(enum.IntEnum):
+    """How a list of processes is sorted: the one definition every part uses (agent,
+    store, server, client, command line). Values equal the wire's ``ProcessOrder``
+    (whose zero value means :attr:`REGIONS`); :attr:`keyword` is the command line's
+    and the client's spelling."""
+
+    # Map count, largest first.
+    REGIONS = 1
+    # Headroom to the limit, smallest first (closest to the limit first).
+    HEADROOM = 2
+    PID = 3
+
+    @property
+    def keyword(self) -> str:
+        return self.name.lower()
+
+    @classmethod
+    def parse(cls, value: ProcessOrder | str) -> ProcessOrder:
+        """An order from itself or its keyword; InvalidArgument for anything else."""
+        if isinstance(value, ProcessOrder):
+            return value
+        try:
+            return cls[str(value).upper()]
+        except KeyError:
+            keywords = ", ".join(o.keyword for o in cls)
+            raise errors.InvalidArgument(
+                f"unknown process order {value!r}: use one of {keywords}"
+            ) from None
+
+    def sort(self, items: list[ProcessSummary], limit: int = 0) -> list[ProcessSummary]:
+        """``items`` sorted in this order (in place; ties by pid), at most ``limit``
+        (0: all)."""
+        if self is ProcessOrder.REGIONS:
+            items.sort(key=lambda p: (-p.summary.map_count, p.process.pid))
+        elif self is ProcessOrder.HEADROOM:
+            items.sort(key=lambda p: (p.summary.headroom_fraction, p.process.pid))
+        else:
+            items.sort(key=lambda p: p.process.pid)
+        return items[:limit] if limit else items
 
 
 class Protection(enum.IntFlag):

@@ -19,13 +19,14 @@ from vmatlas.model import (
     Host,
     OperatingSystem,
     Process,
+    ProcessOrder,
     ProcessSummary,
     RegionTable,
     Snapshot,
     SnapshotView,
     Summary,
 )
-from vmatlas.v1 import fleet_pb2, hub_pb2
+from vmatlas.v1 import agent_pb2, fleet_pb2, hub_pb2
 from vmatlas.v1 import snapshot_pb2 as pb
 
 _SUMMARY_FIELDS = tuple(Summary.__dataclass_fields__)
@@ -420,6 +421,21 @@ def snapshot_from_bytes(data: bytes) -> Snapshot:
 
 
 # -- fleet -----------------------------------------------------------------------------
+
+
+def process_order_to_pb(order: ProcessOrder) -> agent_pb2.ProcessOrder.ValueType:
+    return agent_pb2.ProcessOrder.ValueType(int(order))
+
+
+def process_order_from_pb(value: int) -> ProcessOrder:
+    """The order a request asks for (unspecified: by region count). InvalidArgument
+    for a value this version does not know."""
+    if value == agent_pb2.PROCESS_ORDER_UNSPECIFIED:
+        return ProcessOrder.REGIONS
+    try:
+        return ProcessOrder(value)
+    except ValueError:
+        raise errors.InvalidArgument(f"unknown process order {value}") from None
 
 
 def error_to_pb(exc: errors.Error, message: hub_pb2.AgentError | None = None) -> hub_pb2.AgentError:

@@ -379,7 +379,7 @@ def test_agent_sigterm_answers_a_snapshot_in_flight_and_closes_its_stream(
     planter: object,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    caplog.set_level(logging.INFO, logger="vmatlas.server.hub")
+    caplog.set_level(logging.INFO, logger="vmatlas.server.domain.hub")
     server = make_server()
     pid = planter.pid  # type: ignore[attr-defined]
     planter.grow(60000)  # type: ignore[attr-defined]

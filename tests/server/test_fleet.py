@@ -18,7 +18,7 @@ from vmatlas.agents.uplink import Uplink
 from vmatlas.client import Client
 from vmatlas.model import ProcessSummary
 from vmatlas.server.app import FleetServer
-from vmatlas.server.hub import MAX_WAITING_SNAPSHOTS
+from vmatlas.server.domain.hub import MAX_WAITING_SNAPSHOTS
 from vmatlas.server.sqlite_store import DATABASE_NAME
 
 from .conftest import HEARTBEAT_SECONDS, OFFLINE_AFTER_SECONDS, RawAgent, wait_for
@@ -227,7 +227,7 @@ def test_silent_agent_goes_offline_after_missed_heartbeats(
     raw_agent: Callable[..., RawAgent],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    caplog.set_level(logging.INFO, logger="vmatlas.server.hub")
+    caplog.set_level(logging.INFO, logger="vmatlas.server.domain.hub")
     before = time.monotonic()
     raw_agent(server.address, "quiet", heartbeat=False)
     beating = raw_agent(server.address, "beating")

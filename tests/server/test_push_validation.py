@@ -97,7 +97,7 @@ def test_malformed_pushes_are_refused_and_store_nothing(
         victims = data.draw(st.sets(st.integers(0, len(summaries) - 1), min_size=1))
         bad = [FAULTS[fault](s) if i in victims else s for i, s in enumerate(summaries)]
         caplog.clear()
-        with caplog.at_level(logging.WARNING, logger="vmatlas.server.hub"):
+        with caplog.at_level(logging.WARNING, logger="vmatlas.server.domain.hub"):
             agent.outbox.put(push(2, bad))
             ack = acknowledgement(agent)
         assert (ack.sequence, ack.refused_code) == (2, grpc.StatusCode.INVALID_ARGUMENT.value[0])

@@ -109,12 +109,10 @@ class LocalSource:
         self.agent = AgentServicer(default_reader(), windows_view=self._view)
 
     def processes(self, *, order: str = "regions", limit: int = 0, name: str = "") -> Any:
-        from vmatlas import errors
-        from vmatlas.client import ORDERS, ProcessList
+        from vmatlas.client import ProcessList
+        from vmatlas.model import ProcessOrder
 
-        if order not in ORDERS:
-            raise errors.InvalidArgument(f"order must be one of {', '.join(ORDERS)}")
-        items, denied = self.agent.process_list(ORDERS[order], limit, name)
+        items, denied = self.agent.process_list(ProcessOrder.parse(order), limit, name)
         return ProcessList(items, self.agent.reader.host(), denied)
 
     def snapshot(

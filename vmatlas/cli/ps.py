@@ -18,7 +18,7 @@ from vmatlas.cli.common import (
     print_table,
     source,
 )
-from vmatlas.model import ProcessSummary
+from vmatlas.model import ProcessOrder, ProcessSummary
 from vmatlas.server.app import DEFAULT_LISTEN as DEFAULT_SERVER
 
 COLUMNS = ("pid", "name", "user", "map_count", "max_map_count", "headroom", "committed", "reserved")
@@ -29,7 +29,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     add_target_args(p)
     p.add_argument("--top", type=int, default=0, metavar="N", help="only the first N")
     p.add_argument(
-        "--sort", choices=("regions", "headroom", "pid"), default="regions", help="order"
+        "--sort",
+        choices=[order.keyword for order in ProcessOrder],
+        default=ProcessOrder.REGIONS.keyword,
+        help="order",
     )
     p.add_argument("--name", default="", help="only processes whose name contains this")
     add_host_arg(p, "the latest summaries its agent pushed")

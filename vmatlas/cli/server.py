@@ -12,7 +12,7 @@ from vmatlas.grpcutil import DEFAULT_GRACE_SECONDS, StopSignals
 from vmatlas.security.options import add_server_security_args, server_security
 from vmatlas.security.policy import SERVER_POLICY
 from vmatlas.server.app import DEFAULT_LISTEN, FleetServer, ServerConfig, default_data_dir
-from vmatlas.server.hub import DEFAULT_HEARTBEAT_SECONDS
+from vmatlas.server.domain.hub import DEFAULT_HEARTBEAT_SECONDS
 from vmatlas.server.sqlite_store import SQLiteStore
 from vmatlas.server.store import parse_duration
 

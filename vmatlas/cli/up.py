@@ -18,9 +18,9 @@ from vmatlas.cli.common import print_table
 from vmatlas.cli.server import add_server_args, config_from_args
 from vmatlas.fleet import FleetProcess, HostStatus
 from vmatlas.grpcutil import StopSignals
+from vmatlas.model import ProcessOrder
 from vmatlas.security.options import add_uplink_security_args, uplink_credentials
 from vmatlas.server.app import FleetServer
-from vmatlas.server.store import ProcessFilter
 from vmatlas.v1 import agent_pb2_grpc
 
 TOP_PROCESSES = 10
@@ -98,8 +98,8 @@ def fleet_view(hosts: list[HostStatus], processes: list[FleetProcess], now: floa
 def _show(fleet: FleetServer, out: TextIO, stop: threading.Event, refresh: float) -> None:
     tty = out.isatty()
     while True:
-        hosts = fleet.store.hosts()
-        top = fleet.store.processes(ProcessFilter(order="headroom", limit=TOP_PROCESSES))
+        hosts = fleet.queries.hosts()
+        top = fleet.queries.processes(order=ProcessOrder.HEADROOM, limit=TOP_PROCESSES)
         text = fleet_view(hosts, top, time.time())
         out.write(_CLEAR + text if tty else text + "\n")
         out.flush()

@@ -1,19 +1,19 @@
-"""The server's side of the agents' streams (``vmatlas.v1.AgentHubService``).
+"""The connected agents: one :class:`AgentSession` per host id, kept by the :class:`Hub`.
 
-Each connected agent is an :class:`AgentSession`: an outbox of messages for the agent
-and the snapshot requests waiting for its answers. The :class:`Hub` holds one session
-per host id (a second live agent claiming it is refused), records hosts online and
-offline in the store, and drops sessions whose agent fell silent for longer than the
-offline window. A request to one agent waits only on its own future with a deadline,
-and at most ``MAX_WAITING_SNAPSHOTS`` requests wait on one agent at a time (more are
-refused at once), so a slow or hung agent holds up nobody else and ties up a bounded
-number of server threads.
+A session is an outbox of :data:`AgentMessage` for its agent and the snapshot requests
+waiting for its answers. The hub holds one session per host id (a second live agent
+claiming it is refused), records hosts online and offline in the store, and drops
+sessions whose agent fell silent for longer than the offline window. A request to
+one agent waits only on its own future with a deadline, and at most
+``MAX_WAITING_SNAPSHOTS`` requests wait on one agent at a time (more are refused at
+once), so a slow or hung agent holds up nobody else.
 
-Stopping drains: the hub waits (within the grace) for the snapshot requests in flight
-to be answered before it closes the agents' streams.
+Stopping drains: the hub waits (within the grace) for the calls in flight that need
+an agent (marked with :meth:`Hub.serving`) before it closes the agents' streams.
 
-Sync gRPC keeps one pool thread per open stream, plus one thread here that reads the
-agent's messages; the server sizes its pool for ``max_agents`` streams.
+Threads: every public method of :class:`Hub` and :class:`AgentSession` is safe to
+call from any thread. :meth:`AgentSession.request_snapshot` blocks its caller until
+the agent answers or the deadline passes; store writes block until committed.
 """
 
 from __future__ import annotations
@@ -23,30 +23,94 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
 
-import grpc
-
-from vmatlas import errors, wire
-from vmatlas.grpcutil import abort_with
-from vmatlas.model import Host
-from vmatlas.security.auth import require_agent_host
+from vmatlas import errors
+from vmatlas.model import Host, SnapshotView
 from vmatlas.server.store import PushOrigin, Store
-from vmatlas.v1 import agent_pb2, hub_pb2, hub_pb2_grpc
-from vmatlas.validate import validate_host, validate_summaries
+from vmatlas.validate import validate_summaries
 
 log = logging.getLogger(__name__)
-
-SERVICE_NAME = hub_pb2.DESCRIPTOR.services_by_name["AgentHubService"].full_name
 
 DEFAULT_HEARTBEAT_SECONDS = 10.0
 # Missed heartbeats before a silent agent counts as gone.
 MISSED_HEARTBEATS = 3
-# Snapshot requests that may wait on one agent at once; each holds a server thread.
+# Snapshot requests that may wait on one agent at once.
 MAX_WAITING_SNAPSHOTS = 8
+
+
+# -- what passes between the hub and an agent ------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotRequest:
+    """What a fresh snapshot asks an agent for."""
+
+    pid: int
+    include_free: bool = False
+    include_residency: bool = False
+    view: SnapshotView = SnapshotView.NATIVE
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotCommand:
+    """Take a snapshot and answer with ``request_id`` within ``timeout_seconds``."""
+
+    request_id: int
+    request: SnapshotRequest
+    timeout_seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class HeartbeatAck:
+    server_time: float
+
+
+@dataclass(frozen=True, slots=True)
+class PushAck:
+    """A push is stored (or was already), or ``refused`` for good: sending it again
+    would not make it valid."""
+
+    sequence: int
+    refused: errors.InvalidArgument | None = None
+
+
+# Messages for an agent, in the order they are sent.
+AgentMessage = SnapshotCommand | HeartbeatAck | PushAck
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotAnswer:
+    """An agent's answer to a :class:`SnapshotCommand`: the snapshot as it sent it (a
+    serialized Snapshot without regions and a serialized RegionTable, decoded and
+    checked once by :func:`vmatlas.server.domain.fleet.accept_snapshot`), or the
+    error it met."""
+
+    request_id: int
+    header: bytes = b""
+    regions: bytes = b""
+    error: errors.Error | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SummaryPush:
+    """One push of process summaries. ``processes`` are model summaries or their wire
+    form: :func:`vmatlas.validate.validate_summaries` decodes and checks them in one
+    pass."""
+
+    processes: Sequence[Any]
+    complete: bool = True
+    access_denied_count: int = 0
+    sequence: int = 0
+    dropped_push_count: int = 0
+
+
+# -- one agent -------------------------------------------------------------------------
 
 
 class AgentSession:
@@ -61,16 +125,16 @@ class AgentSession:
         # The agent's running total of pushes dropped, as last reported.
         self.dropped_push_count = 0
         self.closed = threading.Event()
-        self._outbox: queue.Queue[hub_pb2.ConnectResponse | None] = queue.Queue()
-        self._pending: dict[int, Future[hub_pb2.SnapshotResult]] = {}
+        self._outbox: queue.Queue[AgentMessage | None] = queue.Queue()
+        self._pending: dict[int, Future[SnapshotAnswer]] = {}
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
 
-    def send(self, message: hub_pb2.ConnectResponse) -> None:
+    def send(self, message: AgentMessage) -> None:
         self._outbox.put(message)
 
-    def outgoing(self) -> Iterator[hub_pb2.ConnectResponse]:
-        """Messages for the agent until the session closes."""
+    def outgoing(self) -> Iterator[AgentMessage]:
+        """Messages for the agent until the session closes (blocks between them)."""
         while True:
             message = self._outbox.get()
             if message is None:
@@ -80,12 +144,12 @@ class AgentSession:
     def heard(self) -> None:
         self.last_heard = time.monotonic()
 
-    def request_snapshot(
-        self, request: agent_pb2.GetSnapshotRequest, timeout_seconds: float
-    ) -> hub_pb2.SnapshotResult:
-        """Ask the agent for a snapshot and wait at most ``timeout_seconds``.
-        Unavailable when the agent goes away meanwhile, DeadlineExceeded on timeout."""
-        future: Future[hub_pb2.SnapshotResult] = Future()
+    def request_snapshot(self, request: SnapshotRequest, timeout_seconds: float) -> SnapshotAnswer:
+        """Ask the agent for a snapshot and wait at most ``timeout_seconds`` for its
+        answer (not yet decoded or checked). Unavailable when the agent goes away
+        meanwhile, DeadlineExceeded on timeout, ResourceExhausted when
+        ``MAX_WAITING_SNAPSHOTS`` requests already wait on it."""
+        future: Future[SnapshotAnswer] = Future()
         with self._lock:
             if self.closed.is_set():
                 raise errors.Unavailable(f"host {self.host_id!r} is offline")
@@ -96,11 +160,7 @@ class AgentSession:
                 )
             request_id = next(self._ids)
             self._pending[request_id] = future
-        command = hub_pb2.ConnectResponse()
-        command.snapshot_command.request_id = request_id
-        command.snapshot_command.request.CopyFrom(request)
-        command.snapshot_command.timeout_seconds = timeout_seconds
-        self.send(command)
+        self.send(SnapshotCommand(request_id, request, timeout_seconds))
         try:
             return future.result(timeout=timeout_seconds)
         except FutureTimeout:
@@ -111,11 +171,12 @@ class AgentSession:
             with self._lock:
                 self._pending.pop(request_id, None)
 
-    def resolve(self, result: hub_pb2.SnapshotResult) -> None:
+    def resolve(self, answer: SnapshotAnswer) -> None:
+        """Hand an answer to the request waiting for it (late answers are dropped)."""
         with self._lock:
-            future = self._pending.pop(result.request_id, None)
+            future = self._pending.pop(answer.request_id, None)
         if future is not None and not future.done():
-            future.set_result(result)
+            future.set_result(answer)
 
     def close(self, reason: str) -> None:
         with self._lock:
@@ -128,6 +189,9 @@ class AgentSession:
         for future in pending:
             if not future.done():
                 future.set_exception(errors.Unavailable(f"host {self.host_id!r}: {reason}"))
+
+
+# -- every agent -----------------------------------------------------------------------
 
 
 class Hub:
@@ -158,11 +222,13 @@ class Hub:
         self._monitor = threading.Thread(target=self._watch, name="vmatlas-hub", daemon=True)
         self._monitor.start()
 
+    # -- sessions ---------------------------------------------------------------------
+
     def claim(self, host: Host, instance_id: str) -> AgentSession:
-        """A new session for ``host``, recorded online in the store. AlreadyExists when
-        another live agent holds the host id; a reconnect by the same agent (same
-        instance id) replaces its own stale session. When the store write fails the
-        session is undone and the error raised."""
+        """A new session for ``host`` (already checked), recorded online in the store.
+        AlreadyExists when another live agent holds the host id; a reconnect by the
+        same agent (same instance id) replaces its own stale session. When the store
+        write fails the session is undone and the error raised."""
         with self._lock:
             if self._stop.is_set():
                 raise errors.Unavailable("the server is stopping")
@@ -204,6 +270,23 @@ class Hub:
             log.exception("recording host %s offline failed", session.host_id)
         log.info("host %s offline: %s", session.host_id, reason)
 
+    def session(self, host_id: str) -> AgentSession:
+        """The live session of ``host_id``: NotFound for a host never seen,
+        Unavailable for one that is offline."""
+        with self._lock:
+            session = self._sessions.get(host_id)
+        if session is not None and not session.closed.is_set():
+            return session
+        self.store.host(host_id)  # NotFound for an unknown host
+        raise errors.Unavailable(f"host {host_id!r} is offline")
+
+    def online(self) -> list[str]:
+        """The host ids with a connected agent, sorted."""
+        with self._lock:
+            return sorted(self._sessions)
+
+    # -- what agents send -------------------------------------------------------------
+
     def heard(self, session: AgentSession) -> None:
         """The agent spoke; record last-seen in the store at most once per heartbeat
         interval (each record is a durable commit)."""
@@ -211,6 +294,48 @@ class Hub:
         if session.last_heard - session.last_recorded >= self.heartbeat_seconds:
             session.last_recorded = session.last_heard
             self._record(session.host_id, only=session)
+
+    def heartbeat(self, session: AgentSession) -> None:
+        """Answer a heartbeat."""
+        session.send(HeartbeatAck(self.clock()))
+
+    def accept_push(self, session: AgentSession, push: SummaryPush) -> None:
+        """Check and store one push, and acknowledge it when sequenced. A bad push is
+        acknowledged too, as refused: sending it again would not make it good."""
+        if push.dropped_push_count > session.dropped_push_count:
+            log.warning(
+                "host %s's agent dropped %d summary pushes while it could not deliver them "
+                "(%d in all)",
+                session.host_id,
+                push.dropped_push_count - session.dropped_push_count,
+                push.dropped_push_count,
+            )
+            session.dropped_push_count = push.dropped_push_count
+        refused: errors.InvalidArgument | None = None
+        try:
+            items = validate_summaries(push.processes, session.host)
+        except errors.InvalidArgument as exc:
+            log.warning("refused a bad summary push from %s: %s", session.host_id, exc)
+            items, refused = None, exc
+        origin = (
+            PushOrigin(session.instance_id, push.sequence, push.dropped_push_count)
+            if push.sequence
+            else None
+        )
+        if items is not None:
+            stored = self.store.put_summaries(
+                session.host_id,
+                items,
+                complete=push.complete,
+                origin=origin,
+                access_denied_count=push.access_denied_count,
+            )
+            if not stored:
+                log.info("host %s: push %d was stored already", session.host_id, push.sequence)
+        if push.sequence:
+            session.send(PushAck(push.sequence, refused))
+
+    # -- the store --------------------------------------------------------------------
 
     def _record(self, host_id: str, *, only: AgentSession | None = None) -> None:
         """Write the host's state as it is now (online with its session's facts, or
@@ -233,19 +358,7 @@ class Hub:
             else:
                 self.store.put_host(session.host, self.clock())
 
-    def session(self, host_id: str) -> AgentSession:
-        """The live session of ``host_id``: NotFound for a host never seen,
-        Unavailable for one that is offline."""
-        with self._lock:
-            session = self._sessions.get(host_id)
-        if session is not None and not session.closed.is_set():
-            return session
-        self.store.host(host_id)  # NotFound for an unknown host
-        raise errors.Unavailable(f"host {host_id!r} is offline")
-
-    def online(self) -> list[str]:
-        with self._lock:
-            return sorted(self._sessions)
+    # -- silence and stopping ---------------------------------------------------------
 
     def _silent(self, session: AgentSession) -> bool:
         return time.monotonic() - session.last_heard > self.offline_after_seconds
@@ -263,8 +376,8 @@ class Hub:
 
     @contextmanager
     def serving(self) -> Iterator[None]:
-        """Marks a client call that needs an agent's answer, so that :meth:`stop`
-        lets it finish."""
+        """Marks a call that needs an agent's answer, so that :meth:`stop` lets it
+        finish."""
         with self._idle:
             self._in_flight += 1
         try:
@@ -291,117 +404,3 @@ class Hub:
             self.release(session, "server stopping")
         if self._monitor is not threading.current_thread():
             self._monitor.join()
-
-
-class AgentHubServicer(hub_pb2_grpc.AgentHubServiceServicer):
-    def __init__(self, hub: Hub):
-        self.hub = hub
-
-    def Connect(
-        self, request_iterator: Iterator[hub_pb2.ConnectRequest], context: grpc.ServicerContext
-    ) -> Iterator[hub_pb2.ConnectResponse]:
-        try:
-            first = next(request_iterator, None)
-            if first is None or first.WhichOneof("message") != "register":
-                raise errors.InvalidArgument("the first message must be a registration")
-            host = wire.registered_host_from_pb(first.register.host)
-            if not host.host_id:
-                raise errors.InvalidArgument("the registration names no host id")
-            validate_host(host)
-            # The agent's certificate must name the host it registers as.
-            require_agent_host(host.host_id)
-            session = self.hub.claim(host, first.register.instance_id)
-        except errors.Error as exc:
-            abort_with(context, exc)
-            return
-        except grpc.RpcError:
-            return  # the agent went away before it registered
-        except Exception:
-            # Logged here; the agent learns only that the server failed, not how.
-            log.exception("registering an agent failed")
-            context.abort(grpc.StatusCode.INTERNAL, "internal error registering the agent")
-            return
-        context.add_callback(lambda: session.close("stream ended"))
-        reader = threading.Thread(
-            target=self._read,
-            args=(session, request_iterator),
-            name=f"vmatlas-agent-{host.host_id}",
-            daemon=True,
-        )
-        registered = hub_pb2.ConnectResponse()
-        registered.registered.heartbeat_interval_seconds = self.hub.heartbeat_seconds
-        wire.timestamp_to_pb(self.hub.clock(), registered.registered.server_time)
-        try:
-            yield registered
-            reader.start()
-            yield from session.outgoing()
-        finally:
-            self.hub.release(session, "stream ended")
-
-    def _read(self, session: AgentSession, messages: Iterator[hub_pb2.ConnectRequest]) -> None:
-        reason = "agent disconnected"
-        try:
-            for message in messages:
-                self.hub.heard(session)
-                self._handle(session, message)
-        except grpc.RpcError:
-            reason = "stream broken"
-        except Exception:
-            log.exception("agent stream of %s failed", session.host_id)
-            reason = "internal error"
-        finally:
-            self.hub.release(session, reason)
-
-    def _handle(self, session: AgentSession, message: hub_pb2.ConnectRequest) -> None:
-        kind = message.WhichOneof("message")
-        if kind == "heartbeat":
-            ack = hub_pb2.ConnectResponse()
-            wire.timestamp_to_pb(self.hub.clock(), ack.heartbeat_ack.send_time)
-            session.send(ack)
-        elif kind == "summaries":
-            self._store_push(session, message.summaries)
-        elif kind == "snapshot_result":
-            session.resolve(message.snapshot_result)
-        else:
-            log.warning("agent %s sent an unexpected %s message", session.host_id, kind)
-
-    def _store_push(self, session: AgentSession, push: hub_pb2.SummaryPush) -> None:
-        """Store one push and acknowledge it when sequenced. A bad push is acknowledged
-        too: sending it again would not make it good."""
-        if push.dropped_push_count > session.dropped_push_count:
-            log.warning(
-                "host %s's agent dropped %d summary pushes while it could not deliver them "
-                "(%d in all)",
-                session.host_id,
-                push.dropped_push_count - session.dropped_push_count,
-                push.dropped_push_count,
-            )
-            session.dropped_push_count = push.dropped_push_count
-        refused: errors.InvalidArgument | None = None
-        try:
-            items = validate_summaries(push.processes, session.host)
-        except errors.InvalidArgument as exc:
-            log.warning("refused a bad summary push from %s: %s", session.host_id, exc)
-            items, refused = None, exc
-        origin = (
-            PushOrigin(session.instance_id, push.sequence, push.dropped_push_count)
-            if push.sequence
-            else None
-        )
-        if items is not None:
-            stored = self.hub.store.put_summaries(
-                session.host_id,
-                items,
-                complete=push.complete,
-                origin=origin,
-                access_denied_count=push.access_denied_count,
-            )
-            if not stored:
-                log.info("host %s: push %d was stored already", session.host_id, push.sequence)
-        if push.sequence:
-            ack = hub_pb2.ConnectResponse()
-            ack.summaries_ack.sequence = push.sequence
-            if refused is not None:
-                ack.summaries_ack.refused_code = grpc.StatusCode.INVALID_ARGUMENT.value[0]
-                ack.summaries_ack.refused_message = str(refused)
-            session.send(ack)

@@ -1,0 +1,117 @@
+"""``vmatlas.v1.FleetService`` over :class:`vmatlas.server.domain.fleet.FleetQueries`.
+
+Snapshots leave as one serialized ``Snapshot`` whose region table is spliced in as
+the store keeps it (:meth:`HostSnapshot.serialized`), never encoded again here.
+"""
+
+from __future__ import annotations
+
+import grpc
+
+from vmatlas import errors, wire
+from vmatlas.grpcutil import maps_errors
+from vmatlas.model import SnapshotView
+from vmatlas.server.domain.fleet import FleetQueries
+from vmatlas.server.domain.hub import SnapshotRequest
+from vmatlas.v1 import fleet_pb2, fleet_pb2_grpc
+
+SERVICE_NAME = fleet_pb2.DESCRIPTOR.services_by_name["FleetService"].full_name
+
+# Left of the caller's deadline for the answer to travel back.
+DEADLINE_MARGIN_SECONDS = 0.05
+
+
+def snapshot_view_from_pb(value: int) -> SnapshotView:
+    try:
+        return SnapshotView(value)
+    except ValueError:
+        raise errors.InvalidArgument(f"unknown snapshot view {value}") from None
+
+
+def snapshot_request_from_pb(request: fleet_pb2.GetHostSnapshotRequest) -> SnapshotRequest:
+    return SnapshotRequest(
+        pid=request.pid,
+        include_free=request.include_free,
+        include_residency=request.include_residency,
+        view=snapshot_view_from_pb(request.view),
+    )
+
+
+def time_left(context: grpc.ServicerContext) -> float | None:
+    """What is left of the caller's deadline, less the way back (None: no deadline)."""
+    remaining: float | None = context.time_remaining()
+    return None if remaining is None else max(0.0, remaining - DEADLINE_MARGIN_SECONDS)
+
+
+class FleetServicer(fleet_pb2_grpc.FleetServiceServicer):
+    def __init__(self, queries: FleetQueries):
+        self.queries = queries
+
+    @maps_errors
+    def ListHosts(
+        self, request: fleet_pb2.ListHostsRequest, context: grpc.ServicerContext
+    ) -> fleet_pb2.ListHostsResponse:
+        response = fleet_pb2.ListHostsResponse()
+        for status in self.queries.hosts():
+            wire.host_status_to_pb(status, response.hosts.add())
+        return response
+
+    @maps_errors
+    def ListFleetProcesses(
+        self, request: fleet_pb2.ListFleetProcessesRequest, context: grpc.ServicerContext
+    ) -> fleet_pb2.ListFleetProcessesResponse:
+        found = self.queries.processes(
+            host_id=request.host_id,
+            name_contains=request.name_filter,
+            order=wire.process_order_from_pb(request.order),
+            limit=request.limit,
+        )
+        response = fleet_pb2.ListFleetProcessesResponse()
+        for item in found:
+            wire.fleet_process_to_pb(item, response.processes.add())
+        return response
+
+    @maps_errors
+    def GetHostSnapshot(
+        self, request: fleet_pb2.GetHostSnapshotRequest, context: grpc.ServicerContext
+    ) -> fleet_pb2.GetHostSnapshotResponse:
+        if request.fresh:
+            found = self.queries.fresh_snapshot(
+                request.host_id,
+                snapshot_request_from_pb(request),
+                timeout_seconds=time_left(context),
+            )
+        else:
+            found = self.queries.latest_snapshot(request.host_id, request.pid)
+        return fleet_pb2.GetHostSnapshotResponse(
+            snapshot=found.serialized(), snapshot_id=found.snapshot_id
+        )
+
+    @maps_errors
+    def ListProcessHistory(
+        self, request: fleet_pb2.ListProcessHistoryRequest, context: grpc.ServicerContext
+    ) -> fleet_pb2.ListProcessHistoryResponse:
+        since = (
+            wire.timestamp_from_pb(request.since_time) if request.HasField("since_time") else 0.0
+        )
+        until = (
+            wire.timestamp_from_pb(request.until_time)
+            if request.HasField("until_time")
+            else float("inf")
+        )
+        history = self.queries.history(request.host_id, request.pid, since, until)
+        response = fleet_pb2.ListProcessHistoryResponse()
+        for item in history.summaries:
+            wire.process_summary_to_pb(item, response.summaries.add())
+        for info in history.snapshots:
+            wire.stored_info_to_pb(info, response.snapshots.add())
+        return response
+
+    @maps_errors
+    def GetStoredSnapshot(
+        self, request: fleet_pb2.GetStoredSnapshotRequest, context: grpc.ServicerContext
+    ) -> fleet_pb2.GetStoredSnapshotResponse:
+        found = self.queries.stored_snapshot(request.snapshot_id)
+        return fleet_pb2.GetStoredSnapshotResponse(
+            snapshot=found.serialized(), host_id=found.host_id
+        )
