@@ -32,7 +32,7 @@ from dataclasses import replace
 
 import grpc
 
-from vmatlas import __version__, errors, wire
+from vmatlas import __version__, defaults, errors, wire
 from vmatlas.agents.base import Reader
 from vmatlas.agents.service import AgentServicer
 from vmatlas.grpcutil import channel_options, error_from_rpc
@@ -41,10 +41,9 @@ from vmatlas.v1 import hub_pb2, hub_pb2_grpc
 
 log = logging.getLogger(__name__)
 
-DEFAULT_INTERVAL_SECONDS = 60.0
-DEFAULT_JUMP_REGIONS = 1000
-# An hour of pushes at the default interval (jump pushes count too).
-DEFAULT_BUFFER_PUSHES = 60
+DEFAULT_INTERVAL_SECONDS = defaults.INTERVAL_SECONDS
+DEFAULT_JUMP_REGIONS = defaults.JUMP_REGIONS
+DEFAULT_BUFFER_PUSHES = defaults.BUFFER_PUSHES
 SILENT_HEARTBEATS = 3
 
 Outbox = queue.Queue[hub_pb2.ConnectRequest | None]

@@ -11,9 +11,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
-import platformdirs
 from grpc_health.v1.health import HealthServicer
 
+from vmatlas import defaults
 from vmatlas.grpcutil import DEFAULT_GRACE_SECONDS, StopSignals, build_server
 from vmatlas.security.auth import AuthInterceptor
 from vmatlas.security.policy import SERVER_POLICY
@@ -32,14 +32,13 @@ from vmatlas.v1 import analysis_pb2_grpc, fleet_pb2_grpc, hub_pb2_grpc
 
 log = logging.getLogger(__name__)
 
-DEFAULT_LISTEN = "127.0.0.1:50550"
+DEFAULT_LISTEN = defaults.SERVER_LISTEN
 DEFAULT_RETAIN_SECONDS = 30 * 86400.0
 # Threads beside the agents' streams for clients' calls.
 QUERY_WORKERS = 32
 
 
-def default_data_dir() -> str:
-    return platformdirs.user_data_dir("vmatlas", appauthor=False)
+default_data_dir = defaults.data_dir
 
 
 @dataclass

@@ -17,13 +17,13 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from vmatlas import errors
+from vmatlas import defaults, errors
 
 log = logging.getLogger(__name__)
 
 # A 1M-region snapshot packs into well under this; anything larger is refused.
 MAX_MESSAGE_BYTES = 256 * 1024 * 1024
-DEFAULT_GRACE_SECONDS = 10.0
+DEFAULT_GRACE_SECONDS = defaults.GRACE_SECONDS
 
 _TO_STATUS: tuple[tuple[type[errors.Error], grpc.StatusCode], ...] = (
     (errors.NoSuchProcess, grpc.StatusCode.NOT_FOUND),

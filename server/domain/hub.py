@@ -30,14 +30,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from vmatlas import errors
+from vmatlas import defaults, errors
 from vmatlas.model import Host, SnapshotView
 from vmatlas.server.store import PushOrigin, Store
 from vmatlas.validate import validate_summaries
 
 log = logging.getLogger(__name__)
 
-DEFAULT_HEARTBEAT_SECONDS = 10.0
+DEFAULT_HEARTBEAT_SECONDS = defaults.HEARTBEAT_SECONDS
 # Missed heartbeats before a silent agent counts as gone.
 MISSED_HEARTBEATS = 3
 # Snapshot requests that may wait on one agent at once.

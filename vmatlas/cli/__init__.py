@@ -1,6 +1,11 @@
-"""The ``vmatlas`` command. Each command lives in its own module here and registers
-itself in :data:`COMMANDS`; :func:`main` turns every vmatlas error into a one-line
-message on stderr and a non-zero exit status."""
+"""The ``vmatlas`` command. Each command lives in its own module here, with a
+``register(sub)`` that adds its parser; :func:`main` turns every vmatlas error into a
+one-line message on stderr and a non-zero exit status.
+
+Only the chosen command's module is imported, and each command imports what it runs
+when it runs: ``vmatlas --help`` loads no command, ``vmatlas snapshot`` never loads
+the server, and nothing loads grpc or cryptography before it needs them.
+"""
 
 from __future__ import annotations
 
@@ -13,21 +18,32 @@ os.environ.setdefault("GRPC_VERBOSITY", "NONE")
 
 import argparse
 import importlib
-import logging
 import sys
 from collections.abc import Sequence
 
 from vmatlas import __version__, errors
-from vmatlas.security.options import apply_config_defaults
 
-# Module names under vmatlas.cli, in the order --help lists them.
-COMMANDS = ("agent", "certs", "ps", "snapshot", "diff", "audit", "server", "up", "hosts")
+# Each command (its module under vmatlas.cli) and its line in --help, in the order
+# --help lists them.
+COMMANDS = {
+    "agent": "serve this host's address spaces over gRPC",
+    "certs": "make the fleet's CA, certificates and tokens",
+    "ps": "processes by region count, with headroom to the map limit",
+    "snapshot": "one process's address space, region by region",
+    "diff": "what changed between two snapshots, grouped by class",
+    "audit": "findings, per-application figures and recommended limits across the fleet",
+    "server": "the fleet server: agents connect to it, clients ask it",
+    "up": "a server and this host's agent in one process, with a live fleet view",
+    "hosts": "hosts a server knows: online, last seen, limits",
+}
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The whole command line; given ``command``, only that command's module is
+    imported to register its options, and the others are listed by name and help."""
     parser = argparse.ArgumentParser(
         prog="vmatlas",
         description="See and audit process address spaces across Linux and Windows hosts.",
@@ -37,15 +53,27 @@ def build_parser() -> argparse.ArgumentParser:
         "-v", "--verbose", action="count", default=0, help="log more (repeat for debug)"
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name in COMMANDS:
-        importlib.import_module(f"vmatlas.cli.{name}").register(sub)
+    for name, summary in COMMANDS.items():
+        if command is None or name == command:
+            importlib.import_module(f"vmatlas.cli.{name}").register(sub)
+        else:
+            sub.add_parser(name, help=summary)
     return parser
 
 
+def chosen_command(argv: Sequence[str]) -> str:
+    """The command ``argv`` names: its first argument that is not an option (the
+    top-level options take no values), or "" when there is none."""
+    return next((arg for arg in argv if not arg.startswith("-")), "")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(chosen_command(argv))
     args = parser.parse_args(argv)
     if getattr(args, "config", None):
+        from vmatlas.security.options import apply_config_defaults
+
         # The file's [command] table becomes the command's defaults; parsing again
         # lets the flags given on the command line win over it.
         try:
@@ -55,6 +83,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"vmatlas {args.command}: {exc}", file=sys.stderr)
             return EXIT_USAGE
         args = parser.parse_args(argv)
+    import logging
+
     logging.basicConfig(
         level=logging.WARNING - 10 * min(args.verbose, 2),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -8,39 +8,28 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from typing import TYPE_CHECKING
 
-from vmatlas import errors
-from vmatlas.agents import Reader, default_reader, windows_view
-from vmatlas.agents.service import SERVICE_NAME, AgentServicer
-from vmatlas.agents.uplink import (
-    DEFAULT_BUFFER_PUSHES,
-    DEFAULT_INTERVAL_SECONDS,
-    DEFAULT_JUMP_REGIONS,
-    Uplink,
-)
-from vmatlas.cli import EXIT_ERROR
-from vmatlas.grpcutil import (
-    DEFAULT_GRACE_SECONDS,
-    StopSignals,
-    build_server,
-    serve_until_signalled,
-)
-from vmatlas.security.options import (
-    add_server_security_args,
-    add_uplink_security_args,
-    server_security,
-    uplink_credentials,
-)
-from vmatlas.security.policy import AGENT_POLICY
-from vmatlas.v1 import agent_pb2_grpc
+from vmatlas import defaults, errors
+from vmatlas.cli import COMMANDS, EXIT_ERROR
+from vmatlas.security.options import add_server_security_args, add_uplink_security_args
+
+if TYPE_CHECKING:
+    from vmatlas.agents import Reader
+    from vmatlas.agents.service import AgentServicer
+    from vmatlas.agents.uplink import Uplink
 
 log = logging.getLogger("vmatlas.agent")
 
-DEFAULT_LISTEN = "127.0.0.1:50551"
+DEFAULT_LISTEN = defaults.AGENT_LISTEN
+DEFAULT_INTERVAL_SECONDS = defaults.INTERVAL_SECONDS
+DEFAULT_JUMP_REGIONS = defaults.JUMP_REGIONS
+DEFAULT_BUFFER_PUSHES = defaults.BUFFER_PUSHES
+DEFAULT_GRACE_SECONDS = defaults.GRACE_SECONDS
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    p = sub.add_parser("agent", help="serve this host's address spaces over gRPC")
+    p = sub.add_parser("agent", help=COMMANDS["agent"])
     p.add_argument(
         "--listen",
         metavar="HOST:PORT",
@@ -91,6 +80,13 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def run(args: argparse.Namespace) -> int:
+    from vmatlas.agents import default_reader, windows_view
+    from vmatlas.agents.service import SERVICE_NAME, AgentServicer
+    from vmatlas.grpcutil import StopSignals, build_server, serve_until_signalled
+    from vmatlas.security.options import server_security
+    from vmatlas.security.policy import AGENT_POLICY
+    from vmatlas.v1 import agent_pb2_grpc
+
     listen = args.listen or DEFAULT_LISTEN
     security = server_security(args, AGENT_POLICY, listen=listen)
     reader = default_reader(args.host_id)
@@ -132,6 +128,9 @@ def _uplink(args: argparse.Namespace, reader: Reader, servicer: AgentServicer) -
     text unless ``--insecure``."""
     if not args.server:
         return None
+    from vmatlas.agents.uplink import Uplink
+    from vmatlas.security.options import uplink_credentials
+
     credentials = uplink_credentials(args, args.server)
     if args.interval <= 0 or args.jump <= 0 or args.buffer <= 0:
         raise errors.InvalidArgument("--interval, --jump and --buffer must be positive")

@@ -12,19 +12,21 @@ import argparse
 import csv
 import json
 import sys
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
-from vmatlas.audit import AuditReport, Severity, audit, human_duration, report_to_document
+from vmatlas.cli import COMMANDS
 from vmatlas.cli.common import (
+    DEFAULT_SERVER,
     add_connection_args,
     client_for,
     human_bytes,
     output,
     print_table,
 )
-from vmatlas.model import ProcessSummary
-from vmatlas.policy import DEFAULT_POLICY, Policy, load_policy
-from vmatlas.server.app import DEFAULT_LISTEN as DEFAULT_SERVER
+
+if TYPE_CHECKING:
+    from vmatlas.audit import AuditReport
+    from vmatlas.policy import Policy
 
 EXIT_FINDINGS = 3
 CSV_COLUMNS = (
@@ -45,7 +47,7 @@ BYTE_CHECKS = {"largest_free_block", "unusable", "reserved_vs_committed"}
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser(
         "audit",
-        help="findings, per-application figures and recommended limits across the fleet",
+        help=COMMANDS["audit"],
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -78,6 +80,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 def local_report(policy: Policy) -> AuditReport:
     """This host audited as it is now."""
     from vmatlas.agents import default_reader
+    from vmatlas.audit import audit
+    from vmatlas.model import ProcessSummary
 
     reader = default_reader()
     host = reader.host()
@@ -86,6 +90,9 @@ def local_report(policy: Policy) -> AuditReport:
 
 
 def run(args: argparse.Namespace) -> int:
+    from vmatlas.audit import Severity, report_to_document
+    from vmatlas.policy import DEFAULT_POLICY, load_policy
+
     policy = load_policy(args.policy) if args.policy else DEFAULT_POLICY
     if args.local:
         report = local_report(policy)
@@ -110,6 +117,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def write_csv(report: AuditReport, out: TextIO) -> None:
+    from vmatlas.audit import report_to_document
+
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(CSV_COLUMNS)
     for f in report_to_document(report)["findings"]:
@@ -117,6 +126,8 @@ def write_csv(report: AuditReport, out: TextIO) -> None:
 
 
 def write_table(report: AuditReport, out: TextIO, *, top: int = 10) -> None:
+    from vmatlas.audit import human_duration
+
     out.write(
         f"audit of {report.host_count} hosts, {report.process_count} processes: "
         f"{len(report.findings)} findings\n"

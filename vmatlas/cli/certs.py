@@ -5,15 +5,20 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from vmatlas.security import certs
-from vmatlas.security.tokens import Role, add_token, revoke_token
+from vmatlas import defaults
+from vmatlas.cli import COMMANDS
+from vmatlas.security.tokens import Role
+
+if TYPE_CHECKING:
+    from vmatlas.security.certs import Issued
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser(
         "certs",
-        help="make the fleet's CA, certificates and tokens",
+        help=COMMANDS["certs"],
         description="Keys are written mode 0600 and never overwritten.",
     )
     actions = p.add_subparsers(dest="certs_command", metavar="ACTION", required=True)
@@ -26,7 +31,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         action="append",
         metavar="NAME",
         help="a DNS name or IP address the server is reached by (repeatable; default "
-        + ", ".join(certs.DEFAULT_SERVER_NAMES)
+        + ", ".join(defaults.SERVER_NAMES)
         + ")",
     )
     init.set_defaults(func=run_init)
@@ -77,11 +82,13 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     revoke.set_defaults(func=run_revoke)
 
 
-def _report(issued: certs.Issued) -> None:
+def _report(issued: Issued) -> None:
     print(f"certificate {issued.cert_path}\nkey         {issued.key_path}")
 
 
 def run_init(args: argparse.Namespace) -> int:
+    from vmatlas.security import certs
+
     ca = certs.init_ca(args.dir)
     print(f"CA          {ca.cert_path}\nCA key      {ca.key_path} (keep it offline)")
     _report(certs.issue_server(args.dir, args.names))
@@ -89,22 +96,31 @@ def run_init(args: argparse.Namespace) -> int:
 
 
 def run_server(args: argparse.Namespace) -> int:
+    from vmatlas.security import certs
+
     _report(certs.issue_server(args.dir, args.names, stem=args.stem))
     return 0
 
 
 def run_agent(args: argparse.Namespace) -> int:
+    from vmatlas.security import certs
+
     _report(certs.issue_agent(args.dir, args.host_id, args.names))
     return 0
 
 
 def run_client(args: argparse.Namespace) -> int:
+    from vmatlas.security import certs
+
     _report(certs.issue_client(args.dir, certs.check_name(args.name)))
     return 0
 
 
 def run_token(args: argparse.Namespace) -> int:
-    path = args.dir / certs.TOKENS_FILE
+    from vmatlas.security.certs import TOKENS_FILE
+    from vmatlas.security.tokens import add_token
+
+    path = args.dir / TOKENS_FILE
     token = add_token(path, args.name, Role.parse(args.role))
     print(f"token for {args.name} ({args.role}), stored hashed in {path}:", file=sys.stderr)
     print(token, flush=True)
@@ -113,6 +129,9 @@ def run_token(args: argparse.Namespace) -> int:
 
 
 def run_revoke(args: argparse.Namespace) -> int:
-    revoke_token(args.dir / certs.TOKENS_FILE, args.name)
+    from vmatlas.security.certs import TOKENS_FILE
+    from vmatlas.security.tokens import revoke_token
+
+    revoke_token(args.dir / TOKENS_FILE, args.name)
     print(f"revoked {args.name}'s token", file=sys.stderr)
     return 0

@@ -1,5 +1,6 @@
 """What several commands share: where to read from (an agent, a server, or this host
-directly) and how to print tables."""
+directly) and how to print tables. Light to import: the client, grpc and the agent's
+reader load when a command connects or reads, not when the parser is built."""
 
 from __future__ import annotations
 
@@ -8,12 +9,15 @@ import os
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
-from vmatlas.client import Client
-from vmatlas.model import Snapshot, SnapshotView
+from vmatlas import defaults, errors
 
-DEFAULT_AGENT = "127.0.0.1:50551"
+if TYPE_CHECKING:
+    from vmatlas.client import Client
+
+DEFAULT_AGENT = defaults.AGENT_LISTEN
+DEFAULT_SERVER = defaults.SERVER_LISTEN
 
 
 def add_target_args(parser: argparse.ArgumentParser) -> None:
@@ -30,6 +34,25 @@ def add_target_args(parser: argparse.ArgumentParser) -> None:
         "--timeout", type=float, default=30.0, metavar="SECONDS", help="per-call deadline"
     )
     add_connection_args(parser)
+
+
+def add_host_arg(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument(
+        "--host",
+        metavar="NAME",
+        help=f"a fleet host: {what}, through the server at --target (default {DEFAULT_SERVER})",
+    )
+
+
+def fleet_target(args: argparse.Namespace) -> dict[str, str]:
+    """With --host, point --target at the server by default; the options that pass
+    the host on to the client."""
+    if not args.host:
+        return {}
+    if args.local:
+        raise errors.InvalidArgument("--host and --local exclude each other")
+    args.target = args.target or DEFAULT_SERVER
+    return {"host": args.host}
 
 
 TOKEN_ENV = "VMATLAS_TOKEN"
@@ -50,6 +73,8 @@ def add_connection_args(parser: argparse.ArgumentParser) -> None:
 
 def client_for(args: argparse.Namespace, target: str) -> Client:
     """A Client for ``target`` with the command's TLS and token options."""
+    from vmatlas.client import Client
+
     return Client(
         target,
         timeout=args.timeout,
@@ -97,44 +122,12 @@ def print_table(
         out.write("  ".join(parts).rstrip() + "\n")
 
 
-class LocalSource:
-    """This host read directly, with the same calls as :class:`Client`: the agent's
-    service without the gRPC around it."""
-
-    def __init__(self) -> None:
-        from vmatlas.agents import default_reader, windows_view
-        from vmatlas.agents.service import AgentServicer
-
-        self._view = windows_view()
-        self.agent = AgentServicer(default_reader(), windows_view=self._view)
-
-    def processes(self, *, order: str = "regions", limit: int = 0, name: str = "") -> Any:
-        from vmatlas.client import ProcessList
-        from vmatlas.model import ProcessOrder
-
-        items, denied = self.agent.process_list(ProcessOrder.parse(order), limit, name)
-        return ProcessList(items, self.agent.reader.host(), denied)
-
-    def snapshot(
-        self,
-        pid: int,
-        *,
-        include_free: bool = False,
-        include_residency: bool = False,
-        view: SnapshotView = SnapshotView.NATIVE,
-    ) -> Snapshot:
-        return self.agent.snapshot(pid, include_free, include_residency, int(view))
-
-    def close(self) -> None:
-        close = getattr(self._view, "close", None)
-        if close is not None:
-            close()
-
-
 @contextmanager
 def source(args: argparse.Namespace) -> Iterator[Any]:
     """A Client for --target (or the default agent), or this host for --local."""
     if getattr(args, "local", False):
+        from vmatlas.cli.local import LocalSource
+
         local = LocalSource()
         try:
             yield local

@@ -11,22 +11,25 @@ import argparse
 import json
 import os
 import time
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from vmatlas import errors
+from vmatlas.cli import COMMANDS
 from vmatlas.cli.common import (
+    DEFAULT_SERVER,
     add_connection_args,
     client_for,
     human_bytes,
     output,
     print_table,
 )
-from vmatlas.diff import Diff, DiffMode, diff, diff_to_document
-from vmatlas.export import snapshot_from_document
-from vmatlas.model import Snapshot
-from vmatlas.server.app import DEFAULT_LISTEN as DEFAULT_SERVER
 
-MODES = {"auto": DiffMode.UNSPECIFIED, "address": DiffMode.ADDRESS, "identity": DiffMode.IDENTITY}
+if TYPE_CHECKING:
+    from vmatlas.diff import Diff
+    from vmatlas.model import Snapshot
+
+# --mode values and the DiffMode member each names.
+MODES = {"auto": "UNSPECIFIED", "address": "ADDRESS", "identity": "IDENTITY"}
 SUMMARY_LABELS = (
     ("region_count", "regions", False),
     ("map_count", "maps", False),
@@ -41,7 +44,7 @@ SUMMARY_LABELS = (
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser(
         "diff",
-        help="what changed between two snapshots, grouped by class",
+        help=COMMANDS["diff"],
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -69,6 +72,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 def load_side(arg: str) -> Snapshot | str:
     """A snapshot read from a JSON file, or the reference for the server to resolve."""
+    from vmatlas.export import snapshot_from_document
+
     if not (os.path.isfile(arg) or arg.endswith(".json")):
         return arg
     try:
@@ -79,7 +84,10 @@ def load_side(arg: str) -> Snapshot | str:
 
 
 def run(args: argparse.Namespace) -> int:
-    mode = MODES[args.mode]
+    from vmatlas.diff import DiffMode, diff, diff_to_document
+    from vmatlas.model import Snapshot
+
+    mode = DiffMode[MODES[args.mode]]
     before, after = load_side(args.before), load_side(args.after)
     if isinstance(before, Snapshot) and isinstance(after, Snapshot):
         result = diff(before, after, mode)
@@ -108,6 +116,8 @@ def _when(seconds: float) -> str:
 
 
 def write_table(d: Diff, out: TextIO, *, top: int = 20) -> None:
+    from vmatlas.diff import DiffMode
+
     b, a = d.before, d.after
     if d.mode == DiffMode.ADDRESS:
         elapsed = a.capture_time - b.capture_time

@@ -8,12 +8,19 @@ import json
 import time
 from dataclasses import asdict
 
-from vmatlas.cli.common import add_connection_args, add_format_args, connect, output, print_table
-from vmatlas.server.app import DEFAULT_LISTEN as DEFAULT_SERVER
+from vmatlas.cli import COMMANDS
+from vmatlas.cli.common import (
+    DEFAULT_SERVER,
+    add_connection_args,
+    add_format_args,
+    connect,
+    output,
+    print_table,
+)
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    p = sub.add_parser("hosts", help="hosts a server knows: online, last seen, limits")
+    p = sub.add_parser("hosts", help=COMMANDS["hosts"])
     p.add_argument(
         "--target",
         metavar="HOST:PORT",

@@ -6,26 +6,32 @@ import argparse
 import csv
 import json
 from dataclasses import asdict
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vmatlas import errors
+from vmatlas.cli import COMMANDS
 from vmatlas.cli.common import (
+    DEFAULT_SERVER,
     add_format_args,
+    add_host_arg,
     add_target_args,
     connect,
+    fleet_target,
     human_bytes,
     output,
     print_table,
     source,
 )
-from vmatlas.model import ProcessOrder, ProcessSummary
-from vmatlas.server.app import DEFAULT_LISTEN as DEFAULT_SERVER
+from vmatlas.model import ProcessOrder
+
+if TYPE_CHECKING:
+    from vmatlas.model import ProcessSummary
 
 COLUMNS = ("pid", "name", "user", "map_count", "max_map_count", "headroom", "committed", "reserved")
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    p = sub.add_parser("ps", help="processes by region count, with headroom to the map limit")
+    p = sub.add_parser("ps", help=COMMANDS["ps"])
     add_target_args(p)
     p.add_argument("--top", type=int, default=0, metavar="N", help="only the first N")
     p.add_argument(
@@ -43,25 +49,6 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     )
     add_format_args(p)
     p.set_defaults(func=run)
-
-
-def add_host_arg(p: argparse.ArgumentParser, what: str) -> None:
-    p.add_argument(
-        "--host",
-        metavar="NAME",
-        help=f"a fleet host: {what}, through the server at --target (default {DEFAULT_SERVER})",
-    )
-
-
-def fleet_target(args: argparse.Namespace) -> dict[str, str]:
-    """With --host, point --target at the server by default; the options that pass
-    the host on to the client."""
-    if not args.host:
-        return {}
-    if args.local:
-        raise errors.InvalidArgument("--host and --local exclude each other")
-    args.target = args.target or DEFAULT_SERVER
-    return {"host": args.host}
 
 
 def _rows(args: argparse.Namespace) -> tuple[list[tuple[str, ProcessSummary]], Any]:

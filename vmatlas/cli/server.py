@@ -6,17 +6,20 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from typing import TYPE_CHECKING
 
-from vmatlas import errors
-from vmatlas.grpcutil import DEFAULT_GRACE_SECONDS, StopSignals
-from vmatlas.security.options import add_server_security_args, server_security
-from vmatlas.security.policy import SERVER_POLICY
-from vmatlas.server.app import DEFAULT_LISTEN, FleetServer, ServerConfig, default_data_dir
-from vmatlas.server.domain.hub import DEFAULT_HEARTBEAT_SECONDS
-from vmatlas.server.sqlite_store import SQLiteStore
-from vmatlas.server.store import parse_duration
+from vmatlas import defaults, errors
+from vmatlas.cli import COMMANDS
+from vmatlas.security.options import add_server_security_args
+
+if TYPE_CHECKING:
+    from vmatlas.server.app import ServerConfig
 
 log = logging.getLogger("vmatlas.server")
+
+DEFAULT_LISTEN = defaults.SERVER_LISTEN
+DEFAULT_HEARTBEAT_SECONDS = defaults.HEARTBEAT_SECONDS
+DEFAULT_GRACE_SECONDS = defaults.GRACE_SECONDS
 
 
 def add_server_args(p: argparse.ArgumentParser) -> None:
@@ -30,7 +33,7 @@ def add_server_args(p: argparse.ArgumentParser) -> None:
         "--data-dir",
         default=None,
         metavar="DIR",
-        help=f"where the database lives (default {default_data_dir()})",
+        help=f"where the database lives (default {defaults.data_dir()})",
     )
     p.add_argument(
         "--retain",
@@ -82,6 +85,11 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
     """The server's configuration from its flags (and ``--config``), TLS and
     authentication included; refuses to serve beyond loopback without them unless
     ``--insecure``."""
+    from vmatlas.security.options import server_security
+    from vmatlas.security.policy import SERVER_POLICY
+    from vmatlas.server.app import ServerConfig
+    from vmatlas.server.store import parse_duration
+
     args.listen = args.listen or DEFAULT_LISTEN
     security = server_security(args, SERVER_POLICY, listen=args.listen)
     if security.authenticated and not security.mutual_tls:
@@ -95,7 +103,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         raise errors.InvalidArgument("--grace must not be negative")
     return ServerConfig(
         listen=args.listen,
-        data_dir=args.data_dir or default_data_dir(),
+        data_dir=args.data_dir or defaults.data_dir(),
         retain_seconds=parse_duration(args.retain),
         heartbeat_seconds=args.heartbeat,
         offline_after_seconds=args.offline_after,
@@ -107,7 +115,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    p = sub.add_parser("server", help="the fleet server: agents connect to it, clients ask it")
+    p = sub.add_parser("server", help=COMMANDS["server"])
     add_server_args(p)
     p.add_argument(
         "--check",
@@ -120,6 +128,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def check(data_dir: str) -> int:
+    from vmatlas.server.sqlite_store import SQLiteStore
+
     store = SQLiteStore(data_dir, read_only=True)
     try:
         problems = store.check()
@@ -135,8 +145,11 @@ def check(data_dir: str) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    from vmatlas.grpcutil import StopSignals
+    from vmatlas.server.app import FleetServer
+
     if args.check:
-        return check(args.data_dir or default_data_dir())
+        return check(args.data_dir or defaults.data_dir())
     signals = StopSignals()
     fleet = FleetServer(config_from_args(args)).start()
     print(f"vmatlas server listening on {fleet.address}", flush=True)

@@ -4,24 +4,27 @@ from __future__ import annotations
 
 import argparse
 import json
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from vmatlas import errors
+from vmatlas.cli import COMMANDS
 from vmatlas.cli.common import (
     add_format_args,
+    add_host_arg,
     add_target_args,
+    fleet_target,
     human_bytes,
     output,
     print_table,
     source,
 )
-from vmatlas.cli.ps import add_host_arg, fleet_target
-from vmatlas.export import snapshot_to_csv, snapshot_to_document
-from vmatlas.model import Snapshot, SnapshotView
+
+if TYPE_CHECKING:
+    from vmatlas.model import Snapshot
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    p = sub.add_parser("snapshot", help="one process's address space, region by region")
+    p = sub.add_parser("snapshot", help=COMMANDS["snapshot"])
     p.add_argument("pid", type=int, help="process id")
     add_target_args(p)
     p.add_argument("--residency", action="store_true", help="read smaps: rss, pss, swap ...")
@@ -40,6 +43,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def run(args: argparse.Namespace) -> int:
+    from vmatlas.model import SnapshotView
+
     options: dict[str, object] = {"include_free": args.free, "include_residency": args.residency}
     fleet: dict[str, object] = dict(fleet_target(args))
     if args.stored:
@@ -50,6 +55,8 @@ def run(args: argparse.Namespace) -> int:
         if args.windows:
             options["view"] = SnapshotView.WINDOWS
         snap = src.snapshot(args.pid, **options, **fleet)
+    from vmatlas.export import snapshot_to_csv, snapshot_to_document
+
     with output(args) as out:
         if args.format == "json":
             json.dump(snapshot_to_document(snap), out, indent=1)

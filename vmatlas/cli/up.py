@@ -7,30 +7,25 @@ import argparse
 import sys
 import threading
 import time
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
-from vmatlas import errors
-from vmatlas.agents import default_reader, windows_view
-from vmatlas.agents.service import SERVICE_NAME as AGENT_SERVICE
-from vmatlas.agents.service import AgentServicer
-from vmatlas.agents.uplink import DEFAULT_INTERVAL_SECONDS, Uplink
+from vmatlas import defaults, errors
+from vmatlas.cli import COMMANDS
 from vmatlas.cli.common import print_table
 from vmatlas.cli.server import add_server_args, config_from_args
-from vmatlas.fleet import FleetProcess, HostStatus
-from vmatlas.grpcutil import StopSignals
-from vmatlas.model import ProcessOrder
-from vmatlas.security.options import add_uplink_security_args, uplink_credentials
-from vmatlas.server.app import FleetServer
-from vmatlas.v1 import agent_pb2_grpc
+from vmatlas.security.options import add_uplink_security_args
 
+if TYPE_CHECKING:
+    from vmatlas.fleet import FleetProcess, HostStatus
+    from vmatlas.server.app import FleetServer
+
+DEFAULT_INTERVAL_SECONDS = defaults.INTERVAL_SECONDS
 TOP_PROCESSES = 10
 _CLEAR = "\x1b[H\x1b[2J"
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    p = sub.add_parser(
-        "up", help="a server and this host's agent in one process, with a live fleet view"
-    )
+    p = sub.add_parser("up", help=COMMANDS["up"])
     add_server_args(p)
     add_uplink_security_args(p)
     p.add_argument(
@@ -96,6 +91,8 @@ def fleet_view(hosts: list[HostStatus], processes: list[FleetProcess], now: floa
 
 
 def _show(fleet: FleetServer, out: TextIO, stop: threading.Event, refresh: float) -> None:
+    from vmatlas.model import ProcessOrder
+
     tty = out.isatty()
     while True:
         hosts = fleet.queries.hosts()
@@ -108,6 +105,15 @@ def _show(fleet: FleetServer, out: TextIO, stop: threading.Event, refresh: float
 
 
 def run(args: argparse.Namespace) -> int:
+    from vmatlas.agents import default_reader, windows_view
+    from vmatlas.agents.service import SERVICE_NAME as AGENT_SERVICE
+    from vmatlas.agents.service import AgentServicer
+    from vmatlas.agents.uplink import Uplink
+    from vmatlas.grpcutil import StopSignals
+    from vmatlas.security.options import uplink_credentials
+    from vmatlas.server.app import FleetServer
+    from vmatlas.v1 import agent_pb2_grpc
+
     config = config_from_args(args)
     # With TLS the local agent dials its own server like any agent: trusting the fleet
     # CA (the client CA, unless --server-ca says otherwise) with its own certificate.

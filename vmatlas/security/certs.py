@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from vmatlas import errors
+from vmatlas import defaults, errors
 
 CA_CERT, CA_KEY = "ca.pem", "ca.key"
 SERVER_CERT, SERVER_KEY = "server.pem", "server.key"
@@ -39,7 +39,7 @@ KIND_SERVER = "server"
 KIND_CLIENT = "client"
 ORGANIZATION = "vmatlas"
 
-DEFAULT_SERVER_NAMES = ("localhost", "127.0.0.1", "::1")
+DEFAULT_SERVER_NAMES = defaults.SERVER_NAMES
 CA_DAYS = 3650
 LEAF_DAYS = 397
 

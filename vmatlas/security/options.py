@@ -1,25 +1,26 @@
 """What every vmatlas server (``vmatlas agent``, ``vmatlas server``) shares about
 security: its command-line flags, an optional TOML config file, and the rule that
 nothing serves address layouts beyond loopback without TLS and authentication unless
-the operator says ``--insecure`` (and is told loudly what that means)."""
+the operator says ``--insecure`` (and is told loudly what that means).
+
+Registering the flags and reading ``--config`` import nothing heavy: grpc and the
+interceptors load when a server is built, cryptography only where a certificate is read.
+"""
 
 from __future__ import annotations
 
 import argparse
 import logging
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import grpc
+from vmatlas import defaults, errors
 
-from vmatlas import errors
-from vmatlas.grpcutil import is_loopback
-from vmatlas.security import tls
-from vmatlas.security.auth import AuthInterceptor, Policy
-from vmatlas.security.ratelimit import DEFAULT_RATE_LIMIT, RateLimit, RateLimiter
-from vmatlas.security.tokens import TokenStore
+if TYPE_CHECKING:
+    import grpc
+
+    from vmatlas.security.auth import Policy
 
 log = logging.getLogger(__name__)
 
@@ -43,13 +44,13 @@ def add_server_security_args(parser: argparse.ArgumentParser) -> None:
         "--rate-limit",
         type=float,
         metavar="CALLS_PER_SECOND",
-        help=f"per-client call rate (default {DEFAULT_RATE_LIMIT.rate_per_second:g})",
+        help=f"per-client call rate (default {defaults.RATE_PER_SECOND:g})",
     )
     group.add_argument(
         "--rate-burst",
         type=int,
         metavar="CALLS",
-        help=f"per-client burst (default {DEFAULT_RATE_LIMIT.burst})",
+        help=f"per-client burst (default {defaults.RATE_BURST})",
     )
     group.add_argument(
         "--insecure",
@@ -70,6 +71,8 @@ def apply_config_defaults(parser: argparse.ArgumentParser, path: str, section: s
     flags given on the command line still win. Keys are option names (``tls-cert`` or
     ``tls_cert``); values are converted as the flag's own would be. An unknown key or a
     value of the wrong kind is refused, naming the file, the table and the key."""
+    import tomllib
+
     try:
         with open(path, "rb") as f:
             data = tomllib.load(f)
@@ -128,6 +131,8 @@ class ServerSecurity:
 
 def check_exposure(listen: str, security: ServerSecurity, insecure: bool) -> None:
     """Refuse to serve beyond loopback without TLS and tokens, unless ``insecure``."""
+    from vmatlas.grpcutil import is_loopback
+
     if is_loopback(listen):
         return
     missing = [
@@ -155,6 +160,11 @@ def check_exposure(listen: str, security: ServerSecurity, insecure: bool) -> Non
 def server_security(args: argparse.Namespace, policy: Policy, *, listen: str) -> ServerSecurity:
     """Credentials and the auth interceptor from the security flags, after checking
     that they make sense and that ``listen`` is allowed with them."""
+    from vmatlas.security import tls
+    from vmatlas.security.auth import AuthInterceptor
+    from vmatlas.security.ratelimit import DEFAULT_RATE_LIMIT, RateLimit, RateLimiter
+    from vmatlas.security.tokens import TokenStore
+
     cert, key, client_ca = args.tls_cert, args.tls_key, args.tls_client_ca
     if bool(cert) != bool(key):
         raise errors.InvalidArgument("--tls-cert and --tls-key go together")
@@ -214,6 +224,9 @@ def uplink_credentials(
 ) -> grpc.ChannelCredentials | None:
     """Channel credentials for the stream to ``target``, or None for plain text, which
     is refused beyond loopback unless ``--insecure``."""
+    from vmatlas.grpcutil import is_loopback
+    from vmatlas.security import tls
+
     ca = getattr(args, "server_ca", None) or fallback_ca
     cert, key = getattr(args, "agent_cert", None), getattr(args, "agent_key", None)
     if bool(cert) != bool(key):

@@ -9,6 +9,8 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from vmatlas import defaults
+
 MAX_TRACKED_CALLERS = 10_000
 
 
@@ -25,7 +27,7 @@ class RateLimit:
         return f"{self.rate_per_second:g} calls/s, burst {self.burst}"
 
 
-DEFAULT_RATE_LIMIT = RateLimit(rate_per_second=20.0, burst=40)
+DEFAULT_RATE_LIMIT = RateLimit(rate_per_second=defaults.RATE_PER_SECOND, burst=defaults.RATE_BURST)
 
 
 class RateLimiter:

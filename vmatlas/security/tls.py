@@ -3,7 +3,8 @@
 A server given a client CA requires and verifies a client certificate from every peer
 (mutual TLS). The identity a certificate carries is read from the verified leaf that
 gRPC hands the servicer (``context.auth_context()``), never from anything the peer
-merely says.
+merely says. cryptography is loaded only to read such a certificate: a server or
+agent without certificates never needs it.
 """
 
 from __future__ import annotations
@@ -11,14 +12,14 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
-from cryptography import x509
-from cryptography.x509.oid import NameOID
 
 from vmatlas import errors
-from vmatlas.security.certs import KIND_AGENT, ORGANIZATION
+
+if TYPE_CHECKING:
+    from cryptography import x509
 
 PathLike = str | os.PathLike[str]
 
@@ -68,6 +69,8 @@ class PeerIdentity:
     @property
     def agent_host_id(self) -> str | None:
         """The host id an agent certificate names, or None for any other certificate."""
+        from vmatlas.security.certs import KIND_AGENT
+
         return self.common_name if self.kind == KIND_AGENT else None
 
 
@@ -79,6 +82,11 @@ def _first(name: x509.Name, oid: x509.ObjectIdentifier) -> str:
 
 def identity_of_certificate(pem: bytes) -> PeerIdentity:
     """The identity in one PEM certificate."""
+    from cryptography import x509
+    from cryptography.x509.oid import NameOID
+
+    from vmatlas.security.certs import ORGANIZATION
+
     cert = x509.load_pem_x509_certificate(pem)
     subject = cert.subject
     try:

@@ -1,0 +1,36 @@
+"""Defaults that the commands share with the parts they run (agent, uplink, server,
+certificates).
+
+Loading this module imports nothing, so that the command line can build its parser
+and print ``--help`` without loading grpc, cryptography or the server; the parts take
+their defaults from here rather than keeping copies.
+"""
+
+from __future__ import annotations
+
+AGENT_LISTEN = "127.0.0.1:50551"
+SERVER_LISTEN = "127.0.0.1:50550"
+
+# How long a stopping server or agent lets calls in flight finish.
+GRACE_SECONDS = 10.0
+HEARTBEAT_SECONDS = 10.0
+
+# An agent's pushes to the fleet server.
+INTERVAL_SECONDS = 60.0
+JUMP_REGIONS = 1000
+# An hour of pushes at the default interval (jump pushes count too).
+BUFFER_PUSHES = 60
+
+# Calls per second and burst each client of a server or agent is allowed.
+RATE_PER_SECOND = 20.0
+RATE_BURST = 40
+
+# DNS names and addresses a server certificate names when none are given.
+SERVER_NAMES = ("localhost", "127.0.0.1", "::1")
+
+
+def data_dir() -> str:
+    """Where the server keeps its database unless told otherwise."""
+    import platformdirs
+
+    return platformdirs.user_data_dir("vmatlas", appauthor=False)
