@@ -37,6 +37,7 @@ def test_every_error_has_its_own_status() -> None:
         errors.FailedPrecondition,
         errors.AlreadyExists,
         errors.Unavailable,
+        errors.Aborted,
         errors.Unauthenticated,
         errors.ResourceExhausted,
         errors.DeadlineExceeded,

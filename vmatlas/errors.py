@@ -53,6 +53,11 @@ class Unavailable(Error):
     """The peer (an agent, the server) cannot be reached now; retrying may succeed."""
 
 
+class Aborted(Error):
+    """Another writer won a race (a lease taken over, a transaction that lost): read
+    the state again before deciding whether to retry."""
+
+
 class FailedPrecondition(Error):
     """The request is valid but the system is not in a state to serve it."""
 
@@ -71,3 +76,25 @@ class ResourceExhausted(Error):
 
 class DeadlineExceeded(Error):
     """The call did not finish in time."""
+
+
+# Store errors: each is also one of the kinds above, so the one mapping to gRPC status
+# codes holds for them, and a caller can tell "retry" from "give up" by type.
+
+
+class StoreError(Error):
+    """Base of every error a store raises beyond NotFound and InvalidArgument."""
+
+
+class StoreClosed(StoreError, FailedPrecondition):
+    """The store was closed (the server is stopping): give up, retrying cannot work."""
+
+
+class StoreUnavailable(StoreError, Unavailable):
+    """The database cannot be reached or is busy now (connection lost, pool exhausted,
+    lock timeout, serialization failure): the same call may succeed later."""
+
+
+class StoreConflict(StoreError, Aborted):
+    """A concurrent writer holds what was asked for (a lease or an ownership record
+    with a newer epoch): retrying the same call is wrong; re-read, or stop (fence)."""
