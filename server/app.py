@@ -26,8 +26,7 @@ from vmatlas.server.rpc.fleet import SERVICE_NAME as FLEET_SERVICE
 from vmatlas.server.rpc.fleet import FleetServicer
 from vmatlas.server.rpc.hub import SERVICE_NAME as HUB_SERVICE
 from vmatlas.server.rpc.hub import AgentHubServicer
-from vmatlas.server.sqlite_store import SQLiteStore
-from vmatlas.server.store import Store
+from vmatlas.server.store import Store, open_store, sqlite_url
 from vmatlas.v1 import analysis_pb2_grpc, fleet_pb2_grpc, hub_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -45,6 +44,8 @@ default_data_dir = defaults.data_dir
 class ServerConfig:
     listen: str = DEFAULT_LISTEN
     data_dir: str = field(default_factory=default_data_dir)
+    # The store's URL (vmatlas.server.store.open_store); empty: SQLite in data_dir.
+    store_url: str = ""
     # History older than this is pruned; 0 keeps everything.
     retain_seconds: float = DEFAULT_RETAIN_SECONDS
     heartbeat_seconds: float = DEFAULT_HEARTBEAT_SECONDS
@@ -76,7 +77,11 @@ class FleetServer:
     ):
         self.config = config
         owned = store is None
-        self.store: Store = store if store is not None else SQLiteStore(config.data_dir)
+        self.store: Store = (
+            store
+            if store is not None
+            else open_store(config.store_url or sqlite_url(config.data_dir))
+        )
         try:
             self.hub = Hub(
                 self.store,

@@ -1,5 +1,6 @@
 """Fixtures shared by every test: real child processes that plant address-space
-layouts (tests/linux/planter.c, built once per session with the system C compiler)."""
+layouts (tests/linux/planter.c, built once per session with the system C compiler),
+and databases of their own on the real PostgreSQL server."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import shutil
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -146,6 +148,74 @@ def make_planter(planter_binary: Path) -> Iterator[object]:
     yield make
     for child in children:
         child.close()
+
+
+# The PostgreSQL server the tests use: on 127.0.0.1:5432, user postgres, trust auth.
+# A test run makes one database of its own and drops it at the end; each test works in
+# a fresh schema of it (making a database costs seconds, a schema milliseconds).
+POSTGRES_ADMIN_URL = os.environ.get(
+    "VMATLAS_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
+
+
+def _postgres_connect(url: str) -> Any:
+    import psycopg
+
+    return psycopg.connect(url, autocommit=True, connect_timeout=5)
+
+
+@pytest.fixture(scope="session")
+def postgres_run_database() -> Iterator[str]:
+    """The URL of this test run's own database, dropped at the end. Skips when the
+    server cannot be reached, unless VMATLAS_REQUIRE_POSTGRES is set (CI sets it):
+    then that is a failure."""
+    try:
+        admin = _postgres_connect(POSTGRES_ADMIN_URL)
+    except Exception as exc:
+        message = (
+            f"PostgreSQL is not reachable at {POSTGRES_ADMIN_URL} ({type(exc).__name__}: "
+            f"{str(exc).strip()}); the PostgreSQL tests need a server there (user postgres, "
+            "trust auth), or VMATLAS_TEST_POSTGRES set to another admin URL"
+        )
+        if os.environ.get("VMATLAS_REQUIRE_POSTGRES"):
+            pytest.fail(f"{message} (VMATLAS_REQUIRE_POSTGRES is set)")
+        pytest.skip(message)
+    name = f"vmatlas_test_{os.getpid()}_{uuid.uuid4().hex[:12]}"
+    with admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield POSTGRES_ADMIN_URL.rsplit("/", 1)[0] + "/" + name
+    finally:
+        with _postgres_connect(POSTGRES_ADMIN_URL) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def make_postgres_url(postgres_run_database: str) -> Iterator[Callable[[], str]]:
+    """A factory of URLs of fresh, empty stores on the real PostgreSQL server: each
+    is a schema of its own in the run's database (the URL's search_path selects it),
+    dropped after the test. Servers given the same URL share one store."""
+    schemas: list[str] = []
+
+    def make() -> str:
+        schema = f"t_{uuid.uuid4().hex[:16]}"
+        with _postgres_connect(postgres_run_database) as db:
+            db.execute(f'CREATE SCHEMA "{schema}"')
+        schemas.append(schema)
+        return f"{postgres_run_database}?options=-csearch_path%3D{schema}"
+
+    yield make
+    with _postgres_connect(postgres_run_database) as db:
+        # A connection a test left open must not hang the run: fail instead.
+        db.execute("SET lock_timeout = '30s'")
+        for schema in schemas:
+            db.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+@pytest.fixture
+def postgres_url(make_postgres_url: Callable[[], str]) -> str:
+    """The URL of a fresh, empty PostgreSQL store of this test's own."""
+    return make_postgres_url()
 
 
 def pytest_report_header() -> str:

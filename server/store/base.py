@@ -1,9 +1,21 @@
-"""The one storage interface of the server.
+"""The one storage interface of the server: the :class:`Store` protocol, the records it
+takes and gives, and its errors.
 
 RPC code talks to a :class:`Store` and nothing else: no SQL dialect, no driver call.
-:mod:`vmatlas.server.sqlite_store` is the embedded implementation; a PostgreSQL one
-implements the same protocol. Every method is safe to call from many threads (the
-gRPC thread pool) and returns only after its writes are durable.
+Every backend (:mod:`.sqlite`, :mod:`.postgres`) keeps the same contract, which
+``tests/store/`` asserts once against each. Every method is safe to call from many
+threads and returns only after its writes are committed.
+
+Errors a caller must tell apart are typed (:mod:`vmatlas.errors`):
+
+* :class:`~vmatlas.errors.NotFound`, :class:`~vmatlas.errors.InvalidArgument`: the
+  request names nothing or is malformed;
+* :class:`~vmatlas.errors.StoreClosed` (a ``FailedPrecondition``): the store was closed;
+  give up;
+* :class:`~vmatlas.errors.StoreUnavailable` (an ``Unavailable``): the database cannot
+  be reached or was busy; the same call may succeed later;
+* :class:`~vmatlas.errors.StoreConflict` (an ``Aborted``): a concurrent writer holds the
+  lease or ownership record asked for; re-read, do not retry blindly.
 
 A snapshot's region table is kept as the opaque serialized bytes the wire module made
 (:class:`SnapshotRecord`): the server never decodes it, and identical tables are kept
@@ -50,7 +62,41 @@ class ProcessFilter:
     limit: int = 0
 
 
+@dataclass(frozen=True, slots=True)
+class HostOwnership:
+    """Which replica holds a host's agent stream: the record a replica claims when the
+    agent connects and renews by heartbeat. ``epoch`` grows by one with every claim of
+    the host, so the holder of a smaller epoch knows it was replaced. Times are seconds
+    since the epoch on the replicas' clocks (keep them in sync: NTP)."""
+
+    host_id: str
+    replica_id: str
+    address: str  # where other replicas reach the holder (HOST:PORT)
+    instance_id: str  # the agent instance whose stream it holds
+    epoch: int
+    expires_time: float
+
+    def live(self, now: float) -> bool:
+        return bool(self.replica_id) and self.expires_time > now
+
+
+@dataclass(frozen=True, slots=True)
+class JobLease:
+    """The right to run one singleton job (``retention``, ``offline``, ``partitions``)
+    until ``expires_time``: at most one holder at a time; ``epoch`` grows by one each
+    time the lease changes hands."""
+
+    job: str
+    holder: str
+    epoch: int
+    expires_time: float
+
+
 class Store(Protocol):
+    @property
+    def prune_granularity_seconds(self) -> float:
+        """Retention works in steps this long (0: exact). See :meth:`prune`."""
+
     def put_host(self, host: Host, now: float) -> None:
         """Record (or update) a host's facts and mark it online, last seen ``now``."""
 
@@ -69,13 +115,14 @@ class Store(Protocol):
         origin: PushOrigin | None = None,
         access_denied_count: int = 0,
     ) -> bool:
-        """Append summaries to history. ``complete`` means ``items`` is every current
-        process of the host (the rest have exited), and ``access_denied_count`` how
-        many more exist but could not be read (the host's count from then on);
-        otherwise they update the current set. With ``origin``, a push whose
-        sequence is not above the last one stored for the same agent instance changes
-        nothing but the drop count, and False is returned; the sequence is recorded
-        in the same transaction as the summaries.
+        """Append summaries to history; committed when this returns (so a push may be
+        acknowledged then). ``complete`` means ``items`` is every current process of
+        the host (the rest have exited), and ``access_denied_count`` how many more
+        exist but could not be read (the host's count from then on); otherwise they
+        update the current set. A process listed twice counts once, the later entry.
+        With ``origin``, a push whose sequence is not above the last one stored for the
+        same agent instance changes nothing but the drop count, and False is returned;
+        the sequence is recorded in the same transaction as the summaries.
         NotFound for an unknown host."""
 
     def put_snapshot(self, host_id: str, record: SnapshotRecord) -> str:
@@ -108,15 +155,20 @@ class Store(Protocol):
         """One host; NotFound when unknown."""
 
     def processes(self, where: ProcessFilter) -> list[FleetProcess]:
-        """Latest summaries of current processes, filtered and sorted."""
+        """Latest summaries of current processes, filtered and sorted. NotFound for an
+        unknown ``where.host_id``, InvalidArgument for an unknown order."""
 
     def latest_summaries_all_hosts(self) -> list[FleetProcess]:
-        """The latest summary of every current process of every host (for audits)."""
+        """The latest summary of every current process of every host (for audits),
+        sorted by host id and pid."""
 
     def prune(self, older_than: float) -> int:
         """Delete history (summaries, snapshots, unreferenced region tables) captured
-        before ``older_than``; hosts stay. Returns how many summaries and snapshots
-        went."""
+        before ``older_than``; hosts stay, and a current process whose latest summary
+        went leaves the current set. Works in whole steps of :attr:`prune_granularity_seconds`
+        (a backend that drops time partitions): nothing captured at or after
+        ``older_than`` goes, and everything captured before ``older_than`` minus one
+        step does. Returns how many summaries and snapshots went."""
 
     def check(self) -> list[str]:
         """Verify the store end to end: the database's own integrity, references
@@ -124,7 +176,55 @@ class Store(Protocol):
         decodable. Returns the problems found; empty means consistent."""
 
     def close(self) -> None:
-        """Release the store; later calls fail."""
+        """Release the store; later calls raise StoreClosed."""
+
+    # -- ownership of hosts and singleton jobs, for several replicas on one store ------
+
+    def claim_host(
+        self,
+        host_id: str,
+        *,
+        replica_id: str,
+        address: str,
+        instance_id: str,
+        now: float,
+        ttl_seconds: float,
+    ) -> HostOwnership:
+        """Record that ``replica_id`` (reachable at ``address``) holds the stream of
+        agent ``instance_id`` for ``host_id`` until ``now + ttl_seconds``, with an epoch
+        one above any the host had: a reconnect of the same agent instance through any
+        replica takes the host over, and the replica left with the smaller epoch must
+        close its stream. StoreConflict, naming the holder, when a live record holds
+        the host for another agent instance (two agents with one host id)."""
+
+    def renew_host(self, held: HostOwnership, *, now: float, ttl_seconds: float) -> HostOwnership:
+        """Extend ``held`` to ``now + ttl_seconds``. StoreConflict when the host's
+        record is no longer ``held`` (another claim bumped the epoch, or it was
+        released): the caller has lost the host and must close its stream (fencing).
+        An expired record that nobody claimed since is renewed."""
+
+    def release_host(self, held: HostOwnership) -> None:
+        """Give the host up (the stream ended), if ``held`` is still its record;
+        otherwise do nothing. The epoch stays, so later claims still go above it."""
+
+    def host_owners(self) -> dict[str, HostOwnership]:
+        """Every host's latest ownership record, live or expired (see
+        :meth:`HostOwnership.live`), released ones included with an empty replica."""
+
+    def acquire_job(
+        self, job: str, *, holder: str, now: float, ttl_seconds: float
+    ) -> JobLease | None:
+        """Take or extend the lease on singleton job ``job`` until ``now +
+        ttl_seconds``: when nobody holds it, when its holder's lease expired (a new
+        epoch), or when ``holder`` holds it already (same epoch). None when another
+        holder's lease is live: do not run the job."""
+
+    def renew_job(self, lease: JobLease, *, now: float, ttl_seconds: float) -> JobLease:
+        """Extend ``lease``; StoreConflict when the job changed hands (stop running it)."""
+
+    def release_job(self, lease: JobLease) -> None:
+        """Give the job up if ``lease`` still holds it, so another holder need not wait
+        for the expiry."""
 
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")

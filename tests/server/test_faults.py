@@ -27,7 +27,7 @@ from vmatlas.agents.uplink import Uplink
 from vmatlas.client import Client
 from vmatlas.model import ProcessSummary, Snapshot
 from vmatlas.server.app import FleetServer
-from vmatlas.server.sqlite_store import SQLiteStore
+from vmatlas.server.store.sqlite import SQLiteStore
 from vmatlas.v1 import fleet_pb2, fleet_pb2_grpc, hub_pb2
 
 from .conftest import PYTHON, Child, RawAgent, start, start_server, wait_for

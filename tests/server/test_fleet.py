@@ -19,7 +19,7 @@ from vmatlas.client import Client
 from vmatlas.model import ProcessSummary
 from vmatlas.server.app import FleetServer
 from vmatlas.server.domain.hub import MAX_WAITING_SNAPSHOTS
-from vmatlas.server.sqlite_store import DATABASE_NAME
+from vmatlas.server.store.sqlite import DATABASE_NAME
 
 from .conftest import HEARTBEAT_SECONDS, OFFLINE_AFTER_SECONDS, RawAgent, wait_for
 

@@ -23,7 +23,7 @@ from vmatlas.agents.linux import LinuxReader
 from vmatlas.client import Client
 from vmatlas.model import Host
 from vmatlas.server.app import FleetServer, ServerConfig
-from vmatlas.server.sqlite_store import DATABASE_NAME, SQLiteStore
+from vmatlas.server.store.sqlite import DATABASE_NAME, SQLiteStore
 from vmatlas.v1 import hub_pb2
 
 from .conftest import HEARTBEAT_SECONDS, RawAgent, Stream, wait_for

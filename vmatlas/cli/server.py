@@ -33,7 +33,7 @@ def add_server_args(p: argparse.ArgumentParser) -> None:
         "--data-dir",
         default=None,
         metavar="DIR",
-        help=f"where the database lives (default {defaults.data_dir()})",
+        help=f"the embedded SQLite store's directory (default {defaults.data_dir()})",
     )
     p.add_argument(
         "--retain",
@@ -104,6 +104,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
     return ServerConfig(
         listen=args.listen,
         data_dir=args.data_dir or defaults.data_dir(),
+        store_url=getattr(args, "store", None) or "",
         retain_seconds=parse_duration(args.retain),
         heartbeat_seconds=args.heartbeat,
         offline_after_seconds=args.offline_after,
@@ -118,19 +119,26 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("server", help=COMMANDS["server"])
     add_server_args(p)
     p.add_argument(
+        "--store",
+        metavar="URL",
+        help="the store: sqlite:///PATH (a SQLite file) or postgresql://USER@HOST:PORT/DB "
+        "(made or migrated at start; several servers may share one); default: SQLite "
+        "in --data-dir",
+    )
+    p.add_argument(
         "--check",
         action="store_true",
-        help="do not serve: verify the store in --data-dir (database integrity, "
-        "references, every snapshot's region table present and decodable) and exit "
-        "non-zero if anything is wrong; safe beside a running server",
+        help="do not serve: verify the store (--store, or the one in --data-dir: "
+        "database integrity, references, every snapshot's region table present and "
+        "decodable) and exit non-zero if anything is wrong; safe beside a running server",
     )
     p.set_defaults(func=run)
 
 
-def check(data_dir: str) -> int:
-    from vmatlas.server.sqlite_store import SQLiteStore
+def check(url: str) -> int:
+    from vmatlas.server.store import open_store, redact
 
-    store = SQLiteStore(data_dir, read_only=True)
+    store = open_store(url, read_only=True)
     try:
         problems = store.check()
     finally:
@@ -138,21 +146,27 @@ def check(data_dir: str) -> int:
     if problems:
         for problem in problems:
             print(problem)
-        print(f"vmatlas store in {data_dir}: {len(problems)} problems", file=sys.stderr)
+        print(f"vmatlas store {redact(url)}: {len(problems)} problems", file=sys.stderr)
         return 1
-    print(f"vmatlas store in {data_dir}: consistent")
+    print(f"vmatlas store {redact(url)}: consistent")
     return 0
 
 
 def run(args: argparse.Namespace) -> int:
     from vmatlas.grpcutil import StopSignals
     from vmatlas.server.app import FleetServer
+    from vmatlas.server.store import redact, sqlite_url
 
+    if args.store and args.data_dir:
+        raise errors.InvalidArgument("give --store or --data-dir, not both")
     if args.check:
-        return check(args.data_dir or defaults.data_dir())
+        return check(args.store or sqlite_url(args.data_dir or defaults.data_dir()))
     signals = StopSignals()
     fleet = FleetServer(config_from_args(args)).start()
     print(f"vmatlas server listening on {fleet.address}", flush=True)
-    print(f"vmatlas server data in {fleet.config.data_dir}", flush=True)
+    if args.store:
+        print(f"vmatlas server store {redact(args.store)}", flush=True)
+    else:
+        print(f"vmatlas server data in {fleet.config.data_dir}", flush=True)
     fleet.serve_until_signalled(signals, args.grace)
     return 0
