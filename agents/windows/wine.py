@@ -44,7 +44,13 @@ from vmatlas.agents.windows.win32 import (
 from vmatlas.model import Snapshot, SnapshotView
 
 MINGW_GCC = "x86_64-w64-mingw32-gcc"
+MINGW_GCC_32 = "i686-w64-mingw32-gcc"
 WINE = "wine"
+# Where distributions put the loaders when no `wine` command is on PATH (Debian's
+# wine64 package alone installs only these).
+WINE_LOADERS = ("/usr/lib/wine/wine64", "/usr/lib/wine/wine")
+WINESERVERS = ("/usr/lib/wine/wineserver64", "/usr/lib/wine/wineserver")
+WINE_INSTALL_HINT = "on Debian or Ubuntu, as root: apt-get install wine wine64"
 
 # Operation codes; they match helper.c.
 OP_SYSTEM_INFO = 1
@@ -105,6 +111,31 @@ def build_helper(
     return target
 
 
+def find_wine(wine: str = WINE, loaders: tuple[str, ...] = WINE_LOADERS) -> str | None:
+    """The Wine command: ``wine`` on PATH, else the distribution's loader itself."""
+    for candidate in (wine, *loaders):
+        path = shutil.which(candidate)
+        if path is not None:
+            return path
+    return None
+
+
+def find_wineserver() -> str | None:
+    for candidate in ("wineserver", *WINESERVERS):
+        path = shutil.which(candidate)
+        if path is not None:
+            return path
+    return None
+
+
+def loader_env(env: dict[str, str], wine: str) -> dict[str, str]:
+    """``env`` for running ``wine``: a bare loader needs WINELOADER to start further
+    Windows programs (the ``wine`` script sets it)."""
+    if os.path.realpath(wine) in WINE_LOADERS and "WINELOADER" not in env:
+        env = {**env, "WINELOADER": os.path.realpath(wine)}
+    return env
+
+
 def default_prefix() -> str:
     return os.environ.get("WINEPREFIX") or os.path.join(os.path.expanduser("~"), ".wine")
 
@@ -121,18 +152,20 @@ class WineApi:
         prefix: str | os.PathLike[str] | None = None,
         *,
         wine: str = WINE,
+        loaders: tuple[str, ...] = WINE_LOADERS,
         cache_dir: str | os.PathLike[str] | None = None,
         env: dict[str, str] | None = None,
     ):
         self.prefix = os.fspath(prefix) if prefix is not None else default_prefix()
-        wine_path = shutil.which(wine)
+        wine_path = find_wine(wine, loaders)
         if wine_path is None:
+            searched = ", ".join((wine, *loaders))
             raise errors.FailedPrecondition(
-                f"the Windows view needs Wine ({wine} not found); on Debian or Ubuntu: "
-                "apt-get install wine64"
+                f"the Windows view needs Wine (none of {searched} found); " + WINE_INSTALL_HINT
             )
+        self.loader = wine_path
         helper = build_helper(cache_dir)
-        child_env = dict(os.environ if env is None else env)
+        child_env = loader_env(dict(os.environ if env is None else env), wine_path)
         child_env["WINEPREFIX"] = self.prefix
         child_env.setdefault("WINEDEBUG", "-all")
         # A new prefix would otherwise offer to install Mono and Gecko.
@@ -453,7 +486,7 @@ def wine_view_snapshot(
 
 def wine_version(wine: str = WINE) -> str:
     """``wine --version``'s answer ("wine-8.0 (Debian 8.0~repack-4)"), or "Wine"."""
-    path = shutil.which(wine)
+    path = find_wine(wine)
     if path is None:
         return "Wine"
     try:

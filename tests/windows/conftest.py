@@ -1,7 +1,7 @@
 """One Wine prefix per test session, one helper in it, and the planter program.
 
-The tests skip when Wine or MinGW-w64 is missing, unless VMATLAS_REQUIRE_WINE is set
-(CI sets it): then a missing tool is a failure.
+The tests skip when Wine or MinGW-w64 is missing, saying how to install them, unless
+VMATLAS_REQUIRE_WINE is set (CI sets it): then a missing tool is a failure.
 """
 
 from __future__ import annotations
@@ -14,35 +14,67 @@ from pathlib import Path
 
 import pytest
 
-from vmatlas.agents.windows.wine import MINGW_GCC, WINE, WineApi
+from vmatlas.agents.windows.wine import (
+    MINGW_GCC,
+    WINE_LOADERS,
+    WineApi,
+    find_wine,
+    find_wineserver,
+    loader_env,
+)
 
 from .planting import Planter, start_planter
 
 HERE = Path(__file__).parent
 
 
-def _require_tools() -> None:
-    missing = [tool for tool in (WINE, MINGW_GCC) if shutil.which(tool) is None]
-    if not missing:
-        return
-    message = f"missing {', '.join(missing)}"
-    if os.environ.get("VMATLAS_REQUIRE_WINE"):
-        pytest.fail(f"{message} (VMATLAS_REQUIRE_WINE is set)")
+def require(what: str, how: str, variable: str = "VMATLAS_REQUIRE_WINE") -> None:
+    """Skip for a missing ``what``, saying ``how`` to get it; fail when ``variable`` is
+    set (CI sets it)."""
+    message = f"missing {what}: {how}"
+    if os.environ.get(variable):
+        pytest.fail(f"{message} ({variable} is set)")
     pytest.skip(message)
 
 
+def _require_tools() -> str:
+    missing = []
+    wine = find_wine()
+    if wine is None:
+        missing.append(f"Wine (no `wine` command, no {WINE_LOADERS[0]})")
+    if shutil.which(MINGW_GCC) is None:
+        missing.append(MINGW_GCC)
+    if missing:
+        require(
+            " and ".join(missing),
+            "run `sudo tools/system-deps` (or `make test` as root); on Debian or Ubuntu "
+            "that is apt-get install wine wine64 gcc-mingw-w64-x86-64",
+        )
+    assert wine is not None
+    return wine
+
+
 @pytest.fixture(scope="session")
-def wine_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    _require_tools()
+def wine() -> str:
+    """The Wine command (``wine``, or the distribution's loader when it has none)."""
+    return _require_tools()
+
+
+@pytest.fixture(scope="session")
+def wine_env(wine: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     prefix = tmp_path_factory.mktemp("wineprefix")
-    env = dict(os.environ)
+    env = loader_env(dict(os.environ), wine)
     env.update(
         WINEPREFIX=str(prefix),
         WINEDEBUG="-all",
         WINEDLLOVERRIDES="mscoree,mshtml=",
         XDG_CACHE_HOME=str(tmp_path_factory.mktemp("cache")),
     )
-    return env
+    yield env
+    # Ends every Windows process of the session's prefix, whoever started it.
+    wineserver = find_wineserver()
+    if wineserver is not None:
+        subprocess.run([wineserver, "-k"], env=env, check=False, capture_output=True)
 
 
 @pytest.fixture(scope="session")
@@ -52,7 +84,6 @@ def wine_api(wine_env: dict[str, str]) -> Iterator[WineApi]:
     api.get_system_info()
     yield api
     api.close()
-    subprocess.run(["wineserver", "-k"], env=wine_env, check=False, capture_output=True)
 
 
 @pytest.fixture(scope="session")
@@ -68,21 +99,22 @@ def planter_exe(wine_env: dict[str, str], tmp_path_factory: pytest.TempPathFacto
 @pytest.fixture(scope="session")
 def planter(
     wine_api: WineApi,
+    wine: str,
     planter_exe: Path,
     wine_env: dict[str, str],
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Planter]:
     view_file = tmp_path_factory.mktemp("view") / "view.bin"
-    planted = start_planter(planter_exe, wine_env, view_file)
+    planted = start_planter(wine, planter_exe, wine_env, view_file)
     yield planted
     planted.exit()
 
 
 @pytest.fixture
 def short_planter(
-    wine_api: WineApi, planter_exe: Path, wine_env: dict[str, str], tmp_path: Path
+    wine_api: WineApi, wine: str, planter_exe: Path, wine_env: dict[str, str], tmp_path: Path
 ) -> Iterator[Planter]:
-    planted = start_planter(planter_exe, wine_env, tmp_path / "view.bin")
+    planted = start_planter(wine, planter_exe, wine_env, tmp_path / "view.bin")
     yield planted
     if planted.process.poll() is None:
         planted.process.kill()

@@ -55,9 +55,9 @@ class Planter:
             self.process.wait(timeout=30)
 
 
-def start_planter(exe: Path, env: dict[str, str], view_file: Path) -> Planter:
+def start_planter(wine: str, exe: Path, env: dict[str, str], view_file: Path) -> Planter:
     process = subprocess.Popen(
-        ["wine", str(exe), str(view_file)],
+        [wine, str(exe), str(view_file)],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,

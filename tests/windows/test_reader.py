@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import pytest
 from vmatlas import errors
 from vmatlas.agents.windows import WindowsReader
 from vmatlas.agents.windows.win32 import MEM_COMMIT, MEM_FREE, MEM_RESERVE, Win32Api
-from vmatlas.agents.windows.wine import WineApi, WineView
+from vmatlas.agents.windows.wine import WINE_LOADERS, WineApi, WineView
 from vmatlas.model import (
     OperatingSystem,
     Protection,
@@ -261,3 +262,15 @@ def test_wine_view_maps_a_linux_pid(
     assert by_linux.view == by_windows.view == SnapshotView.WINDOWS
     assert by_linux.process.pid == planter.windows_pid
     assert by_linux.regions == by_windows.regions == snapshot.regions
+
+
+@pytest.mark.skipif(
+    not os.access(WINE_LOADERS[0], os.X_OK), reason=f"no {WINE_LOADERS[0]} on this system"
+)
+def test_the_distribution_loader_serves_without_a_wine_command(
+    wine_env: dict[str, str], reader: WindowsReader
+) -> None:
+    """Debian's wine64 alone puts no `wine` on PATH: the reader then runs the loader."""
+    with WineApi(wine_env["WINEPREFIX"], wine="no-wine-command-here", env=wine_env) as api:
+        assert api.loader == WINE_LOADERS[0]
+        assert WindowsReader(api).host() == reader.host()

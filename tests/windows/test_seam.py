@@ -85,7 +85,7 @@ def test_missing_compiler(tmp_path: Path) -> None:
 
 def test_missing_wine(tmp_path: Path) -> None:
     with pytest.raises(errors.FailedPrecondition, match="Wine"):
-        wine.WineApi(tmp_path, wine="vmatlas-no-such-wine", cache_dir=tmp_path)
+        wine.WineApi(tmp_path, wine="vmatlas-no-such-wine", loaders=(), cache_dir=tmp_path)
 
 
 def test_ctypes_api_imports_anywhere() -> None:
