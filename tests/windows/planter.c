@@ -6,6 +6,7 @@
  *   walk  -> "region BASE ALLOCBASE ALLOCPROTECT SIZE STATE PROTECT TYPE NAME" for every
  *            region from the minimum to the maximum application address (hex; NAME is
  *            GetMappedFileNameW's answer, or "-"), then "end"
+ *   info  -> "info PAGESIZE GRANULARITY MINADDRESS MAXADDRESS" (GetSystemInfo, hex)
  *   small N -> N more separate 4 KiB allocations (each takes a 64 KiB granule); "ok"
  *   exit  -> ends the process
  * End of input ends the process too.
@@ -112,6 +113,14 @@ int wmain(int argc, WCHAR **argv)
     while (fgets(line, sizeof(line), stdin)) {
         unsigned n;
         if (!strncmp(line, "walk", 4)) walk();
+        else if (!strncmp(line, "info", 4)) {
+            SYSTEM_INFO info;
+            GetSystemInfo(&info);
+            printf("info %lx %lx %llx %llx\n", info.dwPageSize, info.dwAllocationGranularity,
+                   (unsigned long long)(ULONG_PTR)info.lpMinimumApplicationAddress,
+                   (unsigned long long)(ULONG_PTR)info.lpMaximumApplicationAddress);
+            fflush(stdout);
+        }
         else if (sscanf(line, "small %u", &n) == 1) {
             for (unsigned i = 0; i < n; i++)
                 must(VirtualAlloc(NULL, 0x1000, MEM_RESERVE | MEM_COMMIT, PAGE_READWRITE), "small");

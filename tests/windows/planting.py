@@ -6,6 +6,21 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from vmatlas.agents.windows.win32 import MEM_COMMIT, MEM_FREE, MEM_RESERVE
+from vmatlas.model import RegionState, RegionType, Snapshot
+
+_STATES = {
+    MEM_FREE: RegionState.FREE,
+    MEM_RESERVE: RegionState.RESERVED,
+    MEM_COMMIT: RegionState.COMMITTED,
+}
+_TYPES = {
+    0: RegionType.UNSPECIFIED,
+    0x20000: RegionType.PRIVATE,
+    0x40000: RegionType.MAPPED,
+    0x1000000: RegionType.IMAGE,
+}
+
 
 @dataclass
 class Region:
@@ -38,6 +53,17 @@ class Planter:
             _, *numbers, name = line.rstrip("\n").split(" ", 8)
             regions.append(Region(*(int(n, 16) for n in numbers), name=name))
         raise AssertionError("the planter stopped mid-walk")
+
+    def system_info(self) -> tuple[int, int, int, int]:
+        """GetSystemInfo as the program sees it: (page size, allocation granularity,
+        minimum and maximum application address)."""
+        assert self.process.stdin is not None and self.process.stdout is not None
+        self.process.stdin.write("info\n")
+        self.process.stdin.flush()
+        word, *numbers = self.process.stdout.readline().split()
+        assert word == "info" and len(numbers) == 4, (word, numbers)
+        page, granularity, low, high = (int(n, 16) for n in numbers)
+        return page, granularity, low, high
 
     def allocate_small(self, count: int) -> None:
         """``count`` more separate 4 KiB allocations."""
@@ -75,3 +101,29 @@ def start_planter(wine: str, exe: Path, env: dict[str, str], view_file: Path) ->
         else:
             raise AssertionError(f"planter: {line}")
     raise AssertionError(f"the planter exited with status {process.wait()}")
+
+
+def assert_matches_walk(snapshot: Snapshot, walk: list[Region]) -> None:
+    """``snapshot`` (taken with free regions) holds exactly the regions of the program's
+    own VirtualQuery walk, field for field, and its summary counts them."""
+    high = snapshot.process.user_address_max
+    rows = list(snapshot.regions.rows())
+    assert len(rows) == len(walk)
+    for row, own in zip(rows, walk, strict=True):
+        free = own.state == MEM_FREE
+        assert row.start == own.base
+        assert row.end == min(own.base + own.size, high)
+        assert row.state == _STATES[own.state]
+        assert row.type == (RegionType.UNSPECIFIED if free else _TYPES[own.type])
+        assert row.protection_raw == own.protect
+        assert row.allocation_base == own.allocation_base
+        assert row.allocation_protection_raw == own.allocation_protect
+        name = "" if own.name == "-" else own.name.removeprefix("\\??\\")
+        assert row.path == name
+    summary = snapshot.summary
+    assert summary.region_count == sum(own.state != MEM_FREE for own in walk)
+    assert summary.allocation_count == len(
+        {own.allocation_base for own in walk if own.state != MEM_FREE}
+    )
+    assert summary.committed_bytes == sum(own.size for own in walk if own.state == MEM_COMMIT)
+    assert summary.reserved_bytes == sum(own.size for own in walk if own.state == MEM_RESERVE)

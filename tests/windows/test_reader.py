@@ -10,7 +10,7 @@ import pytest
 
 from vmatlas import errors
 from vmatlas.agents.windows import WindowsReader
-from vmatlas.agents.windows.win32 import MEM_COMMIT, MEM_FREE, MEM_RESERVE, Win32Api
+from vmatlas.agents.windows.win32 import Win32Api
 from vmatlas.agents.windows.wine import WINE_LOADERS, WineApi, WineView
 from vmatlas.model import (
     OperatingSystem,
@@ -22,7 +22,7 @@ from vmatlas.model import (
     SnapshotView,
 )
 
-from .planting import Planter
+from .planting import Planter, assert_matches_walk
 
 KIB = 1024
 PAGE = 4 * KIB
@@ -159,45 +159,12 @@ def test_images(snapshot: Snapshot, planter: Planter) -> None:
             assert not region.protection & Protection.SHARED
 
 
-_STATES = {
-    MEM_FREE: RegionState.FREE,
-    MEM_RESERVE: RegionState.RESERVED,
-    MEM_COMMIT: RegionState.COMMITTED,
-}
-_TYPES = {
-    0: RegionType.UNSPECIFIED,
-    0x20000: RegionType.PRIVATE,
-    0x40000: RegionType.MAPPED,
-    0x1000000: RegionType.IMAGE,
-}
-
-
 def test_every_region_equals_the_programs_own_walk(reader: WindowsReader, planter: Planter) -> None:
     before = planter.walk()
     snapshot = reader.snapshot(planter.windows_pid, include_free=True)
     after = planter.walk()
     assert before == after, "the planter's layout moved while it was read"
-    high = snapshot.process.user_address_max
-    rows = list(snapshot.regions.rows())
-    assert len(rows) == len(before)
-    for row, own in zip(rows, before, strict=True):
-        free = own.state == MEM_FREE
-        assert row.start == own.base
-        assert row.end == min(own.base + own.size, high)
-        assert row.state == _STATES[own.state]
-        assert row.type == (RegionType.UNSPECIFIED if free else _TYPES[own.type])
-        assert row.protection_raw == own.protect
-        assert row.allocation_base == own.allocation_base
-        assert row.allocation_protection_raw == own.allocation_protect
-        name = "" if own.name == "-" else own.name.removeprefix("\\??\\")
-        assert row.path == name
-    summary = snapshot.summary
-    assert summary.region_count == sum(own.state != MEM_FREE for own in before)
-    assert summary.allocation_count == len(
-        {own.allocation_base for own in before if own.state != MEM_FREE}
-    )
-    assert summary.committed_bytes == sum(own.size for own in before if own.state == MEM_COMMIT)
-    assert summary.reserved_bytes == sum(own.size for own in before if own.state == MEM_RESERVE)
+    assert_matches_walk(snapshot, before)
 
 
 def test_free_regions_only_when_asked(
