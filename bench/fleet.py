@@ -7,9 +7,11 @@ each stream's burst with a heartbeat: the server handles one stream's messages i
 order, so its heartbeat ack means every push before it is committed. Messages are
 built and serialized before the clock starts. Prints one JSON line.
 
-``python -m bench.fleet hold TARGET COUNT TAG`` opens COUNT agent streams, each on its
-own connection (grpc.aio in one process), registers them, prints ``{"ready": COUNT}``
-and holds them open until stdin closes.
+``python -m bench.fleet hold TARGET COUNT TAG [HEARTBEAT]`` opens COUNT agent streams,
+each on its own connection (grpc.aio in one process), registers them, prints
+``{"ready": COUNT}`` and holds them open until stdin closes; with HEARTBEAT seconds,
+each sends a heartbeat that often (spread evenly) and reads the acknowledgements, as
+an idle agent does.
 
 ``python -m bench.fleet soak TARGET COUNT INTERVAL SECONDS BATCH`` opens COUNT agent
 streams as ``hold`` does, then for SECONDS each sends a sequenced push of BATCH
@@ -162,11 +164,28 @@ def ingest(target: str, streams: int, pushes: int, batch: int, tag: str) -> dict
     return {"seconds": seconds, "summaries": total, "per_second": total / seconds}
 
 
-async def _hold(target: str, count: int, tag: str) -> None:
+async def _hold(target: str, count: int, tag: str, heartbeat: float = 0.0) -> None:
     from grpc import aio
 
     calls = []
     channels = []
+    beats: list[asyncio.Task[None]] = []
+
+    async def beat(call: aio.StreamStreamCall, offset: float) -> None:
+        async def drain() -> None:
+            while await call.read() is not aio.EOF:
+                pass
+
+        reading = asyncio.create_task(drain())
+        try:
+            await asyncio.sleep(offset)
+            while True:
+                message = hub_pb2.ConnectRequest()
+                wire.timestamp_to_pb(time.time(), message.heartbeat.send_time)
+                await call.write(message)
+                await asyncio.sleep(heartbeat)
+        finally:
+            reading.cancel()
 
     async def connect(index: int) -> None:
         channel = aio.insecure_channel(
@@ -182,8 +201,15 @@ async def _hold(target: str, count: int, tag: str) -> None:
     # In waves, so the server's accept queue is not the thing measured.
     for first in range(0, count, 50):
         await asyncio.gather(*(connect(i) for i in range(first, min(count, first + 50))))
+    if heartbeat:
+        beats.extend(
+            asyncio.create_task(beat(call, heartbeat * i / len(calls)))
+            for i, call in enumerate(calls)
+        )
     print(json.dumps({"ready": len(calls)}), flush=True)
     await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+    for task in beats:
+        task.cancel()
     for call in calls:
         call.cancel()
     await asyncio.gather(*(channel.close() for channel in channels))
@@ -264,7 +290,8 @@ def main(argv: list[str]) -> None:
             answer = {"error": f"{type(exc).__name__}: {exc}"[:200]}
         print(json.dumps(answer), flush=True)
     elif argv[0] == "hold":
-        asyncio.run(_hold(argv[1], int(argv[2]), argv[3]))
+        heartbeat = float(argv[4]) if len(argv) > 4 else 0.0
+        asyncio.run(_hold(argv[1], int(argv[2]), argv[3], heartbeat))
     elif argv[0] == "soak":
         target, count, interval, seconds, batch = argv[1:6]
         asyncio.run(_soak(target, int(count), float(interval), float(seconds), int(batch)))

@@ -1,21 +1,30 @@
-"""Assembling the fleet server: store, hub, services, retention; started and stopped
-as one thing by ``vmatlas server`` and ``vmatlas up``."""
+"""Assembling the fleet server: store, domain, gRPC front end, retention; started and
+stopped as one thing by ``vmatlas server`` and ``vmatlas up``.
+
+The server runs on ``grpc.aio`` in one event loop on a thread of its own (so an idle
+agent stream costs a queue, not a thread); store calls and other blocking work run on
+a thread pool beside it. :class:`FleetServer`'s own methods are plain blocking calls
+for the thread that made it (the command line, tests); the domain objects it holds
+(``hub``, ``queries``, ``analysis``) document which of their calls suit which thread.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
-from grpc_health.v1.health import HealthServicer
+from grpc_health.v1._async import HealthServicer
 
 from vmatlas import defaults
-from vmatlas.grpcutil import DEFAULT_GRACE_SECONDS, StopSignals, build_server
-from vmatlas.security.auth import AuthInterceptor
+from vmatlas.grpcutil import DEFAULT_GRACE_SECONDS, StopSignals, build_aio_server
+from vmatlas.security.auth import AsyncAuthInterceptor, AuthInterceptor
 from vmatlas.security.policy import SERVER_POLICY
 from vmatlas.server.domain.analysis import Analysis
 from vmatlas.server.domain.fleet import DEFAULT_AGENT_TIMEOUT_SECONDS, FleetQueries
@@ -33,8 +42,13 @@ log = logging.getLogger(__name__)
 
 DEFAULT_LISTEN = defaults.SERVER_LISTEN
 DEFAULT_RETAIN_SECONDS = 30 * 86400.0
-# Threads beside the agents' streams for clients' calls.
-QUERY_WORKERS = 32
+DEFAULT_MAX_AGENTS = defaults.MAX_AGENTS
+# Threads for blocking work (store calls, building large responses) beside the loop.
+BLOCKING_WORKERS = 32
+# Threads for servicers that are plain functions (`vmatlas up`'s local agent service).
+SYNC_WORKERS = 16
+
+T = TypeVar("T")
 
 
 default_data_dir = defaults.data_dir
@@ -52,13 +66,15 @@ class ServerConfig:
     # 0 means three heartbeat intervals.
     offline_after_seconds: float = 0.0
     agent_timeout_seconds: float = DEFAULT_AGENT_TIMEOUT_SECONDS
-    max_agents: int = 1000
+    max_agents: int = DEFAULT_MAX_AGENTS
     # TLS and authentication (vmatlas.security.options.server_security). Without them
     # the access policy still holds and every caller is the anonymous admin: for
     # loopback and tests only, which the command line enforces.
     credentials: grpc.ServerCredentials | None = None
-    interceptors: Sequence[grpc.ServerInterceptor] = field(
-        default_factory=lambda: [AuthInterceptor(SERVER_POLICY, tokens=None)]
+    # Auth interceptors made for a thread-pool server are turned into their grpc.aio
+    # twins (the same decisions, tokens and rate-limit buckets).
+    interceptors: Sequence[grpc.aio.ServerInterceptor | AuthInterceptor] = field(
+        default_factory=lambda: [AsyncAuthInterceptor(SERVER_POLICY, tokens=None)]
     )
 
 
@@ -66,7 +82,7 @@ class FleetServer:
     """The server: its store, its domain (``hub``, ``queries``, ``analysis``: see
     :mod:`vmatlas.server.domain`) and the gRPC front end over it. ``extra_services``
     are more ``(add_fn, servicer, name)`` triples for the same port (``vmatlas up``
-    adds the local agent's service)."""
+    adds the local agent's service, whose plain methods run on a thread pool)."""
 
     def __init__(
         self,
@@ -82,24 +98,17 @@ class FleetServer:
             if store is not None
             else open_store(config.store_url or sqlite_url(config.data_dir))
         )
+        self.executor = ThreadPoolExecutor(BLOCKING_WORKERS, thread_name_prefix="vmatlas-store")
+        self.loop = asyncio.new_event_loop()
+        self._loop_thread = threading.Thread(
+            target=self._run_loop, name="vmatlas-server-loop", daemon=True
+        )
+        self._loop_thread.start()
         try:
-            self.hub = Hub(
-                self.store,
-                heartbeat_seconds=config.heartbeat_seconds,
-                offline_after_seconds=config.offline_after_seconds,
-                max_agents=config.max_agents,
-            )
-            self.queries = FleetQueries(
-                self.store, self.hub, agent_timeout_seconds=config.agent_timeout_seconds
-            )
-            self.analysis = Analysis(self.store)
-            try:
-                self.server, self.port, self.health = self._build(extra_services)
-            except BaseException:
-                self.hub.stop()
-                raise
+            self.server, self.port, self.health = self._on_loop(self._build(extra_services))
         except BaseException:
             # A server that never started leaves nothing open (the port may be taken).
+            self._close_loop()
             if owned:
                 self.store.close()
             raise
@@ -108,10 +117,36 @@ class FleetServer:
         self._stopping = threading.Lock()
         self._pruner = threading.Thread(target=self._prune_loop, name="vmatlas-prune", daemon=True)
 
-    def _build(
+    # -- the loop -------------------------------------------------------------------------
+
+    def _run_loop(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.loop.run_forever()
+
+    def _on_loop(self, coroutine: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)
+
+    def _close_loop(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._loop_thread.join()
+        self.loop.close()
+        self.executor.shutdown(wait=False, cancel_futures=True)
+
+    async def _build(
         self, extra_services: Sequence[tuple[Any, Any, str]]
-    ) -> tuple[grpc.Server, int, HealthServicer]:
+    ) -> tuple[grpc.aio.Server, int, HealthServicer]:
         config = self.config
+        self.hub = Hub(
+            self.store,
+            self.executor,
+            heartbeat_seconds=config.heartbeat_seconds,
+            offline_after_seconds=config.offline_after_seconds,
+            max_agents=config.max_agents,
+        )
+        self.queries = FleetQueries(
+            self.store, self.hub, agent_timeout_seconds=config.agent_timeout_seconds
+        )
+        self.analysis = Analysis(self.store)
         services = [
             (
                 fleet_pb2_grpc.add_FleetServiceServicer_to_server,
@@ -125,25 +160,34 @@ class FleetServer:
             ),
             (
                 analysis_pb2_grpc.add_AnalysisServiceServicer_to_server,
-                AnalysisServicer(self.analysis),
+                AnalysisServicer(self.analysis, self.hub.blocking),
                 ANALYSIS_SERVICE,
             ),
             *extra_services,
         ]
-        return build_server(
-            services=services,
-            address=config.listen,
-            max_workers=config.max_agents + QUERY_WORKERS,
-            interceptors=config.interceptors,
-            credentials=config.credentials,
-        )
+        try:
+            return await build_aio_server(
+                services=services,
+                address=config.listen,
+                interceptors=[
+                    AsyncAuthInterceptor.of(i) if isinstance(i, AuthInterceptor) else i
+                    for i in config.interceptors
+                ],
+                credentials=config.credentials,
+                sync_workers=SYNC_WORKERS,
+            )
+        except BaseException:
+            await self.hub.stop()
+            raise
+
+    # -- running --------------------------------------------------------------------------
 
     @property
     def address(self) -> str:
         return f"{self.config.listen.rsplit(':', 1)[0]}:{self.port}"
 
     def start(self) -> FleetServer:
-        self.server.start()
+        self._on_loop(self.server.start())
         self._pruner.start()
         return self
 
@@ -182,16 +226,17 @@ class FleetServer:
             if self._stopped:
                 return
             self._stopped = True
-            self.health.enter_graceful_shutdown()
-            stopped = self.server.stop(grace_seconds)
+            self._on_loop(self.health.enter_graceful_shutdown())
+            stopped = asyncio.run_coroutine_threadsafe(self.server.stop(grace_seconds), self.loop)
             try:
                 if on_draining is not None:
                     on_draining()
             finally:
                 self._stop.set()
-                self.hub.stop(grace_seconds)
-                stopped.wait()
+                self._on_loop(self.hub.stop(grace_seconds))
+                stopped.result()
                 self.store.close()
+                self._close_loop()
 
     def serve_until_signalled(
         self,

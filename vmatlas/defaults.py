@@ -14,6 +14,8 @@ SERVER_LISTEN = "127.0.0.1:50550"
 # How long a stopping server or agent lets calls in flight finish.
 GRACE_SECONDS = 10.0
 HEARTBEAT_SECONDS = 10.0
+# Agent streams one server holds at once (an idle one costs a queue, not a thread).
+MAX_AGENTS = 20_000
 
 # An agent's pushes to the fleet server.
 INTERVAL_SECONDS = 60.0

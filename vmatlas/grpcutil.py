@@ -1,10 +1,14 @@
 """gRPC plumbing shared by the agent and the server: the one mapping between
-:mod:`vmatlas.errors` and status codes, and the one server factory (health and
-reflection on, message sizes bounded, SIGTERM draining)."""
+:mod:`vmatlas.errors` and status codes, and the server factories (health and
+reflection on, message sizes bounded, SIGTERM draining): :func:`build_server` for
+the agent's thread-pool server, :func:`build_aio_server` for the fleet server on
+``grpc.aio``."""
 
 from __future__ import annotations
 
+import asyncio
 import functools
+import inspect
 import ipaddress
 import logging
 import signal
@@ -14,6 +18,7 @@ from concurrent import futures
 from typing import Any, TypeVar
 
 import grpc
+from grpc_health.v1 import _async as health_aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -66,13 +71,23 @@ def status_of(exc: errors.Error) -> grpc.StatusCode:
     return grpc.StatusCode.INTERNAL
 
 
-def abort_with(context: grpc.ServicerContext, exc: errors.Error) -> None:
-    """End the RPC with the status for ``exc``; never returns."""
+def _error_trailer(exc: errors.Error) -> tuple[tuple[str, str], ...]:
     trailing = [(_ERROR_KIND_KEY, type(exc).__name__)]
     if exc.pid is not None:
         trailing.append((_ERROR_PID_KEY, str(exc.pid)))
-    context.set_trailing_metadata(tuple(trailing))
+    return tuple(trailing)
+
+
+def abort_with(context: grpc.ServicerContext, exc: errors.Error) -> None:
+    """End the RPC with the status for ``exc``; never returns."""
+    context.set_trailing_metadata(_error_trailer(exc))
     context.abort(status_of(exc), str(exc))
+
+
+async def abort_with_async(context: grpc.aio.ServicerContext[Any, Any], exc: errors.Error) -> None:
+    """:func:`abort_with` in a ``grpc.aio`` handler; never returns."""
+    context.set_trailing_metadata(_error_trailer(exc))
+    await context.abort(status_of(exc), str(exc))
 
 
 def error_from_rpc(exc: grpc.RpcError) -> errors.Error:
@@ -97,7 +112,10 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 def maps_errors(method: F) -> F:
     """Decorate a servicer method: vmatlas errors become their status; anything else
-    is logged and becomes INTERNAL without leaking internals to the caller."""
+    is logged and becomes INTERNAL without leaking internals to the caller. Works on
+    plain methods and on ``grpc.aio``'s coroutine methods alike."""
+    if inspect.iscoroutinefunction(method):
+        return _maps_async_errors(method)
 
     @functools.wraps(method)
     def unary(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
@@ -112,6 +130,24 @@ def maps_errors(method: F) -> F:
                 raise
             log.exception("internal error in %s", method.__name__)
             context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method.__name__}")
+
+    return unary  # type: ignore[return-value]
+
+
+def _maps_async_errors(method: F) -> F:
+    @functools.wraps(method)
+    async def unary(self: Any, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        try:
+            return await method(self, request, context)
+        except errors.Error as exc:
+            await abort_with_async(context, exc)
+        except (grpc.RpcError, asyncio.CancelledError):
+            raise
+        except Exception:
+            if context.code() is not None:  # already aborted deliberately
+                raise
+            log.exception("internal error in %s", method.__name__)
+            await context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method.__name__}")
 
     return unary  # type: ignore[return-value]
 
@@ -167,6 +203,49 @@ def build_server(
         names.append(name)
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(names, server)
+    try:
+        if credentials is None:
+            port = server.add_insecure_port(address)
+        else:
+            port = server.add_secure_port(address, credentials)
+    except RuntimeError:  # grpc's way of saying the bind failed
+        port = 0
+    if port == 0:
+        raise errors.Unavailable(
+            f"cannot listen on {address}: the address is in use or not on this host"
+        )
+    return server, port, health_servicer
+
+
+async def build_aio_server(
+    *,
+    services: Iterable[tuple[Callable[[Any, Any], None], Any, str]],
+    address: str,
+    interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+    credentials: grpc.ServerCredentials | None = None,
+    sync_workers: int = 16,
+) -> tuple[grpc.aio.Server, int, health_aio.HealthServicer]:
+    """:func:`build_server` on ``grpc.aio``: one event loop serves every call, so an
+    idle stream costs no thread. Await it on the loop that will run the server.
+    Servicers whose methods are plain functions (not coroutines) still work: they run
+    on a pool of ``sync_workers`` threads. Returns the unstarted server, the bound
+    port and the (asyncio) health servicer, every service already SERVING."""
+    server = grpc.aio.server(
+        migration_thread_pool=futures.ThreadPoolExecutor(
+            max_workers=sync_workers, thread_name_prefix="vmatlas-rpc"
+        ),
+        interceptors=list(interceptors),
+        options=[*channel_options(), ("grpc.so_reuseport", 0)],
+    )
+    names = [reflection.SERVICE_NAME, health.SERVICE_NAME]
+    health_servicer = health_aio.HealthServicer()
+    for add, servicer, name in services:
+        add(servicer, server)
+        names.append(name)
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(names, server)
     try:

@@ -4,9 +4,12 @@
 ``FleetService``, an HTTP API, ``vmatlas up``'s view). It returns model objects and
 raises :mod:`vmatlas.errors`.
 
-Threads: every method is a plain blocking call, safe from any thread at once (the
-store serializes what it must). Call them from a worker thread, never on an event
-loop: from asyncio, ``await asyncio.to_thread(queries.hosts)``.
+Threads: every method but :meth:`FleetQueries.fresh_snapshot_async` is a plain
+blocking call, safe from any thread at once (the store serializes what it must).
+Call them from a worker thread, never on an event loop: from asyncio, ``await
+asyncio.to_thread(queries.hosts)``. :meth:`FleetQueries.fresh_snapshot` hands the
+work to the hub's event loop and waits for it; on that loop itself (the gRPC
+servicers), ``await queries.fresh_snapshot_async(...)`` instead.
 
 A fresh snapshot is decoded and checked once, by :func:`accept_snapshot`, as it
 arrives from the agent: the resulting :class:`HostSnapshot` is what is stored and
@@ -150,18 +153,35 @@ class FleetQueries:
         when it does not answer in time; ResourceExhausted when too many requests
         wait on it; the agent's own error (AccessDenied, NoSuchProcess, ...)
         otherwise. A call in flight when the server stops is let finish within the
-        grace."""
+        grace. Blocking; from any thread but the hub's loop."""
+        return self.hub.call(
+            self.fresh_snapshot_async(host_id, request, timeout_seconds=timeout_seconds)
+        )
+
+    async def fresh_snapshot_async(
+        self,
+        host_id: str,
+        request: SnapshotRequest,
+        *,
+        timeout_seconds: float | None = None,
+    ) -> HostSnapshot:
+        """:meth:`fresh_snapshot`, awaited on the hub's loop. Decoding, checking and
+        storing the answer run on the hub's thread pool."""
         _require_pid(request.pid)
         timeout = self.agent_timeout_seconds
         if timeout_seconds is not None:
             timeout = max(0.0, min(timeout, timeout_seconds))
-        with self.hub.serving():
-            session = self.hub.session(host_id)
-            answer = session.request_snapshot(request, timeout)
-            snapshot = accept_snapshot(answer, host_id, session.host)
-            header = replace(snapshot, regions=RegionTable())
-            record = SnapshotRecord(header=header, regions=answer.regions)
-            snapshot_id = self.store.put_snapshot(host_id, record)
+        async with self.hub.serving():
+            session = await self.hub.session(host_id)
+            answer = await session.request_snapshot(request, timeout)
+            return await self.hub.blocking(self._keep, host_id, session.host, answer)
+
+    def _keep(self, host_id: str, registered: Host, answer: SnapshotAnswer) -> HostSnapshot:
+        snapshot = accept_snapshot(answer, host_id, registered)
+        record = SnapshotRecord(
+            header=replace(snapshot, regions=RegionTable()), regions=answer.regions
+        )
+        snapshot_id = self.store.put_snapshot(host_id, record)
         return HostSnapshot(snapshot_id, host_id, record, decoded=snapshot)
 
 

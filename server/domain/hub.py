@@ -11,24 +11,26 @@ once), so a slow or hung agent holds up nobody else.
 Stopping drains: the hub waits (within the grace) for the calls in flight that need
 an agent (marked with :meth:`Hub.serving`) before it closes the agents' streams.
 
-Threads: every public method of :class:`Hub` and :class:`AgentSession` is safe to
-call from any thread. :meth:`AgentSession.request_snapshot` blocks its caller until
-the agent answers or the deadline passes; store writes block until committed.
+Threads and the event loop: the hub lives on one asyncio event loop (the server's),
+so that ten thousand idle agents cost ten thousand queues, not ten thousand threads.
+Its coroutines (``claim``, ``release``, ``heard``, ``accept_push``,
+``request_snapshot``, ``serving``, ``stop``, ...) must be awaited on that loop;
+:meth:`Hub.online` and :meth:`Hub.call` may be used from any thread. Store calls,
+which block until committed, run on the hub's thread pool (:meth:`Hub.blocking`),
+never on the loop.
 """
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
-import queue
-import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future
-from concurrent.futures import TimeoutError as FutureTimeout
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from concurrent.futures import Executor
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from vmatlas import defaults, errors
 from vmatlas.model import Host, SnapshotView
@@ -42,6 +44,8 @@ DEFAULT_HEARTBEAT_SECONDS = defaults.HEARTBEAT_SECONDS
 MISSED_HEARTBEATS = 3
 # Snapshot requests that may wait on one agent at once.
 MAX_WAITING_SNAPSHOTS = 8
+
+T = TypeVar("T")
 
 
 # -- what passes between the hub and an agent ------------------------------------------
@@ -114,7 +118,8 @@ class SummaryPush:
 
 
 class AgentSession:
-    """One connected agent: what to send it and which of its answers are awaited."""
+    """One connected agent: what to send it and which of its answers are awaited.
+    Lives on the hub's loop."""
 
     def __init__(self, host: Host, instance_id: str):
         self.host = host
@@ -124,19 +129,19 @@ class AgentSession:
         self.last_recorded = 0.0
         # The agent's running total of pushes dropped, as last reported.
         self.dropped_push_count = 0
-        self.closed = threading.Event()
-        self._outbox: queue.Queue[AgentMessage | None] = queue.Queue()
-        self._pending: dict[int, Future[SnapshotAnswer]] = {}
+        self.closed = False
+        self._outbox: asyncio.Queue[AgentMessage | None] = asyncio.Queue()
+        self._pending: dict[int, asyncio.Future[SnapshotAnswer]] = {}
         self._ids = itertools.count(1)
-        self._lock = threading.Lock()
 
     def send(self, message: AgentMessage) -> None:
-        self._outbox.put(message)
+        if not self.closed:
+            self._outbox.put_nowait(message)
 
-    def outgoing(self) -> Iterator[AgentMessage]:
-        """Messages for the agent until the session closes (blocks between them)."""
+    async def outgoing(self) -> AsyncIterator[AgentMessage]:
+        """Messages for the agent until the session closes."""
         while True:
-            message = self._outbox.get()
+            message = await self._outbox.get()
             if message is None:
                 return
             yield message
@@ -144,48 +149,46 @@ class AgentSession:
     def heard(self) -> None:
         self.last_heard = time.monotonic()
 
-    def request_snapshot(self, request: SnapshotRequest, timeout_seconds: float) -> SnapshotAnswer:
+    async def request_snapshot(
+        self, request: SnapshotRequest, timeout_seconds: float
+    ) -> SnapshotAnswer:
         """Ask the agent for a snapshot and wait at most ``timeout_seconds`` for its
         answer (not yet decoded or checked). Unavailable when the agent goes away
         meanwhile, DeadlineExceeded on timeout, ResourceExhausted when
         ``MAX_WAITING_SNAPSHOTS`` requests already wait on it."""
-        future: Future[SnapshotAnswer] = Future()
-        with self._lock:
-            if self.closed.is_set():
-                raise errors.Unavailable(f"host {self.host_id!r} is offline")
-            if len(self._pending) >= MAX_WAITING_SNAPSHOTS:
-                raise errors.ResourceExhausted(
-                    f"host {self.host_id!r} already has {MAX_WAITING_SNAPSHOTS} snapshot "
-                    "requests waiting; try again later"
-                )
-            request_id = next(self._ids)
-            self._pending[request_id] = future
+        if self.closed:
+            raise errors.Unavailable(f"host {self.host_id!r} is offline")
+        if len(self._pending) >= MAX_WAITING_SNAPSHOTS:
+            raise errors.ResourceExhausted(
+                f"host {self.host_id!r} already has {MAX_WAITING_SNAPSHOTS} snapshot "
+                "requests waiting; try again later"
+            )
+        request_id = next(self._ids)
+        future: asyncio.Future[SnapshotAnswer] = asyncio.get_running_loop().create_future()
+        self._pending[request_id] = future
         self.send(SnapshotCommand(request_id, request, timeout_seconds))
         try:
-            return future.result(timeout=timeout_seconds)
-        except FutureTimeout:
+            return await asyncio.wait_for(future, timeout_seconds)
+        except TimeoutError:
             raise errors.DeadlineExceeded(
                 f"host {self.host_id!r} did not answer within {timeout_seconds:.1f} s"
             ) from None
         finally:
-            with self._lock:
-                self._pending.pop(request_id, None)
+            self._pending.pop(request_id, None)
 
     def resolve(self, answer: SnapshotAnswer) -> None:
         """Hand an answer to the request waiting for it (late answers are dropped)."""
-        with self._lock:
-            future = self._pending.pop(answer.request_id, None)
+        future = self._pending.pop(answer.request_id, None)
         if future is not None and not future.done():
             future.set_result(answer)
 
     def close(self, reason: str) -> None:
-        with self._lock:
-            if self.closed.is_set():
-                return
-            self.closed.set()
-            pending = list(self._pending.values())
-            self._pending.clear()
-        self._outbox.put(None)
+        if self.closed:
+            return
+        self.closed = True
+        pending = list(self._pending.values())
+        self._pending.clear()
+        self._outbox.put_nowait(None)
         for future in pending:
             if not future.done():
                 future.set_exception(errors.Unavailable(f"host {self.host_id!r}: {reason}"))
@@ -195,73 +198,91 @@ class AgentSession:
 
 
 class Hub:
-    """Every connected agent, by host id."""
+    """Every connected agent, by host id. Made, used and stopped on one event loop;
+    ``executor`` runs its store calls."""
 
     def __init__(
         self,
         store: Store,
+        executor: Executor,
         *,
         heartbeat_seconds: float = DEFAULT_HEARTBEAT_SECONDS,
         offline_after_seconds: float = 0.0,
-        max_agents: int = 1000,
+        max_agents: int = 10_000,
         clock: Callable[[], float] = time.time,
     ):
         self.store = store
+        self.executor = executor
         self.heartbeat_seconds = heartbeat_seconds
         self.offline_after_seconds = offline_after_seconds or MISSED_HEARTBEATS * heartbeat_seconds
         self.max_agents = max_agents
         self.clock = clock
+        self.loop = asyncio.get_running_loop()
         self._sessions: dict[str, AgentSession] = {}
-        self._lock = threading.Lock()
-        # Serializes the hub's store writes (see _record); never taken under _lock.
-        self._writing = threading.Lock()
-        self._stop = threading.Event()
-        # Client calls in flight that need an agent's stream (fresh snapshots).
+        # Each host's store writes take turns (see _record).
+        self._writing: dict[str, _Turn] = {}
+        # Last-seen records under way.
+        self._writes: set[asyncio.Task[None]] = set()
+        self._stopping = False
+        # Calls in flight that need an agent's stream (fresh snapshots).
         self._in_flight = 0
-        self._idle = threading.Condition()
-        self._monitor = threading.Thread(target=self._watch, name="vmatlas-hub", daemon=True)
-        self._monitor.start()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._monitor = self.loop.create_task(self._watch(), name="vmatlas-hub-monitor")
+
+    # -- crossing threads ---------------------------------------------------------------
+
+    async def blocking(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)`` on the hub's thread pool: for store calls and other work that
+        would hold up the loop."""
+        return await self.loop.run_in_executor(self.executor, fn, *args)
+
+    def call(self, coroutine: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
+        """Run ``coroutine`` on the hub's loop from another thread and wait for its
+        result (never from the loop itself: that would wait forever)."""
+        if _running_loop() is self.loop:
+            coroutine.close()
+            raise RuntimeError("Hub.call from the hub's own loop: await the coroutine")
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)
 
     # -- sessions ---------------------------------------------------------------------
 
-    def claim(self, host: Host, instance_id: str) -> AgentSession:
+    async def claim(self, host: Host, instance_id: str) -> AgentSession:
         """A new session for ``host`` (already checked), recorded online in the store.
         AlreadyExists when another live agent holds the host id; a reconnect by the
         same agent (same instance id) replaces its own stale session. When the store
         write fails the session is undone and the error raised."""
-        with self._lock:
-            if self._stop.is_set():
-                raise errors.Unavailable("the server is stopping")
-            existing = self._sessions.get(host.host_id)
-            if existing is not None and not existing.closed.is_set():
-                if existing.instance_id != instance_id and not self._silent(existing):
-                    raise errors.AlreadyExists(
-                        f"host id {host.host_id!r} is held by another connected agent"
-                    )
-                existing.close("replaced by a new connection")
-            elif len(self._sessions) >= self.max_agents:
-                raise errors.ResourceExhausted(f"the server takes at most {self.max_agents} agents")
-            session = AgentSession(host, instance_id)
-            self._sessions[host.host_id] = session
+        if self._stopping:
+            raise errors.Unavailable("the server is stopping")
+        existing = self._sessions.get(host.host_id)
+        if existing is not None and not existing.closed:
+            if existing.instance_id != instance_id and not self._silent(existing):
+                raise errors.AlreadyExists(
+                    f"host id {host.host_id!r} is held by another connected agent"
+                )
+            existing.close("replaced by a new connection")
+        elif len(self._sessions) >= self.max_agents:
+            raise errors.ResourceExhausted(f"the server takes at most {self.max_agents} agents")
+        session = AgentSession(host, instance_id)
+        self._sessions[host.host_id] = session
         try:
-            self._record(host.host_id)
+            await self._record(host.host_id)
         except BaseException:
-            self.release(session, "could not be recorded")
+            await self.release(session, "could not be recorded")
             raise
         session.last_recorded = session.last_heard
         log.info("host %s online", host.host_id)
         return session
 
-    def release(self, session: AgentSession, reason: str) -> None:
+    async def release(self, session: AgentSession, reason: str) -> None:
         """End ``session`` and, unless a newer one replaced it, mark its host offline."""
         session.close(reason)
-        with self._lock:
-            if self._sessions.get(session.host_id) is not session:
-                return
-            del self._sessions[session.host_id]
+        if self._sessions.get(session.host_id) is not session:
+            return
+        del self._sessions[session.host_id]
         try:
-            self._record(session.host_id)
-        except errors.FailedPrecondition:
+            await self._record(session.host_id)
+        except errors.StoreClosed:
             pass  # the store is closed: the server is stopping, and its start marks
             # every host offline anyway
         except Exception:
@@ -270,36 +291,38 @@ class Hub:
             log.exception("recording host %s offline failed", session.host_id)
         log.info("host %s offline: %s", session.host_id, reason)
 
-    def session(self, host_id: str) -> AgentSession:
+    def live_session(self, host_id: str) -> AgentSession | None:
+        """The live session of ``host_id``, if its agent is connected here."""
+        session = self._sessions.get(host_id)
+        return session if session is not None and not session.closed else None
+
+    async def session(self, host_id: str) -> AgentSession:
         """The live session of ``host_id``: NotFound for a host never seen,
         Unavailable for one that is offline."""
-        with self._lock:
-            session = self._sessions.get(host_id)
-        if session is not None and not session.closed.is_set():
+        session = self.live_session(host_id)
+        if session is not None:
             return session
-        self.store.host(host_id)  # NotFound for an unknown host
+        await self.blocking(self.store.host, host_id)  # NotFound for an unknown host
         raise errors.Unavailable(f"host {host_id!r} is offline")
 
     def online(self) -> list[str]:
-        """The host ids with a connected agent, sorted."""
-        with self._lock:
-            return sorted(self._sessions)
+        """The host ids with a connected agent, sorted. Safe from any thread: the
+        copy is one step under the interpreter lock."""
+        return sorted(self._sessions.copy())
 
     # -- what agents send -------------------------------------------------------------
 
     def heard(self, session: AgentSession) -> None:
-        """The agent spoke; record last-seen in the store at most once per heartbeat
-        interval (each record is a durable commit)."""
+        """The agent spoke. The monitor records last-seen times in the store, at most
+        once per heartbeat interval per host (each record is a durable commit), off
+        the path of the agent's messages."""
         session.heard()
-        if session.last_heard - session.last_recorded >= self.heartbeat_seconds:
-            session.last_recorded = session.last_heard
-            self._record(session.host_id, only=session)
 
     def heartbeat(self, session: AgentSession) -> None:
         """Answer a heartbeat."""
         session.send(HeartbeatAck(self.clock()))
 
-    def accept_push(self, session: AgentSession, push: SummaryPush) -> None:
+    async def accept_push(self, session: AgentSession, push: SummaryPush) -> None:
         """Check and store one push, and acknowledge it when sequenced. A bad push is
         acknowledged too, as refused: sending it again would not make it good."""
         if push.dropped_push_count > session.dropped_push_count:
@@ -311,96 +334,142 @@ class Hub:
                 push.dropped_push_count,
             )
             session.dropped_push_count = push.dropped_push_count
-        refused: errors.InvalidArgument | None = None
+        refused = await self.blocking(self._store_push, session, push)
+        if push.sequence:
+            session.send(PushAck(push.sequence, refused))
+
+    def _store_push(
+        self, session: AgentSession, push: SummaryPush
+    ) -> errors.InvalidArgument | None:
+        """Check and store a push (on the thread pool); the reason it is refused."""
         try:
             items = validate_summaries(push.processes, session.host)
         except errors.InvalidArgument as exc:
             log.warning("refused a bad summary push from %s: %s", session.host_id, exc)
-            items, refused = None, exc
+            return exc
         origin = (
             PushOrigin(session.instance_id, push.sequence, push.dropped_push_count)
             if push.sequence
             else None
         )
-        if items is not None:
-            stored = self.store.put_summaries(
-                session.host_id,
-                items,
-                complete=push.complete,
-                origin=origin,
-                access_denied_count=push.access_denied_count,
-            )
-            if not stored:
-                log.info("host %s: push %d was stored already", session.host_id, push.sequence)
-        if push.sequence:
-            session.send(PushAck(push.sequence, refused))
+        stored = self.store.put_summaries(
+            session.host_id,
+            items,
+            complete=push.complete,
+            origin=origin,
+            access_denied_count=push.access_denied_count,
+        )
+        if not stored:
+            log.info("host %s: push %d was stored already", session.host_id, push.sequence)
+        return None
 
     # -- the store --------------------------------------------------------------------
 
-    def _record(self, host_id: str, *, only: AgentSession | None = None) -> None:
+    async def _record(self, host_id: str, *, only: AgentSession | None = None) -> None:
         """Write the host's state as it is now (online with its session's facts, or
         offline) to the store; with ``only``, just the last-seen time and only while
         that session holds the host.
 
-        The hub's lock is never held across a store write (a durable commit): lookups
-        and claims of every other host go on meanwhile. Writes for the hub are
-        serialized instead, and each reads the state after it takes its turn, so
-        whichever runs last writes the latest state: a release racing a reconnect
-        cannot leave the reconnected host offline."""
-        with self._writing:
-            with self._lock:
-                session = self._sessions.get(host_id)
+        Writes for one host take turns, and each reads the state after it takes its
+        turn, so whichever runs last writes the latest state: a release racing a
+        reconnect cannot leave the reconnected host offline. Writes for different
+        hosts go on side by side."""
+        async with self._turn(host_id):
+            session = self._sessions.get(host_id)
             if only is not None:
-                if session is only and not session.closed.is_set():
-                    self.store.mark_online(host_id, self.clock())
+                if session is only and not session.closed:
+                    await self.blocking(self.store.mark_online, host_id, self.clock())
             elif session is None:
-                self.store.mark_offline(host_id)
+                await self.blocking(self.store.mark_offline, host_id)
             else:
-                self.store.put_host(session.host, self.clock())
+                await self.blocking(self.store.put_host, session.host, self.clock())
+
+    @asynccontextmanager
+    async def _turn(self, host_id: str) -> AsyncIterator[None]:
+        """One host's turn to write; the lock lives only while someone wants it."""
+        entry = self._writing.get(host_id)
+        if entry is None:
+            entry = self._writing[host_id] = _Turn(asyncio.Lock())
+        entry.wanted += 1
+        try:
+            async with entry.lock:
+                yield
+        finally:
+            entry.wanted -= 1
+            if not entry.wanted:
+                del self._writing[host_id]
+
+    def _record_last_seen(self) -> None:
+        """Start a last-seen record for every host heard from since its last one a
+        heartbeat interval or more ago."""
+        for session in list(self._sessions.values()):
+            if session.last_heard - session.last_recorded >= self.heartbeat_seconds:
+                session.last_recorded = session.last_heard
+                task = self.loop.create_task(self._record(session.host_id, only=session))
+                self._writes.add(task)
+                task.add_done_callback(self._written)
+
+    def _written(self, task: asyncio.Task[None]) -> None:
+        self._writes.discard(task)
+        exc = None if task.cancelled() else task.exception()
+        # StoreClosed: the server is stopping.
+        if exc is not None and not isinstance(exc, errors.StoreClosed):
+            log.error("recording a host's last-seen time failed: %s", exc)
 
     # -- silence and stopping ---------------------------------------------------------
 
     def _silent(self, session: AgentSession) -> bool:
         return time.monotonic() - session.last_heard > self.offline_after_seconds
 
-    def _watch(self) -> None:
+    async def _watch(self) -> None:
         period = min(self.heartbeat_seconds, self.offline_after_seconds) / 2
-        while not self._stop.wait(period):
-            with self._lock:
-                silent = [s for s in self._sessions.values() if self._silent(s)]
+        while True:
+            await asyncio.sleep(period)
+            self._record_last_seen()
+            silent = [s for s in self._sessions.values() if self._silent(s)]
             for session in silent:
                 try:
-                    self.release(session, "missed heartbeats")
+                    await self.release(session, "missed heartbeats")
                 except Exception:  # the monitor must outlive any one failure
                     log.exception("dropping the silent agent of %s failed", session.host_id)
 
-    @contextmanager
-    def serving(self) -> Iterator[None]:
+    @asynccontextmanager
+    async def serving(self) -> AsyncIterator[None]:
         """Marks a call that needs an agent's answer, so that :meth:`stop` lets it
         finish."""
-        with self._idle:
-            self._in_flight += 1
+        self._in_flight += 1
+        self._idle.clear()
         try:
             yield
         finally:
-            with self._idle:
-                self._in_flight -= 1
-                self._idle.notify_all()
+            self._in_flight -= 1
+            if not self._in_flight:
+                self._idle.set()
 
-    def stop(self, grace_seconds: float = 0.0) -> None:
+    async def stop(self, grace_seconds: float = 0.0) -> None:
         """Wait up to ``grace_seconds`` for the calls marked by :meth:`serving` to
-        finish, then close every session (agents will reconnect to the next server)."""
-        with self._lock:  # no claim after this: see claim()
-            self._stop.set()
-        deadline = time.monotonic() + grace_seconds
-        with self._idle:
-            while self._in_flight and (left := deadline - time.monotonic()) > 0:
-                self._idle.wait(left)
-            if self._in_flight:
+        finish, then close every session (agents will reconnect to the next server).
+        No claim succeeds once this began."""
+        self._stopping = True
+        if self._in_flight:
+            try:
+                await asyncio.wait_for(self._idle.wait(), grace_seconds)
+            except TimeoutError:
                 log.warning("closing agent streams with %d calls unanswered", self._in_flight)
-        with self._lock:
-            sessions = list(self._sessions.values())
-        for session in sessions:
-            self.release(session, "server stopping")
-        if self._monitor is not threading.current_thread():
-            self._monitor.join()
+        for session in list(self._sessions.values()):
+            await self.release(session, "server stopping")
+        self._monitor.cancel()
+        await asyncio.gather(self._monitor, *self._writes, return_exceptions=True)
+
+
+@dataclass(slots=True)
+class _Turn:
+    lock: asyncio.Lock
+    wanted: int = 0
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None

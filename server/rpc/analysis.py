@@ -1,6 +1,11 @@
-"""``vmatlas.v1.AnalysisService`` over :class:`vmatlas.server.domain.analysis.Analysis`."""
+"""``vmatlas.v1.AnalysisService`` over :class:`vmatlas.server.domain.analysis.Analysis`,
+on ``grpc.aio``: each call runs on the server's thread pool (store reads and CPU work),
+never on the event loop."""
 
 from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol, TypeVar
 
 import grpc
 
@@ -15,6 +20,15 @@ from vmatlas.server.domain.analysis import (
     StoredSnapshotId,
 )
 from vmatlas.v1 import analysis_pb2, analysis_pb2_grpc
+
+T = TypeVar("T")
+
+
+class Blocking(Protocol):
+    """Runs a blocking call off the event loop (:meth:`Hub.blocking`)."""
+
+    def __call__(self, fn: Callable[..., T], *args: Any) -> Awaitable[T]: ...
+
 
 SERVICE_NAME = analysis_pb2.DESCRIPTOR.services_by_name["AnalysisService"].full_name
 
@@ -34,13 +48,17 @@ def selector_from_pb(message: analysis_pb2.SnapshotSelector, side: str) -> Snaps
 
 
 class AnalysisServicer(analysis_pb2_grpc.AnalysisServiceServicer):
-    def __init__(self, analysis: Analysis):
+    def __init__(self, analysis: Analysis, blocking: Blocking):
         self.analysis = analysis
+        self.blocking = blocking
 
     @maps_errors
-    def Diff(
-        self, request: analysis_pb2.DiffRequest, context: grpc.ServicerContext
+    async def Diff(
+        self, request: analysis_pb2.DiffRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> analysis_pb2.DiffResponse:
+        return await self.blocking(self._diff, request)
+
+    def _diff(self, request: analysis_pb2.DiffRequest) -> analysis_pb2.DiffResponse:
         if request.mode not in analysis_pb2.DiffMode.values():
             raise errors.InvalidArgument(f"unknown diff mode {request.mode}")
         result = self.analysis.diff(
@@ -53,9 +71,12 @@ class AnalysisServicer(analysis_pb2_grpc.AnalysisServiceServicer):
         )
 
     @maps_errors
-    def Audit(
-        self, request: analysis_pb2.AuditRequest, context: grpc.ServicerContext
+    async def Audit(
+        self, request: analysis_pb2.AuditRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> analysis_pb2.AuditResponse:
+        return await self.blocking(self._audit, request)
+
+    def _audit(self, request: analysis_pb2.AuditRequest) -> analysis_pb2.AuditResponse:
         policy = (
             parse_policy(request.policy_json, source="policy_json")
             if request.policy_json

@@ -1,10 +1,14 @@
-"""``vmatlas.v1.FleetService`` over :class:`vmatlas.server.domain.fleet.FleetQueries`.
+"""``vmatlas.v1.FleetService`` over :class:`vmatlas.server.domain.fleet.FleetQueries`,
+on ``grpc.aio``: each call's blocking part (store reads, building the response) runs
+on the hub's thread pool, never on the event loop.
 
 Snapshots leave as one serialized ``Snapshot`` whose region table is spliced in as
 the store keeps it (:meth:`HostSnapshot.serialized`), never encoded again here.
 """
 
 from __future__ import annotations
+
+from typing import Any, TypeAlias
 
 import grpc
 
@@ -19,6 +23,8 @@ SERVICE_NAME = fleet_pb2.DESCRIPTOR.services_by_name["FleetService"].full_name
 
 # Left of the caller's deadline for the answer to travel back.
 DEADLINE_MARGIN_SECONDS = 0.05
+
+Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
 
 
 def snapshot_view_from_pb(value: int) -> SnapshotView:
@@ -37,7 +43,7 @@ def snapshot_request_from_pb(request: fleet_pb2.GetHostSnapshotRequest) -> Snaps
     )
 
 
-def time_left(context: grpc.ServicerContext) -> float | None:
+def time_left(context: Context) -> float | None:
     """What is left of the caller's deadline, less the way back (None: no deadline)."""
     remaining: float | None = context.time_remaining()
     return None if remaining is None else max(0.0, remaining - DEADLINE_MARGIN_SECONDS)
@@ -46,19 +52,28 @@ def time_left(context: grpc.ServicerContext) -> float | None:
 class FleetServicer(fleet_pb2_grpc.FleetServiceServicer):
     def __init__(self, queries: FleetQueries):
         self.queries = queries
+        self.blocking = queries.hub.blocking
 
     @maps_errors
-    def ListHosts(
-        self, request: fleet_pb2.ListHostsRequest, context: grpc.ServicerContext
+    async def ListHosts(
+        self, request: fleet_pb2.ListHostsRequest, context: Context
     ) -> fleet_pb2.ListHostsResponse:
+        return await self.blocking(self._list_hosts)
+
+    def _list_hosts(self) -> fleet_pb2.ListHostsResponse:
         response = fleet_pb2.ListHostsResponse()
         for status in self.queries.hosts():
             wire.host_status_to_pb(status, response.hosts.add())
         return response
 
     @maps_errors
-    def ListFleetProcesses(
-        self, request: fleet_pb2.ListFleetProcessesRequest, context: grpc.ServicerContext
+    async def ListFleetProcesses(
+        self, request: fleet_pb2.ListFleetProcessesRequest, context: Context
+    ) -> fleet_pb2.ListFleetProcessesResponse:
+        return await self.blocking(self._list_processes, request)
+
+    def _list_processes(
+        self, request: fleet_pb2.ListFleetProcessesRequest
     ) -> fleet_pb2.ListFleetProcessesResponse:
         found = self.queries.processes(
             host_id=request.host_id,
@@ -72,24 +87,29 @@ class FleetServicer(fleet_pb2_grpc.FleetServiceServicer):
         return response
 
     @maps_errors
-    def GetHostSnapshot(
-        self, request: fleet_pb2.GetHostSnapshotRequest, context: grpc.ServicerContext
+    async def GetHostSnapshot(
+        self, request: fleet_pb2.GetHostSnapshotRequest, context: Context
     ) -> fleet_pb2.GetHostSnapshotResponse:
         if request.fresh:
-            found = self.queries.fresh_snapshot(
+            found = await self.queries.fresh_snapshot_async(
                 request.host_id,
                 snapshot_request_from_pb(request),
                 timeout_seconds=time_left(context),
             )
         else:
-            found = self.queries.latest_snapshot(request.host_id, request.pid)
+            found = await self.blocking(self.queries.latest_snapshot, request.host_id, request.pid)
         return fleet_pb2.GetHostSnapshotResponse(
-            snapshot=found.serialized(), snapshot_id=found.snapshot_id
+            snapshot=await self.blocking(found.serialized), snapshot_id=found.snapshot_id
         )
 
     @maps_errors
-    def ListProcessHistory(
-        self, request: fleet_pb2.ListProcessHistoryRequest, context: grpc.ServicerContext
+    async def ListProcessHistory(
+        self, request: fleet_pb2.ListProcessHistoryRequest, context: Context
+    ) -> fleet_pb2.ListProcessHistoryResponse:
+        return await self.blocking(self._history, request)
+
+    def _history(
+        self, request: fleet_pb2.ListProcessHistoryRequest
     ) -> fleet_pb2.ListProcessHistoryResponse:
         since = (
             wire.timestamp_from_pb(request.since_time) if request.HasField("since_time") else 0.0
@@ -108,10 +128,10 @@ class FleetServicer(fleet_pb2_grpc.FleetServiceServicer):
         return response
 
     @maps_errors
-    def GetStoredSnapshot(
-        self, request: fleet_pb2.GetStoredSnapshotRequest, context: grpc.ServicerContext
+    async def GetStoredSnapshot(
+        self, request: fleet_pb2.GetStoredSnapshotRequest, context: Context
     ) -> fleet_pb2.GetStoredSnapshotResponse:
-        found = self.queries.stored_snapshot(request.snapshot_id)
+        found = await self.blocking(self.queries.stored_snapshot, request.snapshot_id)
         return fleet_pb2.GetStoredSnapshotResponse(
-            snapshot=found.serialized(), host_id=found.host_id
+            snapshot=await self.blocking(found.serialized), host_id=found.host_id
         )

@@ -1,17 +1,19 @@
 """``vmatlas.v1.AgentHubService``: the agents' streams, over
-:class:`vmatlas.server.domain.hub.Hub`. This module turns the stream's messages into
-hub calls and the hub's :data:`AgentMessage` into ``ConnectResponse`` messages."""
+:class:`vmatlas.server.domain.hub.Hub`, on ``grpc.aio`` (an idle stream holds no
+thread). This module turns the stream's messages into hub calls and the hub's
+:data:`AgentMessage` into ``ConnectResponse`` messages."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
-import threading
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
+from typing import Any
 
 import grpc
 
 from vmatlas import errors, wire
-from vmatlas.grpcutil import abort_with
+from vmatlas.grpcutil import abort_with_async
 from vmatlas.security.auth import require_agent_host
 from vmatlas.server.domain.hub import (
     AgentMessage,
@@ -72,14 +74,20 @@ def push_from_pb(push: hub_pb2.SummaryPush) -> SummaryPush:
 
 
 class AgentHubServicer(hub_pb2_grpc.AgentHubServiceServicer):
+    """Each stream is one coroutine that writes the session's outbox and one task that
+    reads the agent's messages in order (a push is stored before the next message is
+    read, so an acknowledgement after it means it is committed)."""
+
     def __init__(self, hub: Hub):
         self.hub = hub
 
-    def Connect(
-        self, request_iterator: Iterator[hub_pb2.ConnectRequest], context: grpc.ServicerContext
-    ) -> Iterator[hub_pb2.ConnectResponse]:
+    async def Connect(
+        self,
+        request_iterator: AsyncIterator[hub_pb2.ConnectRequest],
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> AsyncIterator[hub_pb2.ConnectResponse]:
         try:
-            first = next(request_iterator, None)
+            first = await anext(aiter(request_iterator), None)
             if first is None or first.WhichOneof("message") != "register":
                 raise errors.InvalidArgument("the first message must be a registration")
             host = wire.registered_host_from_pb(first.register.host)
@@ -88,53 +96,59 @@ class AgentHubServicer(hub_pb2_grpc.AgentHubServiceServicer):
             validate_host(host)
             # The agent's certificate must name the host it registers as.
             require_agent_host(host.host_id)
-            session = self.hub.claim(host, first.register.instance_id)
+            session = await self.hub.claim(host, first.register.instance_id)
         except errors.Error as exc:
-            abort_with(context, exc)
+            await abort_with_async(context, exc)
             return
         except grpc.RpcError:
             return  # the agent went away before it registered
+        except (asyncio.CancelledError, GeneratorExit):
+            raise
         except Exception:
             # Logged here; the agent learns only that the server failed, not how.
             log.exception("registering an agent failed")
-            context.abort(grpc.StatusCode.INTERNAL, "internal error registering the agent")
+            await context.abort(grpc.StatusCode.INTERNAL, "internal error registering the agent")
             return
-        context.add_callback(lambda: session.close("stream ended"))
-        reader = threading.Thread(
-            target=self._read,
-            args=(session, request_iterator),
-            name=f"vmatlas-agent-{host.host_id}",
-            daemon=True,
-        )
         registered = hub_pb2.ConnectResponse()
         registered.registered.heartbeat_interval_seconds = self.hub.heartbeat_seconds
         wire.timestamp_to_pb(self.hub.clock(), registered.registered.server_time)
+        reader: asyncio.Task[None] | None = None
         try:
             yield registered
-            reader.start()
-            for message in session.outgoing():
+            reader = asyncio.create_task(
+                self._read(session, request_iterator), name=f"vmatlas-agent-{host.host_id}"
+            )
+            async for message in session.outgoing():
                 yield message_to_pb(message)
         finally:
-            self.hub.release(session, "stream ended")
+            if reader is not None:
+                reader.cancel()
+            # Shielded: a stream cancelled by its agent still records its host offline.
+            await asyncio.shield(self.hub.release(session, "stream ended"))
 
-    def _read(self, session: AgentSession, messages: Iterator[hub_pb2.ConnectRequest]) -> None:
+    async def _read(
+        self, session: AgentSession, messages: AsyncIterator[hub_pb2.ConnectRequest]
+    ) -> None:
         reason = "agent disconnected"
         try:
-            for message in messages:
+            async for message in messages:
                 self.hub.heard(session)
                 kind = message.WhichOneof("message")
                 if kind == "heartbeat":
                     self.hub.heartbeat(session)
                 elif kind == "summaries":
-                    self.hub.accept_push(session, push_from_pb(message.summaries))
+                    await self.hub.accept_push(session, push_from_pb(message.summaries))
                 elif kind == "snapshot_result":
                     session.resolve(answer_from_pb(message.snapshot_result))
                 else:
                     log.warning("agent %s sent an unexpected %s message", session.host_id, kind)
+        except asyncio.CancelledError:
+            reason = "stream ended"
+            raise
         except grpc.RpcError:
             reason = "stream broken"
         except Exception:
             log.exception("agent stream of %s failed", session.host_id)
             reason = "internal error"
         finally:
-            self.hub.release(session, reason)
+            await asyncio.shield(self.hub.release(session, reason))

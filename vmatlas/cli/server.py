@@ -65,9 +65,10 @@ def add_server_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--max-agents",
         type=int,
-        default=1000,
+        default=defaults.MAX_AGENTS,
         metavar="N",
-        help="most agents connected at once (each holds one server thread; default 1000)",
+        help="most agents connected at once (an idle one costs no thread and about "
+        f"55 KiB; default {defaults.MAX_AGENTS})",
     )
     p.add_argument(
         "--grace",

@@ -24,15 +24,16 @@ hold, and agent certificates, when presented, still name the agent.
 from __future__ import annotations
 
 import contextvars
+import inspect
 import logging
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import grpc
 
 from vmatlas import errors
-from vmatlas.grpcutil import abort_with
+from vmatlas.grpcutil import abort_with, abort_with_async
 from vmatlas.security import redact, tls
 from vmatlas.security.ratelimit import RateLimiter
 from vmatlas.security.tokens import Role, TokenStore
@@ -209,46 +210,74 @@ class AuthInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
             )
         return None
 
-    def _decide_at_call(
-        self, method: str, decision: _Decision, context: grpc.ServicerContext
-    ) -> Principal:
-        """The caller, or abort. Runs in the worker thread, with the peer's certificate."""
+    def _check_at_call(
+        self, method: str, decision: _Decision, context: Any
+    ) -> tuple[Principal | None, errors.Error | None]:
+        """The caller, or why it is refused, once the peer's certificate is known."""
         principal = decision.principal
         identity = tls.peer_identity(context)
         if principal is None or (principal is ANONYMOUS and identity is not None):
             host_id = identity.agent_host_id if identity else None
             if host_id is None:
                 if principal is None:
-                    self._deny(
-                        context, method, errors.Unauthenticated("a bearer token is required")
-                    )
+                    return None, errors.Unauthenticated("a bearer token is required")
             else:
                 principal = Principal(f"agent:{host_id}", None, agent_host_id=host_id)
                 denial = self._authorise(method, self.policy[method], principal)
                 if denial is not None:
-                    self._deny(context, method, denial, str(principal))
+                    return principal, denial
         assert principal is not None
         if self.rate_limiter is not None:
             key = principal.name if principal.verified else _peer_host(context)
             if not self.rate_limiter.allow(key):
-                self._deny(
-                    context,
-                    method,
-                    errors.ResourceExhausted(
-                        f"rate limit for {principal.name}: {self.rate_limiter.limit}"
-                    ),
-                    str(principal),
+                return principal, errors.ResourceExhausted(
+                    f"rate limit for {principal.name}: {self.rate_limiter.limit}"
                 )
+        return principal, None
+
+    def _decide_at_call(
+        self, method: str, decision: _Decision, context: grpc.ServicerContext
+    ) -> Principal:
+        """The caller, or abort. Runs in the worker thread, with the peer's certificate."""
+        principal, denial = self._check_at_call(method, decision, context)
+        if denial is not None:
+            self._deny(context, method, denial, str(principal) if principal else "")
+        assert principal is not None
+        return principal
+
+    async def _decide_at_call_async(
+        self, method: str, decision: _Decision, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> Principal:
+        """:meth:`_decide_at_call` in a ``grpc.aio`` handler."""
+        principal, denial = self._check_at_call(method, decision, context)
+        if denial is not None:
+            await self._deny_async(context, method, denial, str(principal) if principal else "")
+        assert principal is not None
         return principal
 
     @staticmethod
-    def _deny(
-        context: grpc.ServicerContext, method: str, error: errors.Error, who: str = ""
-    ) -> None:
+    def _log_denial(context: Any, method: str, error: errors.Error, who: str) -> None:
         log.warning(
             "refused %s from %s%s: %s", method, context.peer(), f" ({who})" if who else "", error
         )
+
+    @classmethod
+    def _deny(
+        cls, context: grpc.ServicerContext, method: str, error: errors.Error, who: str = ""
+    ) -> None:
+        cls._log_denial(context, method, error, who)
         abort_with(context, error)
+
+    @classmethod
+    async def _deny_async(
+        cls,
+        context: grpc.aio.ServicerContext[Any, Any],
+        method: str,
+        error: errors.Error,
+        who: str = "",
+    ) -> None:
+        cls._log_denial(context, method, error, who)
+        await abort_with_async(context, error)
 
     # -- the interceptor ----------------------------------------------------------------
 
@@ -265,6 +294,41 @@ class AuthInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
         if handler is None:
             return None
         return _wrap(handler, lambda context: self._decide_at_call(method, decision, context))
+
+
+class AsyncAuthInterceptor(AuthInterceptor, grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    """:class:`AuthInterceptor` for a ``grpc.aio`` server: the same decisions, redaction
+    and rate limits, for coroutine handlers and for the plain ones such a server runs
+    on its thread pool."""
+
+    @classmethod
+    def of(cls, interceptor: AuthInterceptor) -> AsyncAuthInterceptor:
+        """The same policy, tokens and rate limiter (their buckets shared)."""
+        if isinstance(interceptor, AsyncAuthInterceptor):
+            return interceptor
+        return cls(
+            interceptor.policy, tokens=interceptor.tokens, rate_limiter=interceptor.rate_limiter
+        )
+
+    async def intercept_service(  # type: ignore[override]
+        self,
+        continuation: Callable[[Any], Awaitable[grpc.RpcMethodHandler | None]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
+        method = handler_call_details.method
+        handler = await continuation(handler_call_details)
+        decision = self._decide_early(method, handler_call_details.invocation_metadata)
+        if decision.denial is not None:
+            if handler is not None and not _is_async(handler):
+                return _denial_handler(handler, method, decision.denial, self._deny)
+            return _async_denial_handler(handler, method, decision.denial, self._deny_async)
+        if handler is None:
+            return None
+        if not _is_async(handler):
+            return _wrap(handler, lambda context: self._decide_at_call(method, decision, context))
+        return _wrap_async(
+            handler, lambda context: self._decide_at_call_async(method, decision, context)
+        )
 
 
 def _denial_handler(
@@ -346,3 +410,103 @@ def _wrap(
         request_deserializer=handler.request_deserializer,
         response_serializer=handler.response_serializer,
     )
+
+
+# -- grpc.aio -------------------------------------------------------------------------
+
+
+def _behavior(handler: grpc.RpcMethodHandler) -> Any:
+    return (
+        handler.stream_stream or handler.stream_unary or handler.unary_stream or handler.unary_unary
+    )
+
+
+def _is_async(handler: grpc.RpcMethodHandler) -> bool:
+    behavior = _behavior(handler)
+    return inspect.iscoroutinefunction(behavior) or inspect.isasyncgenfunction(behavior)
+
+
+def _make_handler(
+    handler: grpc.RpcMethodHandler | None, unary: Any, streaming: Any
+) -> grpc.RpcMethodHandler:
+    """A handler of ``handler``'s shape with ``unary`` or ``streaming`` as behaviour."""
+    client_streams = handler is not None and handler.request_streaming
+    server_streams = handler is not None and handler.response_streaming
+    serializers = (
+        {
+            "request_deserializer": handler.request_deserializer,
+            "response_serializer": handler.response_serializer,
+        }
+        if handler is not None
+        else {}
+    )
+    if client_streams and server_streams:
+        return grpc.stream_stream_rpc_method_handler(streaming, **serializers)
+    if client_streams:
+        return grpc.stream_unary_rpc_method_handler(unary, **serializers)
+    if server_streams:
+        return grpc.unary_stream_rpc_method_handler(streaming, **serializers)
+    return grpc.unary_unary_rpc_method_handler(unary, **serializers)
+
+
+def _async_denial_handler(
+    handler: grpc.RpcMethodHandler | None,
+    method: str,
+    error: errors.Error,
+    deny: Callable[[Any, str, errors.Error], Awaitable[None]],
+) -> grpc.RpcMethodHandler:
+    """:func:`_denial_handler` with coroutine behaviours."""
+
+    async def refuse(_request: Any, context: Any) -> Any:
+        await deny(context, method, error)
+
+    async def refuse_stream(_request: Any, context: Any) -> AsyncIterator[Any]:
+        await deny(context, method, error)
+        return
+        yield  # an async generator that yields nothing
+
+    # Without a handler the request stays undecoded bytes: no deserializer is set.
+    if handler is None:
+        return grpc.unary_unary_rpc_method_handler(refuse)
+    return _make_handler(handler, refuse, refuse_stream)
+
+
+class _AsyncScrubbingContext(_ScrubbingContext):
+    """:class:`_ScrubbingContext` for ``grpc.aio``, whose abort is a coroutine."""
+
+    async def abort(self, code: grpc.StatusCode, details: str) -> None:  # type: ignore[override]
+        await self._context.abort(code, redact.scrub_text(details or ""))
+
+
+def _wrap_async(
+    handler: grpc.RpcMethodHandler,
+    decide: Callable[[Any], Awaitable[Principal]],
+) -> grpc.RpcMethodHandler:
+    """:func:`_wrap` for coroutine behaviours (the call's task carries the caller)."""
+
+    async def enter(context: Any) -> tuple[Principal, Any]:
+        principal = await decide(context)
+        _CALLER.set(principal)
+        return principal, (context if principal.sees_addresses else _AsyncScrubbingContext(context))
+
+    def clean(principal: Principal, response: Any) -> Any:
+        return response if principal.sees_addresses else redact.strip_addresses(response)
+
+    behavior = _behavior(handler)
+
+    async def unary(request: Any, context: Any) -> Any:
+        principal, ctx = await enter(context)
+        try:
+            return clean(principal, await behavior(request, ctx))
+        finally:
+            _CALLER.set(None)
+
+    async def streaming(request: Any, context: Any) -> AsyncIterator[Any]:
+        principal, ctx = await enter(context)
+        try:
+            async for response in behavior(request, ctx):
+                yield clean(principal, response)
+        finally:
+            _CALLER.set(None)
+
+    return _make_handler(handler, unary, streaming)
