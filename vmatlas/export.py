@@ -6,6 +6,13 @@ The JSON document is stable: ``{"format": "vmatlas.snapshot/v1", "host": {...},
 ``type``, ``path``, ``offset``, ``inode`` and the rest of the schema's fields. It reads
 back losslessly (:func:`snapshot_from_document`), which is how ``vmatlas diff`` takes
 files.
+
+:func:`write_json`, :func:`write_csv` and :func:`write_table` write straight from the
+region columns: each distinct value (state, protection, type, kind, path, device,
+size) is formatted once, every row is one string format, and the text goes out in
+batches, so a 65K-region snapshot is never held whole as text, dicts or rows.
+:func:`snapshot_to_document` builds the same document as Python objects, for callers
+that want it in memory.
 """
 
 from __future__ import annotations
@@ -13,9 +20,12 @@ from __future__ import annotations
 import csv
 import functools
 import io
+import json
+import operator
 import os
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict
-from typing import Any
+from typing import Any, TextIO
 
 from vmatlas.model import (
     RESIDENCY_FIELDS,
@@ -31,6 +41,7 @@ from vmatlas.model import (
     Snapshot,
     SnapshotView,
     Summary,
+    perms_text,
 )
 
 FORMAT = "vmatlas.snapshot/v1"
@@ -86,7 +97,8 @@ def region_document(region: Region) -> dict[str, Any]:
     return doc
 
 
-def snapshot_to_document(snapshot: Snapshot) -> dict[str, Any]:
+def _document_head(snapshot: Snapshot) -> dict[str, Any]:
+    """Every member of the document but ``regions``, which comes last."""
     host = asdict(snapshot.host)
     host["os"] = snapshot.host.os.name.lower()
     process = asdict(snapshot.process)
@@ -100,6 +112,13 @@ def snapshot_to_document(snapshot: Snapshot) -> dict[str, Any]:
         "includes_free": snapshot.includes_free,
         "includes_residency": snapshot.includes_residency,
         "summary": asdict(snapshot.summary),
+    }
+
+
+def snapshot_to_document(snapshot: Snapshot) -> dict[str, Any]:
+    """The JSON document as Python objects (:func:`write_json` streams it as text)."""
+    return {
+        **_document_head(snapshot),
         "regions": [region_document(r) for r in snapshot.regions.rows()],
     }
 
@@ -179,31 +198,255 @@ def snapshot_from_document(doc: dict[str, Any]) -> Snapshot:
 
 
 def snapshot_to_csv(snapshot: Snapshot) -> str:
+    """The CSV form as one string (:func:`write_csv` streams it)."""
     out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(CSV_COLUMNS)
-    for region in snapshot.regions.rows():
-        doc = region_document(region)
-        residency = doc.get("residency", {})
-        writer.writerow(
-            [
-                doc["start"],
-                doc["end"],
-                doc["size"],
-                doc["state"],
-                doc["perms"],
-                doc["type"],
-                doc["kind"],
-                doc["path"],
-                doc["offset"],
-                doc["device"],
-                doc["inode"],
-                int(doc["deleted"]),
-                "|".join(doc["protection"]),
-                doc["protection_raw"],
-                doc.get("allocation_base", ""),
-                doc.get("allocation_protection_raw", ""),
-                *(residency.get(name, "") for name in RESIDENCY_FIELDS),
-            ]
-        )
+    write_csv(snapshot, out)
     return out.getvalue()
+
+
+# -- streaming from the columns ----------------------------------------------------------
+
+# Rows formatted before each write: large enough that writes cost nothing, small enough
+# that the text in hand stays a few hundred kilobytes.
+BATCH_ROWS = 4096
+
+
+class FormatOnce(dict[Any, str]):
+    """Text for each distinct key, formatted on first use."""
+
+    def __init__(self, format_one: Callable[[Any], str]):
+        super().__init__()
+        self._format_one = format_one
+
+    def __missing__(self, key: Any) -> str:
+        text = self[key] = self._format_one(key)
+        return text
+
+
+def _device_text(device: int) -> str:
+    return f"{os.major(device):02x}:{os.minor(device):02x}"
+
+
+def _name(enum_type: type[RegionState | RegionType | RegionKind], value: int, empty: str) -> str:
+    return enum_type(value).name.lower() if value else empty
+
+
+def write_batched(out: TextIO, lines: Iterable[str], separator: str = "") -> None:
+    """``separator.join(lines)`` written a batch at a time."""
+    batch: list[str] = []
+    first = True
+    for line in lines:
+        batch.append(line)
+        if len(batch) == BATCH_ROWS:
+            out.write(("" if first else separator) + separator.join(batch))
+            batch.clear()
+            first = False
+    if batch:
+        out.write(("" if first else separator) + separator.join(batch))
+
+
+def _sizes(table: RegionTable) -> Iterator[int]:
+    return map(operator.sub, table.end, table.start)
+
+
+def _allocations(table: RegionTable) -> Iterator[tuple[int, int, int] | None]:
+    """Per row: (base, protection, raw protection), or None when the row carries
+    neither a base nor a raw protection (no allocation fields in its document)."""
+    if not table.allocation_base:
+        return iter([None] * len(table))
+    return (
+        (base, prot, raw) if base or raw else None
+        for base, prot, raw in zip(
+            table.allocation_base,
+            table.allocation_protection,
+            table.allocation_protection_raw,
+            strict=True,
+        )
+    )
+
+
+def _residency_rows(table: RegionTable) -> Iterator[tuple[int, ...]] | None:
+    if not table.residency:
+        return None
+    return zip(*(table.residency[name] for name in RESIDENCY_FIELDS), strict=True)
+
+
+def _csv_cells(cells: Iterable[Any]) -> str:
+    """Cells as the csv module writes them (quoted where needed), without a line end."""
+    out = io.StringIO()
+    csv.writer(out, lineterminator="\n").writerow(list(cells))
+    return out.getvalue()[:-1]
+
+
+def write_csv(snapshot: Snapshot, out: TextIO) -> None:
+    """The CSV form: a header, then one row per region (``CSV_COLUMNS``)."""
+    table = snapshot.regions
+    out.write(_csv_cells(CSV_COLUMNS) + "\n")
+    # Adjacent columns that depend on the same few values are formatted together:
+    # state, perms, type and kind; deleted and protection. A trailing comma is kept
+    # in each, so that an empty last cell is written as the csv module writes it.
+    classes = FormatOnce(
+        lambda key: _csv_cells(
+            (
+                _name(RegionState, key[0], ""),
+                perms_text(key[1]),
+                _name(RegionType, key[2], ""),
+                _name(RegionKind, key[3], ""),
+                "",
+            )
+        )
+    )
+    paths = FormatOnce(lambda path: _csv_cells((path, "")))
+    devices = FormatOnce(lambda device: _csv_cells((_device_text(device), "")))
+    flags = FormatOnce(lambda key: _csv_cells((int(key[0]), "|".join(_flags(key[1])), "")))
+    no_residency = "," * (len(RESIDENCY_FIELDS) - 1)
+    residency = _residency_rows(table)
+    residency_texts = (
+        (",".join(map(str, values)) for values in residency)
+        if residency is not None
+        else iter([no_residency] * len(table))
+    )
+    rows = (
+        f"{start:#x},{end:#x},{size},{classes[state, prot, rtype, kind]}{paths[path]}"
+        f"{offset},{devices[device]}{inode},{flags[deleted, prot]}{raw},"
+        f"{f'{alloc[0]:#x},{alloc[2]}' if alloc else ','},{res}\n"
+        for (
+            start,
+            end,
+            size,
+            state,
+            prot,
+            rtype,
+            kind,
+            path,
+            offset,
+            device,
+            inode,
+            deleted,
+            raw,
+            alloc,
+            res,
+        ) in zip(
+            table.start,
+            table.end,
+            _sizes(table),
+            table.state,
+            table.protection,
+            table.type,
+            table.kind,
+            table.path,
+            table.offset,
+            table.device,
+            table.inode,
+            table.deleted,
+            table.protection_raw,
+            _allocations(table),
+            residency_texts,
+            strict=True,
+        )
+    )
+    write_batched(out, rows)
+
+
+def _json_strings(names: list[str], indent: str) -> str:
+    """A list of strings as ``json.dump(indent=1)`` lays it out at this depth."""
+    if not names:
+        return "[]"
+    inner = indent + " "
+    return "[\n" + ",\n".join(inner + json.dumps(n) for n in names) + "\n" + indent + "]"
+
+
+def _json_region_texts(table: RegionTable) -> Iterator[str]:
+    """Each region's document as ``json.dump(indent=1)`` writes it inside the
+    snapshot document (two levels deep), without the separating comma."""
+    # Keys sit three spaces in, the items of their lists and objects four.
+    classes = FormatOnce(
+        lambda key: (
+            f'   "state": {json.dumps(_name(RegionState, key[0], ""))},\n'
+            f'   "perms": {json.dumps(perms_text(key[1]))},\n'
+            f'   "type": {json.dumps(_name(RegionType, key[2], ""))},\n'
+            f'   "kind": {json.dumps(_name(RegionKind, key[3], ""))},\n'
+        )
+    )
+    paths = FormatOnce(json.dumps)
+    devices = FormatOnce(lambda device: json.dumps(_device_text(device)))
+    flags = FormatOnce(
+        lambda key: (
+            f'   "deleted": {json.dumps(key[0])},\n'
+            f'   "protection": {_json_strings(_flags(key[1]), "   ")},\n'
+        )
+    )
+    allocation_flags = FormatOnce(lambda prot: _json_strings(_flags(prot), "   "))
+    residency = _residency_rows(table)
+    residency_format = (
+        ',\n   "residency": {{\n'
+        + ",\n".join(f'    "{name}": {{}}' for name in RESIDENCY_FIELDS)
+        + "\n   }}"
+    )
+    residency_texts = (
+        (residency_format.format(*values) for values in residency)
+        if residency is not None
+        else iter([""] * len(table))
+    )
+    for (
+        start,
+        end,
+        size,
+        state,
+        prot,
+        rtype,
+        kind,
+        path,
+        offset,
+        device,
+        inode,
+        deleted,
+        raw,
+        alloc,
+        res,
+    ) in zip(
+        table.start,
+        table.end,
+        _sizes(table),
+        table.state,
+        table.protection,
+        table.type,
+        table.kind,
+        table.path,
+        table.offset,
+        table.device,
+        table.inode,
+        table.deleted,
+        table.protection_raw,
+        _allocations(table),
+        residency_texts,
+        strict=True,
+    ):
+        allocation = (
+            f',\n   "allocation_base": "{alloc[0]:#x}",\n'
+            f'   "allocation_protection": {allocation_flags[alloc[1]]},\n'
+            f'   "allocation_protection_raw": {alloc[2]}'
+            if alloc
+            else ""
+        )
+        yield (
+            f'  {{\n   "start": "{start:#x}",\n   "end": "{end:#x}",\n   "size": {size},\n'
+            f'{classes[state, prot, rtype, kind]}   "path": {paths[path]},\n'
+            f'   "offset": {offset},\n   "device": {devices[device]},\n   "inode": {inode},\n'
+            f'{flags[deleted, prot]}   "protection_raw": {raw}{allocation}{res}\n  }}'
+        )
+
+
+def write_json(snapshot: Snapshot, out: TextIO) -> None:
+    """The JSON document, laid out as ``json.dump(snapshot_to_document(snapshot),
+    indent=1)`` writes it, then a newline."""
+    head = _document_head(snapshot)
+    text = json.dumps(head, indent=1)
+    # The regions are the document's last member: open it where the head closes.
+    out.write(text[: -len("\n}")] + ',\n "regions": ')
+    if not len(snapshot.regions):
+        out.write("[]\n}\n")
+        return
+    out.write("[\n")
+    write_batched(out, _json_region_texts(snapshot.regions), ",\n")
+    out.write("\n ]\n}\n")
