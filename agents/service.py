@@ -6,20 +6,17 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import grpc
 
 from vmatlas import errors, wire
 from vmatlas.agents.base import Reader
+from vmatlas.agents.core import Agent, WindowsView
 from vmatlas.grpcutil import maps_errors, maps_stream_errors
-from vmatlas.model import OperatingSystem, ProcessOrder, ProcessSummary, Snapshot, SnapshotView
 from vmatlas.v1 import agent_pb2, agent_pb2_grpc
 
 log = logging.getLogger(__name__)
-
-# (pid, include_free, include_residency) -> the Win32 view of a Wine process.
-WindowsView = Callable[[int, bool, bool], Snapshot]
 
 # Watches at once (each holds one of the server's threads) and their fastest poll.
 MAX_WATCHES = 8
@@ -28,10 +25,11 @@ MIN_POLL_SECONDS = 0.05
 SERVICE_NAME = agent_pb2.DESCRIPTOR.services_by_name["AgentService"].full_name
 
 
-class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
+class AgentServicer(Agent, agent_pb2_grpc.AgentServiceServicer):
+    """:class:`~vmatlas.agents.core.Agent` over gRPC."""
+
     def __init__(self, reader: Reader, windows_view: WindowsView | None = None):
-        self.reader = reader
-        self.windows_view = windows_view
+        super().__init__(reader, windows_view)
         self._watches = threading.BoundedSemaphore(MAX_WATCHES)
 
     @maps_errors
@@ -53,37 +51,6 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         for item in items:
             wire.process_summary_to_pb(item, response.processes.add())
         return response
-
-    def process_list(
-        self, order: ProcessOrder, limit: int, name: str
-    ) -> tuple[list[ProcessSummary], int]:
-        """Summaries of the processes whose name contains ``name``, in ``order``, at
-        most ``limit`` (0: all); and how many processes could not be read."""
-        items: list[ProcessSummary] = []
-        denied = 0
-        for item in self.reader.process_summaries():
-            if isinstance(item, errors.AccessDenied):
-                denied += 1
-            elif isinstance(item, ProcessSummary) and (not name or name in item.process.name):
-                items.append(item)
-        return order.sort(items, limit), denied
-
-    def snapshot(
-        self, pid: int, include_free: bool, include_residency: bool, view: int
-    ) -> Snapshot:
-        if pid == 0:
-            raise errors.InvalidArgument("pid must be given (pid 0 is not a process)")
-        if view == SnapshotView.WINDOWS and self.reader.os != OperatingSystem.WINDOWS:
-            if self.windows_view is None:
-                raise errors.FailedPrecondition(
-                    "the Windows view needs Wine and the vmatlas Wine helper on this host"
-                )
-            return self.windows_view(pid, include_free, include_residency)
-        if view not in (SnapshotView.UNSPECIFIED, SnapshotView.NATIVE, SnapshotView.WINDOWS):
-            raise errors.InvalidArgument(f"unknown snapshot view {view}")
-        return self.reader.snapshot(
-            pid, include_free=include_free, include_residency=include_residency
-        )
 
     @maps_errors
     def GetSnapshot(

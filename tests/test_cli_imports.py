@@ -103,12 +103,16 @@ def test_command_help_imports_that_command_alone(command: str) -> None:
     ],
     ids=["snapshot-json", "snapshot-csv-residency", "snapshot-table", "ps"],
 )
-def test_local_reads_never_import_cryptography(planter: Planter, args: tuple[str, ...]) -> None:
+def test_local_reads_import_no_transport(planter: Planter, args: tuple[str, ...]) -> None:
     argv = [*args[:2], str(planter.pid), *args[2:]] if args[0] == "snapshot" else list(args)
     result, names = vmatlas_importtime(*argv)
     assert result.returncode == 0, result.stderr[-2000:]
     assert not loaded(names, "cryptography")
     assert not loaded(names, "vmatlas.server")
+    # The Windows reader loads when the Windows view is asked for.
+    assert not loaded(names, "vmatlas.agents.windows")
+    if args[0] == "snapshot":  # read and written here: no gRPC, no wire schema
+        assert not any(loaded(names, p) for p in ("grpc", "google.protobuf", "vmatlas.v1"))
 
 
 @pytest.mark.parametrize("uplink", [False, True], ids=["alone", "with-server"])
@@ -143,3 +147,4 @@ def test_agent_without_certificates_never_imports_cryptography(
     assert not loaded(names, "cryptography")
     assert not loaded(names, "vmatlas.server")
     assert not loaded(names, "vmatlas.client")
+    assert not loaded(names, "vmatlas.agents.windows")

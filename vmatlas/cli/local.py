@@ -1,21 +1,21 @@
-"""This host read directly (``--local``): the agent's service without gRPC around it."""
+"""This host read directly (``--local``): the agent's answers without gRPC, so that
+neither grpc nor the wire schema is loaded."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from vmatlas.agents import default_reader, windows_view
-from vmatlas.agents.service import AgentServicer
+from vmatlas.agents.core import Agent
 from vmatlas.model import ProcessOrder, Snapshot, SnapshotView
 
 
 class LocalSource:
-    """This host read directly, with the same calls as :class:`Client`: the agent's
-    service without the gRPC around it."""
+    """This host read directly, with the same calls as :class:`Client`."""
 
     def __init__(self) -> None:
         self._view = windows_view()
-        self.agent = AgentServicer(default_reader(), windows_view=self._view)
+        self.agent = Agent(default_reader(), windows_view=self._view)
 
     def processes(self, *, order: str = "regions", limit: int = 0, name: str = "") -> Any:
         # The client's result type, without connecting anywhere.
