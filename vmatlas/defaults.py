@@ -22,6 +22,8 @@ INTERVAL_SECONDS = 60.0
 JUMP_REGIONS = 1000
 # An hour of pushes at the default interval (jump pushes count too).
 BUFFER_PUSHES = 60
+# The Windows service's name (`vmatlas agent service install`).
+SERVICE_NAME = "vmatlas-agent"
 
 # Calls per second and burst each client of a server or agent is allowed.
 RATE_PER_SECOND = 20.0

@@ -29,7 +29,8 @@ DEFAULT_GRACE_SECONDS = defaults.GRACE_SECONDS
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    p = sub.add_parser("agent", help=COMMANDS["agent"])
+    # The agent's options, shared with `agent service install|run` (see agent_service).
+    p = argparse.ArgumentParser(add_help=False)
     p.add_argument(
         "--listen",
         metavar="HOST:PORT",
@@ -76,7 +77,60 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     )
     add_server_security_args(p)
     add_uplink_security_args(p)
-    p.set_defaults(func=run)
+    agent = sub.add_parser("agent", parents=[p], help=COMMANDS["agent"])
+    agent.set_defaults(func=run)
+    _register_service(agent, p)
+
+
+def _register_service(agent: argparse.ArgumentParser, options: argparse.ArgumentParser) -> None:
+    """`agent service ACTION`, the Windows service (run by vmatlas.cli.agent_service)."""
+    commands = agent.add_subparsers(dest="agent_command", metavar="{service}")
+    service = commands.add_parser(
+        "service",
+        help="run the agent as a Windows service",
+        description="Install the agent as a Windows service (LocalSystem; its log in "
+        "%ProgramData%\\vmatlas\\NAME.log unless --log-file), start, stop, query or "
+        "remove it. Needs an administrator's rights.",
+    )
+    actions = service.add_subparsers(dest="service_command", metavar="ACTION", required=True)
+
+    def action(name: str, help: str, *, agent_options: bool = False) -> argparse.ArgumentParser:
+        parents = [options] if agent_options else []
+        p = actions.add_parser(name, parents=parents, help=help)
+        p.add_argument(
+            "--name",
+            default=defaults.SERVICE_NAME,
+            help=f"service name (default {defaults.SERVICE_NAME})",
+        )
+        p.set_defaults(func=_service)
+        return p
+
+    install = action("install", "create the service with these agent options", agent_options=True)
+    install.add_argument(
+        "--start",
+        choices=("auto", "demand"),
+        default="auto",
+        help="start with Windows (auto, the default) or only when asked (demand)",
+    )
+    install.add_argument(
+        "--log-file",
+        metavar="PATH",
+        help="the service's log (default %%ProgramData%%\\vmatlas\\NAME.log)",
+    )
+    action("remove", "stop the service if it runs, and delete it")
+    action("start", "start the service")
+    action("stop", "stop the service (the agent drains as on SIGTERM)")
+    action("status", "print the service's state (running, stopped, ...)")
+    run_action = action(
+        "run", "what the service manager runs (not for use by hand)", agent_options=True
+    )
+    run_action.add_argument("--log-file", metavar="PATH", help=argparse.SUPPRESS)
+
+
+def _service(args: argparse.Namespace) -> int:
+    from vmatlas.cli import agent_service
+
+    return agent_service.run(args)
 
 
 def run(args: argparse.Namespace) -> int:
