@@ -258,6 +258,36 @@ def test_pushes_from_many_threads_are_all_stored(store: Store) -> None:
         assert len(store.history(host_id, 7, 0.0, 1e12).summaries) == 10
 
 
+def test_a_push_replayed_through_two_stores_at_once_is_stored_once(
+    store: Store, open_url: Callable[..., Store]
+) -> None:
+    # An agent that failed over replays its pushes to a second server while the first
+    # still stores them: each is stored once, and exactly one call says it stored it.
+    other = open_url()
+    store.put_host(make_host(), 1000.0)
+    process = make_process(1)
+    results: list[list[bool]] = [[], []]
+    barrier = threading.Barrier(2)
+
+    def replay(target: Store, into: list[bool]) -> None:
+        barrier.wait()
+        for n in range(1, 21):
+            item = make_item(process, 1000.0 + n)
+            into.append(target.put_summaries("host-a", [item], origin=PushOrigin("a", n)))
+
+    threads = [
+        threading.Thread(target=replay, args=(s, r))
+        for s, r in zip((store, other), results, strict=True)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert [a + b for a, b in zip(*results, strict=True)] == [1] * 20
+    history = store.history("host-a", 1, 0.0, 1e12)
+    assert [s.capture_time for s in history.summaries] == [1000.0 + n for n in range(1, 21)]
+
+
 # -- snapshots, region tables, history ---------------------------------------------------------
 
 
