@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 
+from vmatlas import errors
 from vmatlas.agents.uplink import Uplink
 from vmatlas.client import Client
 from vmatlas.server.app import FleetServer
@@ -21,8 +22,15 @@ def test_a_server_on_postgres_stores_and_serves_what_agents_send(
     server = make_server(store_url=postgres_url)
     make_uplink(server.address, "pg-host", interval_seconds=0.5)
     pid = os.getpid()
+
+    def stored(client: Client) -> int:
+        try:
+            return len(client.history(host="pg-host", pid=pid).summaries)
+        except errors.NotFound:  # the agent has not registered yet
+            return 0
+
     with Client(server.address) as client:
-        wait_for(lambda: len(client.history(host="pg-host", pid=pid).summaries) >= 2, 60)
+        wait_for(lambda: stored(client) >= 2, 60, "two stored pushes")
         fresh = client.snapshot(pid, host="pg-host")
         stored = client.snapshot(pid, host="pg-host", fresh=False)
         assert stored.regions == fresh.regions
