@@ -25,7 +25,7 @@ from functools import lru_cache
 from itertools import repeat
 from typing import Any
 
-from vmatlas import errors
+from vmatlas import errors, native
 from vmatlas.agents.base import sweep
 from vmatlas.model import (
     RESIDENCY_FIELDS,
@@ -160,6 +160,9 @@ def parse_maps(text: str | bytes) -> RegionTable:
     (``surrogateescape``), so both give the same table."""
     data = text.encode("utf-8", "surrogateescape") if isinstance(text, str) else text
     with _gc_paused():
+        accel = native.accel
+        if accel is not None:
+            return _table_from_scan(accel, accel.scan_maps(bytes(data)))
         return _parse_maps(data)
 
 
@@ -246,6 +249,57 @@ def _parse_maps(data: bytes) -> RegionTable:
     )
 
 
+# The perms decisions as tables indexed by perms bits (r=1, w=2, x=4, s=8), for the
+# native scanner, which reports each line's perms so.
+_STATE_BY_BITS = [_PERMS_STATE[k] for k in sorted(_PERMS_BITS, key=_PERMS_BITS.__getitem__)]
+_ANON_TYPE_BY_BITS = [_PERMS_ANON_TYPE[k] for k in sorted(_PERMS_BITS, key=_PERMS_BITS.__getitem__)]
+_BITS = list(range(16))
+
+
+def _table_from_scan(accel: Any, scan: tuple[Any, ...]) -> RegionTable:
+    """The RegionTable of a native maps scan: the same decisions as _parse_maps (taken
+    here, once per distinct rest or perms value), spread over the regions in C."""
+    starts, ends, offsets, bits, rest_index, rests, rest_bits = scan
+    if not starts:
+        return RegionTable()
+    facts = [_parse_rest(rest) for rest in rests]
+    # A file the loader mapped (an executable or shared object) has an executable
+    # segment; every mapping of that file is IMAGE, other file mappings MAPPED.
+    image_files = {
+        (f[0], f[1])
+        for f, seen in zip(facts, rest_bits, strict=True)
+        if f[1] and any(seen >> b & 1 and b & _RAW_EXEC and not b & _RAW_SHARED for b in range(16))
+    }
+    # None: no file behind it, the type follows from the perms.
+    file_type = [
+        (
+            (int(RegionType.IMAGE) if (f[0], f[1]) in image_files else int(RegionType.MAPPED))
+            if f[1]
+            else None
+        )
+        for f in facts
+    ]
+
+    def column(k: int) -> list[Any]:
+        return accel.gather([f[k] for f in facts], rest_index, 4)  # type: ignore[no-any-return]
+
+    protection = accel.gather(_BITS, bits, 1)
+    return RegionTable(
+        start=starts,
+        end=ends,
+        state=accel.gather(_STATE_BY_BITS, bits, 1),
+        type=accel.gather_either(file_type, rest_index, 4, _ANON_TYPE_BY_BITS, bits, 1),
+        protection=protection,
+        protection_raw=list(protection),
+        kind=column(4),
+        path=column(2),
+        offset=offsets,
+        device=column(0),
+        inode=column(1),
+        deleted=column(3),
+    )
+
+
 def parse_smaps(text: str | bytes) -> RegionTable:
     """A RegionTable with residency from the text (or bytes) of /proc/PID/smaps.
 
@@ -255,7 +309,25 @@ def parse_smaps(text: str | bytes) -> RegionTable:
     the blocks are not all alike."""
     data = text.encode("utf-8", "surrogateescape") if isinstance(text, str) else text
     with _gc_paused():
+        accel = native.accel
+        if accel is not None:
+            # Regular text only (as procfs writes it); anything else, the pure parse
+            # below decides, so both paths accept and refuse the same texts.
+            scan = accel.scan_smaps(bytes(data), _SMAPS_KEYS_BYTES)
+            if scan is not None:
+                headers, columns = scan
+                table = _table_from_scan(accel, accel.scan_maps(headers))
+                n = len(table)
+                found = dict(zip(_SMAPS_KEYS.values(), columns, strict=True))
+                table.residency = {
+                    name: [0] * n if found[name] is None else found[name]
+                    for name in RESIDENCY_FIELDS
+                }
+                return table
         return _parse_smaps(data)
+
+
+_SMAPS_KEYS_BYTES = tuple(key.encode("ascii") for key in _SMAPS_KEYS)
 
 
 def _parse_smaps(data: bytes) -> RegionTable:

@@ -49,9 +49,10 @@ MIB = 1024 * 1024
 class Workload:
     """A child process holding about ``regions`` mappings (bench.workload)."""
 
-    def __init__(self, regions: int):
+    def __init__(self, regions: int, *, anonymous: bool = False):
+        self.anonymous = anonymous
         self.proc = subprocess.Popen(
-            [PYTHON, "-m", "bench.workload", str(regions)],
+            [PYTHON, "-m", "bench.workload", str(regions), *(["--anonymous"] if anonymous else [])],
             cwd=ROOT,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
@@ -192,6 +193,15 @@ def time_command(argv: list[str], shell: bool = False) -> float:
         check=False,
     )
     return time.perf_counter() - start
+
+
+def cpu_command(argv: list[str]) -> float:
+    """CPU seconds (user + system) of one run of ``argv``: its own work, whatever else
+    the machine is doing."""
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _, _, usage = os.wait4(proc.pid, 0)
+    proc.returncode = 0
+    return usage.ru_utime + usage.ru_stime
 
 
 # -- rows --------------------------------------------------------------------------------

@@ -220,3 +220,22 @@ def postgres_url(make_postgres_url: Callable[[], str]) -> str:
 
 def pytest_report_header() -> str:
     return f"python {sys.version.split()[0]}, page size {PAGE}"
+
+
+@pytest.fixture(params=["native", "pure"])
+def capture_path(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Runs a test on the C extension's loops, then on the pure-Python ones. Where the
+    extension is not built the native run skips, saying how to build it; with
+    VMATLAS_REQUIRE_NATIVE=1 (CI) it fails."""
+    from vmatlas import native
+
+    if request.param == "native" and not native.available():
+        message = (
+            "the C extension vmatlas._native is not built: `make install-dev` builds it "
+            "where a C compiler is present (and VMATLAS_NO_NATIVE is unset)"
+        )
+        if os.environ.get("VMATLAS_REQUIRE_NATIVE"):
+            pytest.fail(message)
+        pytest.skip(message)
+    with native.use(request.param == "native"):
+        yield request.param

@@ -8,9 +8,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from vmatlas.agents.linux import LinuxReader
 from vmatlas.diff import ChangeKind, DiffMode, RegionClass, diff, diff_to_document
 from vmatlas.export import snapshot_from_document, snapshot_to_document
+
+# Every test here runs over both capture paths: the C loops and the pure-Python ones.
+pytestmark = pytest.mark.usefixtures("capture_path")
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
 reader = LinuxReader()

@@ -20,6 +20,9 @@ from vmatlas.model import (
 )
 from vmatlas.v1 import snapshot_pb2 as pb
 
+# Every test here runs over both capture paths: the C loops and the pure-Python ones.
+pytestmark = pytest.mark.usefixtures("capture_path")
+
 
 @pytest.mark.parametrize(
     ("model_enum", "pb_enum", "prefix"),

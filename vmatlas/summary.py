@@ -6,6 +6,7 @@ from __future__ import annotations
 from itertools import compress
 from operator import sub
 
+from vmatlas import native
 from vmatlas.model import (
     ACCESS_MASK,
     ALLOCATION_COLUMNS,
@@ -42,6 +43,11 @@ def headroom(map_count: int, max_map_count: int) -> float:
 
 def free_gaps(table: RegionTable, range_min: int, range_max: int) -> list[tuple[int, int]]:
     """The unmapped ``(start, end)`` gaps of ``[range_min, range_max)``."""
+    accel = native.accel
+    if accel is not None:
+        found = accel.free_gaps(table.start, table.end, table.state, FREE, [range_min, range_max])
+        if found is not None:
+            return found  # type: ignore[no-any-return]
     gaps: list[tuple[int, int]] = []
     cursor = range_min
     for start, end, state in zip(table.start, table.end, table.state, strict=True):
@@ -57,33 +63,102 @@ def free_gaps(table: RegionTable, range_min: int, range_max: int) -> list[tuple[
     return gaps
 
 
+def _guard_by_itself(state: int, type_: int, protection: int) -> bool:
+    """The guard rule's test of a region's own attributes: a private reservation with
+    no access and no PAGE_GUARD (that one is a guard whatever its neighbours)."""
+    return (
+        state == RESERVED
+        and type_ == PRIVATE
+        and not protection & GUARD
+        and not protection & ACCESS
+    )
+
+
+# ... and of its neighbour: the next region starts at its end and is in one of these.
+GUARD_NEXT_STATES = frozenset({COMMITTED})
+
+
 def guard_indices(table: RegionTable) -> list[int]:
     """Indices of the guard regions: PAGE_GUARD ones, and each small no-access private
     reservation directly below committed memory (glibc and the JVM put one below every
     thread stack; malloc debuggers one beside every block)."""
-    protections, states = table.protection, table.state
-    starts, ends, types = table.start, table.end, table.type
-    n = len(table)
+    protections = table.protection
     guard_protections = {p for p in set(protections) if p & GUARD}
     found = (
         [i for i, p in enumerate(protections) if p in guard_protections]
         if guard_protections
         else []
     )
+    return sorted(found + _reservation_guards(table))
+
+
+def _reservation_guards(table: RegionTable) -> list[int]:
+    """Indices of the small reservations the guard rule names, directly below memory."""
+    protections, states = table.protection, table.state
+    starts, ends, types = table.start, table.end, table.type
+    n = len(table)
+    accel = native.accel
+    if accel is not None:
+        # The rule is decided here for each distinct (state, type, protection); the
+        # loop over the regions, with their sizes and neighbours, runs in C.
+        distinct = set(accel.tally(starts, ends, 0, states, types, protections) or ())
+        own = frozenset(key for key in distinct if _guard_by_itself(*key))
+        found = accel.followed_by(
+            starts, ends, states, types, protections, own, GUARD_MAX_BYTES, GUARD_NEXT_STATES
+        )
+        if found is not None:
+            return found  # type: ignore[no-any-return]
     # Reservations are rare enough to look at one by one.
-    for i in compress(range(n), map(RESERVED.__eq__, states)):
-        protection = protections[i]
-        if (
-            not protection & GUARD
-            and not protection & ACCESS
-            and ends[i] - starts[i] <= GUARD_MAX_BYTES
-            and types[i] == PRIVATE
-            and i + 1 < n
-            and starts[i + 1] == ends[i]
-            and states[i + 1] == COMMITTED
-        ):
-            found.append(i)
-    return sorted(found)
+    return [
+        i
+        for i in compress(range(n), map(RESERVED.__eq__, states))
+        if _guard_by_itself(states[i], types[i], protections[i])
+        and ends[i] - starts[i] <= GUARD_MAX_BYTES
+        and i + 1 < n
+        and starts[i + 1] == ends[i]
+        and states[i + 1] in GUARD_NEXT_STATES
+    ]
+
+
+_COUNTS = ("region_count", "committed", "reserved", "gate_count", "single_page")
+
+
+def _counted(state: int, kind: int, count: int, size: int, single: int) -> dict[str, int]:
+    """The summary's counts of ``count`` regions of one state and kind, ``size`` bytes
+    in all, ``single`` of them one page long."""
+    live = state != FREE
+    return {
+        "region_count": count if live else 0,
+        "committed": size if state == COMMITTED else 0,
+        "reserved": size if state == RESERVED else 0,
+        "gate_count": count if live and kind == VSYSCALL else 0,
+        "single_page": single if live else 0,
+    }
+
+
+def _counts(table: RegionTable, page_size_bytes: int) -> dict[str, int]:
+    starts, ends, states, kinds = table.start, table.end, table.state, table.kind
+    accel = native.accel
+    tallied = accel.tally(starts, ends, page_size_bytes, states, kinds) if accel else None
+    if tallied is None:
+        # Column at a time (C loops over lists) rather than row at a time: a 65K-region
+        # table costs a few milliseconds instead of tens.
+        sizes = list(map(sub, ends, starts))
+        singles = list(map(page_size_bytes.__eq__, sizes))
+        keys = list(zip(states, kinds, strict=True))
+        tallied = {}
+        for key in set(keys):
+            chosen = list(map(key.__eq__, keys))
+            tallied[key] = [
+                sum(chosen),
+                sum(compress(sizes, chosen)),
+                sum(compress(singles, chosen)),
+            ]
+    totals = dict.fromkeys(_COUNTS, 0)
+    for (state, kind), (count, size, single) in tallied.items():
+        for name, value in _counted(state, kind, count, size, single).items():
+            totals[name] += value
+    return totals
 
 
 def summarize(
@@ -96,16 +171,7 @@ def summarize(
     max_map_count: int,
 ) -> Summary:
     """Figures for one address space whose user range is ``[range_min, range_max)``."""
-    # Column at a time (C loops over lists) rather than row at a time: a 65K-region
-    # table costs a few milliseconds instead of tens.
-    starts, ends, states, kinds = table.start, table.end, table.state, table.kind
-    sizes = list(map(sub, ends, starts))
-    live = list(map(FREE.__ne__, states))
-    region_count = sum(live)
-    committed = sum(compress(sizes, map(COMMITTED.__eq__, states)))
-    reserved = sum(compress(sizes, map(RESERVED.__eq__, states)))
-    gate_count = sum(compress(map(VSYSCALL.__eq__, kinds), live))
-    single_page = sum(compress(map(page_size_bytes.__eq__, sizes), live))
+    counts = _counts(table, page_size_bytes)
     guard = len(guard_indices(table))
 
     gaps = free_gaps(table, range_min, range_max)
@@ -121,21 +187,22 @@ def summarize(
 
     bases = table.allocation_base
     allocation_count = (
-        len({base for base, state in zip(bases, states, strict=True) if state != FREE and base})
+        len({b for b, state in zip(bases, table.state, strict=True) if state != FREE and b})
         if bases
         else 0
     )
-    map_count = region_count - gate_count
+    region_count = counts["region_count"]
+    map_count = region_count - counts["gate_count"]
     return Summary(
         region_count=region_count,
         map_count=map_count,
         max_map_count=max_map_count,
         headroom_fraction=headroom(map_count, max_map_count),
-        committed_bytes=committed,
-        reserved_bytes=reserved,
+        committed_bytes=counts["committed"],
+        reserved_bytes=counts["reserved"],
         free_bytes=free,
         largest_free_bytes=largest_free,
-        single_page_region_count=single_page,
+        single_page_region_count=counts["single_page"],
         guard_region_count=guard,
         allocation_count=allocation_count,
         unusable_bytes=unusable,

@@ -10,7 +10,7 @@ from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from vmatlas import errors
+from vmatlas import errors, native
 from vmatlas.fleet import FleetProcess, HostStatus, StoredSnapshotInfo
 from vmatlas.model import (
     ALLOCATION_COLUMNS,
@@ -157,6 +157,10 @@ def table_to_pb(
         if len(getattr(table, name)) != n:
             raise ValueError(f"region column {name} has {len(getattr(table, name))} rows, not {n}")
     message = pb.RegionTable() if message is None else message
+    data = _table_bytes_native(table, page) if n else None
+    if data is not None:
+        message.MergeFromString(data)
+        return message
     message.page_size_bytes = page
     shift = page.bit_length() - 1
     starts, ends = table.start, table.end
@@ -187,6 +191,84 @@ def table_to_pb(
         for name in RESIDENCY_FIELDS:
             getattr(message.residency, name).extend(table.residency[name])
     return message
+
+
+def table_to_bytes(table: RegionTable, *, page_size_bytes: int = DEFAULT_PAGE_SIZE_BYTES) -> bytes:
+    """The serialized RegionTable of ``table``: :func:`table_to_pb`'s, without building
+    the message where the native encoder can write the bytes itself."""
+    page = page_size_bytes
+    if len(table.start) and page > 0 and not page & (page - 1):
+        data = _table_bytes_native(table, page)
+        if data is not None:
+            return data
+    return table_to_pb(table, page_size_bytes=page).SerializeToString()
+
+
+# Field numbers and the native encoder's kinds (vmatlas/_native.c); the numbers come
+# from the schema, so the encoder holds none.
+_TABLE = pb.RegionTable.DESCRIPTOR.fields_by_name
+_FILES = pb.RegionFiles.DESCRIPTOR.fields_by_name
+_RESIDENCY = pb.Residency.DESCRIPTOR.fields_by_name
+_PACKED_U64, _PACKED_U32, _PACKED_BOOL, _STRINGS, _SCALAR_U64, _MESSAGE, _INDEX, _PAGES = range(8)
+_FILE_KINDS = {"device": _PACKED_U64, "inode": _PACKED_U64, "deleted": _PACKED_BOOL,
+               "kind": _PACKED_U32}  # fmt: skip
+
+
+def _table_bytes_native(table: RegionTable, page: int) -> bytes | None:
+    """The serialized RegionTable, written by the native encoder in the order the
+    protobuf runtime writes it (by field number), or None where the pure encoder must
+    run (no extension, or a value it leaves to the pure path's checks and errors)."""
+    accel = native.accel
+    n = len(table.start)
+    if accel is None or any(len(getattr(table, name)) != n for name in ROW_COLUMNS):
+        return None
+    names = [name for name in _FILE_COLUMNS if any(getattr(table, name))]
+    found = accel.distinct(
+        [table.path, *(getattr(table, name) for name in names)],
+        ("", *(_FILE_ZEROS[name] for name in names)),
+    )
+    if found is None:
+        return None
+    index, files = found
+    columns = list(zip(*files, strict=True))
+    file_fields = [(_FILES["path"].number, _STRINGS, list(columns[0]))]
+    file_fields += [
+        (_FILES[name].number, _FILE_KINDS[name], list(column))
+        for name, column in zip(names, columns[1:], strict=True)
+    ]
+    shift = page.bit_length() - 1
+    fields: list[tuple[int, int, Any]] = [
+        (_TABLE["state"].number, _PACKED_U32, table.state),
+        (_TABLE["type"].number, _PACKED_U32, table.type),
+        (_TABLE["protection"].number, _PACKED_U32, table.protection),
+        (_TABLE["page_size_bytes"].number, _SCALAR_U64, page),
+        (
+            _TABLE["start_delta_pages"].number,
+            _PAGES,
+            (table.start, table.end, shift, _TABLE["size_pages"].number),
+        ),
+        (_TABLE["files"].number, _MESSAGE, sorted(file_fields)),
+    ]
+    if table.protection_raw != table.protection:
+        fields.append((_TABLE["protection_raw"].number, _PACKED_U32, table.protection_raw))
+    if any(table.offset):
+        fields.append((_TABLE["offset_bytes"].number, _PACKED_U64, table.offset))
+    if len(files) > 1:
+        fields.append((_TABLE["file_index"].number, _INDEX, index))
+    if table.allocation_base:
+        for name, kind in zip(
+            ALLOCATION_COLUMNS, (_PACKED_U64, _PACKED_U32, _PACKED_U32), strict=True
+        ):
+            fields.append((_TABLE[name].number, kind, getattr(table, name)))
+    if table.residency:
+        residency = [
+            (_RESIDENCY[name].number, _PACKED_U64, table.residency[name])
+            for name in RESIDENCY_FIELDS
+        ]
+        fields.append((_TABLE["residency"].number, _MESSAGE, sorted(residency)))
+    # Sorted by field number; the page columns sort as start_delta_pages, which
+    # size_pages (written with it) directly follows.
+    return accel.encode(sorted(fields, key=lambda field: field[0]))  # type: ignore[no-any-return]
 
 
 def _files_to_pb(table: RegionTable, message: pb.RegionTable) -> None:
@@ -376,8 +458,8 @@ def _varint(n: int) -> bytes:
 def snapshot_parts(snapshot: Snapshot) -> tuple[bytes, bytes]:
     """``(header, regions)``: the serialized Snapshot without its regions, and the
     serialized RegionTable."""
-    regions = table_to_pb(snapshot.regions, page_size_bytes=table_page_size(snapshot.host))
-    return snapshot_header_bytes(snapshot), regions.SerializeToString()
+    regions = table_to_bytes(snapshot.regions, page_size_bytes=table_page_size(snapshot.host))
+    return snapshot_header_bytes(snapshot), regions
 
 
 def snapshot_header_bytes(snapshot: Snapshot) -> bytes:

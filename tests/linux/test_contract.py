@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import itertools
 
+import pytest
+
 from vmatlas import errors
 from vmatlas.agents.linux import LinuxReader
 from vmatlas.model import RegionState
+
+# Every test here runs over both capture paths: the C loops and the pure-Python ones.
+pytestmark = pytest.mark.usefixtures("capture_path")
 
 
 def _maps_lines(pid: int) -> int:

@@ -19,6 +19,9 @@ from vmatlas.agents import linux
 from vmatlas.agents.linux import LinuxReader, parse_maps, parse_smaps
 from vmatlas.model import Protection, RegionKind, RegionState, RegionTable, RegionType
 
+# Every test here runs over both capture paths: the C loops and the pure-Python ones.
+pytestmark = pytest.mark.usefixtures("capture_path")
+
 reader = LinuxReader()
 
 

@@ -5,11 +5,15 @@ from __future__ import annotations
 
 import os
 
+import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from vmatlas.agents.linux import parse_maps, parse_smaps
 from vmatlas.model import RESIDENCY_FIELDS, RegionKind
+
+# Every test here runs over both capture paths: the C loops and the pure-Python ones.
+pytestmark = pytest.mark.usefixtures("capture_path")
 
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

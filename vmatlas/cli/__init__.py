@@ -21,7 +21,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-from vmatlas import __version__, errors
+from vmatlas import __version__, errors, native
 
 # Each command (its module under vmatlas.cli) and its line in --help, in the order
 # --help lists them.
@@ -48,7 +48,9 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         prog="vmatlas",
         description="See and audit process address spaces across Linux and Windows hosts.",
     )
-    parser.add_argument("--version", action="version", version=f"vmatlas {__version__}")
+    parser.add_argument(
+        "--version", action="version", version=f"vmatlas {__version__}, {native.describe()}"
+    )
     parser.add_argument(
         "-v", "--verbose", action="count", default=0, help="log more (repeat for debug)"
     )

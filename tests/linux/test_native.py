@@ -1,0 +1,267 @@
+"""The C loops against the pure-Python ones: the same input gives the same table, the
+same summary, the same wire bytes, or the same refusal, on real processes and on
+generated text (malformed lines included)."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tests.conftest import PAGE, Planter
+from vmatlas import errors, native, wire
+from vmatlas.agents.linux import LinuxReader, parse_maps, parse_smaps
+from vmatlas.model import RESIDENCY_FIELDS, Host, OperatingSystem, Process, RegionTable
+from vmatlas.summary import free_gaps, guard_indices, insert_free, summarize_process
+
+SETTINGS = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+@pytest.fixture(autouse=True)
+def built() -> None:
+    if not native.available():
+        message = "the C extension vmatlas._native is not built: `make install-dev` builds it"
+        if os.environ.get("VMATLAS_REQUIRE_NATIVE"):
+            pytest.fail(message)
+        pytest.skip(message)
+
+
+def outcome(work: Callable[[], Any]) -> Any:
+    """What ``work`` returns, or the type and text of what it raises."""
+    try:
+        return work()
+    except Exception as exc:
+        return ("raised", type(exc).__name__, str(exc))
+
+
+def same_on_both(work: Callable[[], Any]) -> Any:
+    with native.use(False):
+        pure = outcome(work)
+    with native.use(True):
+        accelerated = outcome(work)
+    assert accelerated == pure
+    return pure
+
+
+def test_version_names_the_active_path() -> None:
+    def version(**env: str) -> str:
+        return subprocess.run(
+            [sys.executable, "-m", "vmatlas", "--version"],
+            capture_output=True,
+            text=True,
+            check=True,
+            env={**os.environ, **env},
+        ).stdout
+
+    assert "native capture (C extension)" in version()
+    assert "pure-Python capture (VMATLAS_NO_NATIVE set)" in version(VMATLAS_NO_NATIVE="1")
+
+
+def test_every_process_on_the_host_reads_the_same() -> None:
+    reader = LinuxReader()
+    host = reader.host()
+    compared = 0
+    for pid in reader.pids():
+        try:
+            process = reader.process(pid, host)
+            maps = Path(f"/proc/{pid}/maps").read_bytes()
+            smaps = Path(f"/proc/{pid}/smaps").read_bytes()
+        except (OSError, errors.Error):
+            continue  # gone, or not ours to read
+        table = same_on_both(lambda m=maps: parse_maps(m))
+        same_on_both(lambda s=smaps: parse_smaps(s))
+        same_on_both(lambda t=table, p=process: summarize_process(t, host, p))
+        same_on_both(lambda t=table: wire.table_to_bytes(t, page_size_bytes=PAGE))
+        compared += 1
+    assert compared >= 3
+
+
+def test_planted_anonymous_and_file_layouts_read_the_same(planter: Planter, tmp_path: Path) -> None:
+    planter.grow(4000)  # read-only and no-access pages alternating: guards everywhere
+    base = planter.map(64)
+    planter.touch(base, 64)
+    planter.mapfile(tmp_path / "a file with spaces", 8)
+    os.unlink(tmp_path / "a file with spaces")
+    reader = LinuxReader()
+    for residency in (False, True):
+        # The capture time differs from one reading to the next; the rest must not.
+        snap = same_on_both(
+            lambda r=residency: dataclasses.replace(
+                reader.snapshot(planter.pid, include_residency=r), capture_time=0.0
+            )
+        )
+        assert not isinstance(snap, tuple)
+        assert snap.summary.guard_region_count >= 2000
+        same_on_both(lambda s=snap: wire.snapshot_parts(s))
+        same_on_both(lambda s=snap: insert_free(s.regions, 1 << 16, 1 << 47))
+    assert len(snap.regions) > 4000
+
+
+def test_every_prefix_of_real_text_reads_the_same(planter: Planter) -> None:
+    """Text cut anywhere (a line in half, a number in half): same table or refusal."""
+    planter.map(4)
+    maps = Path(f"/proc/{planter.pid}/maps").read_bytes()
+    smaps = Path(f"/proc/{planter.pid}/smaps").read_bytes()
+    for cut in range(0, len(maps), 7):
+        same_on_both(lambda c=cut: parse_maps(maps[:c]))
+    block = smaps.index(b"\n", smaps.index(b"VmFlags")) + 1
+    for cut in range(0, 3 * block, 5):
+        same_on_both(lambda c=cut: parse_smaps(smaps[:c]))
+
+
+# -- generated text ----------------------------------------------------------------------
+
+HEX = st.integers(0, (1 << 72) - 1).map(lambda v: f"{v:x}")
+# Pieces of maps lines, right and wrong: the parsers must agree on every mix.
+FIELD = st.one_of(
+    HEX,
+    st.sampled_from(["", "0", "00", "-", ":", " ", "  ", "\t", "\r", "G", "ff", "FF", "x"]),
+    st.sampled_from(["r-xp", "rw-s", "---p", "rwxs", "r-x", "rwxq", "Rw-p", "----"]),
+    st.sampled_from(["[heap]", "[stack]", "[vsyscall]", "[anon:x]", "/memfd:y (deleted)"]),
+    st.text(max_size=12),
+)
+
+
+@st.composite
+def maps_line(draw: st.DrawFn) -> str:
+    start = draw(st.integers(0, (1 << 64) - 1))
+    size = draw(st.integers(1, 1 << 20))
+    perms = draw(
+        st.sampled_from([r + w + x + s for r in "-r" for w in "-w" for x in "-x" for s in "ps"])
+    )
+    dev = f"{draw(st.integers(0, 0x1FF)):02x}:{draw(st.integers(0, 0x1FF)):02x}"
+    inode = draw(st.sampled_from([0, 7, 1234, (1 << 64) - 1, 1 << 70]))
+    path = draw(st.sampled_from(["", "/lib/libc.so.6", "/a b (deleted)", "[heap]", "[stack]"]))
+    line = f"{start:x}-{start + size:x} {perms} {draw(HEX)} {dev} {inode}"
+    return (line.ljust(73) + path) if path else line + " "
+
+
+@st.composite
+def damaged(draw: st.DrawFn, line: str) -> str:
+    """``line``, or ``line`` with a piece replaced, cut, or doubled."""
+    how = draw(st.sampled_from(["keep", "keep", "replace", "cut", "insert"]))
+    if how == "keep":
+        return line
+    at = draw(st.integers(0, len(line)))
+    if how == "cut":
+        return line[:at]
+    piece = draw(FIELD)
+    if how == "insert":
+        return line[:at] + piece + line[at:]
+    return line[:at] + piece + line[at + draw(st.integers(0, 4)) :]
+
+
+MAPS_TEXT = st.lists(maps_line().flatmap(damaged), max_size=12).map(
+    lambda lines: "\n".join(lines)
+) | st.binary(max_size=200)
+
+
+@SETTINGS
+@given(MAPS_TEXT, st.booleans())
+def test_generated_maps_text_reads_the_same(text: str | bytes, newline: bool) -> None:
+    if newline:
+        text = text + (b"\n" if isinstance(text, bytes) else "\n")
+    same_on_both(lambda: parse_maps(text))
+
+
+SMAPS_FIELDS = ["Size", "Rss", "Pss", "Shared_Clean", "Private_Dirty", "Swap", "Locked"]
+
+
+@st.composite
+def smaps_text(draw: st.DrawFn) -> str:
+    blocks = []
+    for _ in range(draw(st.integers(1, 4))):
+        lines = [draw(maps_line())]
+        for name in SMAPS_FIELDS:
+            value = draw(st.sampled_from(["0", "4", "132", "99999999999999999999"]))
+            lines.append(f"{name}:{draw(st.sampled_from([' ', '  ', chr(9)]))}{value} kB")
+        lines.append("VmFlags: rd wr mr mw me ac")
+        blocks.append(
+            [draw(damaged(line)) if draw(st.integers(0, 9)) == 0 else line for line in lines]
+        )
+    if draw(st.booleans()):
+        blocks[-1] = blocks[-1][: draw(st.integers(0, len(blocks[-1])))]  # a short block
+    if draw(st.booleans()) and len(blocks[0]) > 2:
+        blocks[0].insert(2, blocks[0][1])  # a field twice
+    return "\n".join(line for block in blocks for line in block) + draw(st.sampled_from(["", "\n"]))
+
+
+@SETTINGS
+@given(smaps_text())
+def test_generated_smaps_text_reads_the_same(text: str) -> None:
+    same_on_both(lambda: parse_smaps(text))
+
+
+# -- generated tables: summary and encode ------------------------------------------------
+
+
+@st.composite
+def tables(draw: st.DrawFn) -> RegionTable:
+    n = draw(st.integers(0, 40))
+    cursor = draw(st.integers(0, 1 << 40)) * PAGE
+    starts, ends = [], []
+    for _ in range(n):
+        cursor += draw(st.sampled_from([0, 0, PAGE, 1 << 20, 3, -PAGE]))
+        size = draw(st.sampled_from([PAGE, PAGE, 16 * PAGE, 64 * 1024 + PAGE, 5, 0]))
+        starts.append(cursor)
+        ends.append(cursor + size)
+        cursor += size
+    small = lambda values: st.lists(st.sampled_from(values), min_size=n, max_size=n)  # noqa: E731
+    table = RegionTable(
+        start=starts,
+        end=ends,
+        state=draw(small([1, 2, 3, 3, 3])),
+        type=draw(small([0, 1, 2, 3, 3])),
+        protection=draw(small([0, 1, 3, 5, 9, 16, 17])),
+        kind=draw(small([0, 0, 1, 5, 7])),
+        path=draw(
+            st.lists(
+                st.sampled_from(["", "", "/lib/a.so", "[heap]", "x\udcff"]), min_size=n, max_size=n
+            )
+        ),
+        offset=draw(small([0, 0, PAGE, 1 << 63, 1 << 64])),
+        device=draw(small([0, 0, 2049])),
+        inode=draw(small([0, 0, 77, -1])),
+        deleted=draw(st.lists(st.sampled_from([False, False, True, 1]), min_size=n, max_size=n)),
+    )
+    table.protection_raw = draw(
+        st.sampled_from([list(table.protection), draw(small([0, 4, 1 << 33]))])
+    )
+    if draw(st.booleans()):
+        table.allocation_base = draw(small([0, 1 << 16, 1 << 20]))
+        table.allocation_protection = draw(small([0, 4]))
+        table.allocation_protection_raw = draw(small([0, 0x40]))
+    if draw(st.booleans()):
+        table.residency = {name: draw(small([0, 4096, 1 << 40])) for name in RESIDENCY_FIELDS}
+    return table
+
+
+HOST = Host(
+    host_id="h",
+    hostname="h",
+    os=OperatingSystem.WINDOWS,
+    page_size_bytes=PAGE,
+    allocation_granularity_bytes=65536,
+    user_address_min=1 << 16,
+    user_address_max=1 << 47,
+    max_map_count=0,
+)
+
+
+@SETTINGS
+@given(tables(), st.sampled_from([PAGE, 4096, 3, 1 << 16]))
+def test_generated_tables_summarize_and_encode_the_same(table: RegionTable, page: int) -> None:
+    same_on_both(lambda: summarize_process(table, HOST, Process(pid=1)))
+    same_on_both(lambda: guard_indices(table))
+    same_on_both(lambda: free_gaps(table, 1 << 16, 1 << 47))
+    same_on_both(lambda: free_gaps(table, -1, 1 << 70))
+    same_on_both(lambda: wire.table_to_bytes(table, page_size_bytes=page))
+    same_on_both(lambda: wire.table_to_pb(table, page_size_bytes=page).SerializeToString())

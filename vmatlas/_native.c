@@ -1,0 +1,1081 @@
+/* vmatlas._native: the optional C loops of the capture path.
+ *
+ * Only loops live here: scanning /proc/PID/maps and smaps text into columns, gathering
+ * per-distinct values back into per-region columns, tallying and pattern-matching
+ * columns for the summary, and writing protobuf wire bytes from a field list. Every rule
+ * those loops serve (what a perms text means, how a path is classified, which regions
+ * are guards, which field number a column has) is decided in Python and handed in.
+ *
+ * Convention: a function returns None when its input is outside what it handles (a
+ * value that does not fit 64 bits, text that is not perfectly regular, a column of an
+ * unexpected type); the caller then runs the pure-Python loop on the same input, so
+ * both paths give the same result, the same table or the same exception.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <string.h>
+
+/* -- growable byte buffer ------------------------------------------------------------ */
+
+typedef struct {
+    char *data;
+    size_t len, cap;
+} buf_t;
+
+static int buf_reserve(buf_t *b, size_t extra) {
+    if (b->len + extra <= b->cap) return 0;
+    size_t cap = b->cap ? b->cap : 256;
+    while (cap < b->len + extra) cap *= 2;
+    char *data = PyMem_Realloc(b->data, cap);
+    if (data == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    b->data = data;
+    b->cap = cap;
+    return 0;
+}
+
+static int buf_put(buf_t *b, const void *src, size_t n) {
+    if (buf_reserve(b, n) < 0) return -1;
+    memcpy(b->data + b->len, src, n);
+    b->len += n;
+    return 0;
+}
+
+static void buf_free(buf_t *b) {
+    PyMem_Free(b->data);
+    b->data = NULL;
+    b->len = b->cap = 0;
+}
+
+/* -- the maps line grammar --------------------------------------------------------------
+ * The same language as linux._MAPS_LINE, one line (no '\n') at a time:
+ *   [0-9a-f]+ '-' [0-9a-f]+ ' ' [-r][-w][-x][ps] ' ' [0-9a-f]+ ' ' REST
+ *   REST = [0-9a-f]+ ':' [0-9a-f]+ ' ' [0-9]+ ANYTHING
+ */
+
+/* Digit values of lowercase hex ([0-9a-f], as the grammar has it); 0xff for the rest. */
+static unsigned char HEX[256];
+
+static void init_hex(void) {
+    memset(HEX, 0xff, sizeof HEX);
+    for (int c = '0'; c <= '9'; c++) HEX[c] = (unsigned char)(c - '0');
+    for (int c = 'a'; c <= 'f'; c++) HEX[c] = (unsigned char)(c - 'a' + 10);
+}
+
+static inline int is_hex(unsigned char c) { return HEX[c] != 0xff; }
+static inline int is_digit(unsigned char c) { return c >= '0' && c <= '9'; }
+
+typedef struct {
+    const char *start, *end, *offset, *rest;
+    Py_ssize_t start_n, end_n, offset_n, rest_n;
+    /* The values of start, end and offset where they fit 64 bits (``big`` says not). */
+    uint64_t start_v, end_v, offset_v;
+    int big;
+    unsigned bits; /* r=1 w=2 x=4 s=8: the order of the perms text's letters */
+} maps_line_t;
+
+static const char *hex_run(const char *q, const char *e) {
+    while (q < e && is_hex((unsigned char)*q)) q++;
+    return q;
+}
+
+/* A run of hex digits from q, its value in *v; sets *big when it needs over 64 bits. */
+static const char *hex_value(const char *q, const char *e, uint64_t *v, int *big) {
+    uint64_t x = 0;
+    for (; q < e; q++) {
+        unsigned d = HEX[(unsigned char)*q];
+        if (d == 0xff) break;
+        if (x >> 60) *big = 1;
+        x = x << 4 | d;
+    }
+    *v = x;
+    return q;
+}
+
+static int match_maps_line(const char *p, const char *e, maps_line_t *m) {
+    const char *q = p, *r;
+    m->big = 0;
+    r = hex_value(q, e, &m->start_v, &m->big);
+    if (r == q || r >= e || *r != '-') return 0;
+    m->start = q;
+    m->start_n = r - q;
+    q = r + 1;
+    r = hex_value(q, e, &m->end_v, &m->big);
+    if (r == q || r >= e || *r != ' ') return 0;
+    m->end = q;
+    m->end_n = r - q;
+    q = r + 1;
+    if (e - q < 5) return 0;
+    if ((q[0] != '-' && q[0] != 'r') || (q[1] != '-' && q[1] != 'w') ||
+        (q[2] != '-' && q[2] != 'x') || (q[3] != 'p' && q[3] != 's') || q[4] != ' ')
+        return 0;
+    m->bits = (q[0] == 'r') | (q[1] == 'w') << 1 | (q[2] == 'x') << 2 | (q[3] == 's') << 3;
+    q += 5;
+    r = hex_value(q, e, &m->offset_v, &m->big);
+    if (r == q || r >= e || *r != ' ') return 0;
+    m->offset = q;
+    m->offset_n = r - q;
+    q = r + 1;
+    m->rest = q;
+    r = hex_run(q, e);
+    if (r == q || r >= e || *r != ':') return 0;
+    q = r + 1;
+    r = hex_run(q, e);
+    if (r == q || r >= e || *r != ' ') return 0;
+    q = r + 1;
+    r = q;
+    while (r < e && is_digit((unsigned char)*r)) r++;
+    if (r == q) return 0;
+    m->rest_n = e - m->rest;
+    return 1;
+}
+
+/* A hex number as a Python int, of any length (int(text, 16)). */
+static PyObject *hex_int(const char *p, Py_ssize_t n) {
+    while (n > 1 && *p == '0') {
+        p++;
+        n--;
+    }
+    if (n <= 16) {
+        uint64_t v = 0;
+        for (Py_ssize_t i = 0; i < n; i++) {
+            unsigned char c = (unsigned char)p[i];
+            v = v << 4 | (uint64_t)(c <= '9' ? c - '0' : c - 'a' + 10);
+        }
+        return PyLong_FromUnsignedLongLong(v);
+    }
+    char *text = PyMem_Malloc((size_t)n + 1);
+    if (text == NULL) return PyErr_NoMemory();
+    memcpy(text, p, (size_t)n);
+    text[n] = '\0';
+    PyObject *v = PyLong_FromString(text, NULL, 16);
+    PyMem_Free(text);
+    return v;
+}
+
+/* Distinct rests, keyed by their bytes inside the scanned text. */
+typedef struct {
+    const char *p;
+    Py_ssize_t n;
+    uint32_t index;
+    int used;
+} slot_t;
+
+typedef struct {
+    slot_t *slots;
+    size_t cap, count;
+} intern_t;
+
+static uint64_t hash_bytes(const char *p, Py_ssize_t n) {
+    uint64_t h = 1469598103934665603ULL;
+    for (Py_ssize_t i = 0; i < n; i++) h = (h ^ (unsigned char)p[i]) * 1099511628211ULL;
+    return h;
+}
+
+static int intern_grow(intern_t *t) {
+    size_t cap = t->cap ? t->cap * 2 : 64;
+    slot_t *slots = PyMem_Calloc(cap, sizeof(slot_t));
+    if (slots == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    for (size_t i = 0; i < t->cap; i++) {
+        if (!t->slots[i].used) continue;
+        size_t j = hash_bytes(t->slots[i].p, t->slots[i].n) & (cap - 1);
+        while (slots[j].used) j = (j + 1) & (cap - 1);
+        slots[j] = t->slots[i];
+    }
+    PyMem_Free(t->slots);
+    t->slots = slots;
+    t->cap = cap;
+    return 0;
+}
+
+/* The index of rest [p, p+n), numbering a new one t->count. -1 on error. */
+static int64_t intern(intern_t *t, const char *p, Py_ssize_t n, int *is_new) {
+    if ((t->count + 1) * 2 > t->cap && intern_grow(t) < 0) return -1;
+    size_t j = hash_bytes(p, n) & (t->cap - 1);
+    while (t->slots[j].used) {
+        if (t->slots[j].n == n && memcmp(t->slots[j].p, p, (size_t)n) == 0) {
+            *is_new = 0;
+            return t->slots[j].index;
+        }
+        j = (j + 1) & (t->cap - 1);
+    }
+    t->slots[j].used = 1;
+    t->slots[j].p = p;
+    t->slots[j].n = n;
+    t->slots[j].index = (uint32_t)t->count;
+    *is_new = 1;
+    return (int64_t)t->count++;
+}
+
+static int append_new(PyObject *list, PyObject *item) {
+    if (item == NULL) return -1;
+    int rc = PyList_Append(list, item);
+    Py_DECREF(item);
+    return rc;
+}
+
+/* scan_maps(data: bytes) -> (starts, ends, offsets, bits, rest_index, rests, rest_bits)
+ *
+ * Every line of ``data`` that matches the maps grammar, in order (other lines are
+ * skipped, as re.findall skips them): start, end and offset as ints; the perms as one
+ * byte of bits per region; the rest of the line as an index (uint32, native order)
+ * into ``rests``, its distinct values in order of first use; and for each rest the set
+ * of perms bits it appears with, as a 16-bit mask. */
+/* The int of a scanned number: from its value, or from its text when over 64 bits. */
+static PyObject *number(const char *p, Py_ssize_t n, uint64_t v, int big) {
+    return big ? hex_int(p, n) : PyLong_FromUnsignedLongLong(v);
+}
+
+static PyObject *scan_maps(PyObject *self, PyObject *arg) {
+    (void)self;
+    if (!PyBytes_Check(arg)) {
+        PyErr_SetString(PyExc_TypeError, "scan_maps wants bytes");
+        return NULL;
+    }
+    const char *data = PyBytes_AS_STRING(arg);
+    const char *stop = data + PyBytes_GET_SIZE(arg);
+    /* At most one region a line: the columns are made that long, then cut. */
+    Py_ssize_t lines = 1;
+    for (const char *p = data; (p = memchr(p, '\n', (size_t)(stop - p))) != NULL; p++) lines++;
+    PyObject *starts = PyList_New(lines), *ends = PyList_New(lines),
+             *offsets = PyList_New(lines);
+    PyObject *rests = PyList_New(0), *rest_bits = NULL, *result = NULL;
+    buf_t bits = {0}, index = {0};
+    intern_t table = {0};
+    uint16_t *masks = NULL;
+    size_t masks_cap = 0;
+    const char *last_rest = NULL;
+    Py_ssize_t last_n = -1, n = 0;
+    uint32_t last_index = 0;
+    PyObject *last_end = NULL; /* borrowed: the previous region's end */
+    uint64_t last_end_v = 0;
+    if (!starts || !ends || !offsets || !rests) goto done;
+    if (buf_reserve(&bits, (size_t)lines) < 0 || buf_reserve(&index, (size_t)lines * 4) < 0)
+        goto done;
+    for (const char *p = data; p < stop;) {
+        const char *e = memchr(p, '\n', (size_t)(stop - p));
+        if (e == NULL) e = stop;
+        maps_line_t m;
+        if (match_maps_line(p, e, &m)) {
+            PyObject *start;
+            /* Regions often abut: the start is the int the end before it was. */
+            if (last_end != NULL && !m.big && m.start_v == last_end_v) {
+                start = Py_NewRef(last_end);
+            } else {
+                start = number(m.start, m.start_n, m.start_v, m.big);
+                if (start == NULL) goto done;
+            }
+            PyList_SET_ITEM(starts, n, start);
+            PyObject *end = number(m.end, m.end_n, m.end_v, m.big);
+            if (end == NULL) goto done;
+            PyList_SET_ITEM(ends, n, end);
+            last_end = m.big ? NULL : end;
+            last_end_v = m.end_v;
+            PyObject *offset = number(m.offset, m.offset_n, m.offset_v, m.big);
+            if (offset == NULL) goto done;
+            PyList_SET_ITEM(offsets, n, offset);
+            n++;
+            bits.data[bits.len++] = (char)m.bits;
+            uint32_t k;
+            if (last_n == m.rest_n && memcmp(last_rest, m.rest, (size_t)m.rest_n) == 0) {
+                k = last_index; /* the common case: the line before had the same rest */
+            } else {
+                int is_new;
+                int64_t found = intern(&table, m.rest, m.rest_n, &is_new);
+                if (found < 0) goto done;
+                k = (uint32_t)found;
+                if (is_new) {
+                    if (append_new(rests, PyBytes_FromStringAndSize(m.rest, m.rest_n)) < 0)
+                        goto done;
+                    if (k >= masks_cap) {
+                        size_t cap = masks_cap ? masks_cap * 2 : 64;
+                        uint16_t *grown = PyMem_Realloc(masks, cap * sizeof(uint16_t));
+                        if (grown == NULL) {
+                            PyErr_NoMemory();
+                            goto done;
+                        }
+                        memset(grown + masks_cap, 0, (cap - masks_cap) * sizeof(uint16_t));
+                        masks = grown;
+                        masks_cap = cap;
+                    }
+                }
+                last_rest = m.rest;
+                last_n = m.rest_n;
+                last_index = k;
+            }
+            masks[k] |= (uint16_t)(1u << m.bits);
+            memcpy(index.data + index.len, &k, 4);
+            index.len += 4;
+        }
+        p = e + 1;
+    }
+    /* The unused tail slots are NULL; cutting them off the lists drops nothing. */
+    if (PyList_SetSlice(starts, n, lines, NULL) < 0 || PyList_SetSlice(ends, n, lines, NULL) < 0 ||
+        PyList_SetSlice(offsets, n, lines, NULL) < 0)
+        goto done;
+    rest_bits = PyList_New((Py_ssize_t)table.count);
+    if (rest_bits == NULL) goto done;
+    for (size_t i = 0; i < table.count; i++) {
+        PyObject *v = PyLong_FromLong(masks[i]);
+        if (v == NULL) goto done;
+        PyList_SET_ITEM(rest_bits, (Py_ssize_t)i, v);
+    }
+    result = Py_BuildValue("(OOOy#y#OO)", starts, ends, offsets, bits.data ? bits.data : "",
+                           (Py_ssize_t)bits.len, index.data ? index.data : "",
+                           (Py_ssize_t)index.len, rests, rest_bits);
+done:
+    Py_XDECREF(starts);
+    Py_XDECREF(ends);
+    Py_XDECREF(offsets);
+    Py_XDECREF(rests);
+    Py_XDECREF(rest_bits);
+    buf_free(&bits);
+    buf_free(&index);
+    PyMem_Free(table.slots);
+    PyMem_Free(masks);
+    return result;
+}
+
+/* -- gathering ------------------------------------------------------------------------ */
+
+static int index_at(const char *idx, int width, Py_ssize_t i, uint32_t *k) {
+    if (width == 1) {
+        *k = (unsigned char)idx[i];
+    } else {
+        memcpy(k, idx + (size_t)i * 4, 4);
+    }
+    return 0;
+}
+
+/* gather(values: list, index: bytes, width: 1 | 4) -> [values[k] for k in index] */
+static PyObject *gather(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *values;
+    Py_buffer index;
+    int width;
+    if (!PyArg_ParseTuple(args, "O!y*i", &PyList_Type, &values, &index, &width)) return NULL;
+    PyObject *out = NULL;
+    if (width != 1 && width != 4) {
+        PyErr_SetString(PyExc_ValueError, "width must be 1 or 4");
+        goto done;
+    }
+    Py_ssize_t n = index.len / width, size = PyList_GET_SIZE(values);
+    out = PyList_New(n);
+    if (out == NULL) goto done;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        uint32_t k;
+        index_at(index.buf, width, i, &k);
+        if ((Py_ssize_t)k >= size) {
+            Py_CLEAR(out);
+            PyErr_SetString(PyExc_IndexError, "gather index out of range");
+            goto done;
+        }
+        PyObject *v = PyList_GET_ITEM(values, k);
+        Py_INCREF(v);
+        PyList_SET_ITEM(out, i, v);
+    }
+done:
+    PyBuffer_Release(&index);
+    return out;
+}
+
+/* gather_either(first, first_index, first_width, second, second_index, second_width):
+ * first[first_index[i]], or second[second_index[i]] where that is None. */
+static PyObject *gather_either(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *first, *second;
+    Py_buffer a, b;
+    int wa, wb;
+    if (!PyArg_ParseTuple(args, "O!y*iO!y*i", &PyList_Type, &first, &a, &wa, &PyList_Type,
+                          &second, &b, &wb))
+        return NULL;
+    PyObject *out = NULL;
+    if ((wa != 1 && wa != 4) || (wb != 1 && wb != 4) || a.len / wa != b.len / wb) {
+        PyErr_SetString(PyExc_ValueError, "gather_either: widths or lengths disagree");
+        goto done;
+    }
+    Py_ssize_t n = a.len / wa;
+    out = PyList_New(n);
+    if (out == NULL) goto done;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        uint32_t k;
+        index_at(a.buf, wa, i, &k);
+        if ((Py_ssize_t)k >= PyList_GET_SIZE(first)) goto range;
+        PyObject *v = PyList_GET_ITEM(first, k);
+        if (v == Py_None) {
+            index_at(b.buf, wb, i, &k);
+            if ((Py_ssize_t)k >= PyList_GET_SIZE(second)) goto range;
+            v = PyList_GET_ITEM(second, k);
+        }
+        Py_INCREF(v);
+        PyList_SET_ITEM(out, i, v);
+    }
+    goto done;
+range:
+    Py_CLEAR(out);
+    PyErr_SetString(PyExc_IndexError, "gather index out of range");
+done:
+    PyBuffer_Release(&a);
+    PyBuffer_Release(&b);
+    return out;
+}
+
+/* -- smaps ---------------------------------------------------------------------------- */
+
+static inline int is_space(unsigned char c) {
+    return c == ' ' || c == '\t' || c == '\r' || c == '\f' || c == '\v';
+}
+
+/* scan_smaps(data: bytes, keys: tuple[bytes, ...]) -> (headers, columns) | None
+ *
+ * For perfectly regular smaps text only: every block is one maps header line and the
+ * same field lines in the same order, no field line looks like a header, every field
+ * named in ``keys`` appears at most once a block and reads "NAME: <spaces> DIGITS kB".
+ * Gives the header lines joined by '\n' and, per key, its column in bytes (None for a
+ * key the text does not have). Anything else gives None. */
+static PyObject *scan_smaps(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *data_obj, *keys;
+    if (!PyArg_ParseTuple(args, "O!O!", &PyBytes_Type, &data_obj, &PyTuple_Type, &keys))
+        return NULL;
+    const char *data = PyBytes_AS_STRING(data_obj);
+    const char *stop = data + PyBytes_GET_SIZE(data_obj);
+    Py_ssize_t nkeys = PyTuple_GET_SIZE(keys);
+    for (Py_ssize_t i = 0; i < nkeys; i++) {
+        if (!PyBytes_Check(PyTuple_GET_ITEM(keys, i))) {
+            PyErr_SetString(PyExc_TypeError, "scan_smaps keys must be bytes");
+            return NULL;
+        }
+    }
+    /* The data ends with '\n' or not; the last line is what follows the last '\n'
+     * unless that is empty (bytes.split then pop of an empty tail). */
+    if (stop > data && stop[-1] == '\n') stop--;
+    if (stop <= data && PyBytes_GET_SIZE(data_obj) == 0) Py_RETURN_NONE;
+
+    PyObject *result = NULL, *columns = NULL;
+    buf_t headers = {0};
+    /* Per field position of the first block: the name (with its ':') and key slot. */
+    const char **names = NULL;
+    Py_ssize_t *name_n = NULL;
+    int *slot = NULL;
+    Py_ssize_t width = 0, cap = 0;
+    int regular = 0;
+    maps_line_t m;
+
+    /* The first block fixes the width and the field names. */
+    const char *p = data;
+    const char *e = memchr(p, '\n', (size_t)(stop - p));
+    if (e == NULL) e = stop;
+    if (!match_maps_line(p, e, &m)) goto irregular;
+    width = 1;
+    for (const char *q = e + 1; q <= stop && e < stop;) {
+        const char *qe = memchr(q, '\n', (size_t)(stop - q));
+        if (qe == NULL) qe = stop;
+        if (match_maps_line(q, qe, &m)) break;
+        const char *colon = memchr(q, ':', (size_t)(qe - q));
+        if (colon == NULL || colon == q) goto irregular;
+        if (width >= cap) {
+            cap = cap ? cap * 2 : 32;
+            const char **nn = PyMem_Realloc(names, (size_t)cap * sizeof *names);
+            if (nn == NULL) goto nomem;
+            names = nn;
+            Py_ssize_t *nl = PyMem_Realloc(name_n, (size_t)cap * sizeof *name_n);
+            if (nl == NULL) goto nomem;
+            name_n = nl;
+            int *ns = PyMem_Realloc(slot, (size_t)cap * sizeof *slot);
+            if (ns == NULL) goto nomem;
+            slot = ns;
+        }
+        names[width] = q;
+        name_n[width] = colon - q + 1; /* with the ':' */
+        slot[width] = -1;
+        for (Py_ssize_t k = 0; k < nkeys; k++) {
+            PyObject *key = PyTuple_GET_ITEM(keys, k);
+            if (PyBytes_GET_SIZE(key) == colon - q &&
+                memcmp(PyBytes_AS_STRING(key), q, (size_t)(colon - q)) == 0) {
+                for (Py_ssize_t j = 1; j < width; j++)
+                    if (slot[j] == k) goto irregular; /* a kept field twice a block */
+                slot[width] = (int)k;
+            }
+        }
+        width++;
+        if (qe >= stop) break;
+        q = qe + 1;
+    }
+
+    columns = PyList_New(nkeys);
+    if (columns == NULL) goto done;
+    for (Py_ssize_t k = 0; k < nkeys; k++) {
+        PyObject *none = Py_None;
+        for (Py_ssize_t j = 1; j < width; j++) {
+            if (slot[j] == k) {
+                none = NULL;
+                break;
+            }
+        }
+        PyObject *col = none ? Py_NewRef(Py_None) : PyList_New(0);
+        if (col == NULL) goto done;
+        PyList_SET_ITEM(columns, k, col);
+    }
+
+    p = data;
+    while (p <= stop) {
+        /* One block: a header, then width - 1 field lines. */
+        e = memchr(p, '\n', (size_t)(stop - p));
+        if (e == NULL) e = stop;
+        if (!match_maps_line(p, e, &m)) goto irregular;
+        if (headers.len && buf_put(&headers, "\n", 1) < 0) goto done;
+        if (buf_put(&headers, p, (size_t)(e - p)) < 0) goto done;
+        for (Py_ssize_t j = 1; j < width; j++) {
+            if (e >= stop) goto irregular; /* the last block is short */
+            p = e + 1;
+            e = memchr(p, '\n', (size_t)(stop - p));
+            if (e == NULL) e = stop;
+            if (e - p < name_n[j] || memcmp(p, names[j], (size_t)name_n[j]) != 0)
+                goto irregular;
+            if (match_maps_line(p, e, &m)) goto irregular;
+            if (slot[j] < 0) continue;
+            const char *q = p + name_n[j];
+            const char *digits;
+            if (q >= e || !is_space((unsigned char)*q)) goto irregular;
+            while (q < e && is_space((unsigned char)*q)) q++;
+            digits = q;
+            uint64_t v = 0;
+            while (q < e && is_digit((unsigned char)*q)) v = v * 10 + (uint64_t)(*q++ - '0');
+            if (q == digits || q - digits > 15) goto irregular;
+            if (e - q != 3 || memcmp(q, " kB", 3) != 0) goto irregular;
+            if (append_new(PyList_GET_ITEM(columns, slot[j]),
+                           PyLong_FromUnsignedLongLong(v * 1024)) < 0)
+                goto done;
+        }
+        if (e >= stop) break;
+        p = e + 1;
+    }
+    regular = 1;
+    result = Py_BuildValue("(y#O)", headers.data ? headers.data : "", (Py_ssize_t)headers.len,
+                           columns);
+    goto done;
+nomem:
+    PyErr_NoMemory();
+    goto done;
+irregular:
+    if (!PyErr_Occurred()) result = Py_NewRef(Py_None);
+done:
+    (void)regular;
+    Py_XDECREF(columns);
+    buf_free(&headers);
+    PyMem_Free(names);
+    PyMem_Free(name_n);
+    PyMem_Free(slot);
+    return result;
+}
+
+/* -- summary loops -------------------------------------------------------------------- */
+
+static int u64_at(PyObject *list, Py_ssize_t i, uint64_t *out) {
+    PyObject *v = PyList_GET_ITEM(list, i);
+    if (!PyLong_CheckExact(v)) return -1;
+    int overflow;
+    long long s = PyLong_AsLongLongAndOverflow(v, &overflow);
+    if (overflow == 0) {
+        if (s < 0) return -1;
+        *out = (uint64_t)s;
+        return 0;
+    }
+    if (overflow < 0) return -1;
+    unsigned long long u = PyLong_AsUnsignedLongLong(v);
+    if (u == (unsigned long long)-1 && PyErr_Occurred()) {
+        PyErr_Clear();
+        return -1;
+    }
+    *out = u;
+    return 0;
+}
+
+static int small_at(PyObject *list, Py_ssize_t i, long *out) {
+    PyObject *v = PyList_GET_ITEM(list, i);
+    if (!PyLong_Check(v)) return -1;
+    int overflow;
+    long s = PyLong_AsLongAndOverflow(v, &overflow);
+    if (overflow || s < INT32_MIN || s > INT32_MAX) return -1;
+    *out = s;
+    return 0;
+}
+
+static int same_lengths(PyObject *const *lists, int count, Py_ssize_t *n) {
+    for (int i = 0; i < count; i++)
+        if (!PyList_Check(lists[i])) return 0;
+    *n = PyList_GET_SIZE(lists[0]);
+    for (int i = 1; i < count; i++)
+        if (PyList_GET_SIZE(lists[i]) != *n) return 0;
+    return 1;
+}
+
+/* tally(starts, ends, page_size, *key_columns) -> {key: [count, bytes, single_pages]}
+ * per distinct tuple of the key columns' values (sizes end - start), or None (also when
+ * there are more than MAX_KEYS distinct keys: the pure loop then counts). */
+#define MAX_KEYS 256
+#define MAX_KEY_COLUMNS 8
+
+typedef struct {
+    long key[MAX_KEY_COLUMNS];
+    uint64_t count, bytes, pages;
+} tally_t;
+
+static PyObject *tally(PyObject *self, PyObject *args) {
+    (void)self;
+    Py_ssize_t nargs = PyTuple_GET_SIZE(args);
+    if (nargs < 3 || nargs > 3 + MAX_KEY_COLUMNS) {
+        PyErr_SetString(PyExc_TypeError, "tally(starts, ends, page_size, *keys)");
+        return NULL;
+    }
+    PyObject *lists[2 + MAX_KEY_COLUMNS];
+    int nlists = 0;
+    lists[nlists++] = PyTuple_GET_ITEM(args, 0);
+    lists[nlists++] = PyTuple_GET_ITEM(args, 1);
+    for (Py_ssize_t i = 3; i < nargs; i++) lists[nlists++] = PyTuple_GET_ITEM(args, i);
+    unsigned long long page = PyLong_AsUnsignedLongLong(PyTuple_GET_ITEM(args, 2));
+    if (PyErr_Occurred()) return NULL;
+    Py_ssize_t n;
+    if (!same_lengths(lists, nlists, &n)) Py_RETURN_NONE;
+    int nkeys = nlists - 2;
+    tally_t *seen = PyMem_Calloc(MAX_KEYS, sizeof(tally_t));
+    if (seen == NULL) return PyErr_NoMemory();
+    int nseen = 0, last = -1;
+    PyObject *out = NULL;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        uint64_t s, e;
+        long key[MAX_KEY_COLUMNS] = {0};
+        if (u64_at(lists[0], i, &s) < 0 || u64_at(lists[1], i, &e) < 0 || e < s) goto none;
+        for (int k = 0; k < nkeys; k++)
+            if (small_at(lists[2 + k], i, &key[k]) < 0) goto none;
+        int j = last;
+        if (j < 0 || memcmp(seen[j].key, key, sizeof key) != 0) {
+            for (j = 0; j < nseen && memcmp(seen[j].key, key, sizeof key) != 0; j++) {
+            }
+            if (j == nseen) {
+                if (nseen == MAX_KEYS) goto none;
+                memcpy(seen[nseen++].key, key, sizeof key);
+            }
+            last = j;
+        }
+        uint64_t size = e - s;
+        if (seen[j].bytes + size < seen[j].bytes) goto none; /* a sum beyond 64 bits */
+        seen[j].count++;
+        seen[j].bytes += size;
+        seen[j].pages += size == page;
+    }
+    out = PyDict_New();
+    if (out == NULL) goto done;
+    for (int j = 0; j < nseen; j++) {
+        PyObject *t = PyTuple_New(nkeys);
+        if (t == NULL) goto fail;
+        for (int k = 0; k < nkeys; k++) {
+            PyObject *v = PyLong_FromLong(seen[j].key[k]);
+            if (v == NULL) {
+                Py_DECREF(t);
+                goto fail;
+            }
+            PyTuple_SET_ITEM(t, k, v);
+        }
+        PyObject *acc = Py_BuildValue("[KKK]", (unsigned long long)seen[j].count,
+                                      (unsigned long long)seen[j].bytes,
+                                      (unsigned long long)seen[j].pages);
+        int rc = acc ? PyDict_SetItem(out, t, acc) : -1;
+        Py_XDECREF(acc);
+        Py_DECREF(t);
+        if (rc < 0) goto fail;
+    }
+    goto done;
+none:
+    out = Py_NewRef(Py_None);
+    goto done;
+fail:
+    Py_CLEAR(out);
+done:
+    PyMem_Free(seen);
+    return out;
+}
+
+/* followed_by(starts, ends, states, types, protections, own, max_bytes, next_states)
+ *   -> indices i where (states[i], types[i], protections[i]) is in the set ``own``,
+ *      ends[i] - starts[i] <= max_bytes, and region i + 1 starts at ends[i] with a state
+ *      in the set ``next_states``; or None. */
+static PyObject *followed_by(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *lists[5], *own, *next_states, *max_obj;
+    if (!PyArg_ParseTuple(args, "OOOOOO!O!O!", &lists[0], &lists[1], &lists[2], &lists[3],
+                          &lists[4], &PyFrozenSet_Type, &own, &PyLong_Type, &max_obj,
+                          &PyFrozenSet_Type, &next_states))
+        return NULL;
+    uint64_t max_bytes = PyLong_AsUnsignedLongLong(max_obj);
+    if (PyErr_Occurred()) return NULL;
+    Py_ssize_t n;
+    if (!same_lengths(lists, 5, &n)) Py_RETURN_NONE;
+    PyObject *out = PyList_New(0);
+    if (out == NULL) return NULL;
+    /* Membership of ``own`` is asked of Python once per distinct triple (up to
+     * MAX_KEYS of them; beyond, once per region). */
+    struct {
+        long a[3];
+        int in;
+    } known[MAX_KEYS];
+    int nknown = 0;
+    for (Py_ssize_t i = 0; i + 1 < n; i++) {
+        long a[3];
+        for (int k = 0; k < 3; k++)
+            if (small_at(lists[2 + k], i, &a[k]) < 0) goto none;
+        int j = 0, is_in;
+        while (j < nknown && memcmp(known[j].a, a, sizeof a) != 0) j++;
+        if (j < nknown) {
+            is_in = known[j].in;
+        } else {
+            PyObject *t = Py_BuildValue("(lll)", a[0], a[1], a[2]);
+            if (t == NULL) goto fail;
+            is_in = PySet_Contains(own, t);
+            Py_DECREF(t);
+            if (is_in < 0) goto fail;
+            if (nknown < MAX_KEYS) {
+                memcpy(known[nknown].a, a, sizeof a);
+                known[nknown++].in = is_in;
+            }
+        }
+        if (!is_in) continue;
+        uint64_t s, e, s2;
+        if (u64_at(lists[0], i, &s) < 0 || u64_at(lists[1], i, &e) < 0 || e < s ||
+            u64_at(lists[0], i + 1, &s2) < 0)
+            goto none;
+        if (e - s > max_bytes || s2 != e) continue;
+        int ok = PySet_Contains(next_states, PyList_GET_ITEM(lists[2], i + 1));
+        if (ok < 0) goto fail;
+        if (ok && append_new(out, PyLong_FromSsize_t(i)) < 0) goto fail;
+    }
+    return out;
+none:
+    Py_DECREF(out);
+    Py_RETURN_NONE;
+fail:
+    Py_DECREF(out);
+    return NULL;
+}
+
+/* free_gaps(starts, ends, states, free_state, [range_min, range_max]) -> [(start, end)]
+ * as summary.free_gaps computes them, or None. */
+static PyObject *free_gaps(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *lists[3];
+    long free_state;
+    PyObject *range_objs;
+    if (!PyArg_ParseTuple(args, "OOOlO", &lists[0], &lists[1], &lists[2], &free_state,
+                          &range_objs))
+        return NULL;
+    uint64_t range_min, range_max;
+    /* Ranges that are not 64-bit unsigned: the pure loop handles them. */
+    if (!PyList_Check(range_objs) || PyList_GET_SIZE(range_objs) != 2 ||
+        u64_at(range_objs, 0, &range_min) < 0 || u64_at(range_objs, 1, &range_max) < 0)
+        Py_RETURN_NONE;
+    Py_ssize_t n;
+    if (!same_lengths(lists, 3, &n)) Py_RETURN_NONE;
+    PyObject *out = PyList_New(0);
+    if (out == NULL) return NULL;
+    uint64_t cursor = range_min;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        uint64_t s, e;
+        long state;
+        if (small_at(lists[2], i, &state) < 0 || u64_at(lists[0], i, &s) < 0 ||
+            u64_at(lists[1], i, &e) < 0)
+            goto none;
+        if (state == free_state || e <= cursor) continue;
+        if (s >= range_max) break;
+        if (s > cursor && append_new(out, Py_BuildValue("(KK)", (unsigned long long)cursor,
+                                                       (unsigned long long)s)) < 0)
+            goto fail;
+        cursor = e;
+    }
+    if (cursor < range_max &&
+        append_new(out, Py_BuildValue("(KK)", (unsigned long long)cursor,
+                                      (unsigned long long)range_max)) < 0)
+        goto fail;
+    return out;
+none:
+    Py_DECREF(out);
+    Py_RETURN_NONE;
+fail:
+    Py_DECREF(out);
+    return NULL;
+}
+
+/* -- protobuf writing ----------------------------------------------------------------- */
+
+static int put_varint(buf_t *b, uint64_t v) {
+    if (buf_reserve(b, 10) < 0) return -1;
+    unsigned char *o = (unsigned char *)b->data + b->len;
+    size_t n = 0;
+    while (v >= 0x80) {
+        o[n++] = (unsigned char)(v | 0x80);
+        v >>= 7;
+    }
+    o[n++] = (unsigned char)v;
+    b->len += n;
+    return 0;
+}
+
+static int put_len_field(buf_t *b, uint32_t number, const buf_t *payload) {
+    if (put_varint(b, (uint64_t)number << 3 | 2) < 0 || put_varint(b, payload->len) < 0)
+        return -1;
+    return buf_put(b, payload->data, payload->len);
+}
+
+/* Field kinds of an encode spec. */
+enum {
+    PACKED_U64 = 0,  /* list of ints, 0 <= v < 2**64 */
+    PACKED_U32 = 1,  /* list of ints, 0 <= v < 2**32 (uint32 and non-negative enums) */
+    PACKED_BOOL = 2, /* list of True/False */
+    STRINGS = 3,     /* list of str, each its own length-delimited record */
+    SCALAR_U64 = 4,  /* one int */
+    MESSAGE = 5,     /* a nested spec */
+    INDEX_U32 = 6,   /* bytes of native uint32s */
+    PAGE_COLUMNS = 7 /* (starts, ends, shift, size_number): start deltas and sizes in pages */
+};
+
+static int encode_spec(buf_t *out, PyObject *spec, int *unsupported);
+
+static int encode_field(buf_t *out, uint32_t number, long kind, PyObject *value,
+                        int *unsupported) {
+    buf_t payload = {0};
+    int rc = -1;
+    if (kind == PACKED_U64 || kind == PACKED_U32 || kind == PACKED_BOOL) {
+        if (!PyList_Check(value)) goto unsupported;
+        Py_ssize_t n = PyList_GET_SIZE(value);
+        for (Py_ssize_t i = 0; i < n; i++) {
+            uint64_t v;
+            if (kind == PACKED_BOOL) {
+                PyObject *item = PyList_GET_ITEM(value, i);
+                if (item != Py_True && item != Py_False) goto unsupported;
+                v = item == Py_True;
+            } else {
+                if (u64_at(value, i, &v) < 0) goto unsupported;
+                if (kind == PACKED_U32 && v > UINT32_MAX) goto unsupported;
+            }
+            if (put_varint(&payload, v) < 0) goto done;
+        }
+        rc = n ? put_len_field(out, number, &payload) : 0;
+    } else if (kind == INDEX_U32) {
+        if (!PyBytes_Check(value)) goto unsupported;
+        const char *p = PyBytes_AS_STRING(value);
+        Py_ssize_t n = PyBytes_GET_SIZE(value) / 4;
+        for (Py_ssize_t i = 0; i < n; i++) {
+            uint32_t v;
+            memcpy(&v, p + i * 4, 4);
+            if (put_varint(&payload, v) < 0) goto done;
+        }
+        rc = n ? put_len_field(out, number, &payload) : 0;
+    } else if (kind == STRINGS) {
+        if (!PyList_Check(value)) goto unsupported;
+        for (Py_ssize_t i = 0; i < PyList_GET_SIZE(value); i++) {
+            PyObject *item = PyList_GET_ITEM(value, i);
+            if (!PyUnicode_Check(item)) goto unsupported;
+            Py_ssize_t len;
+            const char *text = PyUnicode_AsUTF8AndSize(item, &len);
+            if (text == NULL) { /* lone surrogates: the pure path raises as upb does */
+                PyErr_Clear();
+                goto unsupported;
+            }
+            if (put_varint(out, (uint64_t)number << 3 | 2) < 0 || put_varint(out, (uint64_t)len) < 0 ||
+                buf_put(out, text, (size_t)len) < 0)
+                goto done;
+        }
+        rc = 0;
+    } else if (kind == SCALAR_U64) {
+        uint64_t v;
+        PyObject *one = PyList_New(1);
+        if (one == NULL) goto done;
+        Py_INCREF(value);
+        PyList_SET_ITEM(one, 0, value);
+        int bad = u64_at(one, 0, &v);
+        Py_DECREF(one);
+        if (bad) goto unsupported;
+        rc = v ? (put_varint(out, (uint64_t)number << 3) < 0 || put_varint(out, v) < 0 ? -1 : 0)
+               : 0;
+    } else if (kind == MESSAGE) {
+        if (encode_spec(&payload, value, unsupported) < 0) goto done;
+        if (*unsupported) {
+            rc = 0;
+            goto done;
+        }
+        rc = put_len_field(out, number, &payload);
+    } else if (kind == PAGE_COLUMNS) {
+        PyObject *starts, *ends;
+        int shift;
+        unsigned int size_number;
+        if (!PyArg_ParseTuple(value, "OOiI", &starts, &ends, &shift, &size_number)) goto done;
+        PyObject *lists[2] = {starts, ends};
+        Py_ssize_t n;
+        if (!same_lengths(lists, 2, &n) || shift < 0 || shift > 63) goto unsupported;
+        buf_t sizes = {0};
+        uint64_t mask = ((uint64_t)1 << shift) - 1, previous_end = 0;
+        for (Py_ssize_t i = 0; i < n; i++) {
+            uint64_t s, e;
+            if (u64_at(starts, i, &s) < 0 || u64_at(ends, i, &e) < 0 || s < previous_end ||
+                e < s || (s & mask) || (e & mask)) {
+                buf_free(&sizes);
+                goto unsupported; /* misaligned or overlapping: the pure path explains */
+            }
+            if (put_varint(&payload, (s - previous_end) >> shift) < 0 ||
+                put_varint(&sizes, (e - s) >> shift) < 0) {
+                buf_free(&sizes);
+                goto done;
+            }
+            previous_end = e;
+        }
+        rc = n ? put_len_field(out, number, &payload) : 0;
+        if (rc == 0 && n) rc = put_len_field(out, size_number, &sizes);
+        buf_free(&sizes);
+    } else {
+        PyErr_Format(PyExc_ValueError, "unknown field kind %ld", kind);
+    }
+    goto done;
+unsupported:
+    *unsupported = 1;
+    rc = 0;
+done:
+    buf_free(&payload);
+    return rc;
+}
+
+static int encode_spec(buf_t *out, PyObject *spec, int *unsupported) {
+    if (!PyList_Check(spec)) {
+        PyErr_SetString(PyExc_TypeError, "an encode spec is a list of (number, kind, value)");
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(spec) && !*unsupported; i++) {
+        unsigned int number;
+        long kind;
+        PyObject *value;
+        if (!PyArg_ParseTuple(PyList_GET_ITEM(spec, i), "IlO", &number, &kind, &value)) return -1;
+        if (encode_field(out, number, kind, value, unsupported) < 0) return -1;
+    }
+    return 0;
+}
+
+/* encode(spec) -> bytes | None: a message's wire bytes from its fields, in the order
+ * given: (field number, kind, value) each. None when a value is outside what the kinds
+ * take (then the pure path, with its own checks and errors, runs instead). */
+static PyObject *encode(PyObject *self, PyObject *spec) {
+    (void)self;
+    buf_t out = {0};
+    int unsupported = 0;
+    PyObject *result = NULL;
+    if (encode_spec(&out, spec, &unsupported) == 0)
+        result = unsupported ? Py_NewRef(Py_None)
+                             : PyBytes_FromStringAndSize(out.data ? out.data : "", (Py_ssize_t)out.len);
+    buf_free(&out);
+    return result;
+}
+
+/* distinct(columns: list[list], first: tuple) -> (index: bytes of uint32, rows: list[tuple])
+ * Numbers each distinct row of the columns in order of first use, ``first`` being row 0
+ * whether used or not; None when the columns differ in length. A row equal to the one before (by identity, then by value) costs no
+ * hash. */
+static PyObject *distinct(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *columns, *first;
+    if (!PyArg_ParseTuple(args, "OO!", &columns, &PyTuple_Type, &first)) return NULL;
+    if (!PyList_Check(columns) || PyList_GET_SIZE(columns) == 0 || PyList_GET_SIZE(columns) > 16) {
+        PyErr_SetString(PyExc_TypeError, "distinct wants a list of 1 to 16 columns");
+        return NULL;
+    }
+    int ncols = (int)PyList_GET_SIZE(columns);
+    PyObject *lists[16];
+    for (int c = 0; c < ncols; c++) lists[c] = PyList_GET_ITEM(columns, c);
+    Py_ssize_t n;
+    if (!same_lengths(lists, ncols, &n)) Py_RETURN_NONE;
+    PyObject *seen = PyDict_New(), *rows = PyList_New(0), *result = NULL, *prev = NULL;
+    buf_t index = {0};
+    uint32_t prev_index = 0;
+    if (seen == NULL || rows == NULL) goto done;
+    {
+        PyObject *zero = PyLong_FromLong(0);
+        if (zero == NULL || PyDict_SetItem(seen, first, zero) < 0 || PyList_Append(rows, first) < 0) {
+            Py_XDECREF(zero);
+            goto done;
+        }
+        Py_DECREF(zero);
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        uint32_t k;
+        if (prev != NULL) {
+            int same = 1;
+            for (int c = 0; c < ncols && same; c++)
+                same = PyList_GET_ITEM(lists[c], i) == PyTuple_GET_ITEM(prev, c);
+            if (same) {
+                if (buf_put(&index, &prev_index, 4) < 0) goto done;
+                continue;
+            }
+        }
+        PyObject *row = PyTuple_New(ncols);
+        if (row == NULL) goto done;
+        for (int c = 0; c < ncols; c++) {
+            PyObject *v = PyList_GET_ITEM(lists[c], i);
+            Py_INCREF(v);
+            PyTuple_SET_ITEM(row, c, v);
+        }
+        PyObject *found = PyDict_GetItemWithError(seen, row);
+        if (found == NULL) {
+            if (PyErr_Occurred()) {
+                Py_DECREF(row);
+                goto done;
+            }
+            k = (uint32_t)PyList_GET_SIZE(rows);
+            PyObject *number = PyLong_FromUnsignedLong(k);
+            if (number == NULL || PyDict_SetItem(seen, row, number) < 0 ||
+                PyList_Append(rows, row) < 0) {
+                Py_XDECREF(number);
+                Py_DECREF(row);
+                goto done;
+            }
+            Py_DECREF(number);
+        } else {
+            k = (uint32_t)PyLong_AsUnsignedLong(found);
+        }
+        Py_XSETREF(prev, row);
+        prev_index = k;
+        if (buf_put(&index, &k, 4) < 0) goto done;
+    }
+    result = Py_BuildValue("(y#O)", index.data ? index.data : "", (Py_ssize_t)index.len, rows);
+done:
+    Py_XDECREF(seen);
+    Py_XDECREF(rows);
+    Py_XDECREF(prev);
+    buf_free(&index);
+    return result;
+}
+
+static PyMethodDef methods[] = {
+    {"scan_maps", scan_maps, METH_O, "Scan maps text into columns."},
+    {"scan_smaps", scan_smaps, METH_VARARGS, "Scan regular smaps text into columns."},
+    {"gather", gather, METH_VARARGS, "values[k] for each k of an index."},
+    {"gather_either", gather_either, METH_VARARGS, "Gather with a fallback where None."},
+    {"tally", tally, METH_VARARGS, "Counts, bytes and single pages per distinct key."},
+    {"followed_by", followed_by, METH_VARARGS, "Regions matching a (region, next) pattern."},
+    {"free_gaps", free_gaps, METH_VARARGS, "The unmapped gaps of a range."},
+    {"encode", encode, METH_O, "Protobuf wire bytes from a field spec."},
+    {"distinct", distinct, METH_VARARGS, "Index rows of columns by distinct value."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "vmatlas._native", "The optional C loops of vmatlas's capture path.",
+    -1, methods, NULL, NULL, NULL, NULL,
+};
+
+PyMODINIT_FUNC PyInit__native(void) {
+    init_hex();
+    return PyModule_Create(&module);
+}

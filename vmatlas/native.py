@@ -1,0 +1,53 @@
+"""The optional C accelerator, chosen once: ``vmatlas._native`` when it was built and
+``VMATLAS_NO_NATIVE`` is not set, otherwise the pure-Python loops.
+
+The accelerator holds loops only (scanning procfs text into columns, gathering values
+by index, the summary's sums, the packed-column encode); every rule those loops serve
+(what a perms text means, how a path is classified, what a guard is) is decided in
+Python, once, and handed to it as tables. Tests switch paths with :func:`use`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from types import ModuleType
+
+_built: ModuleType | None
+try:
+    _built = importlib.import_module("vmatlas._native")
+except ImportError:
+    _built = None
+
+# The active accelerator, or None for the pure path; read at each call, not imported.
+accel: ModuleType | None = None if os.environ.get("VMATLAS_NO_NATIVE") else _built
+
+
+def available() -> bool:
+    """Whether the C extension was built and imports."""
+    return _built is not None
+
+
+def describe() -> str:
+    """One line naming the active capture path, for ``vmatlas --version``."""
+    if accel is not None:
+        return "native capture (C extension)"
+    if _built is None:
+        return "pure-Python capture (C extension not built)"
+    return "pure-Python capture (VMATLAS_NO_NATIVE set)"
+
+
+@contextmanager
+def use(native: bool) -> Iterator[None]:
+    """Run the body on the native path (it must be built) or on the pure one."""
+    global accel
+    if native and _built is None:
+        raise RuntimeError("the vmatlas C extension is not built")
+    saved = accel
+    accel = _built if native else None
+    try:
+        yield
+    finally:
+        accel = saved
