@@ -32,7 +32,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib.util import find_spec
 from pathlib import Path
 
@@ -66,21 +66,41 @@ class Workload:
     def close(self) -> None:
         assert self.proc.stdin is not None
         self.proc.stdin.close()
-        self.proc.wait(10)
+        try:
+            self.proc.wait(20)
+        except subprocess.TimeoutExpired:  # a loaded machine; its work is done anyway
+            self.proc.kill()
+            self.proc.wait()
+
+
+# The capture paths compared: the C extension's loops and the pure-Python ones, chosen
+# in each vmatlas process by VMATLAS_NO_NATIVE.
+PATHS = ("native", "pure")
+
+
+def path_env(path: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.pop("VMATLAS_NO_NATIVE", None)
+    if path == "pure":
+        env["VMATLAS_NO_NATIVE"] = "1"
+    return env
 
 
 class Worker:
-    """The resident vmatlas process (bench.worker)."""
+    """The resident vmatlas process (bench.worker) on one capture path."""
 
-    def __init__(self) -> None:
+    def __init__(self, path: str = "native") -> None:
         self.proc = subprocess.Popen(
             [PYTHON, "-m", "bench.worker"],
             cwd=ROOT,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
+            env=path_env(path),
         )
-        assert json.loads(self._readline())["ready"]
+        ready = json.loads(self._readline())
+        assert ready["ready"]
+        self.path_description: str = ready["path"]
 
     def _readline(self) -> str:
         assert self.proc.stdout is not None
@@ -101,11 +121,17 @@ class Worker:
     def close(self) -> None:
         assert self.proc.stdin is not None
         self.proc.stdin.close()
-        self.proc.wait(10)
+        try:
+            self.proc.wait(20)
+        except subprocess.TimeoutExpired:  # a loaded machine; its work is done anyway
+            self.proc.kill()
+            self.proc.wait()
 
 
 @contextlib.contextmanager
-def vmatlas_process(command: str, *args: str) -> Iterator[tuple[subprocess.Popen[str], str]]:
+def vmatlas_process(
+    command: str, *args: str, path: str = "native"
+) -> Iterator[tuple[subprocess.Popen[str], str]]:
     """``vmatlas COMMAND --listen 127.0.0.1:0 ARGS``: (process, target). stderr goes to
     a temporary file (a busy server logs a lot; a pipe nobody reads would fill)."""
     errlog = tempfile.TemporaryFile("w+")  # noqa: SIM115  # closed in the finally below
@@ -115,6 +141,7 @@ def vmatlas_process(command: str, *args: str) -> Iterator[tuple[subprocess.Popen
         stdout=subprocess.PIPE,
         stderr=errlog,
         text=True,
+        env=path_env(path),
     )
     try:
         assert proc.stdout is not None
@@ -137,14 +164,14 @@ def vmatlas_process(command: str, *args: str) -> Iterator[tuple[subprocess.Popen
 
 
 def agent_process(
-    *args: str,
+    *args: str, path: str = "native"
 ) -> contextlib.AbstractContextManager[tuple[subprocess.Popen[str], str]]:
     """``vmatlas agent`` on a loopback port: (process, target)."""
-    return vmatlas_process("agent", *args)
+    return vmatlas_process("agent", *args, path=path)
 
 
 @contextlib.contextmanager
-def server_process(*args: str) -> Iterator[tuple[subprocess.Popen[str], str]]:
+def server_process(*args: str, path: str = "native") -> Iterator[tuple[subprocess.Popen[str], str]]:
     """``vmatlas server`` on a loopback port with its store in a temporary directory,
     keeping everything; the per-client rate limit raised where the server has one (the
     benchmarks are one client making many calls)."""
@@ -153,7 +180,9 @@ def server_process(*args: str) -> Iterator[tuple[subprocess.Popen[str], str]]:
         extra += ["--rate-limit", "1000000", "--rate-burst", "1000000"]
     with (
         tempfile.TemporaryDirectory(prefix="vmatlas-bench-server-") as data,
-        vmatlas_process("server", "--data-dir", data, "--retain", "0", *extra) as started,
+        vmatlas_process(
+            "server", "--data-dir", data, "--retain", "0", *extra, path=path
+        ) as started,
     ):
         yield started
 
@@ -219,6 +248,8 @@ class Row:
     goal: Callable[[float], bool] | None = None  # applied to the median ratio (or value)
     ratio: bool = True
     note: str = ""
+    # The same benchmark on the pure-Python path (None where the path does not matter).
+    pure: Row | None = None
 
     def ratios(self) -> list[float]:
         return [v / r for v, r in zip(self.values, self.refs, strict=False) if r]
@@ -253,30 +284,44 @@ def _times(x: float) -> str:
     return f"{x:.2f}x"
 
 
+def _cells(row: Row) -> tuple[str, str, str]:
+    """(reference, figure, met) of one path's row."""
+    if row.note and not row.values:
+        return row.reference, row.note, ""
+    ref = (
+        f"{fmt(statistics.median(row.refs), row.unit)} ({row.reference})"
+        if row.refs
+        else row.reference
+    )
+    vm = fmt(statistics.median(row.values), row.unit)
+    if row.ratio and row.refs:
+        rs = row.ratios()
+        figure = statistics.median(rs)
+        cell = f"{spread(rs, '', _share if row.unit in ('bytes', 'MiB') else _times)} ({vm})"
+    else:
+        figure = statistics.median(row.values)
+        cell = vm
+    if row.note:
+        cell += f" ({row.note})"
+    met = "" if row.goal is None else ("yes" if row.goal(figure) else "no")
+    return ref, cell, met
+
+
 def render(rows: list[Row]) -> str:
-    header = ("benchmark", "target", "vmatlas", "reference", "ratio [min-max]", "met")
+    header = (
+        "benchmark",
+        "target",
+        "reference",
+        "native [min-max]",
+        "met",
+        "pure [min-max]",
+        "met",
+    )
     lines = []
     for row in rows:
-        if row.note and not row.values:
-            lines.append((row.name, row.target, row.note, row.reference, "", ""))
-            continue
-        vm = fmt(statistics.median(row.values), row.unit)
-        ref = (
-            f"{fmt(statistics.median(row.refs), row.unit)} ({row.reference})"
-            if row.refs
-            else row.reference
-        )
-        if row.ratio and row.refs:
-            rs = row.ratios()
-            ratio = spread(rs, "", _share if row.unit in ("bytes", "MiB") else _times)
-            figure = statistics.median(rs)
-        else:
-            ratio = ""
-            figure = statistics.median(row.values)
-        met = "" if row.goal is None else ("yes" if row.goal(figure) else "no")
-        if row.note:
-            vm += f" ({row.note})"
-        lines.append((row.name, row.target, vm, ref, ratio, met))
+        ref, native_cell, native_met = _cells(row)
+        pure_cell, pure_met = ("same", "") if row.pure is None else _cells(row.pure)[1:]
+        lines.append((row.name, row.target, ref, native_cell, native_met, pure_cell, pure_met))
     widths = [max(len(str(x[i])) for x in [header, *lines]) for i in range(len(header))]
     out = ["| " + " | ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)) + " |"]
     out.append("|" + "|".join("-" * (w + 2) for w in widths) + "|")
@@ -300,6 +345,29 @@ def interleaved(
     return row
 
 
+def interleaved_paths(
+    rounds: int,
+    reference: Callable[[], float],
+    candidates: dict[str, Callable[[], float]],
+    row: Row,
+) -> Row:
+    """Like :func:`interleaved`, each round timing the reference and every path (in
+    turn first); the native figures go to ``row``, the pure ones to ``row.pure``."""
+    rows = {"native": row, "pure": row.pure or replace(row, values=[], refs=[])}
+    row.pure = rows["pure"]
+    order = [name for name in PATHS if name in candidates]
+    for i in range(rounds):
+        turn = order[i % len(order) :] + order[: i % len(order)]
+        ref = reference()
+        for name in turn:
+            rows[name].values.append(candidates[name]())
+            rows[name].refs.append(ref)
+    for name in PATHS:
+        if name not in candidates:
+            rows[name].note = rows[name].note or "n/a (C extension not built)"
+    return row
+
+
 def pending(name: str, target: str, reference: str, module: str) -> Row:
     return Row(name, target, reference, note=f"n/a ({module} not present)")
 
@@ -311,69 +379,70 @@ def run(quick: bool) -> tuple[list[Row], dict[str, str]]:
     rounds = 3 if quick else 7
     facts: dict[str, str] = {}
     rows: list[Row] = []
-    worker = Worker()
-    sizes = (65_500,) if quick else (65_500, 10_000, 1_000)
-    loads = {size: Workload(size) for size in sizes}
-    big = loads[65_500]
-    facts["workloads"] = ", ".join(f"{w.regions:,} regions (pid {w.pid})" for w in loads.values())
-    facts["maps bytes"] = (
-        f"{len(Path(big.maps_path).read_bytes()):,} bytes for {big.regions:,} regions"
-    )
+    workers = {path: Worker(path) for path in PATHS}
+    if not workers["native"].path_description.startswith("native"):
+        workers.pop("native").close()  # not built: the native column says so
+    facts["capture paths"] = "; ".join(f"{p}: {w.path_description}" for p, w in workers.items())
+    loads = {"file-backed": Workload(65_500), "anonymous": Workload(65_500, anonymous=True)}
+    others = {} if quick else {size: Workload(size) for size in (10_000, 1_000)}
+    for label, load in loads.items():
+        data = Path(load.maps_path).read_bytes()
+        facts[f"{label} workload"] = (
+            f"{load.regions:,} regions (pid {load.pid}), maps {len(data):,} bytes "
+            f"({len(data) / max(1, load.regions):.0f} a line)"
+        )
     try:
-        cat_maps = lambda: time_command(["cat", big.maps_path])  # noqa: E731
-        snap = lambda: worker("snapshot", pid=big.pid)["seconds"]  # noqa: E731
-        rows.append(
-            interleaved(
-                rounds,
-                cat_maps,
-                snap,
-                Row(
-                    f"full snapshot, capture+encode, {big.regions:,} regions",
-                    "<= 2.0x",
-                    "cat maps",
-                    goal=lambda r: r <= 2.0,
-                ),
+        for label, load in loads.items():
+            maps, smaps = load.maps_path, f"/proc/{load.pid}/smaps"
+            rows.append(
+                interleaved_paths(
+                    rounds,
+                    lambda m=maps: cpu_command(["cat", m]),  # type: ignore[misc]
+                    {
+                        p: lambda w=w, pid=load.pid: w("snapshot", pid=pid)["cpu_seconds"]
+                        for p, w in workers.items()
+                    },
+                    Row(
+                        f"capture and encode, {label}, {load.regions:,} regions",
+                        "<= 1.5x",
+                        "cat maps",
+                        goal=lambda r: r <= 1.5,
+                    ),
+                )
             )
-        )
-        smaps = f"/proc/{big.pid}/smaps"
-        rows.append(
-            interleaved(
-                rounds,
-                lambda: time_command(["cat", smaps]),
-                lambda: worker("snapshot", pid=big.pid, residency=True)["seconds"],
-                Row("  same, with residency", "<= 1.5x", "cat smaps", goal=lambda r: r <= 1.5),
+            rows.append(
+                interleaved_paths(
+                    rounds,
+                    lambda m=smaps: cpu_command(["cat", m]),  # type: ignore[misc]
+                    {
+                        p: lambda w=w, pid=load.pid: w("snapshot", pid=pid, residency=True)[
+                            "cpu_seconds"
+                        ]
+                        for p, w in workers.items()
+                    },
+                    Row("  same, with residency", "<= 1.3x", "cat smaps", goal=lambda r: r <= 1.3),
+                )
             )
-        )
-        sweep_ref = ["cat /proc/[0-9]*/maps > /dev/null 2>&1"]
-        sweep = Row(
-            "summary sweep, every process on the host",
-            "<= 1.3x",
-            "cat /proc/*/maps",
-            goal=lambda r: r <= 1.3,
-        )
-        interleaved(
+        sweep = interleaved_paths(
             rounds,
-            lambda: time_command(sweep_ref, shell=True),
-            lambda: worker("sweep")["seconds"],
-            sweep,
+            lambda: cpu_command(["sh", "-c", "cat /proc/[0-9]*/maps > /dev/null 2>&1"]),
+            {p: lambda w=w: w("sweep")["cpu_seconds"] for p, w in workers.items()},
+            Row(
+                "summary sweep, every process on the host",
+                "<= 1.3x",
+                "cat /proc/*/maps",
+                goal=lambda r: r <= 1.3,
+            ),
         )
         sweep.note = f"{len(psutil.pids())} processes"
         rows.append(sweep)
-        rows.append(fleet_snapshot(rounds, cat_maps, worker, big))
-        try:
-            with agent_process() as (_, target):
-                rows.append(
-                    interleaved(
-                        rounds,
-                        cat_maps,
-                        lambda: worker("client_snapshot", target=target, pid=big.pid)["seconds"],
-                        Row("  fresh snapshot, client->agent direct (no server)", "", "cat maps"),
-                    )
-                )
-        except (RuntimeError, OSError) as exc:
-            rows.append(
-                Row("  fresh snapshot, client->agent direct", "", "cat maps", note=f"n/a ({exc})")
-            )
+        rows.extend(fresh_snapshots(rounds, workers, loads))
+        rows.extend(wire_sizes(workers, loads))
+        rows.extend(peaks(max(2, rounds // 2), list(workers), loads))
+
+        big = loads["file-backed"]
+        cat_maps = lambda: time_command(["cat", big.maps_path])  # noqa: E731
+        worker = next(iter(workers.values()))
         if find_spec("vmatlas.diff") is not None:
             try:
                 rows.append(
@@ -396,70 +465,23 @@ def run(quick: bool) -> tuple[list[Row], dict[str, str]]:
         else:
             rows.append(pending("diff of two snapshots", "<= 1.0x", "cat maps", "vmatlas.diff"))
 
-        answer = worker("snapshot", pid=big.pid)
-        maps_bytes = len(Path(big.maps_path).read_bytes())
-        rows.append(
-            Row(
-                "bytes on the wire per snapshot",
-                "<= 10%",
-                "maps text",
-                values=[answer["wire_bytes"]],
-                refs=[maps_bytes],
-                unit="bytes",
-                goal=lambda r: r <= 0.10,
-            )
-        )
-        rows.append(
-            Row(
-                "  same, gzip-compressed (gRPC gzip)",
-                "",
-                "maps text",
-                values=[answer["gzip_bytes"]],
-                refs=[maps_bytes],
-                unit="bytes",
-            )
-        )
-
-        peaks_vm, peaks_ps = [], []
-        for _ in range(max(2, rounds // 2)):
-            peaks_vm.append(peak("peak-snapshot", big.pid))
-            peaks_ps.append(peak("peak-psutil", big.pid))
-        rows.append(
-            Row(
-                f"agent peak RSS, snapshot of {big.regions:,} regions",
-                "<= 25%",
-                "psutil",
-                values=[p[0] for p in peaks_vm],
-                refs=[p[0] for p in peaks_ps],
-                unit="MiB",
-                goal=lambda r: r <= 0.25,
-            )
-        )
-        rows.append(
-            Row(
-                "  same, growth over the process's own baseline",
-                "",
-                "psutil",
-                values=[p[0] - p[1] for p in peaks_vm],
-                refs=[p[0] - p[1] for p in peaks_ps],
-                unit="MiB",
-            )
-        )
-
         rows.append(server_ingest(2 if quick else 5))
         rows.extend(fleet_audit(worker, max(2, rounds // 2), quick))
         rows.append(agent_at_rest(3.0 if quick else 10.0))
         rows.append(connected_agents(500))
 
-        # Other tools on the same workloads, against the same floor.
-        for size, load in loads.items():
+        # Other tools on the same workloads, against the same floor (wall time).
+        for label, load in [*loads.items(), *((f"{k:,}", v) for k, v in others.items())]:
             cat = lambda path=load.maps_path: time_command(["cat", path])  # noqa: E731
-            if size != 65_500:
+            if load in others.values():
                 rows.append(
-                    interleaved(
+                    interleaved_paths(
                         rounds,
                         cat,
-                        lambda pid=load.pid: worker("snapshot", pid=pid)["seconds"],
+                        {
+                            p: lambda w=w, pid=load.pid: w("snapshot", pid=pid)["seconds"]
+                            for p, w in workers.items()
+                        },
                         Row(f"vmatlas snapshot, {load.regions:,} regions", "", "cat maps"),
                     )
                 )
@@ -468,7 +490,7 @@ def run(quick: bool) -> tuple[list[Row], dict[str, str]]:
                     rounds,
                     cat,
                     lambda pid=load.pid: time_command(["pmap", "-x", str(pid)]),
-                    Row(f"pmap -x, {load.regions:,} regions", "", "cat maps"),
+                    Row(f"pmap -x, {label}, {load.regions:,} regions", "", "cat maps"),
                 )
             )
             rows.append(
@@ -476,7 +498,7 @@ def run(quick: bool) -> tuple[list[Row], dict[str, str]]:
                     max(2, rounds // 2),
                     cat,
                     lambda pid=load.pid: worker("psutil", pid=pid)["seconds"],
-                    Row(f"psutil memory_maps, {load.regions:,} regions", "", "cat maps"),
+                    Row(f"psutil memory_maps, {label}, {load.regions:,} regions", "", "cat maps"),
                 )
             )
         # Whole commands as a user runs them, beside pmap -x (bench.cli imports this
@@ -485,8 +507,9 @@ def run(quick: bool) -> tuple[list[Row], dict[str, str]]:
 
         rows.extend(bench_cli.command_rows(rounds, big))
     finally:
-        worker.close()
-        for load in loads.values():
+        for w in workers.values():
+            w.close()
+        for load in [*loads.values(), *others.values()]:
             load.close()
     return rows, facts
 
@@ -494,30 +517,145 @@ def run(quick: bool) -> tuple[list[Row], dict[str, str]]:
 SERVER_HOST_ID = "bench-agent"
 
 
-def fleet_snapshot(
-    rounds: int, cat_maps: Callable[[], float], worker: Worker, big: Workload
-) -> Row:
-    """A real server, a real agent streaming to it, and the client asking the server."""
-    row = Row(
-        f"fresh snapshot via server (client->server->agent), {big.regions:,} regions",
-        "<= 3.0x",
-        "cat maps",
-        goal=lambda r: r <= 3.0,
-    )
-    try:
-        with (
-            server_process() as (_, target),
-            agent_process("--server", target, "--host-id", SERVER_HOST_ID),
-        ):
-            wait_online(target, SERVER_HOST_ID)
-            snap = lambda: worker(  # noqa: E731
-                "fleet_snapshot", target=target, host=SERVER_HOST_ID, pid=big.pid
-            )["seconds"]
-            snap()  # the first one also stores the region table; later ones dedupe
-            interleaved(rounds, cat_maps, snap, row)
-    except (RuntimeError, OSError) as exc:
-        row.note = f"n/a ({exc})"
-    return row
+def fresh_snapshots(
+    rounds: int, workers: dict[str, Worker], loads: dict[str, Workload]
+) -> list[Row]:
+    """A fresh snapshot from the agent's gRPC API, and through a real server with a real
+    agent streaming to it, decoded by the client library (wall time: several processes
+    take part). Each path runs its own agent and server."""
+    direct = {
+        label: Row(
+            f"fresh snapshot from the agent's API, {label}",
+            "<= 1.5x",
+            "cat maps",
+            goal=lambda r: r <= 1.5,
+        )
+        for label in loads
+    }
+    via_server = {
+        label: Row(
+            f"  same, through the server (client->server->agent), {label}",
+            "<= 2.0x",
+            "cat maps",
+            goal=lambda r: r <= 2.0,
+        )
+        for label in loads
+    }
+    for table in (direct, via_server):
+        for row in table.values():
+            row.pure = replace(row, values=[], refs=[])
+            row.pure.note = "n/a (C extension not built)"
+            if "native" not in workers:
+                row.note = row.pure.note
+    for path, worker in workers.items():
+        for label, load in loads.items():
+            cat = lambda m=load.maps_path: time_command(["cat", m])  # noqa: E731
+            mine = direct[label] if path == "native" else direct[label].pure
+            assert mine is not None
+            mine.note = ""
+            try:
+                with agent_process(path=path) as (_, target):
+                    interleaved(
+                        rounds,
+                        cat,
+                        lambda w=worker, t=target, pid=load.pid: w(  # type: ignore[misc]
+                            "client_snapshot", target=t, pid=pid
+                        )["seconds"],
+                        mine,
+                    )
+            except (RuntimeError, OSError) as exc:
+                mine.note = f"n/a ({exc})"
+        try:
+            with (
+                server_process(path=path) as (_, target),
+                agent_process("--server", target, "--host-id", SERVER_HOST_ID, path=path),
+            ):
+                wait_online(target, SERVER_HOST_ID)
+                for label, load in loads.items():
+                    mine = via_server[label] if path == "native" else via_server[label].pure
+                    assert mine is not None
+                    mine.note = ""
+                    snap = lambda w=worker, t=target, pid=load.pid: w(  # noqa: E731
+                        "fleet_snapshot", target=t, host=SERVER_HOST_ID, pid=pid
+                    )["seconds"]
+                    snap()  # the first one also stores the region table; later ones dedupe
+                    cat = lambda m=load.maps_path: time_command(["cat", m])  # noqa: E731
+                    interleaved(rounds, cat, snap, mine)
+        except (RuntimeError, OSError) as exc:
+            for row in via_server.values():
+                mine = row if path == "native" else row.pure
+                assert mine is not None
+                mine.note = f"n/a ({exc})"
+    return [row for label in loads for row in (direct[label], via_server[label])]
+
+
+def wire_sizes(workers: dict[str, Worker], loads: dict[str, Workload]) -> list[Row]:
+    """Bytes of a serialized snapshot against the maps text: an ordinary process (a
+    resting agent, a few hundred mappings) and the workloads. Both paths write the same
+    bytes (the tests hold them to it), so one figure stands for both."""
+    worker = next(iter(workers.values()))
+    rows = []
+    with agent_process() as (proc, _):
+        time.sleep(1.0)  # its imports done: the mappings of a resting agent
+        targets = [("an ordinary process (a resting agent)", proc.pid, "<= 10%")]
+        targets += [(f"{label}, 65.5K regions", load.pid, "") for label, load in loads.items()]
+        for label, pid, target in targets:
+            maps_bytes = len(Path(f"/proc/{pid}/maps").read_bytes())
+            answer = worker("snapshot", pid=pid)
+            regions = int(answer["regions"])
+            row = Row(
+                f"bytes on the wire, {label}",
+                target,
+                "maps text",
+                values=[answer["wire_bytes"]],
+                refs=[maps_bytes],
+                unit="bytes",
+                goal=(lambda r: r <= 0.10) if target else None,
+                note=f"{regions:,} regions",
+            )
+            rows.append(row)
+            if target:
+                rows.append(
+                    Row(
+                        "  same, gzip-compressed (gRPC gzip)",
+                        "",
+                        "maps text",
+                        values=[answer["gzip_bytes"]],
+                        refs=[maps_bytes],
+                        unit="bytes",
+                    )
+                )
+    return rows
+
+
+def peaks(rounds: int, paths: list[str], loads: dict[str, Workload]) -> list[Row]:
+    """Peak RSS of a fresh process taking one snapshot, against psutil's."""
+    rows = []
+    for label, load in loads.items():
+        row = Row(
+            f"agent peak RSS, snapshot of {label}, {load.regions:,} regions",
+            "<= 25%",
+            "psutil",
+            unit="MiB",
+            goal=lambda r: r <= 0.25,
+        )
+        growth = Row("  same, growth over the process's own baseline", "", "psutil", unit="MiB")
+        row.pure = replace(row, values=[], refs=[], note="n/a (C extension not built)")
+        growth.pure = replace(growth, values=[], refs=[], note="n/a (C extension not built)")
+        for _ in range(rounds):
+            reference = peak("peak-psutil", load.pid)
+            for path in paths:
+                mine, mine_growth = (row, growth) if path == "native" else (row.pure, growth.pure)
+                mine.note = mine_growth.note = ""
+                taken = peak("peak-snapshot", load.pid, path)
+                mine.values.append(taken[0])
+                mine.refs.append(reference[0])
+                mine_growth.values.append(taken[0] - taken[1])
+                mine_growth.refs.append(reference[0] - reference[1])
+        if "native" not in paths:
+            row.note = growth.note = "n/a (C extension not built)"
+        rows += [row, growth]
+    return rows
 
 
 INGEST_STREAMS, INGEST_PUSHES, INGEST_BATCH = 4, 25, 200
@@ -634,13 +772,14 @@ def connected_agents(count: int) -> Row:
     return row
 
 
-def peak(kind: str, pid: int) -> tuple[int, int]:
+def peak(kind: str, pid: int, path: str = "native") -> tuple[int, int]:
     out = subprocess.run(
         [PYTHON, "-m", "bench.worker", kind, str(pid)],
         cwd=ROOT,
         capture_output=True,
         text=True,
         check=True,
+        env=path_env(path),
     ).stdout
     answer = json.loads(out)
     return answer["peak_bytes"], answer["before_bytes"]

@@ -32,18 +32,20 @@ def _fresh_caches() -> None:
 
 
 def op_snapshot(pid: int, residency: bool = False) -> dict[str, Any]:
-    """Capture and encode: what the agent does for GetSnapshot, serialization included."""
+    """Capture and encode: what the agent does for a snapshot, serialization included
+    (as it sends one to the server: a header and the region table's bytes)."""
     from vmatlas import wire
     from vmatlas.agents.linux import LinuxReader
 
     reader = LinuxReader()
     _fresh_caches()
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     snapshot = reader.snapshot(pid, include_residency=residency)
-    data = wire.snapshot_to_pb(snapshot).SerializeToString()
+    data = wire.join_snapshot(*wire.snapshot_parts(snapshot))
     seconds = time.perf_counter() - start
     return {
         "seconds": seconds,
+        "cpu_seconds": time.process_time() - cpu,
         "wire_bytes": len(data),
         "gzip_bytes": len(gzip.compress(data, 6)),
         "regions": len(snapshot.regions),
@@ -58,7 +60,7 @@ def op_sweep() -> dict[str, Any]:
 
     reader = LinuxReader()
     _fresh_caches()
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     count = 0
     size = 0
     for item in reader.process_summaries():
@@ -68,7 +70,12 @@ def op_sweep() -> dict[str, Any]:
             wire.process_summary_to_pb(item, snapshot_pb2.ProcessSummary()).SerializeToString()
         )
         count += 1
-    return {"seconds": time.perf_counter() - start, "processes": count, "wire_bytes": size}
+    return {
+        "seconds": time.perf_counter() - start,
+        "cpu_seconds": time.process_time() - cpu,
+        "processes": count,
+        "wire_bytes": size,
+    }
 
 
 def op_psutil(pid: int) -> dict[str, Any]:
@@ -205,8 +212,9 @@ OPS: dict[str, Callable[..., dict[str, Any]]] = {
 def serve() -> None:
     import vmatlas.agents.linux
     import vmatlas.wire  # noqa: F401
+    from vmatlas import native
 
-    print(json.dumps({"ready": True}), flush=True)
+    print(json.dumps({"ready": True, "path": native.describe()}), flush=True)
     for line in sys.stdin:
         request = json.loads(line)
         try:
@@ -223,7 +231,7 @@ def peak(kind: str, pid: int) -> None:
         from vmatlas.agents.linux import LinuxReader
 
         before = _rss_bytes()
-        data = wire.snapshot_to_pb(LinuxReader().snapshot(pid)).SerializeToString()
+        data = wire.join_snapshot(*wire.snapshot_parts(LinuxReader().snapshot(pid)))
         assert data
     else:
         before = _rss_bytes()
