@@ -827,11 +827,17 @@ def machine() -> str:
 
 FOOTNOTE = """\
 Ratios: vmatlas / reference, median of interleaved rounds [min-max]; times are medians.
-References are whole-process wall times of the command, run as a subprocess.
+native / pure: the same benchmark with the C extension's loops and with the pure-Python
+ones (VMATLAS_NO_NATIVE=1), each in its own processes; "same" where the path does not
+matter. Capture, residency and sweep rows compare CPU time (user + system, the kernel's
+formatting of procfs text included) of the vmatlas worker's work with the CPU time of
+the reference command (fork, exec and exit included), so that other work on a shared
+machine does not blur the ratio; every other row is wall time.
 vmatlas is timed in a resident worker process (as the agent is resident): imports are
 paid before timing, the path cache is cleared every round. Snapshot = read + parse +
-summary + protobuf encode + serialize. Peak RSS: ru_maxrss of a fresh process doing one
-capture (vmatlas: capture+encode; psutil: memory_maps(grouped=False)).
+summary + encode + serialize (a header and the region table's bytes, as the agent sends
+them). Peak RSS: ru_maxrss of a fresh process doing one capture (vmatlas: capture+encode;
+psutil: memory_maps(grouped=False)).
 Server rows run `vmatlas server` as a subprocess (127.0.0.1:0, temporary data dir, rate
 limit raised). Via server: a real `vmatlas agent --server` streams to it; the client's
 fresh snapshot includes the server filing it in its store (first call untimed). Ingest:

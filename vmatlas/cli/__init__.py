@@ -21,7 +21,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-from vmatlas import __version__, errors, native
+from vmatlas import __version__, errors
 
 # Each command (its module under vmatlas.cli) and its line in --help, in the order
 # --help lists them.
@@ -41,6 +41,20 @@ EXIT_ERROR = 1
 EXIT_USAGE = 2
 
 
+class _Version(argparse.Action):
+    """--version, naming the capture path (the C extension or pure Python); what it
+    takes to tell is imported only when asked."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, help: str = "") -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, help=help)
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: object) -> None:
+        from vmatlas import native
+
+        print(f"vmatlas {__version__}, {native.describe()}")
+        parser.exit()
+
+
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The whole command line; given ``command``, only that command's module is
     imported to register its options, and the others are listed by name and help."""
@@ -48,9 +62,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         prog="vmatlas",
         description="See and audit process address spaces across Linux and Windows hosts.",
     )
-    parser.add_argument(
-        "--version", action="version", version=f"vmatlas {__version__}, {native.describe()}"
-    )
+    parser.add_argument("--version", action=_Version, help="show the version and exit")
     parser.add_argument(
         "-v", "--verbose", action="count", default=0, help="log more (repeat for debug)"
     )
