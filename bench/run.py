@@ -178,6 +178,8 @@ def server_process(*args: str, path: str = "native") -> Iterator[tuple[subproces
     extra = list(args)
     if "--rate-limit" in _server_help():
         extra += ["--rate-limit", "1000000", "--rate-burst", "1000000"]
+    if "--http" in _server_help():
+        extra += ["--http", "off"]
     with (
         tempfile.TemporaryDirectory(prefix="vmatlas-bench-server-") as data,
         vmatlas_process(

@@ -17,13 +17,14 @@ import time
 from collections.abc import Callable, Coroutine, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import grpc
 from grpc_health.v1._async import HealthServicer
 
 from vmatlas import defaults
 from vmatlas.grpcutil import DEFAULT_GRACE_SECONDS, StopSignals, build_aio_server
+from vmatlas.metrics import DEFAULT_SETTINGS, MetricsSettings
 from vmatlas.security.auth import AsyncAuthInterceptor, AuthInterceptor
 from vmatlas.security.policy import SERVER_POLICY
 from vmatlas.server.domain.analysis import Analysis
@@ -36,7 +37,11 @@ from vmatlas.server.rpc.fleet import FleetServicer
 from vmatlas.server.rpc.hub import SERVICE_NAME as HUB_SERVICE
 from vmatlas.server.rpc.hub import AgentHubServicer
 from vmatlas.server.store import Store, open_store, sqlite_url
+from vmatlas.server.telemetry import Telemetry, TimedStore
 from vmatlas.v1 import analysis_pb2_grpc, fleet_pb2_grpc, hub_pb2_grpc
+
+if TYPE_CHECKING:
+    from vmatlas.server.http.listener import HttpConfig, HttpListener
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +81,11 @@ class ServerConfig:
     interceptors: Sequence[grpc.aio.ServerInterceptor | AuthInterceptor] = field(
         default_factory=lambda: [AsyncAuthInterceptor(SERVER_POLICY, tokens=None)]
     )
+    # The HTTP listener (/metrics and the routes of vmatlas.server.http.routes); None
+    # serves none. The command line turns it on by default.
+    http: HttpConfig | None = None
+    # Which processes and groups /metrics shows (vmatlas.metrics).
+    metrics: MetricsSettings = DEFAULT_SETTINGS
 
 
 class FleetServer:
@@ -93,11 +103,14 @@ class FleetServer:
     ):
         self.config = config
         owned = store is None
-        self.store: Store = (
+        self.telemetry = Telemetry()
+        inner: Store = (
             store
             if store is not None
             else open_store(config.store_url or sqlite_url(config.data_dir))
         )
+        self.store: Store = cast(Store, TimedStore(inner, self.telemetry))
+        self.http: HttpListener | None = None
         self.executor = ThreadPoolExecutor(BLOCKING_WORKERS, thread_name_prefix="vmatlas-store")
         self.loop = asyncio.new_event_loop()
         self._loop_thread = threading.Thread(
@@ -106,11 +119,19 @@ class FleetServer:
         self._loop_thread.start()
         try:
             self.server, self.port, self.health = self._on_loop(self._build(extra_services))
+            if config.http is not None:
+                try:
+                    self.http = self._build_http(config.http)
+                except BaseException:
+                    # Releases the bound gRPC port and the agents' hub.
+                    self._on_loop(self.server.stop(None))
+                    self._on_loop(self.hub.stop())
+                    raise
         except BaseException:
             # A server that never started leaves nothing open (the port may be taken).
             self._close_loop()
             if owned:
-                self.store.close()
+                inner.close()
             raise
         self._stop = threading.Event()
         self._stopped = False
@@ -142,6 +163,7 @@ class FleetServer:
             heartbeat_seconds=config.heartbeat_seconds,
             offline_after_seconds=config.offline_after_seconds,
             max_agents=config.max_agents,
+            telemetry=self.telemetry,
         )
         self.queries = FleetQueries(
             self.store, self.hub, agent_timeout_seconds=config.agent_timeout_seconds
@@ -182,13 +204,36 @@ class FleetServer:
 
     # -- running --------------------------------------------------------------------------
 
+    def _build_http(self, config: HttpConfig) -> HttpListener:
+        from vmatlas.server.http.listener import HttpListener, HttpServices
+        from vmatlas.server.http.routes import ROUTES
+        from vmatlas.server.metrics import register_server_metrics
+
+        register_server_metrics(self.telemetry.registry, self.store, self.hub, self.config.metrics)
+        services = HttpServices(
+            store=self.store,
+            hub=self.hub,
+            queries=self.queries,
+            analysis=self.analysis,
+            registry=self.telemetry.registry,
+            server_loop=self.loop,
+        )
+        return HttpListener(config, services, ROUTES)
+
     @property
     def address(self) -> str:
         return f"{self.config.listen.rsplit(':', 1)[0]}:{self.port}"
 
+    @property
+    def http_url(self) -> str | None:
+        """Where the HTTP listener serves, or None when it is off."""
+        return self.http.url if self.http is not None else None
+
     def start(self) -> FleetServer:
         self._on_loop(self.server.start())
         self._pruner.start()
+        if self.http is not None:
+            self.http.start()
         return self
 
     def prune(self) -> int:
@@ -227,6 +272,8 @@ class FleetServer:
                 return
             self._stopped = True
             self._on_loop(self.health.enter_graceful_shutdown())
+            if self.http is not None:
+                self.http.stop()
             stopped = asyncio.run_coroutine_threadsafe(self.server.stop(grace_seconds), self.loop)
             try:
                 if on_draining is not None:

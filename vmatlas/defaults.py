@@ -10,6 +10,8 @@ from __future__ import annotations
 
 AGENT_LISTEN = "127.0.0.1:50551"
 SERVER_LISTEN = "127.0.0.1:50550"
+# The server's HTTP listener: /metrics and the web view.
+HTTP_LISTEN = "127.0.0.1:50580"
 
 # How long a stopping server or agent lets calls in flight finish.
 GRACE_SECONDS = 10.0

@@ -172,9 +172,10 @@ class FleetQueries:
         if timeout_seconds is not None:
             timeout = max(0.0, min(timeout, timeout_seconds))
         async with self.hub.serving():
-            session = await self.hub.session(host_id)
-            answer = await session.request_snapshot(request, timeout)
-            return await self.hub.blocking(self._keep, host_id, session.host, answer)
+            with self.hub.telemetry.fresh_snapshot():
+                session = await self.hub.session(host_id)
+                answer = await session.request_snapshot(request, timeout)
+                return await self.hub.blocking(self._keep, host_id, session.host, answer)
 
     def _keep(self, host_id: str, registered: Host, answer: SnapshotAnswer) -> HostSnapshot:
         snapshot = accept_snapshot(answer, host_id, registered)

@@ -35,6 +35,7 @@ from typing import Any, TypeVar
 from vmatlas import defaults, errors
 from vmatlas.model import Host, SnapshotView
 from vmatlas.server.store import PushOrigin, Store
+from vmatlas.server.telemetry import PUSH_DUPLICATE, PUSH_REFUSED, PUSH_STORED, Telemetry
 from vmatlas.validate import validate_summaries
 
 log = logging.getLogger(__name__)
@@ -210,9 +211,11 @@ class Hub:
         offline_after_seconds: float = 0.0,
         max_agents: int = 10_000,
         clock: Callable[[], float] = time.time,
+        telemetry: Telemetry | None = None,
     ):
         self.store = store
         self.executor = executor
+        self.telemetry = telemetry if telemetry is not None else Telemetry()
         self.heartbeat_seconds = heartbeat_seconds
         self.offline_after_seconds = offline_after_seconds or MISSED_HEARTBEATS * heartbeat_seconds
         self.max_agents = max_agents
@@ -346,6 +349,7 @@ class Hub:
             items = validate_summaries(push.processes, session.host)
         except errors.InvalidArgument as exc:
             log.warning("refused a bad summary push from %s: %s", session.host_id, exc)
+            self.telemetry.push(PUSH_REFUSED)
             return exc
         origin = (
             PushOrigin(session.instance_id, push.sequence, push.dropped_push_count)
@@ -359,6 +363,7 @@ class Hub:
             origin=origin,
             access_denied_count=push.access_denied_count,
         )
+        self.telemetry.push(PUSH_STORED if stored else PUSH_DUPLICATE)
         if not stored:
             log.info("host %s: push %d was stored already", session.host_id, push.sequence)
         return None

@@ -134,7 +134,7 @@ def test_a_taken_port_is_one_line_not_a_traceback(tmp_path: Path) -> None:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         address = f"127.0.0.1:{taken.getsockname()[1]}"
-        for command in (["agent"], ["server", "--data-dir", str(tmp_path)]):
+        for command in (["agent"], ["server", "--data-dir", str(tmp_path), "--http", "off"]):
             result = run(*command, "--listen", address, check=False)
             assert result.returncode == 1
             assert result.stderr == (

@@ -209,6 +209,8 @@ def server_args(data: Path, port: int, *more: str) -> list[str]:
         "0.2",
         "--offline-after",
         "1",
+        "--http",
+        "127.0.0.1:0",
         *more,
     ]
 

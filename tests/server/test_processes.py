@@ -72,6 +72,8 @@ def test_up_serves_until_sigint(tmp_path: Path, children: list[Child]) -> None:
         "up",
         "--listen",
         "127.0.0.1:0",
+        "--http",
+        "127.0.0.1:0",
         "--data-dir",
         str(tmp_path / "up"),
         "--refresh",

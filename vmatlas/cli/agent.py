@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from vmatlas import defaults, errors
 from vmatlas.cli import COMMANDS, EXIT_ERROR
@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from vmatlas.agents import Reader
     from vmatlas.agents.service import AgentServicer
     from vmatlas.agents.uplink import Uplink
+    from vmatlas.security.options import ServerSecurity
 
 log = logging.getLogger("vmatlas.agent")
 
@@ -74,6 +75,19 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         help="on SIGTERM or SIGINT, refuse new calls, answer the ones in flight, deliver "
         "buffered pushes and close the server stream within this long "
         f"(default {DEFAULT_GRACE_SECONDS:.0f})",
+    )
+    p.add_argument(
+        "--metrics",
+        metavar="HOST:PORT",
+        help="also serve this host's Prometheus metrics (hosts, groups, the processes "
+        "closest to their limit) at http://HOST:PORT/metrics; with --tls-cert over "
+        "HTTPS, with --tokens for the 'scrape' role and above",
+    )
+    p.add_argument(
+        "--metrics-config",
+        metavar="FILE",
+        help="a TOML file whose [metrics] table says which processes and groups "
+        "--metrics shows (as for the server)",
     )
     add_server_security_args(p)
     add_uplink_security_args(p)
@@ -152,11 +166,15 @@ def run(args: argparse.Namespace) -> int:
         interceptors=security.interceptors,
     )
     uplink = _uplink(args, reader, servicer)
+    metrics = _metrics(args, reader, security) if args.metrics else None
     signals = StopSignals()
     server.start()
     host = listen.rsplit(":", 1)[0]
     log.info("serving with %s", security.describe())
     print(f"vmatlas agent listening on {host}:{port}", flush=True)
+    if metrics is not None:
+        metrics.start()
+        print(f"vmatlas agent metrics on {metrics.url}", flush=True)
     if uplink is not None:
         # An uplink that gives up for good (its host id is held by a live agent) ends
         # the agent: a process that serves locally but never reports would look healthy.
@@ -170,10 +188,31 @@ def run(args: argparse.Namespace) -> int:
         grace_seconds=args.grace,
         on_stop=(lambda: uplink.stop(args.grace)) if uplink else None,
     )
+    if metrics is not None:
+        metrics.stop()
     if uplink is not None and uplink.error is not None:
         print(f"vmatlas agent: uplink to {args.server} stopped: {uplink.error}", file=sys.stderr)
         return EXIT_ERROR
     return 0
+
+
+def _metrics(args: argparse.Namespace, reader: Reader, security: ServerSecurity) -> Any:
+    """The ``--metrics`` listener (imported only then: the agent at rest stays light);
+    beyond loopback it needs TLS and tokens, as the gRPC port does, or ``--insecure``."""
+    from vmatlas.security.options import check_exposure
+
+    check_exposure(args.metrics, security, bool(args.insecure))
+    from vmatlas.agents.metrics import AgentMetricsServer
+    from vmatlas.metrics import DEFAULT_SETTINGS, load_settings
+
+    return AgentMetricsServer(
+        reader,
+        args.metrics,
+        settings=load_settings(args.metrics_config) if args.metrics_config else DEFAULT_SETTINGS,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        tokens=security.tokens,
+    )
 
 
 def _uplink(args: argparse.Namespace, reader: Reader, servicer: AgentServicer) -> Uplink | None:

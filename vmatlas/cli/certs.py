@@ -72,7 +72,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "--role",
         required=True,
         choices=[str(r) for r in Role],
-        help="viewer: summaries, no addresses; inspector: full snapshots; admin: all",
+        help="scrape: Prometheus metrics on the HTTP listener and nothing else; "
+        "viewer: summaries, no addresses; inspector: full snapshots; admin: all",
     )
     token.set_defaults(func=run_token)
 

@@ -13,13 +13,16 @@ from vmatlas.cli import COMMANDS
 from vmatlas.security.options import add_server_security_args
 
 if TYPE_CHECKING:
+    from vmatlas.security.options import ServerSecurity
     from vmatlas.server.app import ServerConfig
+    from vmatlas.server.http.listener import HttpConfig
 
 log = logging.getLogger("vmatlas.server")
 
 DEFAULT_LISTEN = defaults.SERVER_LISTEN
 DEFAULT_HEARTBEAT_SECONDS = defaults.HEARTBEAT_SECONDS
 DEFAULT_GRACE_SECONDS = defaults.GRACE_SECONDS
+DEFAULT_HTTP_LISTEN = defaults.HTTP_LISTEN
 
 
 def add_server_args(p: argparse.ArgumentParser) -> None:
@@ -79,13 +82,43 @@ def add_server_args(p: argparse.ArgumentParser) -> None:
         f"long to finish (fresh snapshots included) before exiting (default "
         f"{DEFAULT_GRACE_SECONDS:.0f})",
     )
+    p.add_argument(
+        "--http",
+        default=DEFAULT_HTTP_LISTEN,
+        metavar="HOST:PORT",
+        help=f"serve HTTP here: /metrics for Prometheus (default {DEFAULT_HTTP_LISTEN}; "
+        "port 0 picks one; 'off' serves none). It uses the same TLS certificate and "
+        "tokens as gRPC; the 'scrape' role reads /metrics only",
+    )
+    p.add_argument(
+        "--metrics-config",
+        metavar="FILE",
+        help="a TOML file whose [metrics] table says which processes and groups "
+        "/metrics shows (top_processes, warn_fraction, groups, ...; see README)",
+    )
     add_server_security_args(p)
+
+
+def http_config(args: argparse.Namespace, security: ServerSecurity) -> HttpConfig | None:
+    """The HTTP listener's configuration, or None for ``--http off``; beyond loopback
+    it needs TLS and tokens as gRPC does, unless ``--insecure``."""
+    if (args.http or "off").strip().lower() in ("off", "none", "no", ""):
+        return None
+    from vmatlas.security.options import check_exposure
+    from vmatlas.server.http.listener import HttpConfig, split_address
+
+    split_address(args.http)  # InvalidArgument for anything but HOST:PORT
+    check_exposure(args.http, security, bool(args.insecure))
+    return HttpConfig(
+        listen=args.http, tls_cert=args.tls_cert, tls_key=args.tls_key, tokens=security.tokens
+    )
 
 
 def config_from_args(args: argparse.Namespace) -> ServerConfig:
     """The server's configuration from its flags (and ``--config``), TLS and
     authentication included; refuses to serve beyond loopback without them unless
     ``--insecure``."""
+    from vmatlas.metrics import DEFAULT_SETTINGS, load_settings
     from vmatlas.security.options import server_security
     from vmatlas.security.policy import SERVER_POLICY
     from vmatlas.server.app import ServerConfig
@@ -102,8 +135,11 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         raise errors.InvalidArgument("--heartbeat and --agent-timeout must be positive")
     if args.grace < 0:
         raise errors.InvalidArgument("--grace must not be negative")
+    metrics = load_settings(args.metrics_config) if args.metrics_config else DEFAULT_SETTINGS
     return ServerConfig(
         listen=args.listen,
+        http=http_config(args, security),
+        metrics=metrics,
         data_dir=args.data_dir or defaults.data_dir(),
         store_url=getattr(args, "store", None) or "",
         retain_seconds=parse_duration(args.retain),
@@ -165,6 +201,8 @@ def run(args: argparse.Namespace) -> int:
     signals = StopSignals()
     fleet = FleetServer(config_from_args(args)).start()
     print(f"vmatlas server listening on {fleet.address}", flush=True)
+    if fleet.http_url:
+        print(f"vmatlas server HTTP on {fleet.http_url} (Prometheus: /metrics)", flush=True)
     if args.store:
         print(f"vmatlas server store {redact(args.store)}", flush=True)
     else:

@@ -143,6 +143,8 @@ def run(args: argparse.Namespace) -> int:
         credentials=credentials,
     ).start()
     print(f"vmatlas up: server listening on {fleet.address}", flush=True)
+    if fleet.http_url:
+        print(f"vmatlas up: web view and metrics on {fleet.http_url}", flush=True)
     print(f"vmatlas up: data in {config.data_dir}", flush=True)
     print(f"vmatlas up: local agent is host {reader.host().host_id}", flush=True)
     # The first view is worth showing once this host's first push is stored.

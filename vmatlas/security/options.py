@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     import grpc
 
     from vmatlas.security.auth import Policy
+    from vmatlas.security.tokens import TokenStore
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +123,8 @@ class ServerSecurity:
     tls: bool = False
     mutual_tls: bool = False
     authenticated: bool = False
+    # The same tokens serve the HTTP listener.
+    tokens: TokenStore | None = None
 
     def describe(self) -> str:
         parts = ["mutual TLS" if self.mutual_tls else "TLS" if self.tls else "no TLS"]
@@ -184,6 +187,7 @@ def server_security(args: argparse.Namespace, policy: Policy, *, listen: str) ->
         tls=credentials is not None,
         mutual_tls=bool(client_ca),
         authenticated=tokens is not None,
+        tokens=tokens,
     )
     check_exposure(listen, security, bool(args.insecure))
     return security

@@ -38,9 +38,11 @@ MAX_TOKEN_CHARS = 256
 class Role(enum.IntEnum):
     """Operator roles, each allowed everything the ones below it are."""
 
-    VIEWER = 1  # summaries, audits, diffs by identity: never an address
-    INSPECTOR = 2  # full snapshots, with addresses
-    ADMIN = 3  # everything, including fleet administration
+    # Prometheus metrics on the HTTP listener and nothing else: no gRPC method allows it.
+    SCRAPE = 1
+    VIEWER = 2  # summaries, audits, diffs by identity: never an address
+    INSPECTOR = 3  # full snapshots, with addresses
+    ADMIN = 4  # everything, including fleet administration
 
     @classmethod
     def parse(cls, text: str) -> Role:
