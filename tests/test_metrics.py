@@ -149,3 +149,45 @@ def test_windows_hosts_export_their_smallest_free_blocks() -> None:
     assert free == {"1": 1 << 20, "2": 2 << 20}
     assert not [n for n, _, _ in found if n == "vmatlas_host_max_map_count"]
     assert ("vmatlas_host_online", {"host": "w"}, 0.0) in found
+
+
+def test_known_applications_are_grouped_by_name_whatever_their_process_name() -> None:
+    items = [
+        FleetProcess(
+            "h",
+            proc(1, "java", 900, cmdline=("java", "org.elasticsearch.bootstrap.Elasticsearch")),
+        ),
+        FleetProcess("h", proc(2, "java", 800, cmdline=("java", "org.sonar.application.App"))),
+        FleetProcess(
+            "h",
+            proc(
+                3,
+                "java",
+                700,
+                cmdline=(
+                    "java",
+                    "-Dx=/opt/sonarqube/es",
+                    "org.elasticsearch.bootstrap.Elasticsearch",
+                ),
+            ),
+        ),
+        FleetProcess(
+            "h", proc(4, "java", 600, cmdline=("java", "org.opensearch.bootstrap.OpenSearch"))
+        ),
+        FleetProcess("h", proc(5, "java", 500, cmdline=("java", "-jar", "app.jar"))),
+    ]
+
+    def groups(settings: MetricsSettings) -> dict[str, float]:
+        return {
+            labels["group"]: value
+            for name, labels, value in series(fleet_families([linux_host("h")], items, settings))
+            if name == "vmatlas_group_processes"
+        }
+
+    assert groups(MetricsSettings()) == {
+        "elasticsearch": 1,
+        "sonarqube": 2,
+        "opensearch": 1,
+        "java": 1,
+    }
+    assert groups(MetricsSettings(known_applications=False)) == {"java": 5}

@@ -76,6 +76,20 @@ class GroupRule:
         )
 
 
+# Applications with a documented vm.max_map_count minimum, recognised by their command
+# line so that their group name is the same on every host (the JVM's process name is
+# "java" for all of them); deploy/prometheus's rules hold the minimum for each name.
+# SonarQube comes first: its embedded search engine runs Elasticsearch's main class.
+KNOWN_APPLICATIONS = (
+    GroupRule(
+        "sonarqube",
+        cmdline=(re.compile(r"org\.sonar\.|[/\\]sonarqube[/\\]"),),
+    ),
+    GroupRule("elasticsearch", cmdline=(re.compile(r"org\.elasticsearch\.bootstrap\."),)),
+    GroupRule("opensearch", cmdline=(re.compile(r"org\.opensearch\.bootstrap\."),)),
+)
+
+
 @dataclass(frozen=True, slots=True)
 class MetricsSettings:
     top_processes: int = 5
@@ -87,6 +101,8 @@ class MetricsSettings:
     # Processes no rule matches are grouped by this: name, container or pod.
     group_by: str = "name"
     groups: tuple[GroupRule, ...] = ()
+    # Group KNOWN_APPLICATIONS by their names (after the rules in ``groups``).
+    known_applications: bool = True
     # Add container_id and pod_uid labels to process series.
     container_labels: bool = False
 
@@ -133,7 +149,7 @@ def settings_from_document(table: dict[str, Any], *, source: str = "<metrics>") 
             if value not in GROUP_BY:
                 raise errors.InvalidArgument(f"{where}: must be one of {', '.join(GROUP_BY)}")
             values[key] = value
-        elif key == "container_labels":
+        elif key in ("container_labels", "known_applications"):
             if not isinstance(value, bool):
                 raise errors.InvalidArgument(f"{where}: must be true or false")
             values[key] = value
@@ -214,7 +230,10 @@ def map_count_ratio(item: ProcessSummary) -> float:
 
 
 def group_of(process: Process, settings: MetricsSettings) -> str:
-    for rule in settings.groups:
+    rules = (
+        (*settings.groups, *KNOWN_APPLICATIONS) if settings.known_applications else settings.groups
+    )
+    for rule in rules:
         name = rule.match(process)
         if name is not None:
             return name or OTHER_GROUP
