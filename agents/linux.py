@@ -27,6 +27,7 @@ from typing import Any
 
 from vmatlas import errors, native
 from vmatlas.agents.base import sweep
+from vmatlas.agents.cgroup import container_of
 from vmatlas.model import (
     RESIDENCY_FIELDS,
     Host,
@@ -540,6 +541,10 @@ class LinuxReader:
             user = _user_name(uid)
         except OSError:
             pass
+        try:
+            container_id, pod_uid = container_of(self._read_text(pid, "cgroup", name))
+        except errors.Error:
+            container_id, pod_uid = "", ""
         pointer_bits = 64 if kernel_thread else self._pointer_bits(pid)
         mmap_min_addr = host.user_address_min if host else self._mmap_min_addr()
         low, high = _user_range(self._machine, mmap_min_addr, pointer_bits)
@@ -555,6 +560,8 @@ class LinuxReader:
             user_address_min=low,
             user_address_max=high,
             address_space_empty=kernel_thread or state in "ZX",
+            container_id=container_id,
+            pod_uid=pod_uid,
         )
 
     def _mmap_min_addr(self) -> int:

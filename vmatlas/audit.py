@@ -67,6 +67,9 @@ class Finding:
     # MAP_COUNT_TREND only: seconds from the last sample until the limit is reached.
     forecast_seconds: float | None = None
     pointer_bits: int = 0
+    # The process's container and Kubernetes pod, from its cgroup ("" outside one).
+    container_id: str = ""
+    pod_uid: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -290,6 +293,8 @@ def _finding(
         limit,
         message,
         pointer_bits=p.pointer_bits,
+        container_id=p.container_id,
+        pod_uid=p.pod_uid,
     )
 
 
@@ -388,6 +393,8 @@ def _trend_finding(
         "with `vmatlas diff` before then",
         forecast_seconds=seconds,
         pointer_bits=item.process.pointer_bits,
+        container_id=item.process.container_id,
+        pod_uid=item.process.pod_uid,
     )
 
 
@@ -541,6 +548,8 @@ def report_to_document(report: AuditReport) -> dict[str, Any]:
                 "limit": f.limit,
                 "forecast_seconds": f.forecast_seconds,
                 "pointer_bits": f.pointer_bits,
+                "container_id": f.container_id,
+                "pod_uid": f.pod_uid,
                 "message": f.message,
             }
             for f in report.findings

@@ -216,11 +216,11 @@ def _parse_groups(value: Any, where: str) -> tuple[GroupRule, ...]:
 
 
 def _container(process: Process) -> str:
-    return str(getattr(process, "container_id", "") or "")
+    return process.container_id
 
 
 def _pod(process: Process) -> str:
-    return str(getattr(process, "pod_uid", "") or "")
+    return process.pod_uid
 
 
 def map_count_ratio(item: ProcessSummary) -> float:

@@ -151,6 +151,9 @@ class Process:
     user_address_min: int = 0
     user_address_max: int = 0
     address_space_empty: bool = False
+    # From the process's cgroup: its container's id and Kubernetes pod UID, or "".
+    container_id: str = ""
+    pod_uid: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -131,7 +131,7 @@ _SECONDS_LIMIT = float(1 << 40)
 _ONLY_INT = frozenset((int,))
 _ONLY_STR = frozenset((str,))
 _process_ints = attrgetter("pid", "parent_pid", "user_address_min", "user_address_max")
-_process_texts = attrgetter("name", "executable", "user")
+_process_texts = attrgetter("name", "executable", "user", "container_id", "pod_uid")
 _SUMMARY_UINT_FIELDS = tuple(
     name for name in Summary.__dataclass_fields__ if name != "headroom_fraction"
 )
@@ -193,7 +193,7 @@ def validate_process(process: Process, host: Host, what: str = "process") -> Non
     if pid == 0:
         raise _bad(f"{what}.pid is 0")
     _uint(process.parent_pid, f"{what}.parent_pid", 1 << 32)
-    for name in ("name", "executable", "user"):
+    for name in ("name", "executable", "user", "container_id", "pod_uid"):
         _text(getattr(process, name), f"{what}.{name}", MAX_PATH_CHARS)
     args = process.command_line
     if not isinstance(args, tuple | list) or len(args) > MAX_COMMAND_LINE_ARGS:

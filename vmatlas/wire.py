@@ -87,6 +87,8 @@ def process_to_pb(process: Process, message: pb.Process | None = None) -> pb.Pro
     message.user_address_min = process.user_address_min
     message.user_address_max = process.user_address_max
     message.address_space_empty = process.address_space_empty
+    message.container_id = process.container_id
+    message.pod_uid = process.pod_uid
     return message
 
 
@@ -103,6 +105,8 @@ def process_from_pb(message: pb.Process) -> Process:
         user_address_min=message.user_address_min,
         user_address_max=message.user_address_max,
         address_space_empty=message.address_space_empty,
+        container_id=message.container_id,
+        pod_uid=message.pod_uid,
     )
 
 

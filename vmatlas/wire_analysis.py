@@ -151,6 +151,8 @@ def report_to_pb(report: AuditReport, message: pb.AuditResponse | None = None) -
             limit=f.limit,
             message=f.message,
             pointer_bits=f.pointer_bits,
+            container_id=f.container_id,
+            pod_uid=f.pod_uid,
         )
         if f.forecast_seconds is not None:
             item.forecast_seconds = f.forecast_seconds
@@ -198,6 +200,8 @@ def report_from_pb(message: pb.AuditResponse) -> AuditReport:
                 message=f.message,
                 forecast_seconds=f.forecast_seconds if f.HasField("forecast_seconds") else None,
                 pointer_bits=f.pointer_bits,
+                container_id=f.container_id,
+                pod_uid=f.pod_uid,
             )
             for f in message.findings
         ),

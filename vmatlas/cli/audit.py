@@ -12,7 +12,7 @@ import argparse
 import csv
 import json
 import sys
-from typing import TYPE_CHECKING, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from vmatlas.cli import COMMANDS
 from vmatlas.cli.common import (
@@ -22,6 +22,7 @@ from vmatlas.cli.common import (
     human_bytes,
     output,
     print_table,
+    short_container,
 )
 
 if TYPE_CHECKING:
@@ -39,6 +40,8 @@ CSV_COLUMNS = (
     "threshold",
     "limit",
     "forecast_seconds",
+    "container_id",
+    "pod_uid",
     "message",
 )
 BYTE_CHECKS = {"largest_free_block", "unusable", "reserved_vs_committed"}
@@ -135,24 +138,27 @@ def write_table(report: AuditReport, out: TextIO, *, top: int = 10) -> None:
     if report.findings:
         out.write("\n")
         rows = []
+        # A container column only where some finding is in a container.
+        containers = any(f.container_id for f in report.findings)
         for f in report.findings:
             check = f.check.name.lower()
             value = f"{f.value:,.0f}" if check not in BYTE_CHECKS else human_bytes(int(f.value))
             if f.forecast_seconds is not None:
                 value = f"{value} (limit in {human_duration(f.forecast_seconds)})"
-            rows.append(
-                (
-                    f.severity.name.lower(),
-                    f.host_id,
-                    f.pid or "-",
-                    f.process or "-",
-                    check,
-                    value,
-                    f.message,
-                )
+            row: tuple[Any, ...] = (
+                f.severity.name.lower(),
+                f.host_id,
+                f.pid or "-",
+                f.process or "-",
             )
+            if containers:
+                row += (short_container(f.container_id),)
+            rows.append((*row, check, value, f.message))
+        header: tuple[str, ...] = ("SEVERITY", "HOST", "PID", "PROCESS")
+        if containers:
+            header += ("CONTAINER",)
         print_table(
-            ("SEVERITY", "HOST", "PID", "PROCESS", "CHECK", "VALUE", "WHAT TO DO"),
+            (*header, "CHECK", "VALUE", "WHAT TO DO"),
             rows,
             out=out,
             right=(2,),

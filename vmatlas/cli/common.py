@@ -91,6 +91,11 @@ def connect(args: argparse.Namespace) -> Iterator[Client]:
         yield client
 
 
+def short_container(container_id: str) -> str:
+    """A container id as ``docker ps`` shows it: its first 12 digits ("-" for none)."""
+    return container_id[:12] or "-"
+
+
 def human_bytes(n: int) -> str:
     value = float(n)
     for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):

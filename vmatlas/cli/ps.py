@@ -20,6 +20,7 @@ from vmatlas.cli.common import (
     human_bytes,
     output,
     print_table,
+    short_container,
     source,
 )
 from vmatlas.model import ProcessOrder
@@ -27,7 +28,18 @@ from vmatlas.model import ProcessOrder
 if TYPE_CHECKING:
     from vmatlas.model import ProcessSummary
 
-COLUMNS = ("pid", "name", "user", "map_count", "max_map_count", "headroom", "committed", "reserved")
+COLUMNS = (
+    "pid",
+    "name",
+    "user",
+    "map_count",
+    "max_map_count",
+    "headroom",
+    "committed",
+    "reserved",
+    "container_id",
+    "pod_uid",
+)
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -101,6 +113,8 @@ def run(args: argparse.Namespace) -> int:
                 f"{100 * p.summary.headroom_fraction:.1f}%",
                 p.summary.committed_bytes,
                 p.summary.reserved_bytes,
+                p.process.container_id,
+                p.process.pod_uid,
             )
             for host_id, p in rows
         ]
@@ -124,8 +138,14 @@ def run(args: argparse.Namespace) -> int:
             (*r[:7], human_bytes(r[7]), human_bytes(r[8])) for r in table
         ]
         right: tuple[int, ...] = (1, 4, 5, 6, 7, 8)
+        if any(p.process.container_id for _, p in rows):  # only where containers run
+            header += ("CONTAINER",)
+            cells = [
+                (*c, short_container(p.process.container_id))
+                for c, (_, p) in zip(cells, rows, strict=True)
+            ]
         if items is not None:  # one host: named once below, not on every row
-            header, cells, right = header[1:], [c[1:] for c in cells], (0, 3, 4, 5, 6, 7)
+            header, cells, right = header[1:], [c[1:] for c in cells], tuple(i - 1 for i in right)
         print_table(header, cells, out=out, right=right)
         if items is not None:
             denied = items.access_denied_count

@@ -500,6 +500,8 @@ class Finding(_message.Message):
     MESSAGE_FIELD_NUMBER: _builtins.int
     FORECAST_SECONDS_FIELD_NUMBER: _builtins.int
     POINTER_BITS_FIELD_NUMBER: _builtins.int
+    CONTAINER_ID_FIELD_NUMBER: _builtins.int
+    POD_UID_FIELD_NUMBER: _builtins.int
     severity: Global___Severity.ValueType
     check: Global___AuditCheck.ValueType
     host_id: _builtins.str
@@ -517,6 +519,9 @@ class Finding(_message.Message):
     forecast_seconds: _builtins.float
     """MAP_COUNT_TREND only: seconds from the last sample until the limit is reached."""
     pointer_bits: _builtins.int
+    container_id: _builtins.str
+    """The process's container and Kubernetes pod UID, from its cgroup ("" outside one)."""
+    pod_uid: _builtins.str
     def __init__(
         self,
         *,
@@ -531,10 +536,12 @@ class Finding(_message.Message):
         message: _builtins.str = ...,
         forecast_seconds: _builtins.float | None = ...,
         pointer_bits: _builtins.int = ...,
+        container_id: _builtins.str = ...,
+        pod_uid: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_forecast_seconds", b"_forecast_seconds", "forecast_seconds", b"forecast_seconds"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_forecast_seconds", b"_forecast_seconds", "check", b"check", "forecast_seconds", b"forecast_seconds", "host_id", b"host_id", "limit", b"limit", "message", b"message", "pid", b"pid", "pointer_bits", b"pointer_bits", "process", b"process", "severity", b"severity", "threshold", b"threshold", "value", b"value"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_forecast_seconds", b"_forecast_seconds", "check", b"check", "container_id", b"container_id", "forecast_seconds", b"forecast_seconds", "host_id", b"host_id", "limit", b"limit", "message", b"message", "pid", b"pid", "pod_uid", b"pod_uid", "pointer_bits", b"pointer_bits", "process", b"process", "severity", b"severity", "threshold", b"threshold", "value", b"value"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__forecast_seconds: _TypeAlias = _typing.Literal["forecast_seconds"]  # noqa: Y015
     _WhichOneofArgType__forecast_seconds: _TypeAlias = _typing.Literal["_forecast_seconds", b"_forecast_seconds"]  # noqa: Y015

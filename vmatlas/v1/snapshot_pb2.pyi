@@ -275,6 +275,8 @@ class Process(_message.Message):
     USER_ADDRESS_MIN_FIELD_NUMBER: _builtins.int
     USER_ADDRESS_MAX_FIELD_NUMBER: _builtins.int
     ADDRESS_SPACE_EMPTY_FIELD_NUMBER: _builtins.int
+    CONTAINER_ID_FIELD_NUMBER: _builtins.int
+    POD_UID_FIELD_NUMBER: _builtins.int
     pid: _builtins.int
     parent_pid: _builtins.int
     name: _builtins.str
@@ -287,6 +289,14 @@ class Process(_message.Message):
     user_address_max: _builtins.int
     address_space_empty: _builtins.bool
     """True when the process has no user address space (a kernel thread or a zombie)."""
+    container_id: _builtins.str
+    """The container the process runs in, from its cgroup path (the 64-hex-digit id of a
+    Docker, containerd, CRI-O or Podman container); empty outside containers.
+    """
+    pod_uid: _builtins.str
+    """The Kubernetes pod UID in its cgroup path (kubepods), as 8-4-4-4-12 hex; empty
+    outside Kubernetes.
+    """
     @_builtins.property
     def command_line(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
@@ -305,10 +315,12 @@ class Process(_message.Message):
         user_address_min: _builtins.int = ...,
         user_address_max: _builtins.int = ...,
         address_space_empty: _builtins.bool = ...,
+        container_id: _builtins.str = ...,
+        pod_uid: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["start_time", b"start_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["address_space_empty", b"address_space_empty", "command_line", b"command_line", "executable", b"executable", "name", b"name", "parent_pid", b"parent_pid", "pid", b"pid", "pointer_bits", b"pointer_bits", "start_time", b"start_time", "user", b"user", "user_address_max", b"user_address_max", "user_address_min", b"user_address_min"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address_space_empty", b"address_space_empty", "command_line", b"command_line", "container_id", b"container_id", "executable", b"executable", "name", b"name", "parent_pid", b"parent_pid", "pid", b"pid", "pod_uid", b"pod_uid", "pointer_bits", b"pointer_bits", "start_time", b"start_time", "user", b"user", "user_address_max", b"user_address_max", "user_address_min", b"user_address_min"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
