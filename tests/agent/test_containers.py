@@ -160,3 +160,30 @@ def test_planted_processes_in_containers_and_pods(
     assert labels[str(plain.pid)]["container_id"] == ""
     groups = {s.labels["group"] for s in samples if s.name == "vmatlas_group_processes"}
     assert groups == {pod_uid, "host"}
+
+
+def test_container_ids_travel_through_the_server(
+    cgroups: Callable[[str, int], None], planter: Planter, tmp_path: Path
+) -> None:
+    from tests.conftest import wait_for
+    from tests.server.test_http import OnlyPids
+    from vmatlas.agents.uplink import Uplink
+    from vmatlas.client import Client
+    from vmatlas.server.app import FleetServer, ServerConfig
+
+    container, pod = secrets.token_hex(32), str(uuid.uuid4())
+    cgroups(f"kubepods/burstable/pod{pod}/{container}", planter.pid)
+    server = FleetServer(
+        ServerConfig(listen="127.0.0.1:0", data_dir=str(tmp_path / "data"), retain_seconds=0.0)
+    ).start()
+    uplink = Uplink(OnlyPids([planter.pid], host_id="k8s-node"), server.address).start()
+    try:
+        with Client(server.address, timeout=15) as client:
+            wait_for(lambda: [h for h in client.hosts() if h.process_count], 30, "the push stored")
+            (listed,) = client.processes(host="k8s-node")
+            assert (listed.process.container_id, listed.process.pod_uid) == (container, pod)
+            snapshot = client.snapshot(planter.pid, host="k8s-node")
+            assert snapshot.process.container_id == container
+    finally:
+        uplink.stop()
+        server.stop(0.5)
