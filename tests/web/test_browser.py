@@ -1,0 +1,213 @@
+"""The pages in a real browser (Debian's headless Chromium through chromedriver)
+against a real server, a real agent and a planted child."""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import wait_for
+from tests.web.conftest import HOST_ID, PLANTED_REGIONS, Fleet, Response, request
+from vmatlas.security.redact import _ADDRESS_TEXT
+from vmatlas.security.tokens import revoke_token
+
+
+def _load(browser: Any, url: str, page: str) -> None:
+    from selenium.webdriver.common.by import By
+
+    browser.get(url)
+    wait_for(
+        lambda: (
+            browser.find_element(By.TAG_NAME, "body").get_attribute("data-loaded")
+            in (page, "error")
+        ),
+        what=f"the {page} page to load",
+    )
+    assert browser.find_element(By.TAG_NAME, "body").get_attribute("data-loaded") == page, (
+        browser.find_element(By.ID, "main").text
+    )
+
+
+def _text(browser: Any) -> str:
+    from selenium.webdriver.common.by import By
+
+    return str(browser.find_element(By.TAG_NAME, "body").text)
+
+
+def _fresh(fleet: Fleet, token: str | None = None) -> dict[str, Any]:
+    def take() -> Response:
+        return request(
+            f"{fleet.url}/api/v1/hosts/{HOST_ID}/processes/{fleet.pid}/snapshot",
+            method="POST",
+            token=token,
+            headers={"X-Vmatlas-Request": "1"},
+        )
+
+    # A browser starting beside the agent can delay it into a reconnect: 503 meanwhile.
+    r = wait_for(lambda: (resp := take()).status != 503 and resp, what="a fresh snapshot")
+    assert r.status == 200, r.body
+    doc: dict[str, Any] = r.json()
+    return doc
+
+
+def test_each_page_shows_the_planted_process(
+    fleet: Fleet, browser: Any, screenshot_dir: Path
+) -> None:
+    from selenium.webdriver.common.by import By
+
+    fleet.planter.grow(200)
+    first = _fresh(fleet)
+    fleet.planter.grow(100)
+    second = _fresh(fleet)
+    regions = second["summary"]["region_count"]
+    maps = second["summary"]["map_count"]
+    assert regions >= PLANTED_REGIONS + 300
+    pid = str(fleet.pid)
+
+    _load(browser, f"{fleet.url}/", "fleet")
+    closest = browser.find_element(By.ID, "closest").text
+    assert pid in closest
+    browser.save_screenshot(str(screenshot_dir / "fleet.png"))
+
+    def pushed() -> bool:
+        # The agent pushes summaries every second; wait for the one after the growth.
+        listed = request(f"{fleet.url}/api/v1/processes?host={HOST_ID}&name=planter").json()
+        return any(
+            p["process"]["pid"] == fleet.pid and p["summary"]["map_count"] == maps
+            for p in listed["processes"]
+        )
+
+    wait_for(pushed, what="the agent's push after the growth")
+    _load(browser, f"{fleet.url}/hosts/{HOST_ID}", "host")
+    table = browser.find_element(By.ID, "processes").text
+    assert re.search(rf"^{pid} planter \S+ {maps:,} ", table, re.M), table
+    browser.save_screenshot(str(screenshot_dir / "host.png"))
+
+    _load(browser, f"{fleet.url}/hosts/{HOST_ID}/processes/{pid}", "process")
+    assert browser.find_element(By.ID, "pid").text == pid
+    assert f"{regions:,}" in browser.find_element(By.ID, "region-count").text
+    grid = browser.find_element(By.ID, "count-grid")
+    # One cell per mapping (this process lists no free regions), in a grid sized to
+    # the host's limit.
+    assert int(grid.get_attribute("data-cells")) == regions
+    limit = int(grid.get_attribute("data-limit"))
+    assert int(grid.get_attribute("data-side")) == math.ceil(math.sqrt(limit))
+    assert int(browser.find_element(By.ID, "regions").get_attribute("data-rows")) == regions
+    browser.set_window_size(1400, 2600)
+    browser.save_screenshot(str(screenshot_dir / "process.png"))
+    browser.set_window_size(1400, 1000)
+
+    # Clicking a cell selects that region's row in the table.
+    from selenium.webdriver.common.action_chains import ActionChains
+
+    browser.execute_script("arguments[0].scrollIntoView()", grid)
+    ActionChains(browser).move_to_element_with_offset(
+        grid, -grid.size["width"] // 2 + 1, -grid.size["height"] // 2 + 1
+    ).click().perform()
+    selected = browser.find_element(By.ID, "regions").get_attribute("data-selected")
+    assert selected == "0"
+
+    link = browser.find_element(By.ID, "diff-link")
+    assert first["snapshot_id"] in link.get_attribute("href")
+    link.click()
+    wait_for(
+        lambda: browser.find_element(By.TAG_NAME, "body").get_attribute("data-loaded") == "diff"
+    )
+    text = _text(browser)
+    assert pid in browser.find_element(By.ID, "diff-sides").text
+    assert "+100" in browser.find_element(By.ID, "diff-summary").text
+    assert f"{regions:,}" in text
+    browser.save_screenshot(str(screenshot_dir / "diff.png"))
+
+
+def test_clicking_a_host_then_a_process_navigates(fleet: Fleet, browser: Any) -> None:
+    from selenium.webdriver.common.by import By
+
+    _fresh(fleet)
+    _load(browser, f"{fleet.url}/", "fleet")
+    browser.find_element(By.CSS_SELECTOR, "#hosts a[href='/hosts/" + HOST_ID + "']").click()
+    wait_for(lambda: browser.current_url.endswith(f"/hosts/{HOST_ID}"))
+    wait_for(
+        lambda: browser.find_element(By.TAG_NAME, "body").get_attribute("data-loaded") == "host"
+    )
+    browser.find_element(
+        By.CSS_SELECTOR, f"#processes a[href='/hosts/{HOST_ID}/processes/{fleet.pid}']"
+    ).click()
+    wait_for(lambda: browser.current_url.endswith(f"/hosts/{HOST_ID}/processes/{fleet.pid}"))
+    wait_for(
+        lambda: browser.find_element(By.TAG_NAME, "body").get_attribute("data-loaded") == "process"
+    )
+    assert browser.find_element(By.ID, "pid").text == str(fleet.pid)
+
+
+def _login(browser: Any, url: str, token: str, then: str) -> None:
+    from selenium.webdriver.common.by import By
+
+    browser.get(f"{url}/login?next={then}")
+    browser.find_element(By.NAME, "token").send_keys(token)
+    browser.find_element(By.CSS_SELECTOR, "form#login button").click()
+    wait_for(lambda: "/login" not in browser.current_url, what="the login to go through")
+
+
+def test_a_viewer_sees_no_address(secured_fleet: Fleet, browser: Any, screenshot_dir: Path) -> None:
+    fleet = secured_fleet
+    first = _fresh(fleet, fleet.tokens["inspector"])
+    fleet.planter.grow(50)
+    second = _fresh(fleet, fleet.tokens["inspector"])
+    pages = {
+        "fleet": "/",
+        "host": f"/hosts/{HOST_ID}",
+        "process": f"/hosts/{HOST_ID}/processes/{fleet.pid}",
+        "diff": f"/diff?a={first['snapshot_id']}&b={second['snapshot_id']}&mode=address",
+    }
+    _login(browser, fleet.url, fleet.tokens["viewer"], "/")
+    for name, path in pages.items():
+        _load(browser, f"{fleet.url}{path}", name)
+        assert str(fleet.pid) in _text(browser)
+        for where in (browser.page_source, _text(browser)):
+            found = _ADDRESS_TEXT.findall(where)
+            assert not found, (name, found[:5])
+        browser.save_screenshot(str(screenshot_dir / f"viewer-{name}.png"))
+    # The inspector sees the same diff with its addresses.
+    _login(browser, fleet.url, fleet.tokens["inspector"], "/")
+    _load(browser, f"{fleet.url}{pages['diff']}", "diff")
+    assert _ADDRESS_TEXT.search(_text(browser))
+
+
+def test_a_revoked_token_leads_to_the_login_form(secured_fleet: Fleet, browser: Any) -> None:
+    from selenium.webdriver.common.by import By
+
+    fleet = secured_fleet
+    # A page without a login leads to the form, and back to the page after it.
+    browser.get(f"{fleet.url}/hosts/{HOST_ID}")
+    wait_for(lambda: "/login" in browser.current_url, what="the login form")
+    _login(browser, fleet.url, fleet.tokens["inspector"], f"/hosts/{HOST_ID}")
+    _load(browser, f"{fleet.url}/hosts/{HOST_ID}", "host")
+    cookie = browser.get_cookie("vmatlas_token")
+    assert cookie["httpOnly"] and cookie["sameSite"] == "Strict"
+    assert fleet.token_file is not None
+    revoke_token(fleet.token_file, "inspector")
+
+    def at_login() -> bool:
+        browser.get(f"{fleet.url}/hosts/{HOST_ID}")
+        return "/login" in browser.current_url
+
+    wait_for(at_login, what="the login form after revocation")
+    assert browser.find_elements(By.NAME, "token")
+    # A wrong token is refused there, with the form shown again.
+    browser.find_element(By.NAME, "token").send_keys("vmat_not-a-token")
+    browser.find_element(By.CSS_SELECTOR, "form#login button").click()
+    assert "unknown, expired or revoked" in _text(browser)
+
+
+@pytest.mark.parametrize("path", ["/", f"/hosts/{HOST_ID}"])
+def test_pages_run_no_inline_script(fleet: Fleet, path: str) -> None:
+    r = request(f"{fleet.url}{path}")
+    assert r.status == 200
+    csp = r.headers["Content-Security-Policy"]
+    assert "script-src 'self'" in csp and "unsafe-inline" not in csp
+    assert not re.search(rb"<script(?![^>]*\bsrc=)", r.body)
