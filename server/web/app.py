@@ -286,8 +286,15 @@ async def get_fleet(request: web.Request, principal: Principal) -> Any:
 
     def build() -> dict[str, Any]:
         hosts = queries.hosts()
-        by_headroom = queries.processes(order=ProcessOrder.HEADROOM)
-        return documents.fleet_document(hosts, by_headroom, closest)
+        # One bounded query per host rather than every process of the fleet: the page
+        # needs each host's worst process, not its thousands of others.
+        worst: dict[str, Any] = {}
+        for status in hosts:
+            found = queries.processes(host_id=status.host_id, order=ProcessOrder.HEADROOM, limit=1)
+            if found:
+                worst[status.host_id] = found[0]
+        top = queries.processes(order=ProcessOrder.HEADROOM, limit=closest) if closest else []
+        return documents.fleet_document(hosts, worst, top)
 
     return await _run(build)
 

@@ -84,16 +84,10 @@ def fleet_process_document(item: FleetProcess) -> dict[str, Any]:
 
 
 def fleet_document(
-    hosts: list[HostStatus], by_headroom: list[FleetProcess], closest: int
+    hosts: list[HostStatus], worst: dict[str, FleetProcess], closest: list[FleetProcess]
 ) -> dict[str, Any]:
-    """Fleet-wide figures, every host with its worst headroom, and the ``closest``
-    processes to their limit. ``by_headroom`` is every current process, closest to
-    its limit first."""
-    worst: dict[str, FleetProcess] = {}
-    map_total = 0
-    for item in by_headroom:
-        worst.setdefault(item.host_id, item)
-        map_total += item.item.summary.map_count
+    """Fleet-wide figures, every host with its process closest to the limit
+    (``worst``, by host id), and the ``closest`` processes across the fleet."""
     rows = []
     for status in hosts:
         doc = host_status_document(status)
@@ -106,13 +100,10 @@ def fleet_document(
     return {
         "host_count": len(hosts),
         "online_count": sum(status.online for status in hosts),
-        "process_count": len(by_headroom),
-        "map_count_total": map_total,
-        "worst_headroom_fraction": (
-            by_headroom[0].item.summary.headroom_fraction if by_headroom else None
-        ),
+        "process_count": sum(status.process_count for status in hosts),
+        "worst_headroom_fraction": (closest[0].item.summary.headroom_fraction if closest else None),
         "hosts": rows,
-        "closest": [fleet_process_document(item) for item in by_headroom[:closest]],
+        "closest": [fleet_process_document(item) for item in closest],
     }
 
 

@@ -90,7 +90,6 @@ SCHEMAS: dict[str, Any] = {
             "host_count": _INT,
             "online_count": _INT,
             "process_count": _INT,
-            "map_count_total": _INT,
             "worst_headroom_fraction": _NULLABLE_NUMBER,
             "hosts": _array(
                 {

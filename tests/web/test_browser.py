@@ -129,6 +129,8 @@ def test_clicking_a_host_then_a_process_navigates(fleet: Fleet, browser: Any) ->
 
     _fresh(fleet)
     _load(browser, f"{fleet.url}/", "fleet")
+    # Each host's worst process arrives after the page is drawn, and redraws the table.
+    wait_for(lambda: browser.find_element(By.TAG_NAME, "body").get_attribute("data-worst"))
     browser.find_element(By.CSS_SELECTOR, "#hosts a[href='/hosts/" + HOST_ID + "']").click()
     wait_for(lambda: browser.current_url.endswith(f"/hosts/{HOST_ID}"))
     wait_for(

@@ -107,6 +107,13 @@
       href ? h("a", { href, text }) : h("span", { text })));
   }
 
+  // Marks the page drawn: for the tests (data-loaded) and the benchmark (a performance
+  // mark, timed from the navigation's start).
+  function loaded(page) {
+    document.body.dataset.loaded = page;
+    performance.mark("vmatlas-loaded");
+  }
+
   function showError(where, error) {
     where.append(h("p", { class: "error", text: error.message || String(error) }));
   }
@@ -157,16 +164,36 @@
 
   async function fleetPage(main) {
     crumbs(["fleet"]);
-    const fleet = await get("/fleet?closest=20");
+    // Drawn first from two small reads; each host's worst process and the audit follow.
+    const [hostList, closestList] = await Promise.all([
+      get("/hosts"),
+      get("/processes?order=headroom&limit=20"),
+    ]);
+    const hosts = hostList.hosts;
+    const closest = closestList.processes;
+    const sum = (f) => hosts.reduce((n, x) => n + f(x), 0);
+    const worstFigure = figure("worst headroom", fmtPct(closest.length ? closest[0].summary.headroom_fraction : null));
     main.replaceChildren(
       h("h1", { text: "Fleet" }),
       h("div", { class: "figures", id: "fleet-figures" },
-        figure("hosts", fmtInt(fleet.host_count)),
-        figure("online", fmtInt(fleet.online_count)),
-        figure("processes", fmtInt(fleet.process_count)),
-        figure("mappings", fmtInt(fleet.map_count_total)),
-        figure("worst headroom", fmtPct(fleet.worst_headroom_fraction))),
+        figure("hosts", fmtInt(hosts.length)),
+        figure("online", fmtInt(sum((x) => (x.online ? 1 : 0)))),
+        figure("processes", fmtInt(sum((x) => x.process_count))),
+        worstFigure,
+        figure("critical findings", "…", { id: "critical-count" }),
+        figure("warnings", "…", { id: "warning-count" })),
     );
+    const hostColumns = [
+      { key: "host", label: "host", value: (x) => x.host_id, cell: (x) => h("a", { href: hostHref(x.host_id), text: x.host_id }) },
+      { key: "state", label: "state", value: (x) => (x.online ? 0 : 1), cell: (x) => h("span", { class: x.online ? "online" : "offline", text: x.online ? "online" : "offline" }) },
+      { key: "os", label: "OS", value: (x) => x.os },
+      { key: "limit", label: "max_map_count", num: true, value: (x) => x.max_map_count, cell: (x) => fmtInt(x.max_map_count) },
+      { key: "procs", label: "processes", num: true, value: (x) => x.process_count, cell: (x) => fmtInt(x.process_count) },
+      { key: "worst", label: "worst headroom", num: true, value: (x) => (x.worst_headroom_fraction === undefined || x.worst_headroom_fraction === null ? 2 : x.worst_headroom_fraction), cell: (x) => (x.worst_headroom_fraction === undefined ? "…" : fmtPct(x.worst_headroom_fraction)) },
+      { key: "wproc", label: "in", value: (x) => x.worst_process || "", cell: (x) => (x.worst_pid ? h("a", { href: processHref(x.host_id, x.worst_pid), text: x.worst_process + " (" + x.worst_pid + ")" }) : "") },
+      { key: "seen", label: "last seen", num: true, value: (x) => x.last_seen_time, cell: (x) => fmtAgo(x.last_seen_time) },
+    ];
+    let hostTable = sortableTable(hostColumns, hosts, { attrs: { id: "hosts" }, sortKey: "host" });
     const findings = h("div", { id: "findings" }, h("p", { class: "note", text: "auditing…" }));
     main.append(
       h("h2", { text: "Closest to their limit" }),
@@ -177,24 +204,25 @@
         { key: "maps", label: "maps", num: true, value: (p) => p.summary.map_count, cell: (p) => fmtInt(p.summary.map_count) },
         { key: "limit", label: "limit", num: true, value: (p) => p.summary.max_map_count, cell: (p) => fmtInt(p.summary.max_map_count) },
         { key: "headroom", label: "headroom", num: true, value: (p) => p.summary.headroom_fraction, cell: (p) => fmtPct(p.summary.headroom_fraction) },
-      ], fleet.closest, { attrs: { id: "closest" } }),
+      ], closest, { attrs: { id: "closest" } }),
       h("h2", { text: "Hosts" }),
-      sortableTable([
-        { key: "host", label: "host", value: (x) => x.host_id, cell: (x) => h("a", { href: hostHref(x.host_id), text: x.host_id }) },
-        { key: "state", label: "state", value: (x) => (x.online ? 0 : 1), cell: (x) => h("span", { class: x.online ? "online" : "offline", text: x.online ? "online" : "offline" }) },
-        { key: "os", label: "OS", value: (x) => x.os },
-        { key: "limit", label: "max_map_count", num: true, value: (x) => x.max_map_count, cell: (x) => fmtInt(x.max_map_count) },
-        { key: "procs", label: "processes", num: true, value: (x) => x.process_count, cell: (x) => fmtInt(x.process_count) },
-        { key: "worst", label: "worst headroom", num: true, value: (x) => (x.worst_headroom_fraction === null ? 2 : x.worst_headroom_fraction), cell: (x) => fmtPct(x.worst_headroom_fraction) },
-        { key: "wproc", label: "in", value: (x) => x.worst_process, cell: (x) => (x.worst_pid ? h("a", { href: processHref(x.host_id, x.worst_pid), text: x.worst_process + " (" + x.worst_pid + ")" }) : "") },
-        { key: "seen", label: "last seen", num: true, value: (x) => x.last_seen_time, cell: (x) => fmtAgo(x.last_seen_time) },
-      ], fleet.hosts, { attrs: { id: "hosts" }, sortKey: "worst" }),
+      hostTable,
       h("h2", { text: "Audit findings" }),
       findings,
     );
-    document.body.dataset.loaded = "fleet";
+    loaded("fleet");
+    const worst = get("/fleet?closest=0").then((fleet) => {
+      const fresh = sortableTable(hostColumns, fleet.hosts, { attrs: { id: "hosts" }, sortKey: "worst" });
+      hostTable.replaceWith(fresh);
+      hostTable = fresh;
+      document.body.dataset.worst = "1";
+      performance.mark("vmatlas-worst");
+    }).catch((e) => showError(hostTable.parentNode, e));
     try {
       const audit = await get("/audit");
+      const count = (sev) => fmtInt(audit.findings.filter((f) => f.severity === sev).length);
+      document.querySelector("#critical-count .value").textContent = count("critical");
+      document.querySelector("#warning-count .value").textContent = count("warning");
       if (!audit.findings.length) {
         findings.replaceChildren(h("p", { class: "note", text: "no findings" }));
       } else {
@@ -213,6 +241,8 @@
       findings.replaceChildren();
       showError(findings, e);
     }
+    await worst;
+    document.body.dataset.complete = "1";
   }
 
   // -- one host: /hosts/{host} -------------------------------------------------------------
@@ -267,7 +297,7 @@
         { key: "committed", label: "committed", num: true, value: (g) => g.committed, cell: (g) => fmtBytes(g.committed) },
       ], [...groups.values()], { attrs: { id: "groups" }, sortKey: "maps", desc: true }),
     );
-    document.body.dataset.loaded = "host";
+    loaded("host");
   }
 
   // -- one process: /hosts/{host}/processes/{pid} --------------------------------------------
@@ -309,7 +339,7 @@
       const latest = history.points.length ? history.points[history.points.length - 1] : null;
       if (latest) main.append(h("div", { class: "figures", id: "summary" }, figure("maps", fmtInt(latest.map_count)), figure("limit", fmtInt(history.limit))));
       main.append(h("h2", { text: "Map count over time" }), chart(history));
-      document.body.dataset.loaded = "process";
+      loaded("process");
       return;
     }
     const s = snapshot.summary;
@@ -335,7 +365,7 @@
     );
     if (!snapshot.regions) {
       main.append(h("p", { class: "note", text: "Regions not included." }));
-      document.body.dataset.loaded = "process";
+      loaded("process");
       return;
     }
     const regions = snapshot.regions;
@@ -350,7 +380,7 @@
       table.element,
     );
     table.refresh();
-    document.body.dataset.loaded = "process";
+    loaded("process");
   }
 
   function legend(snapshot) {
@@ -676,7 +706,7 @@
         { key: "detail", label: "detail", value: (c) => c.detail || "", cls: "path" },
       ], d.changes.slice(0, 2000), { attrs: { id: "diff-changes" } }));
     }
-    document.body.dataset.loaded = "diff";
+    loaded("diff");
   }
 
   // -- routing -------------------------------------------------------------------------------
@@ -694,7 +724,7 @@
     } catch (e) {
       main.replaceChildren();
       showError(main, e);
-      document.body.dataset.loaded = "error";
+      loaded("error");
     }
   }
 
