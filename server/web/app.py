@@ -467,6 +467,22 @@ async def page_shell(request: web.Request) -> web.StreamResponse:
     return web.FileResponse(static_dir() / "page.html", headers={"Cache-Control": "no-cache"})
 
 
+_STATIC_TYPES = {".js": "text/javascript", ".css": "text/css", ".html": "text/html"}
+
+
+async def static_file(request: web.Request) -> web.StreamResponse:
+    """One of the package's own files, by exact name (no directory is browsable)."""
+    name = request.match_info["name"]
+    path = static_dir() / name
+    suffix = Path(name).suffix
+    if "/" in name or name.startswith(".") or suffix not in _STATIC_TYPES or not path.is_file():
+        raise web.HTTPNotFound()
+    return web.FileResponse(
+        path,
+        headers={"Cache-Control": "no-cache", "Content-Type": _STATIC_TYPES[suffix]},
+    )
+
+
 async def login_form(request: web.Request) -> web.StreamResponse:
     return _login_page(_safe_next(request.query.get("next", "/")))
 
@@ -524,7 +540,7 @@ def add_web_routes(
     r.add_get("/login", login_form)
     r.add_post("/login", login)
     r.add_post("/logout", logout)
-    r.add_static("/static/", static_dir(), append_version=False)
+    r.add_get("/static/{name}", static_file)
     v1 = "/api/v1"
     r.add_get(f"{v1}/openapi.json", get_openapi)
     r.add_get(f"{v1}/fleet", get_fleet)
