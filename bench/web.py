@@ -17,9 +17,7 @@ no network; without them the rows say so.
 
 from __future__ import annotations
 
-import asyncio
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -95,56 +93,28 @@ def _fetch_seconds(driver: Any, url: str, api_path: str) -> float:
     return seconds
 
 
-class _Listener:
-    """The web routes on a loopback port, on their own event loop."""
-
-    def __init__(self, server: Any, tokens: Any = None) -> None:
-        from aiohttp import web
-
-        from vmatlas.server.web.app import add_web_routes
-
-        app = web.Application()
-        add_web_routes(app, server.queries, server.analysis, tokens)
-        self.loop = asyncio.new_event_loop()
-        self.runner = web.AppRunner(app, access_log=None)
-        ready = threading.Event()
-        self.port = 0
-
-        def run() -> None:
-            asyncio.set_event_loop(self.loop)
-            self.loop.run_until_complete(self.runner.setup())
-            site = web.TCPSite(self.runner, "127.0.0.1", 0)
-            self.loop.run_until_complete(site.start())
-            assert site._server is not None
-            self.port = site._server.sockets[0].getsockname()[1]
-            ready.set()
-            self.loop.run_forever()
-
-        self.thread = threading.Thread(target=run, daemon=True)
-        self.thread.start()
-        ready.wait(10)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def close(self) -> None:
-        asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(10)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
-
-
 @contextmanager
 def _server(data_dir: Path) -> Iterator[Any]:
     from vmatlas.server.app import FleetServer, ServerConfig
+    from vmatlas.server.http.listener import HttpConfig
 
     server = FleetServer(
-        ServerConfig(listen="127.0.0.1:0", data_dir=str(data_dir), retain_seconds=0.0)
+        ServerConfig(
+            listen="127.0.0.1:0",
+            data_dir=str(data_dir),
+            retain_seconds=0.0,
+            http=HttpConfig(listen="127.0.0.1:0"),
+        )
     ).start()
     try:
         yield server
     finally:
         server.stop(1.0)
+
+
+def _url(server: Any) -> str:
+    url: str = server.http_url
+    return url.rstrip("/")
 
 
 def _missing() -> str:
@@ -216,17 +186,17 @@ def _process_page(
             uplink = Uplink(
                 LinuxReader(), server.address, host_id=HOST_ID, interval_seconds=3600.0
             ).start()
-            listener = _Listener(server)
+            url = _url(server)
             try:
                 deadline = time.monotonic() + 30
                 while HOST_ID not in server.hub.online() and time.monotonic() < deadline:
                     time.sleep(0.05)
                 server.queries.fresh_snapshot(HOST_ID, SnapshotRequest(load.pid))
-                page = f"{listener.url}/hosts/{HOST_ID}/processes/{load.pid}"
+                page = f"{url}/hosts/{HOST_ID}/processes/{load.pid}"
                 api = f"/api/v1/hosts/{HOST_ID}/processes/{load.pid}/snapshot"
                 _measure(
                     rounds,
-                    lambda: _fetch_seconds(driver, listener.url, api),
+                    lambda: _fetch_seconds(driver, url, api),
                     lambda: _page_seconds(driver, page),
                     row,
                 )
@@ -235,7 +205,6 @@ def _process_page(
                 )
                 row.note = f"{int(cells):,} cells drawn"
             finally:
-                listener.close()
                 uplink.stop()
     finally:
         if own:
@@ -269,26 +238,21 @@ def _fleet_page(driver: Any, data_dir: Path, rounds: int, row: Row, complete: Ro
                 for p, item in enumerate(items)
             ]
             server.store.put_summaries(host_id, items)
-        listener = _Listener(server)
-        try:
-            _measure(
-                rounds,
-                lambda: _fetch_both(driver, listener.url),
-                lambda: _page_seconds(driver, f"{listener.url}/"),
-                row,
-            )
-            shown = driver.execute_script(
-                "return document.querySelectorAll('#hosts tbody tr').length"
-            )
-            row.note = f"{int(shown):,} host rows"
-            _measure(
-                rounds,
-                lambda: _fetch_seconds(driver, listener.url, "/api/v1/fleet?closest=0"),
-                lambda: _page_seconds(driver, f"{listener.url}/", "vmatlas-worst"),
-                complete,
-            )
-        finally:
-            listener.close()
+        url = _url(server)
+        _measure(
+            rounds,
+            lambda: _fetch_both(driver, url),
+            lambda: _page_seconds(driver, f"{url}/"),
+            row,
+        )
+        shown = driver.execute_script("return document.querySelectorAll('#hosts tbody tr').length")
+        row.note = f"{int(shown):,} host rows"
+        _measure(
+            rounds,
+            lambda: _fetch_seconds(driver, url, "/api/v1/fleet?closest=0"),
+            lambda: _page_seconds(driver, f"{url}/", "vmatlas-worst"),
+            complete,
+        )
 
 
 def main() -> None:

@@ -6,7 +6,8 @@ Every handler says who may call it, with :func:`requires` (a minimum role) or
 neither is refused with 403, as a gRPC method missing from the access policy is: a new
 route is unreachable until someone decides who may call it.
 
-With a token store, the caller is named by ``Authorization: Bearer <token>``; none or an
+With a token store, the caller is named by ``Authorization: Bearer <token>`` (or the web
+view's login cookie, :data:`TOKEN_COOKIE`, holding the same token); none or an
 unknown token is 401, a role too low is 403. Without one (loopback, or ``--insecure``)
 every caller is the anonymous admin, as on gRPC. Handlers learn who is calling from
 :func:`principal`. Errors from the domain (``vmatlas.errors``) become their HTTP
@@ -37,6 +38,9 @@ _RULE_ATTRIBUTE: Final = "__vmatlas_http_role__"
 PUBLIC: Final = "public"
 
 PRINCIPAL: Final = web.RequestKey("vmatlas_principal", Principal)
+# The web view's login form keeps the caller's token in this cookie (HttpOnly,
+# SameSite=Strict); it names the caller as the bearer header does.
+TOKEN_COOKIE: Final = "vmatlas_token"
 TOKENS: Final = web.AppKey("vmatlas_tokens", object)  # TokenStore | None
 
 # One status per error class: the HTTP mapping of the gRPC codes that
@@ -106,6 +110,8 @@ def authenticate(tokens: TokenStore | None, request: web.Request) -> Principal:
     """The caller of ``request``; Unauthenticated when a token is needed and missing
     or unknown."""
     token = bearer_token(request)
+    if token is None and tokens is not None:
+        token = request.cookies.get(TOKEN_COOKIE)
     if tokens is None:
         if token is not None:
             raise errors.Unauthenticated("this server accepts no tokens")

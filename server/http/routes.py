@@ -13,5 +13,6 @@ from __future__ import annotations
 
 from vmatlas.server.http import metrics
 from vmatlas.server.http.listener import RouteHook
+from vmatlas.server.web import app as web_view
 
-ROUTES: list[RouteHook] = [metrics.add_routes]
+ROUTES: list[RouteHook] = [metrics.add_routes, web_view.add_routes]

@@ -36,22 +36,23 @@ from aiohttp import web
 from vmatlas import errors
 from vmatlas.diff import DiffMode
 from vmatlas.model import ProcessOrder
-from vmatlas.security.auth import ANONYMOUS, Principal
-from vmatlas.security.tokens import Role, TokenStore
+from vmatlas.security.auth import Principal
+from vmatlas.security.tokens import Role
 from vmatlas.server.domain.analysis import (
-    Analysis,
     LatestSnapshot,
     SnapshotSelector,
     StoredSnapshotId,
 )
-from vmatlas.server.domain.fleet import FleetQueries, HostSnapshot
+from vmatlas.server.domain.fleet import HostSnapshot
 from vmatlas.server.domain.hub import SnapshotRequest
+from vmatlas.server.http.access import TOKEN_COOKIE, TOKENS, authenticate, public, requires
+from vmatlas.server.http.listener import SERVICES
 from vmatlas.server.web import documents
 from vmatlas.server.web.openapi import openapi_document
 
 log = logging.getLogger(__name__)
 
-COOKIE = "vmatlas_token"
+COOKIE = TOKEN_COOKIE
 COOKIE_MAX_AGE_SECONDS = 8 * 3600
 REQUEST_HEADER = "X-Vmatlas-Request"
 MAX_LIMIT = 100_000
@@ -82,9 +83,6 @@ _STATUS = {
     errors.DeadlineExceeded: 504,
 }
 
-QUERIES: web.AppKey[FleetQueries] = web.AppKey("vmatlas_web_queries", FleetQueries)
-ANALYSIS: web.AppKey[Analysis] = web.AppKey("vmatlas_web_analysis", Analysis)
-TOKENS: web.AppKey[TokenStore | None] = web.AppKey("vmatlas_web_tokens", object)  # type: ignore[arg-type]
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -121,33 +119,15 @@ def _is_loopback_host(host_header: str) -> bool:
         return False
 
 
-def _token_of(request: web.Request) -> tuple[str | None, bool]:
-    """The caller's token and whether it came from the cookie."""
-    header = request.headers.get("Authorization")
-    if header is not None:
-        scheme, _, token = header.partition(" ")
-        return (token.strip() if scheme.lower() == "bearer" else ""), False
-    cookie = request.cookies.get(COOKIE)
-    if cookie is not None:
-        return cookie, True
-    return None, False
-
-
-def principal_of(request: web.Request) -> tuple[Principal, bool]:
-    """The caller and whether it was named by the cookie. Unauthenticated when the
-    server takes tokens and none (or an unknown or revoked one) is given."""
-    tokens = request.app[TOKENS]
-    token, from_cookie = _token_of(request)
-    if tokens is None:
-        if not _is_loopback_host(request.host):
-            raise errors.AccessDenied("requests to this server must name a loopback host")
-        return ANONYMOUS, from_cookie
-    if not token:
-        raise errors.Unauthenticated("a bearer token or a login is required")
-    entry = tokens.lookup(token)
-    if entry is None:
-        raise errors.Unauthenticated("invalid, expired or revoked token")
-    return Principal(entry.name, entry.role), from_cookie
+def principal_of(request: web.Request) -> Principal:
+    """The caller, named by the bearer header or the login cookie (the listener's own
+    rule). Unauthenticated when the server takes tokens and none (or an unknown or
+    revoked one) is given; without tokens, AccessDenied for a request that does not
+    name a loopback host."""
+    tokens: Any = request.app[TOKENS]
+    if tokens is None and not _is_loopback_host(request.host):
+        raise errors.AccessDenied("requests to this server must name a loopback host")
+    return authenticate(tokens, request)
 
 
 def _check_post(request: web.Request) -> None:
@@ -166,7 +146,7 @@ def api(role: Role) -> Callable[[Callable[..., Awaitable[Any]]], Handler]:
     def wrap(handler: Callable[..., Awaitable[Any]]) -> Handler:
         async def call(request: web.Request) -> web.StreamResponse:
             try:
-                principal, _ = principal_of(request)
+                principal = principal_of(request)
                 if principal.role is None or principal.role < role:
                     raise errors.AccessDenied(f"needs the {role} role")
                 if request.method == "POST":
@@ -185,7 +165,8 @@ def api(role: Role) -> Callable[[Callable[..., Awaitable[Any]]], Handler]:
                 headers={"Cache-Control": "no-store"},
             )
 
-        return call
+        # The listener checks the role too (it fails closed on unmarked handlers).
+        return requires(role)(call)
 
     return wrap
 
@@ -282,7 +263,7 @@ async def _run(function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
 @api(Role.VIEWER)
 async def get_fleet(request: web.Request, principal: Principal) -> Any:
     closest = _query_int(request, "closest", 20, 0, 1000)
-    queries = request.app[QUERIES]
+    queries = request.app[SERVICES].queries
 
     def build() -> dict[str, Any]:
         hosts = queries.hosts()
@@ -301,13 +282,13 @@ async def get_fleet(request: web.Request, principal: Principal) -> Any:
 
 @api(Role.VIEWER)
 async def get_hosts(request: web.Request, principal: Principal) -> Any:
-    hosts = await _run(request.app[QUERIES].hosts)
+    hosts = await _run(request.app[SERVICES].queries.hosts)
     return {"hosts": [documents.host_status_document(h) for h in hosts]}
 
 
 @api(Role.VIEWER)
 async def get_host(request: web.Request, principal: Principal) -> Any:
-    status = await _run(request.app[QUERIES].host, _host(request))
+    status = await _run(request.app[SERVICES].queries.host, _host(request))
     return documents.host_status_document(status)
 
 
@@ -315,9 +296,9 @@ async def get_host(request: web.Request, principal: Principal) -> Any:
 async def get_processes(request: web.Request, principal: Principal) -> Any:
     order = ProcessOrder.parse(_text(request, "order", "regions"))
     host_id = _text(request, "host")
-    queries = request.app[QUERIES]
+    queries = request.app[SERVICES].queries
 
-    def listed() -> list[Any]:
+    def listed() -> Any:
         if host_id:
             queries.host(host_id)  # NotFound for a host never seen
         return queries.processes(
@@ -336,7 +317,7 @@ async def get_history(request: web.Request, principal: Principal) -> Any:
     host_id, pid = _host(request), _pid(request)
     since = _query_time(request, "since", 0.0)
     until = _query_time(request, "until", time.time() + 86400)
-    queries = request.app[QUERIES]
+    queries = request.app[SERVICES].queries
 
     def build() -> dict[str, Any]:
         status = queries.host(host_id)
@@ -350,14 +331,14 @@ async def get_history(request: web.Request, principal: Principal) -> Any:
 async def get_latest_snapshot(request: web.Request, principal: Principal) -> Any:
     host_id, pid = _host(request), _pid(request)
     with_regions = _bool(request, "regions", True)
-    stored = await _run(request.app[QUERIES].latest_snapshot, host_id, pid)
+    stored = await _run(request.app[SERVICES].queries.latest_snapshot, host_id, pid)
     return await _run(_snapshot_document, stored, with_regions)
 
 
 @api(Role.INSPECTOR)
 async def post_fresh_snapshot(request: web.Request, principal: Principal) -> Any:
     host_id, pid = _host(request), _pid(request)
-    stored = await _run(request.app[QUERIES].fresh_snapshot, host_id, SnapshotRequest(pid))
+    stored = await _run(request.app[SERVICES].queries.fresh_snapshot, host_id, SnapshotRequest(pid))
     header = stored.record.header
     return {
         "snapshot_id": stored.snapshot_id,
@@ -373,7 +354,7 @@ async def get_stored_snapshot(request: web.Request, principal: Principal) -> Any
     if len(snapshot_id) > MAX_TEXT or "\x00" in snapshot_id:
         raise errors.InvalidArgument("snapshot_id: at most 256 characters, no NUL")
     with_regions = _bool(request, "regions", True)
-    stored = await _run(request.app[QUERIES].stored_snapshot, snapshot_id)
+    stored = await _run(request.app[SERVICES].queries.stored_snapshot, snapshot_id)
     return await _run(_snapshot_document, stored, with_regions)
 
 
@@ -393,16 +374,17 @@ async def get_diff(request: web.Request, principal: Principal) -> Any:
     mode_text = _text(request, "mode", "auto")
     if mode_text not in _MODES:
         raise errors.InvalidArgument(f"mode: one of {', '.join(_MODES)}")
-    result = await _run(request.app[ANALYSIS].diff, before, after, _MODES[mode_text])
+    result = await _run(request.app[SERVICES].analysis.diff, before, after, _MODES[mode_text])
     return documents.diff_document(result.diff, sees_addresses=principal.sees_addresses)
 
 
 @api(Role.VIEWER)
 async def get_audit(request: web.Request, principal: Principal) -> Any:
-    report = await _run(request.app[ANALYSIS].audit)
+    report = await _run(request.app[SERVICES].analysis.audit)
     return documents.audit_document(report)
 
 
+@public
 async def get_openapi(request: web.Request) -> web.StreamResponse:
     return web.json_response(openapi_document(), dumps=_dumps)
 
@@ -457,7 +439,7 @@ def page(handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> Han
             return web.Response(text=str(exc), status=status_of(exc))
         return await handler(request)
 
-    return call
+    return public(call)
 
 
 @page
@@ -470,6 +452,7 @@ async def page_shell(request: web.Request) -> web.StreamResponse:
 _STATIC_TYPES = {".js": "text/javascript", ".css": "text/css", ".html": "text/html"}
 
 
+@public
 async def static_file(request: web.Request) -> web.StreamResponse:
     """One of the package's own files, by exact name (no directory is browsable)."""
     name = request.match_info["name"]
@@ -483,10 +466,12 @@ async def static_file(request: web.Request) -> web.StreamResponse:
     )
 
 
+@public
 async def login_form(request: web.Request) -> web.StreamResponse:
     return _login_page(_safe_next(request.query.get("next", "/")))
 
 
+@public
 async def login(request: web.Request) -> web.StreamResponse:
     origin = request.headers.get("Origin")
     if origin is not None and origin != "null" and urlsplit(origin).netloc != request.host:
@@ -494,7 +479,7 @@ async def login(request: web.Request) -> web.StreamResponse:
     form = await request.post()
     token = str(form.get("token", "")).strip()
     next_path = _safe_next(str(form.get("next", "/")))
-    tokens = request.app[TOKENS]
+    tokens: Any = request.app[TOKENS]
     if tokens is None:
         raise web.HTTPSeeOther(next_path)
     if tokens.lookup(token) is None:
@@ -512,6 +497,7 @@ async def login(request: web.Request) -> web.StreamResponse:
     raise response
 
 
+@public
 async def logout(request: web.Request) -> web.StreamResponse:
     response = web.HTTPSeeOther("/login")
     response.del_cookie(COOKIE, path="/")
@@ -523,15 +509,12 @@ async def _security_headers(request: web.Request, response: web.StreamResponse) 
         response.headers.setdefault(name, value)
 
 
-def add_web_routes(
-    app: web.Application, queries: FleetQueries, analysis: Analysis, tokens: TokenStore | None
-) -> None:
-    """Put the pages, their files, the login form and the API on ``app``."""
-    app[QUERIES] = queries
-    app[ANALYSIS] = analysis
-    app[TOKENS] = tokens
+def add_routes(app: web.Application) -> None:
+    """The listener's route hook: the pages, their files, the login form and the API,
+    over ``app[SERVICES]``'s queries and analysis."""
     app.on_response_prepare.append(_security_headers)
-    app.middlewares.append(_api_errors)
+    # Outermost, so that the router's own 404 and 405 under /api/ are JSON too.
+    app.middlewares.insert(0, _api_errors)
     r = app.router
     r.add_get("/", page_shell)
     r.add_get("/hosts/{host}", page_shell)

@@ -3,10 +3,8 @@ pushing every second) and a planted child, and the web routes on a loopback HTTP
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
-import threading
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -15,68 +13,31 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp import web
 
 from tests.conftest import Planter, wait_for
 from vmatlas.agents.linux import LinuxReader
 from vmatlas.agents.uplink import Uplink
 from vmatlas.security.tokens import Role, TokenStore, add_token
 from vmatlas.server.app import FleetServer, ServerConfig
+from vmatlas.server.http.listener import HttpConfig
 from vmatlas.server.store import ProcessFilter
-from vmatlas.server.web.app import add_web_routes
 
 HOST_ID = "web-test-host"
 PLANTED_REGIONS = 3000
-
-
-class HttpListener:
-    """An aiohttp app on its own event loop thread, on a loopback port."""
-
-    def __init__(self, app: web.Application):
-        self.loop = asyncio.new_event_loop()
-        self._runner = web.AppRunner(app)
-        started = threading.Event()
-        self.port = 0
-
-        def run() -> None:
-            asyncio.set_event_loop(self.loop)
-            self.loop.run_until_complete(self._runner.setup())
-            site = web.TCPSite(self._runner, "127.0.0.1", 0)
-            self.loop.run_until_complete(site.start())
-            server = site._server
-            assert server is not None
-            self.port = server.sockets[0].getsockname()[1]
-            started.set()
-            self.loop.run_forever()
-
-        self._thread = threading.Thread(target=run, name="web-test-http", daemon=True)
-        self._thread.start()
-        if not started.wait(10):
-            raise RuntimeError("the HTTP listener did not start")
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def stop(self) -> None:
-        asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self.loop).result(10)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self._thread.join(10)
-        self.loop.close()
 
 
 @dataclass
 class Fleet:
     server: FleetServer
     uplink: Uplink
-    http: HttpListener
     planter: Planter
     tokens: dict[str, str]
     token_file: Path | None
 
     @property
     def url(self) -> str:
-        return self.http.url
+        assert self.server.http_url is not None
+        return self.server.http_url.rstrip("/")
 
     @property
     def pid(self) -> int:
@@ -129,6 +90,10 @@ def _start_fleet(data_dir: Path, planter: Planter, token_file: Path | None) -> F
         agent_timeout_seconds=10.0,
         retain_seconds=0.0,
         max_agents=8,
+        http=HttpConfig(
+            listen="127.0.0.1:0",
+            tokens=TokenStore(token_file) if token_file is not None else None,
+        ),
     )
     server = FleetServer(config).start()
     planter.grow(PLANTED_REGIONS)
@@ -139,10 +104,6 @@ def _start_fleet(data_dir: Path, planter: Planter, token_file: Path | None) -> F
         interval_seconds=1.0,
         backoff_max_seconds=0.5,
     ).start()
-    tokens = TokenStore(token_file) if token_file is not None else None
-    app = web.Application()
-    add_web_routes(app, server.queries, server.analysis, tokens)
-    http = HttpListener(app)
     pid = planter.proc.pid
 
     def planted_stored() -> bool:
@@ -152,11 +113,10 @@ def _start_fleet(data_dir: Path, planter: Planter, token_file: Path | None) -> F
         return any(p.item.process.pid == pid for p in listed)
 
     wait_for(planted_stored, what="the planted process in the store")
-    return Fleet(server, uplink, http, planter, {}, token_file)
+    return Fleet(server, uplink, planter, {}, token_file)
 
 
 def _stop(fleet: Fleet) -> None:
-    fleet.http.stop()
     fleet.uplink.stop()
     fleet.server.stop(0.5)
 
