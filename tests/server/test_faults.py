@@ -260,6 +260,10 @@ def test_kill_9_loses_nothing_acknowledged(
             interval_seconds=0.05,
             backoff_initial_seconds=0.05,
             backoff_max_seconds=0.2,
+            # Room for every push made while the server is down and restarting, however
+            # long a loaded machine takes: a dropped push was never acknowledged, and
+            # would leave fewer summaries than sequence numbers.
+            buffer_pushes=100_000,
         )
         for host_id in hosts
     ]
@@ -302,6 +306,7 @@ def test_kill_9_loses_nothing_acknowledged(
             pushed = {u.host_id: u.acked_sequence for u in uplinks}
             check_store(data)
             server, _ = start_server(children, data, port, *UNLIMITED)
+            assert all(u.dropped_pushes == 0 for u in uplinks)
             with FleetCalls(target) as calls:
                 for snapshot_id, snapshot in taken.items():
                     assert calls.stored(snapshot_id) == snapshot
