@@ -15,9 +15,10 @@ from .conftest import wait_for
 
 
 def test_a_server_on_postgres_stores_and_serves_what_agents_send(
+    # First, so that its schema is dropped last: after the agent and the servers stop.
+    postgres_url: str,
     make_server: Callable[..., FleetServer],
     make_uplink: Callable[..., Uplink],
-    postgres_url: str,
 ) -> None:
     server = make_server(store_url=postgres_url)
     make_uplink(server.address, "pg-host", interval_seconds=0.5)
