@@ -214,8 +214,12 @@ def test_summaries_are_pushed_on_the_interval(
 
     times = wait_for(lambda: [t for t in [pushes()] if len(t) >= 3], timeout=60, what="pushes")[0]
     gaps = [b - a for a, b in itertools.pairwise(times)]
-    # Never more often than the interval (a jump push aside: none is made here).
-    assert all(gap >= FAST_INTERVAL * 0.9 for gap in gaps), gaps
+    # One push an interval (a jump push aside: none is made here). A process's capture
+    # time moves with how long the sweep takes to reach it, so one gap may be short by
+    # that much; an extra push would leave a gap of a fraction of the interval, and
+    # missed ones would stretch the mean.
+    assert all(gap >= FAST_INTERVAL * 0.5 for gap in gaps), gaps
+    assert FAST_INTERVAL * 0.9 <= (times[-1] - times[0]) / len(gaps) <= FAST_INTERVAL * 2, gaps
 
 
 def test_a_jump_is_pushed_at_once(
