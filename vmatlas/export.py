@@ -249,6 +249,30 @@ def _sizes(table: RegionTable) -> Iterator[int]:
     return map(operator.sub, table.end, table.start)
 
 
+def _columns(table: RegionTable, residency_texts: Iterable[str]) -> Iterator[tuple[Any, ...]]:
+    """Each region's values in the order the per-region writers unpack them: start,
+    end, size, state, protection, type, kind, path, offset, device, inode, deleted,
+    protection_raw, allocation (or None) and its residency text."""
+    return zip(
+        table.start,
+        table.end,
+        _sizes(table),
+        table.state,
+        table.protection,
+        table.type,
+        table.kind,
+        table.path,
+        table.offset,
+        table.device,
+        table.inode,
+        table.deleted,
+        table.protection_raw,
+        _allocations(table),
+        residency_texts,
+        strict=True,
+    )
+
+
 def _allocations(table: RegionTable) -> Iterator[tuple[int, int, int] | None]:
     """Per row: (base, protection, raw protection), or None when the row carries
     neither a base nor a raw protection (no allocation fields in its document)."""
@@ -326,24 +350,7 @@ def write_csv(snapshot: Snapshot, out: TextIO) -> None:
             raw,
             alloc,
             res,
-        ) in zip(
-            table.start,
-            table.end,
-            _sizes(table),
-            table.state,
-            table.protection,
-            table.type,
-            table.kind,
-            table.path,
-            table.offset,
-            table.device,
-            table.inode,
-            table.deleted,
-            table.protection_raw,
-            _allocations(table),
-            residency_texts,
-            strict=True,
-        )
+        ) in _columns(table, residency_texts)
     )
     write_batched(out, rows)
 
@@ -404,24 +411,7 @@ def _json_region_texts(table: RegionTable) -> Iterator[str]:
         raw,
         alloc,
         res,
-    ) in zip(
-        table.start,
-        table.end,
-        _sizes(table),
-        table.state,
-        table.protection,
-        table.type,
-        table.kind,
-        table.path,
-        table.offset,
-        table.device,
-        table.inode,
-        table.deleted,
-        table.protection_raw,
-        _allocations(table),
-        residency_texts,
-        strict=True,
-    ):
+    ) in _columns(table, residency_texts):
         allocation = (
             f',\n   "allocation_base": "{alloc[0]:#x}",\n'
             f'   "allocation_protection": {allocation_flags[alloc[1]]},\n'
