@@ -205,9 +205,15 @@ def build_server(
     health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(names, server)
+    return server, _bind(server, address, credentials), health_servicer
+
+
+def _bind(server: Any, address: str, credentials: grpc.ServerCredentials | None) -> int:
+    """Bind a sync or aio server to ``address``; the port it got. Unavailable when the
+    address is taken or not on this host."""
     try:
         if credentials is None:
-            port = server.add_insecure_port(address)
+            port: int = server.add_insecure_port(address)
         else:
             port = server.add_secure_port(address, credentials)
     except RuntimeError:  # grpc's way of saying the bind failed
@@ -216,7 +222,7 @@ def build_server(
         raise errors.Unavailable(
             f"cannot listen on {address}: the address is in use or not on this host"
         )
-    return server, port, health_servicer
+    return port
 
 
 async def build_aio_server(
@@ -248,18 +254,7 @@ async def build_aio_server(
     await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(names, server)
-    try:
-        if credentials is None:
-            port = server.add_insecure_port(address)
-        else:
-            port = server.add_secure_port(address, credentials)
-    except RuntimeError:  # grpc's way of saying the bind failed
-        port = 0
-    if port == 0:
-        raise errors.Unavailable(
-            f"cannot listen on {address}: the address is in use or not on this host"
-        )
-    return server, port, health_servicer
+    return server, _bind(server, address, credentials), health_servicer
 
 
 class StopSignals:
