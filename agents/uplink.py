@@ -1,11 +1,17 @@
-"""The agent's side of the server stream: ``vmatlas agent --server HOST:PORT``.
+"""The agent's side of the server stream: ``vmatlas agent --server HOST:PORT[,...]``.
 
-One long-lived ``AgentHubService.Connect`` stream per agent. Over it the agent
-registers, sends heartbeats, pushes every process's summary each ``interval`` (and at
-once for processes whose map count jumped by ``jump_regions`` since their last push),
-and answers the server's snapshot commands. When the stream breaks, or the server
-stays silent for three heartbeat intervals, it reconnects with exponential backoff and
-jitter and registers again.
+One long-lived ``AgentHubService.Connect`` stream per agent, to one server of those it
+was given. Over it the agent registers, sends heartbeats, pushes every process's
+summary each ``interval`` (and at once for processes whose map count jumped by
+``jump_regions`` since their last push), and answers the server's snapshot commands.
+
+Several servers (replicas on one store) may be given, and a name may resolve to
+several addresses (A and AAAA records, all of them tried). When the stream breaks, or
+the server stays silent for three heartbeat intervals, the agent moves on to the next
+address, round after round (names are resolved again each round), waiting before each
+attempt a delay drawn at random below an exponentially growing cap (full jitter): the
+agents of a replica that restarts spread their returns over the other replicas and over
+time instead of arriving together.
 
 Pushes are made whether or not the server is reachable. Each gets the next sequence
 number of this agent instance and waits in a buffer of at most ``buffer_pushes`` until
@@ -25,14 +31,15 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import grpc
 
 from vmatlas import __version__, defaults, errors, wire
+from vmatlas.addresses import resolve_address
 from vmatlas.agents.base import Reader
 from vmatlas.agents.service import AgentServicer
 from vmatlas.grpcutil import channel_options, error_from_rpc
@@ -49,15 +56,36 @@ SILENT_HEARTBEATS = 3
 Outbox = queue.Queue[hub_pb2.ConnectRequest | None]
 
 
-def backoff_delay(attempt: int, initial: float, maximum: float) -> float:
-    """Exponential backoff with jitter: half the capped delay fixed, half random, so
-    agents that lost the same server do not return in step."""
-    cap = min(maximum, initial * 2.0**attempt)
-    return cap / 2 + random.uniform(0.0, cap / 2)
+# Past this many doublings the cap is the maximum anyway (and 2.0**attempt would
+# overflow a float).
+_MAX_DOUBLINGS = 60
+
+
+def backoff_delay(
+    attempt: int, initial: float, maximum: float, rng: random.Random | None = None
+) -> float:
+    """The wait before connection attempt ``attempt`` (0 after a stream that was
+    registered): uniform between 0 and ``min(maximum, initial * 2**attempt)`` ("full
+    jitter"), so agents that lost the same server neither return in step nor all at
+    once."""
+    cap = min(maximum, initial * 2.0 ** min(attempt, _MAX_DOUBLINGS))
+    return (rng or random).uniform(0.0, cap)
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """One address to dial, and the name it was given by (the server's certificate
+    must carry that name, and it is the call's authority)."""
+
+    address: str
+    authority: str
 
 
 class Uplink:
-    """Keeps this agent connected to a server until :meth:`stop`.
+    """Keeps this agent connected to one of ``targets`` (a HOST:PORT, or several)
+    until :meth:`stop`, trying them in the order given and then round again; the
+    records of a name in a random order. ``resolve`` turns a target into addresses
+    (:func:`resolve_address`: DNS); ``rng`` draws the backoff delays and those orders.
 
     ``host_id`` overrides the reader's host id (several uplinks may share a reader).
     ``poll_seconds`` is how often map counts are re-read between pushes to catch
@@ -68,7 +96,7 @@ class Uplink:
     def __init__(
         self,
         reader: Reader,
-        target: str,
+        targets: str | Sequence[str],
         *,
         host_id: str | None = None,
         servicer: AgentServicer | None = None,
@@ -79,11 +107,19 @@ class Uplink:
         backoff_max_seconds: float = 30.0,
         buffer_pushes: int = DEFAULT_BUFFER_PUSHES,
         credentials: grpc.ChannelCredentials | None = None,
+        resolve: Callable[[str], list[str]] = resolve_address,
+        rng: random.Random | None = None,
     ):
         if buffer_pushes < 1:
             raise errors.InvalidArgument("the push buffer must hold at least one push")
+        self.targets = (targets,) if isinstance(targets, str) else tuple(targets)
+        if not self.targets:
+            raise errors.InvalidArgument("an uplink needs at least one server address")
         self.reader = reader
-        self.target = target
+        # The address of the server connected to, or being tried.
+        self.target = self.targets[0]
+        self.resolve = resolve
+        self.rng = rng or random.Random()
         self.host_id = host_id
         self.servicer = servicer or AgentServicer(reader)
         self.interval_seconds = interval_seconds
@@ -168,7 +204,7 @@ class Uplink:
             self.run()
         except errors.Error as exc:
             self.error = exc
-            log.error("uplink to %s stopped: %s", self.target, exc)
+            log.error("uplink to %s stopped: %s", ",".join(self.targets), exc)
             if self.on_fatal is not None:
                 self.on_fatal(exc)
 
@@ -187,24 +223,48 @@ class Uplink:
 
     def _connect_loop(self) -> None:
         attempt = 0
+        # The addresses left to try in this round.
+        pending: deque[Endpoint] = deque()
         while not self._stop.is_set():
             before = self.registrations
-            try:
-                self._serve_stream()
-            except errors.AlreadyExists:
-                if self.registrations == 0:
-                    raise
-                log.warning("server still holds host id %s; retrying", self._host().host_id)
-            except errors.Error as exc:
-                log.warning("stream to %s ended: %s", self.target, exc)
+            if not pending:
+                pending.extend(self._endpoints())
+            if pending:
+                endpoint = pending.popleft()
+                self.target = endpoint.address
+                try:
+                    self._serve_stream(endpoint)
+                except errors.AlreadyExists:
+                    if self.registrations == 0:
+                        raise
+                    log.warning("server still holds host id %s; retrying", self._host().host_id)
+                except errors.Error as exc:
+                    log.warning("stream to %s ended: %s", endpoint.address, exc)
             if self.registrations > before:
                 attempt = 0
             if self._stop.is_set():
                 break
-            delay = backoff_delay(attempt, self.backoff_initial_seconds, self.backoff_max_seconds)
+            delay = backoff_delay(
+                attempt, self.backoff_initial_seconds, self.backoff_max_seconds, self.rng
+            )
             attempt += 1
-            log.info("reconnecting to %s in %.1f s", self.target, delay)
+            following = pending[0].address if pending else ",".join(self.targets)
+            log.info("connecting to %s in %.1f s", following, delay)
             self._stop.wait(delay)
+
+    def _endpoints(self) -> list[Endpoint]:
+        """One round of addresses: every target in the order given, each name's
+        records shuffled (so that agents given one name spread over its servers)."""
+        round_: list[Endpoint] = []
+        for target in self.targets:
+            try:
+                addresses = list(self.resolve(target))
+            except errors.Error as exc:
+                log.warning("server %s: %s", target, exc)
+                continue
+            self.rng.shuffle(addresses)
+            round_ += [Endpoint(address, target) for address in addresses]
+        return round_
 
     # -- one stream ---------------------------------------------------------------------
 
@@ -212,7 +272,7 @@ class Uplink:
         host = self.reader.host()
         return replace(host, host_id=self.host_id) if self.host_id else host
 
-    def _serve_stream(self) -> None:
+    def _serve_stream(self, endpoint: Endpoint) -> None:
         outbox: Outbox = queue.Queue()
         registration = hub_pb2.ConnectRequest()
         wire.host_to_pb(self._host(), registration.register.host)
@@ -231,10 +291,13 @@ class Uplink:
         # hand a new stream the old connection, still in gRPC's own reconnect backoff
         # (up to two minutes) after a long outage; this class does the backing off.
         options = [*channel_options(), ("grpc.use_local_subchannel_pool", 1)]
+        if endpoint.authority != endpoint.address:
+            # Dialled by one of its name's addresses: TLS checks the name.
+            options.append(("grpc.default_authority", endpoint.authority))
         if self.credentials is None:
-            channel = grpc.insecure_channel(self.target, options=options)
+            channel = grpc.insecure_channel(endpoint.address, options=options)
         else:
-            channel = grpc.secure_channel(self.target, self.credentials, options=options)
+            channel = grpc.secure_channel(endpoint.address, self.credentials, options=options)
         ended = threading.Event()
         workers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="vmatlas-uplink-snap")
         try:

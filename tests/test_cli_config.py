@@ -60,3 +60,26 @@ def test_bad_values_are_refused_naming_the_key(tmp_path: Path, table: str, messa
     )
     assert result.returncode == 2
     assert result.stderr.startswith(f"vmatlas server: config {config}")
+
+
+def test_the_agent_takes_several_servers_as_a_list_or_an_array(tmp_path: Path) -> None:
+    config = tmp_path / "agent.toml"
+    config.write_text('[agent]\nserver = ["a.example:50550", "[fd00::1]:50550"]\n')
+    assert parse_with_config(["agent"], config).server == ("a.example:50550", "[fd00::1]:50550")
+    flags = parse_with_config(["agent", "--server", "b:1,c:2"], config)
+    assert flags.server == ("b:1", "c:2")
+    for bad, message in (("server = [1]", "array of strings"), ('server = "b"', "bad server")):
+        config.write_text(f"[agent]\n{bad}\n")
+        with pytest.raises(errors.InvalidArgument, match=message):
+            parse_with_config(["agent"], config)
+
+
+def test_a_bad_server_address_on_the_command_line_is_named() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "vmatlas", "agent", "--server", "a.example:50550,b.example"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "argument --server: bad server address 'b.example'" in result.stderr

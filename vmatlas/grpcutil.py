@@ -23,6 +23,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from vmatlas import defaults, errors
+from vmatlas.addresses import is_ip
 
 log = logging.getLogger(__name__)
 
@@ -308,18 +309,10 @@ def is_loopback(address: str) -> bool:
     """Whether a ``host:port`` address stays on this machine: ``localhost`` or a
     loopback IP (127.0.0.0/8, ::1), never a name that merely starts like one."""
     bare = address.strip("[]")
-    host = bare if _is_ip(bare) else address.rsplit(":", 1)[0].strip("[]")
+    host = bare if is_ip(bare) else address.rsplit(":", 1)[0].strip("[]")
     if host == "localhost":
         return True
     try:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
-
-
-def _is_ip(text: str) -> bool:
-    try:
-        ipaddress.ip_address(text)
-    except ValueError:
-        return False
-    return True

@@ -3,6 +3,7 @@ certificate, operators their role with a token, and pushes are validated."""
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +18,7 @@ from vmatlas import errors, wire
 from vmatlas.agents.linux import LinuxReader
 from vmatlas.agents.uplink import Uplink
 from vmatlas.client import Client
-from vmatlas.security import tls
+from vmatlas.security import certs, tls
 from vmatlas.security.options import security_namespace, server_security
 from vmatlas.security.policy import SERVER_POLICY, method_names, uncovered
 from vmatlas.security.tokens import Role
@@ -199,3 +200,51 @@ def test_viewer_diff_by_address_arrives_without_addresses(
     assert [c.bytes_after for c in viewer.changes] == [
         c.bytes_after for c in responses[Role.INSPECTOR].changes
     ]
+
+
+def test_an_uplink_to_a_name_checks_the_name_on_each_record(
+    pki: Pki, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A serving certificate for the name only, not for the addresses it resolves to:
+    # dialled by address, the agent must still check the certificate against the name.
+    named = certs.issue_server(pki.dir, ["fleet.test"], stem="fleet-test")
+    options = tls_options(pki, mutual=True, tls_cert=str(named.cert_path))
+    options["tls_key"] = str(named.key_path)
+    security = server_security(security_namespace(**options), SERVER_POLICY, listen="127.0.0.1:0")
+    server = FleetServer(
+        ServerConfig(
+            listen="127.0.0.1:0",
+            data_dir=str(tmp_path / "data"),
+            retain_seconds=0.0,
+            credentials=security.credentials,
+            interceptors=security.interceptors,
+        )
+    ).start()
+
+    def uplink(name: str) -> Uplink:
+        return Uplink(
+            LinuxReader(),
+            f"{name}:{server.port}",
+            host_id="host-a",
+            credentials=agent_credentials(pki, "host-a"),
+            resolve=lambda _target: [server.address],
+            backoff_max_seconds=0.2,
+        ).start()
+
+    caplog.set_level(logging.WARNING, logger="vmatlas.agents.uplink")
+    try:
+        # The same address by a name the certificate does not carry: refused.
+        wrong = uplink("other.test")
+        wait_for(
+            lambda: [r for r in caplog.records if r.getMessage().startswith("stream to")],
+            20,
+            "a failed attempt",
+        )
+        wrong.stop(1.0)
+        assert wrong.registrations == 0
+        right = uplink("fleet.test")
+        wait_for(right.connected.is_set, 20, "the uplink registered through the name")
+        assert right.target == server.address
+        right.stop(1.0)
+    finally:
+        server.stop(0.5)

@@ -40,8 +40,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--host-id", help="this host's name in the fleet (default: hostname)")
     p.add_argument(
         "--server",
-        metavar="HOST:PORT",
-        help="also connect to this fleet server and keep pushing summaries to it",
+        type=_server_addresses,
+        metavar="HOST:PORT[,HOST:PORT...]",
+        help="also connect to a fleet server and keep pushing summaries to it: one of "
+        "these replicas (a name with several DNS records stands for each of them); when "
+        "the server goes away, move to the next, after a random delay below a cap that "
+        "doubles with each failed attempt",
     )
     p.add_argument(
         "--interval",
@@ -141,6 +145,19 @@ def _register_service(agent: argparse.ArgumentParser, options: argparse.Argument
     run_action.add_argument("--log-file", metavar="PATH", help=argparse.SUPPRESS)
 
 
+def _server_addresses(text: str) -> tuple[str, ...]:
+    from vmatlas.addresses import server_addresses
+
+    try:
+        return server_addresses(text)
+    except errors.InvalidArgument as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+# A config file may list the servers as an array of strings.
+_server_addresses.config_list = True  # type: ignore[attr-defined]
+
+
 def _service(args: argparse.Namespace) -> int:
     from vmatlas.cli import agent_service
 
@@ -180,7 +197,7 @@ def run(args: argparse.Namespace) -> int:
         # the agent: a process that serves locally but never reports would look healthy.
         uplink.on_fatal = lambda _exc: signals.event.set()
         uplink.start()
-        print(f"vmatlas agent connecting to server {args.server}", flush=True)
+        print(f"vmatlas agent connecting to server {','.join(args.server)}", flush=True)
     serve_until_signalled(
         server,
         health,
@@ -191,7 +208,8 @@ def run(args: argparse.Namespace) -> int:
     if metrics is not None:
         metrics.stop()
     if uplink is not None and uplink.error is not None:
-        print(f"vmatlas agent: uplink to {args.server} stopped: {uplink.error}", file=sys.stderr)
+        servers = ",".join(args.server)
+        print(f"vmatlas agent: uplink to {servers} stopped: {uplink.error}", file=sys.stderr)
         return EXIT_ERROR
     return 0
 
@@ -216,20 +234,25 @@ def _metrics(args: argparse.Namespace, reader: Reader, security: ServerSecurity)
 
 
 def _uplink(args: argparse.Namespace, reader: Reader, servicer: AgentServicer) -> Uplink | None:
-    """The stream to ``--server``: TLS with ``--server-ca``, presenting the agent's
-    certificate (``--agent-cert``/``--agent-key``); beyond loopback never in plain
-    text unless ``--insecure``."""
+    """The stream to one of the ``--server`` replicas, tried in a random order of this
+    agent's own (so that a fleet of agents spreads over them): TLS with
+    ``--server-ca``, presenting the agent's certificate (``--agent-cert``/
+    ``--agent-key``); beyond loopback never in plain text unless ``--insecure``."""
     if not args.server:
         return None
+    import random
+
     from vmatlas.agents.uplink import Uplink
     from vmatlas.security.options import uplink_credentials
 
-    credentials = uplink_credentials(args, args.server)
+    credentials = None
+    for address in args.server:
+        credentials = uplink_credentials(args, address)
     if args.interval <= 0 or args.jump <= 0 or args.buffer <= 0:
         raise errors.InvalidArgument("--interval, --jump and --buffer must be positive")
     return Uplink(
         reader,
-        args.server,
+        random.sample(args.server, len(args.server)),
         servicer=servicer,
         interval_seconds=args.interval,
         jump_regions=args.jump,

@@ -100,6 +100,11 @@ def _config_value(action: argparse.Action, value: Any, where: str) -> Any:
         if not isinstance(value, bool):
             raise errors.InvalidArgument(f"{where} must be true or false")
         return value
+    if getattr(action.type, "config_list", False) and isinstance(value, list):
+        # An option that takes a comma-separated list (--server) takes an array too.
+        if not value or not all(isinstance(item, str) for item in value):
+            raise errors.InvalidArgument(f"{where} must be a string or an array of strings")
+        value = ",".join(value)
     if isinstance(value, bool) or not isinstance(value, str | int | float):
         raise errors.InvalidArgument(f"{where} must be a string or a number")
     convert = action.type if callable(action.type) else str
