@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import threading
 import time
 from collections.abc import Callable, Coroutine, Sequence
@@ -23,14 +24,14 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 import grpc
 from grpc_health.v1._async import HealthServicer
 
-from vmatlas import defaults
+from vmatlas import defaults, errors
 from vmatlas.grpcutil import DEFAULT_GRACE_SECONDS, StopSignals, build_aio_server
 from vmatlas.metrics import DEFAULT_SETTINGS, MetricsSettings
 from vmatlas.security.auth import AsyncAuthInterceptor, AuthInterceptor
 from vmatlas.security.policy import SERVER_POLICY
 from vmatlas.server.domain.analysis import Analysis
 from vmatlas.server.domain.fleet import DEFAULT_AGENT_TIMEOUT_SECONDS, FleetQueries
-from vmatlas.server.domain.hub import DEFAULT_HEARTBEAT_SECONDS, Hub
+from vmatlas.server.domain.hub import DEFAULT_HEARTBEAT_SECONDS, Hub, Replica
 from vmatlas.server.rpc.analysis import SERVICE_NAME as ANALYSIS_SERVICE
 from vmatlas.server.rpc.analysis import AnalysisServicer
 from vmatlas.server.rpc.fleet import SERVICE_NAME as FLEET_SERVICE
@@ -76,6 +77,10 @@ class ServerConfig:
     offline_after_seconds: float = 0.0
     agent_timeout_seconds: float = DEFAULT_AGENT_TIMEOUT_SECONDS
     max_agents: int = DEFAULT_MAX_AGENTS
+    # HOST:PORT where the other replicas on the same store reach this one; it also
+    # names this replica in ownership records. Empty: the listening address (this
+    # machine's name for a wildcard host), with the bound port for port 0.
+    advertise: str = ""
     # TLS and authentication (vmatlas.security.options.server_security). Without them
     # the access policy still holds and every caller is the anonymous admin: for
     # loopback and tests only, which the command line enforces.
@@ -92,6 +97,18 @@ class ServerConfig:
     metrics: MetricsSettings = DEFAULT_SETTINGS
 
 
+def advertised_address(advertise: str, listen: str, port: int) -> str:
+    """Where other replicas reach a server listening on ``listen`` (bound to ``port``):
+    ``advertise`` when given (port 0 there means the bound port), otherwise the
+    listening address, with this machine's name for a wildcard host."""
+    host, _, wanted = (advertise or listen).rpartition(":")
+    if not host or not wanted.isdigit():
+        raise errors.InvalidArgument(f"--advertise {advertise!r}: use HOST:PORT")
+    if not advertise and host.strip("[]") in ("0.0.0.0", "::", ""):
+        host = socket.getfqdn()
+    return f"{host}:{port if int(wanted) == 0 else wanted}"
+
+
 class FleetServer:
     """The server: its store, its domain (``hub``, ``queries``, ``analysis``: see
     :mod:`vmatlas.server.domain`) and the gRPC front end over it. ``extra_services``
@@ -106,6 +123,7 @@ class FleetServer:
         extra_services: Sequence[tuple[Any, Any, str]] = (),
     ):
         self.config = config
+        advertised_address(config.advertise, config.listen, 0)  # InvalidArgument early
         owned = store is None
         self.telemetry = Telemetry()
         inner: Store = (
@@ -123,6 +141,8 @@ class FleetServer:
         self._loop_thread.start()
         try:
             self.server, self.port, self.health = self._on_loop(self._build(extra_services))
+            address = advertised_address(config.advertise, config.listen, self.port)
+            self.hub.replica = Replica(replica_id=address, address=address)
             if config.http is not None:
                 try:
                     self.http = self._build_http(config.http)
@@ -242,6 +262,12 @@ class FleetServer:
     @property
     def address(self) -> str:
         return f"{self.config.listen.rsplit(':', 1)[0]}:{self.port}"
+
+    @property
+    def replica(self) -> Replica:
+        """This server among the replicas on its store: its id and the address the
+        others reach it at (``--advertise``)."""
+        return self.hub.replica
 
     @property
     def http_url(self) -> str | None:

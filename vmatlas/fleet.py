@@ -23,6 +23,9 @@ class HostStatus:
     dropped_push_count: int = 0
     # Processes its agent could not read (access denied) at its latest complete push.
     access_denied_count: int = 0
+    # The server (replica id: the HOST:PORT it advertises) holding its agent's stream
+    # under a live lease; empty when none does.
+    replica_id: str = ""
 
     @property
     def host_id(self) -> str:

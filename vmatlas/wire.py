@@ -551,6 +551,7 @@ def host_status_to_pb(
     message.process_count = status.process_count
     message.dropped_push_count = status.dropped_push_count
     message.access_denied_count = status.access_denied_count
+    message.replica_id = status.replica_id
     return message
 
 
@@ -563,6 +564,7 @@ def host_status_from_pb(message: fleet_pb2.HostStatus) -> HostStatus:
         process_count=message.process_count,
         dropped_push_count=message.dropped_push_count,
         access_denied_count=message.access_denied_count,
+        replica_id=message.replica_id,
     )
 
 

@@ -3,7 +3,18 @@
 A session is an outbox of :data:`AgentMessage` for its agent and the snapshot requests
 waiting for its answers. The hub holds one session per host id (a second live agent
 claiming it is refused), records hosts online and offline in the store, and drops
-sessions whose agent fell silent for longer than the offline window. A request to
+sessions whose agent fell silent for longer than the offline window.
+
+Ownership, for several replicas on one store: the hub is one :class:`Replica`. When an
+agent's stream opens it claims the host in the store (a lease with an epoch, see
+:meth:`Store.claim_host`) and renews the lease with the agent's heartbeats. A claim of
+the same agent instance through another replica takes the host over with a higher
+epoch; this hub learns it at its next renewal and ends the stale stream with
+:class:`~vmatlas.errors.Aborted` naming the new holder (fencing). Another agent
+instance claiming a host id that a live lease holds is refused (AlreadyExists, naming
+the holder). A clean end of the stream releases the lease and marks the host offline
+in one transaction, unless a newer claim holds it; a replica that dies leaves its
+leases to expire. A request to
 one agent waits only on its own future with a deadline, and at most
 ``MAX_WAITING_SNAPSHOTS`` requests wait on one agent at a time (more are refused at
 once), so a slow or hung agent holds up nobody else.
@@ -25,6 +36,8 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import os
+import socket
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from concurrent.futures import Executor
@@ -34,7 +47,7 @@ from typing import Any, TypeVar
 
 from vmatlas import defaults, errors
 from vmatlas.model import Host, SnapshotView
-from vmatlas.server.store import PushOrigin, Store
+from vmatlas.server.store import HostOwnership, PushOrigin, Store
 from vmatlas.server.telemetry import PUSH_DUPLICATE, PUSH_REFUSED, PUSH_STORED, Telemetry
 from vmatlas.validate import validate_summaries
 
@@ -47,6 +60,16 @@ MISSED_HEARTBEATS = 3
 MAX_WAITING_SNAPSHOTS = 8
 
 T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class Replica:
+    """Which server this hub is, among the replicas sharing its store: ``replica_id``
+    names it in ownership records, ``address`` (HOST:PORT) is where the others reach
+    it."""
+
+    replica_id: str
+    address: str
 
 
 # -- what passes between the hub and an agent ------------------------------------------
@@ -131,6 +154,12 @@ class AgentSession:
         # The agent's running total of pushes dropped, as last reported.
         self.dropped_push_count = 0
         self.closed = False
+        # The host's ownership record while this session holds it.
+        self.ownership: HostOwnership | None = None
+        # Why the stream ends, when the agent should hear it as an error (fencing).
+        self.ended_by: errors.Error | None = None
+        # Claimed and recorded online: the agent counts as connected.
+        self.registered = False
         self._outbox: asyncio.Queue[AgentMessage | None] = asyncio.Queue()
         self._pending: dict[int, asyncio.Future[SnapshotAnswer]] = {}
         self._ids = itertools.count(1)
@@ -183,10 +212,13 @@ class AgentSession:
         if future is not None and not future.done():
             future.set_result(answer)
 
-    def close(self, reason: str) -> None:
+    def close(self, reason: str, error: errors.Error | None = None) -> None:
+        """End the session: its outbox ends and the requests waiting on it fail
+        Unavailable with ``reason``; with ``error`` its stream ends with that status."""
         if self.closed:
             return
         self.closed = True
+        self.ended_by = error
         pending = list(self._pending.values())
         self._pending.clear()
         self._outbox.put_nowait(None)
@@ -212,12 +244,17 @@ class Hub:
         max_agents: int = 10_000,
         clock: Callable[[], float] = time.time,
         telemetry: Telemetry | None = None,
+        replica: Replica | None = None,
     ):
         self.store = store
+        # The server sets its advertised address once its port is bound.
+        self.replica = replica if replica is not None else Replica(default_replica_id(), "")
         self.executor = executor
         self.telemetry = telemetry if telemetry is not None else Telemetry()
         self.heartbeat_seconds = heartbeat_seconds
         self.offline_after_seconds = offline_after_seconds or MISSED_HEARTBEATS * heartbeat_seconds
+        # A lease outlives the renewals a few missed heartbeats skip.
+        self.lease_seconds = max(self.offline_after_seconds, MISSED_HEARTBEATS * heartbeat_seconds)
         self.max_agents = max_agents
         self.clock = clock
         self.loop = asyncio.get_running_loop()
@@ -251,40 +288,82 @@ class Hub:
     # -- sessions ---------------------------------------------------------------------
 
     async def claim(self, host: Host, instance_id: str) -> AgentSession:
-        """A new session for ``host`` (already checked), recorded online in the store.
-        AlreadyExists when another live agent holds the host id; a reconnect by the
-        same agent (same instance id) replaces its own stale session. When the store
-        write fails the session is undone and the error raised."""
+        """A new session for ``host`` (already checked), holding the host's lease and
+        recorded online in the store. AlreadyExists when another live agent holds the
+        host id, here or through another replica (the message names which); a
+        reconnect by the same agent (same instance id), here or anywhere, takes the
+        host over. When a store write fails the session is undone and the error
+        raised."""
         if self._stopping:
             raise errors.Unavailable("the server is stopping")
         existing = self._sessions.get(host.host_id)
+        replaced = None
         if existing is not None and not existing.closed:
             if existing.instance_id != instance_id and not self._silent(existing):
                 raise errors.AlreadyExists(
-                    f"host id {host.host_id!r} is held by another connected agent"
+                    f"host id {host.host_id!r} is held by another agent connected to this "
+                    f"server (replica {self.replica.replica_id})"
                 )
+            replaced = existing
             existing.close("replaced by a new connection")
         elif len(self._sessions) >= self.max_agents:
             raise errors.ResourceExhausted(f"the server takes at most {self.max_agents} agents")
+        # In the table before the lease is taken: whoever finds the lease here finds
+        # the session.
         session = AgentSession(host, instance_id)
         self._sessions[host.host_id] = session
         try:
+            if (
+                replaced is not None
+                and replaced.ownership is not None
+                and replaced.instance_id != instance_id
+            ):
+                # A silent agent's lease would refuse its successor for a while yet.
+                await self.blocking(self.store.release_host, replaced.ownership)
+            claimed = session.ownership = await self.blocking(self._claim_lease, session)
             await self._record(host.host_id)
+        except errors.StoreConflict as exc:
+            await self.release(session, "refused")
+            raise errors.AlreadyExists(str(exc)) from None
         except BaseException:
             await self.release(session, "could not be recorded")
             raise
+        if session.closed:
+            # Released while it was being claimed (the server is stopping): the
+            # release found no lease to give up, so give it up here.
+            held, session.ownership = session.ownership, None
+            if held is not None:
+                await self.blocking(self.store.release_host, held)
+            raise errors.Unavailable("the server is stopping")
+        session.registered = True
         session.last_recorded = session.last_heard
-        log.info("host %s online", host.host_id)
+        log.info("host %s online (epoch %d)", host.host_id, claimed.epoch)
         return session
 
-    async def release(self, session: AgentSession, reason: str) -> None:
-        """End ``session`` and, unless a newer one replaced it, mark its host offline."""
-        session.close(reason)
+    def _claim_lease(self, session: AgentSession) -> HostOwnership:
+        return self.store.claim_host(
+            session.host_id,
+            replica_id=self.replica.replica_id,
+            address=self.replica.address,
+            instance_id=session.instance_id,
+            now=self.clock(),
+            ttl_seconds=self.lease_seconds,
+        )
+
+    async def release(
+        self, session: AgentSession, reason: str, error: errors.Error | None = None
+    ) -> None:
+        """End ``session`` (its stream with ``error``, when given) and, unless a newer
+        session or claim replaced it, release its lease and mark its host offline."""
+        session.close(reason, error)
         if self._sessions.get(session.host_id) is not session:
             return
         del self._sessions[session.host_id]
+        held, session.ownership = session.ownership, None
+        if held is None:
+            return  # never held, or lost to another claim: nothing of it to undo
         try:
-            await self._record(session.host_id)
+            await self._record(session.host_id, release=held)
         except errors.StoreClosed:
             pass  # the store is closed: the server is stopping, and its start marks
             # every host offline anyway
@@ -293,6 +372,16 @@ class Hub:
             # stream's end, the monitor and the caller carry on regardless.
             log.exception("recording host %s offline failed", session.host_id)
         log.info("host %s offline: %s", session.host_id, reason)
+
+    async def _fence(self, session: AgentSession, lost: errors.StoreConflict) -> None:
+        """Another claim holds the host now: end this replica's stale stream."""
+        session.ownership = None
+        log.warning("host %s: %s; closing this replica's stream", session.host_id, lost)
+        await self.release(
+            session,
+            "taken over by another connection",
+            errors.Aborted(f"this stream no longer holds host {session.host_id!r}: {lost}"),
+        )
 
     def live_session(self, host_id: str) -> AgentSession | None:
         """The live session of ``host_id``, if its agent is connected here."""
@@ -311,7 +400,7 @@ class Hub:
     def online(self) -> list[str]:
         """The host ids with a connected agent, sorted. Safe from any thread: the
         copy is one step under the interpreter lock."""
-        return sorted(self._sessions.copy())
+        return sorted(h for h, s in self._sessions.copy().items() if s.registered)
 
     # -- what agents send -------------------------------------------------------------
 
@@ -370,24 +459,46 @@ class Hub:
 
     # -- the store --------------------------------------------------------------------
 
-    async def _record(self, host_id: str, *, only: AgentSession | None = None) -> None:
-        """Write the host's state as it is now (online with its session's facts, or
-        offline) to the store; with ``only``, just the last-seen time and only while
-        that session holds the host.
+    async def _record(
+        self,
+        host_id: str,
+        *,
+        only: AgentSession | None = None,
+        release: HostOwnership | None = None,
+    ) -> None:
+        """Write the host's state as it is now to the store: online with its session's
+        facts; with ``only``, the renewal of that session's lease and its last-seen
+        time, while it holds the host; with ``release``, that lease given up and the
+        host offline, unless a newer claim holds it.
 
         Writes for one host take turns, and each reads the state after it takes its
-        turn, so whichever runs last writes the latest state: a release racing a
-        reconnect cannot leave the reconnected host offline. Writes for different
-        hosts go on side by side."""
+        turn, so whichever runs last writes the latest state; an offline mark goes in
+        the same transaction as the release of the lease it belongs to, so a release
+        racing a reconnect (here or through another replica) cannot leave the
+        reconnected host offline. Writes for different hosts go on side by side."""
+        lost: errors.StoreConflict | None = None
         async with self._turn(host_id):
             session = self._sessions.get(host_id)
-            if only is not None:
-                if session is only and not session.closed:
-                    await self.blocking(self.store.mark_online, host_id, self.clock())
-            elif session is None:
-                await self.blocking(self.store.mark_offline, host_id)
-            else:
+            if release is not None:
+                await self.blocking(self.store.release_host, release)
+            elif only is not None:
+                held = only.ownership
+                if session is only and not session.closed and held is not None:
+                    try:
+                        only.ownership = await self.blocking(self._renew_lease, held, host_id)
+                    except errors.StoreConflict as exc:
+                        lost = exc
+            elif session is not None:
                 await self.blocking(self.store.put_host, session.host, self.clock())
+        if lost is not None and only is not None:
+            # Outside the turn: the release takes it again.
+            await self._fence(only, lost)
+
+    def _renew_lease(self, held: HostOwnership, host_id: str) -> HostOwnership:
+        now = self.clock()
+        renewed = self.store.renew_host(held, now=now, ttl_seconds=self.lease_seconds)
+        self.store.mark_online(host_id, now)
+        return renewed
 
     @asynccontextmanager
     async def _turn(self, host_id: str) -> AsyncIterator[None]:
@@ -405,8 +516,8 @@ class Hub:
                 del self._writing[host_id]
 
     def _record_last_seen(self) -> None:
-        """Start a last-seen record for every host heard from since its last one a
-        heartbeat interval or more ago."""
+        """Renew the lease and record the last-seen time of every host heard from
+        since its last record a heartbeat interval or more ago."""
         for session in list(self._sessions.values()):
             if session.last_heard - session.last_recorded >= self.heartbeat_seconds:
                 session.last_recorded = session.last_heard
@@ -471,6 +582,11 @@ class Hub:
 class _Turn:
     lock: asyncio.Lock
     wanted: int = 0
+
+
+def default_replica_id() -> str:
+    """A name for a replica that was given none: this machine and process."""
+    return f"{socket.gethostname()}-{os.getpid()}"
 
 
 def _running_loop() -> asyncio.AbstractEventLoop | None:

@@ -120,6 +120,9 @@ class AgentHubServicer(hub_pb2_grpc.AgentHubServiceServicer):
             )
             async for message in session.outgoing():
                 yield message_to_pb(message)
+            if session.ended_by is not None:
+                # Fenced: the agent logs why its stream ended.
+                await abort_with_async(context, session.ended_by)
         finally:
             if reader is not None:
                 reader.cancel()

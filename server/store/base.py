@@ -203,9 +203,11 @@ class Store(Protocol):
         released): the caller has lost the host and must close its stream (fencing).
         An expired record that nobody claimed since is renewed."""
 
-    def release_host(self, held: HostOwnership) -> None:
-        """Give the host up (the stream ended), if ``held`` is still its record;
-        otherwise do nothing. The epoch stays, so later claims still go above it."""
+    def release_host(self, held: HostOwnership) -> bool:
+        """Give the host up (the stream ended) and mark it offline, in one transaction,
+        if ``held`` is still its record, and return True; otherwise change nothing (a
+        newer claim holds the host, and it stays online) and return False. The epoch
+        stays, so later claims still go above it."""
 
     def host_owners(self) -> dict[str, HostOwnership]:
         """Every host's latest ownership record, live or expired (see

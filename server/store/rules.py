@@ -577,11 +577,15 @@ class RuleStore:
             tx.set_lease(HOST_LEASE, held.host_id, renewed)
         return self._ownership(held.host_id, renewed)
 
-    def release_host(self, held: HostOwnership) -> None:
+    def release_host(self, held: HostOwnership) -> bool:
         with self._tx() as tx:
             row = tx.lease(HOST_LEASE, held.host_id)
-            if row is not None and row.epoch == held.epoch and row.holder == held.replica_id:
-                tx.set_lease(HOST_LEASE, held.host_id, LeaseRow("", "", "", row.epoch, 0.0))
+            if row is None or row.epoch != held.epoch or row.holder != held.replica_id:
+                return False
+            tx.set_lease(HOST_LEASE, held.host_id, LeaseRow("", "", "", row.epoch, 0.0))
+            if tx.host_exists(held.host_id):
+                tx.set_offline(held.host_id)
+        return True
 
     def host_owners(self) -> dict[str, HostOwnership]:
         return {

@@ -54,6 +54,7 @@ def host_status_document(status: HostStatus) -> dict[str, Any]:
         "process_count": status.process_count,
         "dropped_push_count": status.dropped_push_count,
         "access_denied_count": status.access_denied_count,
+        "replica_id": status.replica_id,
     }
 
 

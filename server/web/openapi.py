@@ -59,6 +59,7 @@ HOST_STATUS = _object(
     first_seen_time=_NUMBER,
     dropped_push_count=_INT,
     access_denied_count=_INT,
+    replica_id=_STRING,
 )
 SCHEMAS: dict[str, Any] = {
     "Error": _object(

@@ -95,12 +95,20 @@ class RawAgent:
     """An agent stream driven by hand: registers, heartbeats if asked, and never
     answers a snapshot command (a hung agent)."""
 
-    def __init__(self, target: str, host_id: str, reader: LinuxReader, heartbeat: bool):
+    def __init__(
+        self,
+        target: str,
+        host_id: str,
+        reader: LinuxReader,
+        heartbeat: bool,
+        instance_id: str | None = None,
+    ):
         self.channel = grpc.insecure_channel(target)
         self.outbox: queue.Queue[hub_pb2.ConnectRequest | None] = queue.Queue()
         register = hub_pb2.ConnectRequest()
         wire.host_to_pb(replace(reader.host(), host_id=host_id), register.register.host)
-        register.register.instance_id = uuid.uuid4().hex
+        register.register.instance_id = instance_id or uuid.uuid4().hex
+        self.error: grpc.RpcError | None = None
         self.outbox.put(register)
         self.call = hub_pb2_grpc.AgentHubServiceStub(self.channel).Connect(self._requests())
         self.received: list[hub_pb2.ConnectResponse] = []
@@ -137,8 +145,10 @@ class RawAgent:
 def raw_agent(reader: LinuxReader) -> Iterator[Callable[..., RawAgent]]:
     agents: list[RawAgent] = []
 
-    def make(target: str, host_id: str, *, heartbeat: bool = True) -> RawAgent:
-        agent = RawAgent(target, host_id, reader, heartbeat)
+    def make(
+        target: str, host_id: str, *, heartbeat: bool = True, instance_id: str | None = None
+    ) -> RawAgent:
+        agent = RawAgent(target, host_id, reader, heartbeat, instance_id)
         agents.append(agent)
         return agent
 

@@ -500,14 +500,14 @@ def test_host_ownership_claims_bump_the_epoch_and_fence_the_old_holder(store: St
     assert second.epoch == 2
     with pytest.raises(errors.StoreConflict, match="epoch 1"):
         store.renew_host(first, now=108.0, ttl_seconds=10.0)
-    store.release_host(first)  # a stale release changes nothing
+    assert store.release_host(first) is False  # a stale release changes nothing
     assert store.host_owners()["h1"] == second
     # Once expired, another agent may claim the host id.
     third = store.claim_host(
         "h1", replica_id="r3", address="c:1", instance_id="agent-2", now=200.0, ttl_seconds=10.0
     )
     assert third.epoch == 3
-    store.release_host(third)
+    assert store.release_host(third) is True
     released = store.host_owners()["h1"]
     assert (released.replica_id, released.epoch, released.live(201.0)) == ("", 3, False)
     with pytest.raises(errors.StoreConflict):
@@ -519,6 +519,25 @@ def test_host_ownership_claims_bump_the_epoch_and_fence_the_old_holder(store: St
         == 4
     )
     assert list(store.host_owners()) == ["h1"]
+
+
+def test_releasing_a_host_marks_it_offline_unless_a_newer_claim_holds_it(store: Store) -> None:
+    store.put_host(make_host("h1"), 100.0)
+    first = store.claim_host(
+        "h1", replica_id="r1", address="a:1", instance_id="agent-1", now=100.0, ttl_seconds=10.0
+    )
+    second = store.claim_host(
+        "h1", replica_id="r2", address="b:1", instance_id="agent-1", now=101.0, ttl_seconds=10.0
+    )
+    assert store.release_host(first) is False
+    assert store.host("h1").online
+    assert store.release_host(second) is True
+    assert not store.host("h1").online
+    # A host the store has no row for yet is released all the same.
+    third = store.claim_host(
+        "h2", replica_id="r1", address="a:1", instance_id="agent-2", now=102.0, ttl_seconds=10.0
+    )
+    assert store.release_host(third) is True
 
 
 def test_a_job_has_one_holder_and_is_taken_over_after_expiry(store: Store) -> None:

@@ -34,7 +34,7 @@ COMMANDS = {
     "audit": "findings, per-application figures and recommended limits across the fleet",
     "server": "the fleet server: agents connect to it, clients ask it",
     "up": "a server and this host's agent in one process, with a live fleet view",
-    "hosts": "hosts a server knows: online, last seen, limits",
+    "hosts": "hosts a server knows: online, last seen, limits, the server holding each",
 }
 
 EXIT_ERROR = 1

@@ -1,4 +1,5 @@
-"""``vmatlas hosts``: every host a server knows, online or not."""
+"""``vmatlas hosts``: every host a server knows, online or not, and which server
+(replica) holds its agent's stream."""
 
 from __future__ import annotations
 
@@ -56,17 +57,20 @@ def run(args: argparse.Namespace) -> int:
                 h.host.max_map_count,
                 h.process_count,
                 round(now - h.last_seen_time),
+                h.replica_id,
             )
             for h in hosts
         ]
         if args.format == "csv":
             writer = csv.writer(out, lineterminator="\n")
-            writer.writerow(("host_id", "state", "os", "max_map_count", "processes", "seen_s_ago"))
+            writer.writerow(
+                ("host_id", "state", "os", "max_map_count", "processes", "seen_s_ago", "replica")
+            )
             writer.writerows(rows)
             return 0
         print_table(
-            ("HOST", "STATE", "OS", "MAX_MAP_COUNT", "PROCESSES", "LAST SEEN"),
-            [(*r[:5], f"{r[5]}s ago") for r in rows],
+            ("HOST", "STATE", "OS", "MAX_MAP_COUNT", "PROCESSES", "LAST SEEN", "REPLICA"),
+            [(*r[:5], f"{r[5]}s ago", r[6] or "-") for r in rows],
             out=out,
             right=(3, 4),
         )

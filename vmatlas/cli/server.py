@@ -147,6 +147,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         offline_after_seconds=args.offline_after,
         agent_timeout_seconds=args.agent_timeout,
         max_agents=args.max_agents,
+        advertise=getattr(args, "advertise", None) or "",
         credentials=security.credentials,
         interceptors=security.interceptors,
     )
@@ -161,6 +162,14 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         help="the store: sqlite:///PATH (a SQLite file) or postgresql://USER@HOST:PORT/DB "
         "(made or migrated at start; several servers may share one); default: SQLite "
         "in --data-dir",
+    )
+    p.add_argument(
+        "--advertise",
+        metavar="HOST:PORT",
+        help="where the other servers on the same --store reach this one (it also names "
+        "this server in `vmatlas hosts`); a fresh snapshot of a host whose agent is "
+        "connected elsewhere is forwarded there. Default: the --listen address (this "
+        "machine's name when listening on 0.0.0.0 or [::]), with the bound port",
     )
     p.add_argument(
         "--check",

@@ -27,7 +27,7 @@ from vmatlas.v1 import agent_pb2 as vmatlas_dot_v1_dot_agent__pb2
 from vmatlas.v1 import snapshot_pb2 as vmatlas_dot_v1_dot_snapshot__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16vmatlas/v1/fleet.proto\x12\nvmatlas.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x16vmatlas/v1/agent.proto\x1a\x19vmatlas/v1/snapshot.proto\"\xf5\x01\n\nHostStatus\x12\x1e\n\x04host\x18\x01 \x01(\x0b\x32\x10.vmatlas.v1.Host\x12\x0e\n\x06online\x18\x02 \x01(\x08\x12\x33\n\x0f\x66irst_seen_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x32\n\x0elast_seen_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rprocess_count\x18\x05 \x01(\r\x12\x1a\n\x12\x64ropped_push_count\x18\x06 \x01(\x04\x12\x1b\n\x13\x61\x63\x63\x65ss_denied_count\x18\x07 \x01(\r\"\x12\n\x10ListHostsRequest\":\n\x11ListHostsResponse\x12%\n\x05hosts\x18\x01 \x03(\x0b\x32\x16.vmatlas.v1.HostStatus\"L\n\x0c\x46leetProcess\x12\x0f\n\x07host_id\x18\x01 \x01(\t\x12+\n\x07summary\x18\x02 \x01(\x0b\x32\x1a.vmatlas.v1.ProcessSummary\"y\n\x19ListFleetProcessesRequest\x12\x0f\n\x07host_id\x18\x01 \x01(\t\x12\x13\n\x0bname_filter\x18\x02 \x01(\t\x12\'\n\x05order\x18\x03 \x01(\x0e\x32\x18.vmatlas.v1.ProcessOrder\x12\r\n\x05limit\x18\x04 \x01(\r\"I\n\x1aListFleetProcessesResponse\x12+\n\tprocesses\x18\x01 \x03(\x0b\x32\x18.vmatlas.v1.FleetProcess\"\x9e\x01\n\x16GetHostSnapshotRequest\x12\x0f\n\x07host_id\x18\x01 \x01(\t\x12\x0b\n\x03pid\x18\x02 \x01(\r\x12\r\n\x05\x66resh\x18\x03 \x01(\x08\x12\x14\n\x0cinclude_free\x18\x04 \x01(\x08\x12\x19\n\x11include_residency\x18\x05 \x01(\x08\x12&\n\x04view\x18\x06 \x01(\x0e\x32\x18.vmatlas.v1.SnapshotView\"@\n\x17GetHostSnapshotResponse\x12\x10\n\x08snapshot\x18\x01 \x01(\x0c\x12\x13\n\x0bsnapshot_id\x18\x02 \x01(\t\"\x99\x01\n\x19ListProcessHistoryRequest\x12\x0f\n\x07host_id\x18\x01 \x01(\t\x12\x0b\n\x03pid\x18\x02 \x01(\r\x12.\n\nsince_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nuntil_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xa7\x01\n\x12StoredSnapshotInfo\x12\x13\n\x0bsnapshot_id\x18\x01 \x01(\t\x12$\n\x07process\x18\x02 \x01(\x0b\x32\x13.vmatlas.v1.Process\x12\x30\n\x0c\x63\x61pture_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12$\n\x07summary\x18\x04 \x01(\x0b\x32\x13.vmatlas.v1.Summary\"~\n\x1aListProcessHistoryResponse\x12-\n\tsummaries\x18\x01 \x03(\x0b\x32\x1a.vmatlas.v1.ProcessSummary\x12\x31\n\tsnapshots\x18\x02 \x03(\x0b\x32\x1e.vmatlas.v1.StoredSnapshotInfo\"/\n\x18GetStoredSnapshotRequest\x12\x13\n\x0bsnapshot_id\x18\x01 \x01(\t\">\n\x19GetStoredSnapshotResponse\x12\x10\n\x08snapshot\x18\x01 \x01(\x0c\x12\x0f\n\x07host_id\x18\x02 \x01(\t2\xe0\x03\n\x0c\x46leetService\x12H\n\tListHosts\x12\x1c.vmatlas.v1.ListHostsRequest\x1a\x1d.vmatlas.v1.ListHostsResponse\x12\x63\n\x12ListFleetProcesses\x12%.vmatlas.v1.ListFleetProcessesRequest\x1a&.vmatlas.v1.ListFleetProcessesResponse\x12Z\n\x0fGetHostSnapshot\x12\".vmatlas.v1.GetHostSnapshotRequest\x1a#.vmatlas.v1.GetHostSnapshotResponse\x12\x63\n\x12ListProcessHistory\x12%.vmatlas.v1.ListProcessHistoryRequest\x1a&.vmatlas.v1.ListProcessHistoryResponse\x12`\n\x11GetStoredSnapshot\x12$.vmatlas.v1.GetStoredSnapshotRequest\x1a%.vmatlas.v1.GetStoredSnapshotResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16vmatlas/v1/fleet.proto\x12\nvmatlas.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x16vmatlas/v1/agent.proto\x1a\x19vmatlas/v1/snapshot.proto\"\x89\x02\n\nHostStatus\x12\x1e\n\x04host\x18\x01 \x01(\x0b\x32\x10.vmatlas.v1.Host\x12\x0e\n\x06online\x18\x02 \x01(\x08\x12\x33\n\x0f\x66irst_seen_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x32\n\x0elast_seen_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rprocess_count\x18\x05 \x01(\r\x12\x1a\n\x12\x64ropped_push_count\x18\x06 \x01(\x04\x12\x1b\n\x13\x61\x63\x63\x65ss_denied_count\x18\x07 \x01(\r\x12\x12\n\nreplica_id\x18\x08 \x01(\t\"\x12\n\x10ListHostsRequest\":\n\x11ListHostsResponse\x12%\n\x05hosts\x18\x01 \x03(\x0b\x32\x16.vmatlas.v1.HostStatus\"L\n\x0c\x46leetProcess\x12\x0f\n\x07host_id\x18\x01 \x01(\t\x12+\n\x07summary\x18\x02 \x01(\x0b\x32\x1a.vmatlas.v1.ProcessSummary\"y\n\x19ListFleetProcessesRequest\x12\x0f\n\x07host_id\x18\x01 \x01(\t\x12\x13\n\x0bname_filter\x18\x02 \x01(\t\x12\'\n\x05order\x18\x03 \x01(\x0e\x32\x18.vmatlas.v1.ProcessOrder\x12\r\n\x05limit\x18\x04 \x01(\r\"I\n\x1aListFleetProcessesResponse\x12+\n\tprocesses\x18\x01 \x03(\x0b\x32\x18.vmatlas.v1.FleetProcess\"\x9e\x01\n\x16GetHostSnapshotRequest\x12\x0f\n\x07host_id\x18\x01 \x01(\t\x12\x0b\n\x03pid\x18\x02 \x01(\r\x12\r\n\x05\x66resh\x18\x03 \x01(\x08\x12\x14\n\x0cinclude_free\x18\x04 \x01(\x08\x12\x19\n\x11include_residency\x18\x05 \x01(\x08\x12&\n\x04view\x18\x06 \x01(\x0e\x32\x18.vmatlas.v1.SnapshotView\"@\n\x17GetHostSnapshotResponse\x12\x10\n\x08snapshot\x18\x01 \x01(\x0c\x12\x13\n\x0bsnapshot_id\x18\x02 \x01(\t\"\x99\x01\n\x19ListProcessHistoryRequest\x12\x0f\n\x07host_id\x18\x01 \x01(\t\x12\x0b\n\x03pid\x18\x02 \x01(\r\x12.\n\nsince_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nuntil_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xa7\x01\n\x12StoredSnapshotInfo\x12\x13\n\x0bsnapshot_id\x18\x01 \x01(\t\x12$\n\x07process\x18\x02 \x01(\x0b\x32\x13.vmatlas.v1.Process\x12\x30\n\x0c\x63\x61pture_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12$\n\x07summary\x18\x04 \x01(\x0b\x32\x13.vmatlas.v1.Summary\"~\n\x1aListProcessHistoryResponse\x12-\n\tsummaries\x18\x01 \x03(\x0b\x32\x1a.vmatlas.v1.ProcessSummary\x12\x31\n\tsnapshots\x18\x02 \x03(\x0b\x32\x1e.vmatlas.v1.StoredSnapshotInfo\"/\n\x18GetStoredSnapshotRequest\x12\x13\n\x0bsnapshot_id\x18\x01 \x01(\t\">\n\x19GetStoredSnapshotResponse\x12\x10\n\x08snapshot\x18\x01 \x01(\x0c\x12\x0f\n\x07host_id\x18\x02 \x01(\t2\xe0\x03\n\x0c\x46leetService\x12H\n\tListHosts\x12\x1c.vmatlas.v1.ListHostsRequest\x1a\x1d.vmatlas.v1.ListHostsResponse\x12\x63\n\x12ListFleetProcesses\x12%.vmatlas.v1.ListFleetProcessesRequest\x1a&.vmatlas.v1.ListFleetProcessesResponse\x12Z\n\x0fGetHostSnapshot\x12\".vmatlas.v1.GetHostSnapshotRequest\x1a#.vmatlas.v1.GetHostSnapshotResponse\x12\x63\n\x12ListProcessHistory\x12%.vmatlas.v1.ListProcessHistoryRequest\x1a&.vmatlas.v1.ListProcessHistoryResponse\x12`\n\x11GetStoredSnapshot\x12$.vmatlas.v1.GetStoredSnapshotRequest\x1a%.vmatlas.v1.GetStoredSnapshotResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,31 +35,31 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'vmatlas.v1.fleet_pb2', _glo
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_HOSTSTATUS']._serialized_start=123
-  _globals['_HOSTSTATUS']._serialized_end=368
-  _globals['_LISTHOSTSREQUEST']._serialized_start=370
-  _globals['_LISTHOSTSREQUEST']._serialized_end=388
-  _globals['_LISTHOSTSRESPONSE']._serialized_start=390
-  _globals['_LISTHOSTSRESPONSE']._serialized_end=448
-  _globals['_FLEETPROCESS']._serialized_start=450
-  _globals['_FLEETPROCESS']._serialized_end=526
-  _globals['_LISTFLEETPROCESSESREQUEST']._serialized_start=528
-  _globals['_LISTFLEETPROCESSESREQUEST']._serialized_end=649
-  _globals['_LISTFLEETPROCESSESRESPONSE']._serialized_start=651
-  _globals['_LISTFLEETPROCESSESRESPONSE']._serialized_end=724
-  _globals['_GETHOSTSNAPSHOTREQUEST']._serialized_start=727
-  _globals['_GETHOSTSNAPSHOTREQUEST']._serialized_end=885
-  _globals['_GETHOSTSNAPSHOTRESPONSE']._serialized_start=887
-  _globals['_GETHOSTSNAPSHOTRESPONSE']._serialized_end=951
-  _globals['_LISTPROCESSHISTORYREQUEST']._serialized_start=954
-  _globals['_LISTPROCESSHISTORYREQUEST']._serialized_end=1107
-  _globals['_STOREDSNAPSHOTINFO']._serialized_start=1110
-  _globals['_STOREDSNAPSHOTINFO']._serialized_end=1277
-  _globals['_LISTPROCESSHISTORYRESPONSE']._serialized_start=1279
-  _globals['_LISTPROCESSHISTORYRESPONSE']._serialized_end=1405
-  _globals['_GETSTOREDSNAPSHOTREQUEST']._serialized_start=1407
-  _globals['_GETSTOREDSNAPSHOTREQUEST']._serialized_end=1454
-  _globals['_GETSTOREDSNAPSHOTRESPONSE']._serialized_start=1456
-  _globals['_GETSTOREDSNAPSHOTRESPONSE']._serialized_end=1518
-  _globals['_FLEETSERVICE']._serialized_start=1521
-  _globals['_FLEETSERVICE']._serialized_end=2001
+  _globals['_HOSTSTATUS']._serialized_end=388
+  _globals['_LISTHOSTSREQUEST']._serialized_start=390
+  _globals['_LISTHOSTSREQUEST']._serialized_end=408
+  _globals['_LISTHOSTSRESPONSE']._serialized_start=410
+  _globals['_LISTHOSTSRESPONSE']._serialized_end=468
+  _globals['_FLEETPROCESS']._serialized_start=470
+  _globals['_FLEETPROCESS']._serialized_end=546
+  _globals['_LISTFLEETPROCESSESREQUEST']._serialized_start=548
+  _globals['_LISTFLEETPROCESSESREQUEST']._serialized_end=669
+  _globals['_LISTFLEETPROCESSESRESPONSE']._serialized_start=671
+  _globals['_LISTFLEETPROCESSESRESPONSE']._serialized_end=744
+  _globals['_GETHOSTSNAPSHOTREQUEST']._serialized_start=747
+  _globals['_GETHOSTSNAPSHOTREQUEST']._serialized_end=905
+  _globals['_GETHOSTSNAPSHOTRESPONSE']._serialized_start=907
+  _globals['_GETHOSTSNAPSHOTRESPONSE']._serialized_end=971
+  _globals['_LISTPROCESSHISTORYREQUEST']._serialized_start=974
+  _globals['_LISTPROCESSHISTORYREQUEST']._serialized_end=1127
+  _globals['_STOREDSNAPSHOTINFO']._serialized_start=1130
+  _globals['_STOREDSNAPSHOTINFO']._serialized_end=1297
+  _globals['_LISTPROCESSHISTORYRESPONSE']._serialized_start=1299
+  _globals['_LISTPROCESSHISTORYRESPONSE']._serialized_end=1425
+  _globals['_GETSTOREDSNAPSHOTREQUEST']._serialized_start=1427
+  _globals['_GETSTOREDSNAPSHOTREQUEST']._serialized_end=1474
+  _globals['_GETSTOREDSNAPSHOTRESPONSE']._serialized_start=1476
+  _globals['_GETSTOREDSNAPSHOTRESPONSE']._serialized_end=1538
+  _globals['_FLEETSERVICE']._serialized_start=1541
+  _globals['_FLEETSERVICE']._serialized_end=2021
 # @@protoc_insertion_point(module_scope)

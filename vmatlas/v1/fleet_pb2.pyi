@@ -32,6 +32,7 @@ class HostStatus(_message.Message):
     PROCESS_COUNT_FIELD_NUMBER: _builtins.int
     DROPPED_PUSH_COUNT_FIELD_NUMBER: _builtins.int
     ACCESS_DENIED_COUNT_FIELD_NUMBER: _builtins.int
+    REPLICA_ID_FIELD_NUMBER: _builtins.int
     online: _builtins.bool
     """An agent holds a stream open for this host and sends heartbeats."""
     process_count: _builtins.int
@@ -43,6 +44,11 @@ class HostStatus(_message.Message):
     access_denied_count: _builtins.int
     """Processes that exist on the host but its agent could not read (access denied),
     as of its latest complete summary push.
+    """
+    replica_id: _builtins.str
+    """The server holding the host's agent stream under a live lease (its replica id:
+    the HOST:PORT it advertises to the other servers on the same store); empty when
+    no server does.
     """
     @_builtins.property
     def host(self) -> _snapshot_pb2.Host: ...
@@ -60,10 +66,11 @@ class HostStatus(_message.Message):
         process_count: _builtins.int = ...,
         dropped_push_count: _builtins.int = ...,
         access_denied_count: _builtins.int = ...,
+        replica_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["first_seen_time", b"first_seen_time", "host", b"host", "last_seen_time", b"last_seen_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["access_denied_count", b"access_denied_count", "dropped_push_count", b"dropped_push_count", "first_seen_time", b"first_seen_time", "host", b"host", "last_seen_time", b"last_seen_time", "online", b"online", "process_count", b"process_count"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["access_denied_count", b"access_denied_count", "dropped_push_count", b"dropped_push_count", "first_seen_time", b"first_seen_time", "host", b"host", "last_seen_time", b"last_seen_time", "online", b"online", "process_count", b"process_count", "replica_id", b"replica_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

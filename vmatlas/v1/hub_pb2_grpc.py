@@ -70,7 +70,9 @@ class AgentHubServiceServicer:
         jitter and registers again.
         Fails with INVALID_ARGUMENT when the first message is not `register` or names no
         host, ALREADY_EXISTS when another live agent holds the host id, RESOURCE_EXHAUSTED
-        when the server has no room for another agent.
+        when the server has no room for another agent. A stream that another connection
+        of the same agent took over, through this server or another on the same store,
+        ends with ABORTED naming the new holder.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -55,7 +55,9 @@ class AgentHubServiceStub:
          jitter and registers again.
     Fails with INVALID_ARGUMENT when the first message is not `register` or names no
     host, ALREADY_EXISTS when another live agent holds the host id, RESOURCE_EXHAUSTED
-    when the server has no room for another agent.
+    when the server has no room for another agent. A stream that another connection
+    of the same agent took over, through this server or another on the same store,
+    ends with ABORTED naming the new holder.
     """
 
 @_typing.type_check_only
@@ -85,7 +87,9 @@ class AgentHubServiceAsyncStub(AgentHubServiceStub):
          jitter and registers again.
     Fails with INVALID_ARGUMENT when the first message is not `register` or names no
     host, ALREADY_EXISTS when another live agent holds the host id, RESOURCE_EXHAUSTED
-    when the server has no room for another agent.
+    when the server has no room for another agent. A stream that another connection
+    of the same agent took over, through this server or another on the same store,
+    ends with ABORTED naming the new holder.
     """
 
 class AgentHubServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -118,7 +122,9 @@ class AgentHubServiceServicer(metaclass=_abc_1.ABCMeta):
              jitter and registers again.
         Fails with INVALID_ARGUMENT when the first message is not `register` or names no
         host, ALREADY_EXISTS when another live agent holds the host id, RESOURCE_EXHAUSTED
-        when the server has no room for another agent.
+        when the server has no room for another agent. A stream that another connection
+        of the same agent took over, through this server or another on the same store,
+        ends with ABORTED naming the new holder.
         """
 
 def add_AgentHubServiceServicer_to_server(servicer: AgentHubServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,0 +1,108 @@
+"""Several servers on one PostgreSQL store: each host's agent stream is held by one
+replica under a lease with an epoch; a takeover fences the stale stream, and a second
+agent with the same host id is refused and told who holds it."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+
+import grpc
+import pytest
+
+from vmatlas import errors
+from vmatlas.agents.uplink import Uplink
+from vmatlas.client import Client
+from vmatlas.server.app import FleetServer, advertised_address
+
+from .conftest import RawAgent, wait_for
+
+
+def test_the_advertised_address_defaults_to_the_listening_one() -> None:
+    assert advertised_address("", "127.0.0.1:0", 4321) == "127.0.0.1:4321"
+    assert advertised_address("db-1.example:50550", "0.0.0.0:50550", 50550) == (
+        "db-1.example:50550"
+    )
+    assert advertised_address("", "0.0.0.0:7000", 7000).endswith(":7000")
+    assert not advertised_address("", "[::]:7000", 7000).startswith("[::]")
+    with pytest.raises(errors.InvalidArgument, match="HOST:PORT"):
+        advertised_address("nowhere", "127.0.0.1:0", 1)
+
+
+def test_two_agents_claiming_one_host_id_on_two_replicas_one_holds_it(
+    postgres_url: str,
+    make_server: Callable[..., FleetServer],
+    make_uplink: Callable[..., Uplink],
+) -> None:
+    a = make_server(store_url=postgres_url)
+    b = make_server(store_url=postgres_url)
+    assert a.replica.replica_id != b.replica.replica_id
+    first = make_uplink(a.address, "twin")
+    assert first.connected.wait(30)
+    second = make_uplink(b.address, "twin")
+    wait_for(lambda: second.error is not None, 30, "the second agent refused")
+    assert isinstance(second.error, errors.AlreadyExists)
+    # Told why: which replica holds the host id for which agent instance.
+    assert a.replica.replica_id in str(second.error)
+    assert first.instance_id in str(second.error)
+    owner = a.store.host_owners()["twin"]
+    assert (owner.replica_id, owner.instance_id) == (a.replica.replica_id, first.instance_id)
+    assert a.hub.online() == ["twin"] and b.hub.online() == []
+    assert first.connected.is_set() and first.registrations == 1
+    # Every replica shows which one holds the host.
+    for server in (a, b):
+        with Client(server.address) as client:
+            [status] = client.hosts()
+        assert (status.host_id, status.replica_id) == ("twin", a.replica.replica_id)
+
+
+def test_a_takeover_through_another_replica_fences_the_stale_stream(
+    postgres_url: str,
+    make_server: Callable[..., FleetServer],
+    raw_agent: Callable[..., RawAgent],
+) -> None:
+    a = make_server(store_url=postgres_url)
+    b = make_server(store_url=postgres_url)
+    instance = uuid.uuid4().hex
+    stale = raw_agent(a.address, "mover", instance_id=instance)
+    wait_for(lambda: a.hub.online() == ["mover"], what="the first stream held")
+    assert a.store.host_owners()["mover"].epoch == 1
+    # The same agent instance comes back through b (its stream to a half-open, say).
+    raw_agent(b.address, "mover", instance_id=instance)
+    wait_for(lambda: b.hub.online() == ["mover"], what="the takeover")
+    owner = b.store.host_owners()["mover"]
+    assert (owner.replica_id, owner.address, owner.epoch) == (
+        b.replica.replica_id,
+        b.replica.address,
+        2,
+    )
+    # a learns it at its next renewal and ends its stream with the reason.
+    wait_for(lambda: stale.error is not None, 30, "the stale stream ended")
+    assert stale.error is not None
+    assert stale.error.code() == grpc.StatusCode.ABORTED
+    assert "no longer holds host 'mover'" in str(stale.error.details())
+    assert b.replica.replica_id in str(stale.error.details())
+    assert a.hub.online() == []
+    # a's release did not mark the host offline under b's feet.
+    [status] = b.store.hosts()
+    assert status.online
+    still = b.store.host_owners()["mover"]
+    assert (still.replica_id, still.epoch) == (b.replica.replica_id, 2)
+
+
+def test_a_clean_disconnect_releases_the_host_and_marks_it_offline(
+    postgres_url: str,
+    make_server: Callable[..., FleetServer],
+    raw_agent: Callable[..., RawAgent],
+) -> None:
+    a = make_server(store_url=postgres_url)
+    agent = raw_agent(a.address, "leaver")
+    wait_for(lambda: a.hub.online() == ["leaver"], what="the stream held")
+    agent.close()
+    wait_for(lambda: not a.store.host_owners()["leaver"].replica_id, 30, "the release")
+    assert not a.store.host("leaver").online
+    # Released, another agent instance may claim the host id at once, elsewhere.
+    b = make_server(store_url=postgres_url)
+    raw_agent(b.address, "leaver")
+    wait_for(lambda: b.hub.online() == ["leaver"], what="the new holder")
+    assert b.store.host_owners()["leaver"].epoch == 2
