@@ -38,6 +38,16 @@ def _text(browser: Any) -> str:
     return str(browser.find_element(By.TAG_NAME, "body").text)
 
 
+def _settled_text(browser: Any) -> str:
+    """The page's text, or "" while a navigation replaces the page under the read."""
+    from selenium.common.exceptions import StaleElementReferenceException
+
+    try:
+        return _text(browser)
+    except StaleElementReferenceException:
+        return ""
+
+
 def _fresh(fleet: Fleet, token: str | None = None) -> dict[str, Any]:
     def take() -> Response:
         return request(
@@ -203,7 +213,10 @@ def test_a_revoked_token_leads_to_the_login_form(secured_fleet: Fleet, browser: 
     # A wrong token is refused there, with the form shown again.
     browser.find_element(By.NAME, "token").send_keys("vmat_not-a-token")
     browser.find_element(By.CSS_SELECTOR, "form#login button").click()
-    assert "unknown, expired or revoked" in _text(browser)
+    # The form posts and the page is replaced: wait for the new one.
+    wait_for(
+        lambda: "unknown, expired or revoked" in _settled_text(browser), what="the refusal shown"
+    )
 
 
 @pytest.mark.parametrize("path", ["/", f"/hosts/{HOST_ID}"])
