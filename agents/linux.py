@@ -316,16 +316,19 @@ def parse_smaps(text: str | bytes) -> RegionTable:
             # below decides, so both paths accept and refuse the same texts.
             scan = accel.scan_smaps(bytes(data), _SMAPS_KEYS_BYTES)
             if scan is not None:
-                headers, columns = scan
-                table = _table_from_scan(accel, accel.scan_maps(headers))
-                n = len(table)
-                found = dict(zip(_SMAPS_KEYS.values(), columns, strict=True))
-                table.residency = {
-                    name: [0] * n if found[name] is None else found[name]
-                    for name in RESIDENCY_FIELDS
-                }
-                return table
+                return _table_from_smaps_scan(accel, scan)
         return _parse_smaps(data)
+
+
+def _table_from_smaps_scan(accel: Any, scan: tuple[bytes, list[Any]]) -> RegionTable:
+    headers, columns = scan
+    table = _table_from_scan(accel, accel.scan_maps(headers))
+    n = len(table)
+    found = dict(zip(_SMAPS_KEYS.values(), columns, strict=True))
+    table.residency = {
+        name: [0] * n if found[name] is None else found[name] for name in RESIDENCY_FIELDS
+    }
+    return table
 
 
 _SMAPS_KEYS_BYTES = tuple(key.encode("ascii") for key in _SMAPS_KEYS)
@@ -577,10 +580,32 @@ class LinuxReader:
 
     def regions(self, pid: int, *, residency: bool = False, name: str | None = None) -> RegionTable:
         """The regions of ``pid``. Raises NoSuchProcess or AccessDenied."""
+        if residency and native.accel is not None:
+            table = self._streamed_smaps(pid, name)
+            if table is not None:
+                return table
         text = self._read_bytes(pid, "smaps" if residency else "maps", name)
         if not text and not os.path.exists(self._path(pid, "stat")):
             raise errors.NoSuchProcess(pid=pid, name=name)
         return parse_smaps(text) if residency else parse_maps(text)
+
+    def _streamed_smaps(self, pid: int, name: str | None) -> RegionTable | None:
+        """smaps scanned natively as it is read, never held whole (tens of megabytes
+        for a large process); None where the text is not regular or empty, and the
+        whole-text parse must decide."""
+        accel = native.accel
+        assert accel is not None
+        try:
+            fd = os.open(self._path(pid, "smaps"), os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                with _gc_paused():
+                    scan = accel.scan_smaps_fd(fd, _SMAPS_KEYS_BYTES)
+                    return None if scan is None else _table_from_smaps_scan(accel, scan)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            self._raise_for(exc, pid, name)
+            raise  # unreachable: _raise_for always raises
 
     def snapshot(
         self, pid: int, *, include_free: bool = False, include_residency: bool = False

@@ -54,6 +54,11 @@ def profile(load: Workload, rounds: int) -> dict[str, float]:
             return parse(d)
 
         out[f"parse {name}"] = _median_ms(rounds, parsed)
+    # What the reader does for residency: smaps scanned as it is read (native path),
+    # or read whole and then parsed (pure path).
+    out["smaps read and parsed, as the reader does"] = _median_ms(
+        rounds, lambda: reader.regions(load.pid, residency=True)
+    )
     table = linux.parse_maps(open(f"/proc/{load.pid}/maps", "rb").read())  # noqa: SIM115
     out["regions"] = len(table)
     out["summary"] = _median_ms(rounds, lambda: summarize_process(table, host, process))

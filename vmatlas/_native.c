@@ -15,6 +15,10 @@
 #include <Python.h>
 #include <stdint.h>
 #include <string.h>
+#include <errno.h>
+#ifndef _WIN32
+#include <unistd.h>
+#endif
 
 /* -- growable byte buffer ------------------------------------------------------------ */
 
@@ -432,155 +436,306 @@ static inline int is_space(unsigned char c) {
     return c == ' ' || c == '\t' || c == '\r' || c == '\f' || c == '\v';
 }
 
-/* scan_smaps(data: bytes, keys: tuple[bytes, ...]) -> (headers, columns) | None
+/* The smaps scanner: a state machine fed one line at a time (no '\n'), so that the
+ * same rules read a whole text in memory or a file streamed through a small buffer.
  *
  * For perfectly regular smaps text only: every block is one maps header line and the
  * same field lines in the same order, no field line looks like a header, every field
  * named in ``keys`` appears at most once a block and reads "NAME: <spaces> DIGITS kB".
- * Gives the header lines joined by '\n' and, per key, its column in bytes (None for a
- * key the text does not have). Anything else gives None. */
+ * Anything else makes it irregular, and the caller gives None. */
+typedef struct {
+    PyObject *keys;    /* tuple of bytes */
+    Py_ssize_t nkeys;
+    PyObject **columns; /* per key: a list, or NULL while the key is not seen */
+    uint64_t *last_v;   /* per key: the last value and its int, reused while equal */
+    PyObject **last_obj;
+    char **names;       /* per field position of a block: the name with its ':' (copied) */
+    Py_ssize_t *name_n;
+    int *slot;          /* per field position: the key it fills, or -1 */
+    Py_ssize_t width;   /* lines a block, fixed by the first block */
+    Py_ssize_t cap, j;  /* j: the position in the current block of the next line */
+    int phase;          /* 0 before the first header, 1 in the first block, 2 after */
+    int irregular;
+    buf_t headers;      /* the header lines, joined by '\n' */
+} smaps_t;
+
+static int smaps_init(smaps_t *st, PyObject *keys) {
+    memset(st, 0, sizeof *st);
+    st->keys = keys;
+    st->nkeys = PyTuple_GET_SIZE(keys);
+    for (Py_ssize_t i = 0; i < st->nkeys; i++) {
+        if (!PyBytes_Check(PyTuple_GET_ITEM(keys, i))) {
+            PyErr_SetString(PyExc_TypeError, "scan_smaps keys must be bytes");
+            return -1;
+        }
+    }
+    st->columns = PyMem_Calloc((size_t)st->nkeys + 1, sizeof(PyObject *));
+    st->last_obj = PyMem_Calloc((size_t)st->nkeys + 1, sizeof(PyObject *));
+    st->last_v = PyMem_Calloc((size_t)st->nkeys + 1, sizeof(uint64_t));
+    if (!st->columns || !st->last_obj || !st->last_v) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    return 0;
+}
+
+static void smaps_free(smaps_t *st) {
+    for (Py_ssize_t k = 0; k < st->nkeys; k++) {
+        if (st->columns) Py_XDECREF(st->columns[k]);
+        if (st->last_obj) Py_XDECREF(st->last_obj[k]);
+    }
+    for (Py_ssize_t j = 0; j < st->cap; j++) PyMem_Free(st->names[j]);
+    PyMem_Free(st->columns);
+    PyMem_Free(st->last_obj);
+    PyMem_Free(st->last_v);
+    PyMem_Free(st->names);
+    PyMem_Free(st->name_n);
+    PyMem_Free(st->slot);
+    buf_free(&st->headers);
+}
+
+/* A new field position of the first block, named by [p, colon]. -1 on error. */
+static int smaps_add_field(smaps_t *st, const char *p, const char *colon) {
+    Py_ssize_t j = st->j;
+    if (j >= st->cap) {
+        Py_ssize_t cap = st->cap ? st->cap * 2 : 32;
+        char **nn = PyMem_Realloc(st->names, (size_t)cap * sizeof *nn);
+        if (nn == NULL) return -1;
+        st->names = nn;
+        for (Py_ssize_t i = st->cap; i < cap; i++) nn[i] = NULL;
+        Py_ssize_t *nl = PyMem_Realloc(st->name_n, (size_t)cap * sizeof *nl);
+        if (nl == NULL) return -1;
+        st->name_n = nl;
+        int *ns = PyMem_Realloc(st->slot, (size_t)cap * sizeof *ns);
+        if (ns == NULL) return -1;
+        st->slot = ns;
+        st->cap = cap;
+    }
+    Py_ssize_t n = colon - p + 1; /* with the ':' */
+    st->names[j] = PyMem_Malloc((size_t)n);
+    if (st->names[j] == NULL) return -1;
+    memcpy(st->names[j], p, (size_t)n);
+    st->name_n[j] = n;
+    st->slot[j] = -1;
+    for (Py_ssize_t k = 0; k < st->nkeys; k++) {
+        PyObject *key = PyTuple_GET_ITEM(st->keys, k);
+        if (PyBytes_GET_SIZE(key) == colon - p &&
+            memcmp(PyBytes_AS_STRING(key), p, (size_t)(colon - p)) == 0) {
+            if (st->columns[k] != NULL) { /* a kept field twice a block */
+                st->irregular = 1;
+                return 0;
+            }
+            st->columns[k] = PyList_New(0);
+            if (st->columns[k] == NULL) return -1;
+            st->slot[j] = (int)k;
+        }
+    }
+    return 0;
+}
+
+/* One field line's value, "NAME: <spaces> DIGITS kB", into its key's column. */
+static int smaps_value(smaps_t *st, const char *p, const char *e) {
+    Py_ssize_t j = st->j;
+    int k = st->slot[j];
+    const char *q = p + st->name_n[j];
+    if (q >= e || !is_space((unsigned char)*q)) goto irregular;
+    while (q < e && is_space((unsigned char)*q)) q++;
+    const char *digits = q;
+    uint64_t v = 0;
+    while (q < e && is_digit((unsigned char)*q)) v = v * 10 + (uint64_t)(*q++ - '0');
+    if (q == digits || q - digits > 15) goto irregular;
+    if (e - q != 3 || memcmp(q, " kB", 3) != 0) goto irregular;
+    v *= 1024;
+    /* Most values repeat (zeros, one page): the int of the last one serves again. */
+    if (st->last_obj[k] == NULL || st->last_v[k] != v) {
+        PyObject *obj = PyLong_FromUnsignedLongLong(v);
+        if (obj == NULL) return -1;
+        Py_XSETREF(st->last_obj[k], obj);
+        st->last_v[k] = v;
+    }
+    return PyList_Append(st->columns[k], st->last_obj[k]);
+irregular:
+    st->irregular = 1;
+    return 0;
+}
+
+/* Feed one line [p, e). -1 on error; st->irregular once the text is not regular. */
+static int smaps_line(smaps_t *st, const char *p, const char *e) {
+    maps_line_t m;
+    int header = match_maps_line(p, e, &m);
+    if (st->phase == 0 || (st->phase == 1 && header) || (st->phase == 2 && st->j == st->width)) {
+        if (!header) goto irregular;
+        if (st->phase == 1) st->width = st->j;
+        st->phase = st->phase ? 2 : 1;
+        if (st->headers.len && buf_put(&st->headers, "\n", 1) < 0) return -1;
+        if (buf_put(&st->headers, p, (size_t)(e - p)) < 0) return -1;
+        st->j = 1;
+        return 0;
+    }
+    if (header) goto irregular;
+    if (st->phase == 1) {
+        const char *colon = memchr(p, ':', (size_t)(e - p));
+        if (colon == NULL || colon == p) goto irregular;
+        if (smaps_add_field(st, p, colon) < 0) return -1;
+        if (st->irregular) return 0;
+    } else if (e - p < st->name_n[st->j] || memcmp(p, st->names[st->j], (size_t)st->name_n[st->j])) {
+        goto irregular;
+    }
+    if (st->slot[st->j] >= 0 && smaps_value(st, p, e) < 0) return -1;
+    st->j++;
+    return 0;
+irregular:
+    st->irregular = 1;
+    return 0;
+}
+
+/* (headers, columns) at the end of the text, or None when it was not regular (or
+ * empty, or its last block short). */
+static PyObject *smaps_result(smaps_t *st) {
+    if (st->irregular || st->phase == 0 || (st->phase == 2 && st->j != st->width))
+        Py_RETURN_NONE;
+    PyObject *columns = PyList_New(st->nkeys);
+    if (columns == NULL) return NULL;
+    for (Py_ssize_t k = 0; k < st->nkeys; k++) {
+        PyObject *col = st->columns[k] ? st->columns[k] : Py_None;
+        PyList_SET_ITEM(columns, k, Py_NewRef(col));
+    }
+    PyObject *result =
+        Py_BuildValue("(y#N)", st->headers.data ? st->headers.data : "", (Py_ssize_t)st->headers.len,
+                      columns);
+    return result;
+}
+
+/* scan_smaps(data: bytes, keys: tuple[bytes, ...]) -> (headers, columns) | None
+ *
+ * The header lines joined by '\n' and, per key, its column in bytes (None for a key
+ * the text does not have), or None where the text is not perfectly regular (see
+ * smaps_t). Lines are what bytes.split(b"\n") makes of the text without its final
+ * '\n'. */
 static PyObject *scan_smaps(PyObject *self, PyObject *args) {
     (void)self;
     PyObject *data_obj, *keys;
     if (!PyArg_ParseTuple(args, "O!O!", &PyBytes_Type, &data_obj, &PyTuple_Type, &keys))
         return NULL;
+    smaps_t st;
+    PyObject *result = NULL;
+    if (smaps_init(&st, keys) < 0) goto done;
     const char *data = PyBytes_AS_STRING(data_obj);
     const char *stop = data + PyBytes_GET_SIZE(data_obj);
-    Py_ssize_t nkeys = PyTuple_GET_SIZE(keys);
-    for (Py_ssize_t i = 0; i < nkeys; i++) {
-        if (!PyBytes_Check(PyTuple_GET_ITEM(keys, i))) {
-            PyErr_SetString(PyExc_TypeError, "scan_smaps keys must be bytes");
-            return NULL;
-        }
-    }
-    /* The data ends with '\n' or not; the last line is what follows the last '\n'
-     * unless that is empty (bytes.split then pop of an empty tail). */
     if (stop > data && stop[-1] == '\n') stop--;
-    if (stop <= data && PyBytes_GET_SIZE(data_obj) == 0) Py_RETURN_NONE;
-
-    PyObject *result = NULL, *columns = NULL;
-    buf_t headers = {0};
-    /* Per field position of the first block: the name (with its ':') and key slot. */
-    const char **names = NULL;
-    Py_ssize_t *name_n = NULL;
-    int *slot = NULL;
-    Py_ssize_t width = 0, cap = 0;
-    int regular = 0;
-    maps_line_t m;
-
-    /* The first block fixes the width and the field names. */
-    const char *p = data;
-    const char *e = memchr(p, '\n', (size_t)(stop - p));
-    if (e == NULL) e = stop;
-    if (!match_maps_line(p, e, &m)) goto irregular;
-    width = 1;
-    for (const char *q = e + 1; q <= stop && e < stop;) {
-        const char *qe = memchr(q, '\n', (size_t)(stop - q));
-        if (qe == NULL) qe = stop;
-        if (match_maps_line(q, qe, &m)) break;
-        const char *colon = memchr(q, ':', (size_t)(qe - q));
-        if (colon == NULL || colon == q) goto irregular;
-        if (width >= cap) {
-            cap = cap ? cap * 2 : 32;
-            const char **nn = PyMem_Realloc(names, (size_t)cap * sizeof *names);
-            if (nn == NULL) goto nomem;
-            names = nn;
-            Py_ssize_t *nl = PyMem_Realloc(name_n, (size_t)cap * sizeof *name_n);
-            if (nl == NULL) goto nomem;
-            name_n = nl;
-            int *ns = PyMem_Realloc(slot, (size_t)cap * sizeof *slot);
-            if (ns == NULL) goto nomem;
-            slot = ns;
-        }
-        names[width] = q;
-        name_n[width] = colon - q + 1; /* with the ':' */
-        slot[width] = -1;
-        for (Py_ssize_t k = 0; k < nkeys; k++) {
-            PyObject *key = PyTuple_GET_ITEM(keys, k);
-            if (PyBytes_GET_SIZE(key) == colon - q &&
-                memcmp(PyBytes_AS_STRING(key), q, (size_t)(colon - q)) == 0) {
-                for (Py_ssize_t j = 1; j < width; j++)
-                    if (slot[j] == k) goto irregular; /* a kept field twice a block */
-                slot[width] = (int)k;
-            }
-        }
-        width++;
-        if (qe >= stop) break;
-        q = qe + 1;
-    }
-
-    columns = PyList_New(nkeys);
-    if (columns == NULL) goto done;
-    for (Py_ssize_t k = 0; k < nkeys; k++) {
-        PyObject *none = Py_None;
-        for (Py_ssize_t j = 1; j < width; j++) {
-            if (slot[j] == k) {
-                none = NULL;
-                break;
-            }
-        }
-        PyObject *col = none ? Py_NewRef(Py_None) : PyList_New(0);
-        if (col == NULL) goto done;
-        PyList_SET_ITEM(columns, k, col);
-    }
-
-    p = data;
-    while (p <= stop) {
-        /* One block: a header, then width - 1 field lines. */
-        e = memchr(p, '\n', (size_t)(stop - p));
-        if (e == NULL) e = stop;
-        if (!match_maps_line(p, e, &m)) goto irregular;
-        if (headers.len && buf_put(&headers, "\n", 1) < 0) goto done;
-        if (buf_put(&headers, p, (size_t)(e - p)) < 0) goto done;
-        for (Py_ssize_t j = 1; j < width; j++) {
-            if (e >= stop) goto irregular; /* the last block is short */
-            p = e + 1;
-            e = memchr(p, '\n', (size_t)(stop - p));
+    if (PyBytes_GET_SIZE(data_obj)) {
+        for (const char *p = data; !st.irregular;) {
+            const char *e = memchr(p, '\n', (size_t)(stop - p));
             if (e == NULL) e = stop;
-            if (e - p < name_n[j] || memcmp(p, names[j], (size_t)name_n[j]) != 0)
-                goto irregular;
-            if (match_maps_line(p, e, &m)) goto irregular;
-            if (slot[j] < 0) continue;
-            const char *q = p + name_n[j];
-            const char *digits;
-            if (q >= e || !is_space((unsigned char)*q)) goto irregular;
-            while (q < e && is_space((unsigned char)*q)) q++;
-            digits = q;
-            uint64_t v = 0;
-            while (q < e && is_digit((unsigned char)*q)) v = v * 10 + (uint64_t)(*q++ - '0');
-            if (q == digits || q - digits > 15) goto irregular;
-            if (e - q != 3 || memcmp(q, " kB", 3) != 0) goto irregular;
-            if (append_new(PyList_GET_ITEM(columns, slot[j]),
-                           PyLong_FromUnsignedLongLong(v * 1024)) < 0)
-                goto done;
+            if (smaps_line(&st, p, e) < 0) goto done;
+            if (e >= stop) break;
+            p = e + 1;
         }
-        if (e >= stop) break;
-        p = e + 1;
     }
-    regular = 1;
-    result = Py_BuildValue("(y#O)", headers.data ? headers.data : "", (Py_ssize_t)headers.len,
-                           columns);
-    goto done;
-nomem:
-    PyErr_NoMemory();
-    goto done;
-irregular:
-    if (!PyErr_Occurred()) result = Py_NewRef(Py_None);
+    result = smaps_result(&st);
 done:
-    (void)regular;
-    Py_XDECREF(columns);
-    buf_free(&headers);
-    PyMem_Free(names);
-    PyMem_Free(name_n);
-    PyMem_Free(slot);
+    smaps_free(&st);
     return result;
 }
 
+#ifndef _WIN32
+/* scan_smaps_fd(fd: int, keys) -> (headers, columns) | None: scan_smaps of the file's
+ * text, read to its end through a small buffer that is used again and again (the text
+ * of a large process is tens of megabytes; it is never held whole), without the GIL
+ * while reading. Raises OSError as os.read does. */
+static PyObject *scan_smaps_fd(PyObject *self, PyObject *args) {
+    (void)self;
+    int fd;
+    PyObject *keys;
+    if (!PyArg_ParseTuple(args, "iO!", &fd, &PyTuple_Type, &keys)) return NULL;
+    smaps_t st;
+    PyObject *result = NULL;
+    size_t cap = 256 * 1024, len = 0; /* len: bytes of an unfinished line at the front */
+    char *buf = NULL;
+    int seen_any = 0;
+    if (smaps_init(&st, keys) < 0) goto done;
+    buf = PyMem_Malloc(cap);
+    if (buf == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    for (;;) {
+        if (len == cap) { /* one line longer than the buffer */
+            char *grown = PyMem_Realloc(buf, cap * 2);
+            if (grown == NULL) {
+                PyErr_NoMemory();
+                goto done;
+            }
+            buf = grown;
+            cap *= 2;
+        }
+        ssize_t got;
+        int saved_errno;
+        Py_BEGIN_ALLOW_THREADS
+        got = read(fd, buf + len, cap - len);
+        saved_errno = errno;
+        Py_END_ALLOW_THREADS
+        if (got < 0) {
+            if (saved_errno == EINTR) {
+                if (PyErr_CheckSignals() < 0) goto done;
+                continue;
+            }
+            errno = saved_errno;
+            PyErr_SetFromErrno(PyExc_OSError);
+            goto done;
+        }
+        if (got == 0) break;
+        seen_any = 1;
+        if (st.irregular) continue; /* read to the end all the same, as a read would */
+        const char *p = buf, *stop = buf + len + (size_t)got, *e;
+        while ((e = memchr(p, '\n', (size_t)(stop - p))) != NULL && !st.irregular) {
+            if (smaps_line(&st, p, e) < 0) goto done;
+            p = e + 1;
+        }
+        len = (size_t)(stop - p);
+        memmove(buf, p, len);
+    }
+    /* A last line without its '\n'. */
+    if (len && !st.irregular && smaps_line(&st, buf, buf + len) < 0) goto done;
+    result = seen_any ? smaps_result(&st) : Py_NewRef(Py_None);
+done:
+    PyMem_Free(buf);
+    smaps_free(&st);
+    return result;
+}
+#endif
+
 /* -- summary loops -------------------------------------------------------------------- */
+
+/* CPython before 3.12 keeps an int as a signed digit count and 30-bit digits: an int
+ * below 2**60 is read here without a call (addresses and sizes all are). */
+#if PY_VERSION_HEX < 0x030C0000 && PYLONG_BITS_IN_DIGIT == 30
+#define SMALL_LONG_FAST 1
+static inline int compact_u64(PyObject *v, uint64_t *out) {
+    Py_ssize_t size = Py_SIZE(v);
+    const digit *d = ((PyLongObject *)v)->ob_digit;
+    if (size == 0) {
+        *out = 0;
+        return 1;
+    }
+    if (size == 1) {
+        *out = d[0];
+        return 1;
+    }
+    if (size == 2) {
+        *out = (uint64_t)d[0] | (uint64_t)d[1] << 30;
+        return 1;
+    }
+    return 0;
+}
+#endif
 
 static int u64_at(PyObject *list, Py_ssize_t i, uint64_t *out) {
     PyObject *v = PyList_GET_ITEM(list, i);
     if (!PyLong_CheckExact(v)) return -1;
+#ifdef SMALL_LONG_FAST
+    if (compact_u64(v, out)) return 0;
+#endif
     int overflow;
     long long s = PyLong_AsLongLongAndOverflow(v, &overflow);
     if (overflow == 0) {
@@ -601,6 +756,12 @@ static int u64_at(PyObject *list, Py_ssize_t i, uint64_t *out) {
 static int small_at(PyObject *list, Py_ssize_t i, long *out) {
     PyObject *v = PyList_GET_ITEM(list, i);
     if (!PyLong_Check(v)) return -1;
+#ifdef SMALL_LONG_FAST
+    if (Py_SIZE(v) == 0 || Py_SIZE(v) == 1) { /* 0 <= v < 2**30 */
+        *out = Py_SIZE(v) ? (long)((PyLongObject *)v)->ob_digit[0] : 0;
+        return 0;
+    }
+#endif
     int overflow;
     long s = PyLong_AsLongAndOverflow(v, &overflow);
     if (overflow || s < INT32_MIN || s > INT32_MAX) return -1;
@@ -703,16 +864,40 @@ done:
     return out;
 }
 
-/* followed_by(starts, ends, states, types, protections, own, max_bytes, next_states)
+/* followed_by(starts, ends, states, types, protections, own, max_bytes, next_states
+ *             [, count])
  *   -> indices i where (states[i], types[i], protections[i]) is in the set ``own``,
  *      ends[i] - starts[i] <= max_bytes, and region i + 1 starts at ends[i] with a state
- *      in the set ``next_states``; or None. */
+ *      in the set ``next_states``; with a true ``count``, how many there are; or None. */
+typedef struct {
+    long a[3];
+    int in;
+} known_t;
+
+/* Whether ``key`` (``nkey`` values) is in ``set``: asked of Python once per distinct key
+ * (up to MAX_KEYS of them; beyond, once per call). -1 on error. */
+static int member(PyObject *set, const long *key, int nkey, known_t *known, int *nknown) {
+    for (int j = 0; j < *nknown; j++)
+        if (memcmp(known[j].a, key, sizeof known[j].a) == 0) return known[j].in;
+    PyObject *t = nkey == 1 ? PyLong_FromLong(key[0])
+                            : Py_BuildValue("(lll)", key[0], key[1], key[2]);
+    if (t == NULL) return -1;
+    int in = PySet_Contains(set, t);
+    Py_DECREF(t);
+    if (in >= 0 && *nknown < MAX_KEYS) {
+        memcpy(known[*nknown].a, key, sizeof known[*nknown].a);
+        known[(*nknown)++].in = in;
+    }
+    return in;
+}
+
 static PyObject *followed_by(PyObject *self, PyObject *args) {
     (void)self;
     PyObject *lists[5], *own, *next_states, *max_obj;
-    if (!PyArg_ParseTuple(args, "OOOOOO!O!O!", &lists[0], &lists[1], &lists[2], &lists[3],
+    int count_only = 0;
+    if (!PyArg_ParseTuple(args, "OOOOOO!O!O!|p", &lists[0], &lists[1], &lists[2], &lists[3],
                           &lists[4], &PyFrozenSet_Type, &own, &PyLong_Type, &max_obj,
-                          &PyFrozenSet_Type, &next_states))
+                          &PyFrozenSet_Type, &next_states, &count_only))
         return NULL;
     uint64_t max_bytes = PyLong_AsUnsignedLongLong(max_obj);
     if (PyErr_Occurred()) return NULL;
@@ -720,47 +905,46 @@ static PyObject *followed_by(PyObject *self, PyObject *args) {
     if (!same_lengths(lists, 5, &n)) Py_RETURN_NONE;
     PyObject *out = PyList_New(0);
     if (out == NULL) return NULL;
-    /* Membership of ``own`` is asked of Python once per distinct triple (up to
-     * MAX_KEYS of them; beyond, once per region). */
-    struct {
-        long a[3];
-        int in;
-    } known[MAX_KEYS];
-    int nknown = 0;
+    Py_ssize_t found = 0;
+    known_t *known = PyMem_Calloc(2 * MAX_KEYS, sizeof(known_t));
+    if (known == NULL) {
+        Py_DECREF(out);
+        return PyErr_NoMemory();
+    }
+    known_t *known_next = known + MAX_KEYS;
+    int nknown = 0, nknown_next = 0;
     for (Py_ssize_t i = 0; i + 1 < n; i++) {
-        long a[3];
+        long a[3] = {0, 0, 0};
         for (int k = 0; k < 3; k++)
             if (small_at(lists[2 + k], i, &a[k]) < 0) goto none;
-        int j = 0, is_in;
-        while (j < nknown && memcmp(known[j].a, a, sizeof a) != 0) j++;
-        if (j < nknown) {
-            is_in = known[j].in;
-        } else {
-            PyObject *t = Py_BuildValue("(lll)", a[0], a[1], a[2]);
-            if (t == NULL) goto fail;
-            is_in = PySet_Contains(own, t);
-            Py_DECREF(t);
-            if (is_in < 0) goto fail;
-            if (nknown < MAX_KEYS) {
-                memcpy(known[nknown].a, a, sizeof a);
-                known[nknown++].in = is_in;
-            }
-        }
+        int is_in = member(own, a, 3, known, &nknown);
+        if (is_in < 0) goto fail;
         if (!is_in) continue;
         uint64_t s, e, s2;
         if (u64_at(lists[0], i, &s) < 0 || u64_at(lists[1], i, &e) < 0 || e < s ||
             u64_at(lists[0], i + 1, &s2) < 0)
             goto none;
         if (e - s > max_bytes || s2 != e) continue;
-        int ok = PySet_Contains(next_states, PyList_GET_ITEM(lists[2], i + 1));
+        long next[3] = {0, 0, 0};
+        if (small_at(lists[2], i + 1, &next[0]) < 0) goto none;
+        int ok = member(next_states, next, 1, known_next, &nknown_next);
         if (ok < 0) goto fail;
-        if (ok && append_new(out, PyLong_FromSsize_t(i)) < 0) goto fail;
+        if (!ok) continue;
+        found++;
+        if (!count_only && append_new(out, PyLong_FromSsize_t(i)) < 0) goto fail;
+    }
+    PyMem_Free(known);
+    if (count_only) {
+        Py_DECREF(out);
+        return PyLong_FromSsize_t(found);
     }
     return out;
 none:
+    PyMem_Free(known);
     Py_DECREF(out);
     Py_RETURN_NONE;
 fail:
+    PyMem_Free(known);
     Py_DECREF(out);
     return NULL;
 }
@@ -1060,6 +1244,9 @@ done:
 static PyMethodDef methods[] = {
     {"scan_maps", scan_maps, METH_O, "Scan maps text into columns."},
     {"scan_smaps", scan_smaps, METH_VARARGS, "Scan regular smaps text into columns."},
+#ifndef _WIN32
+    {"scan_smaps_fd", scan_smaps_fd, METH_VARARGS, "Scan a regular smaps file into columns."},
+#endif
     {"gather", gather, METH_VARARGS, "values[k] for each k of an index."},
     {"gather_either", gather_either, METH_VARARGS, "Gather with a fallback where None."},
     {"tally", tally, METH_VARARGS, "Counts, bytes and single pages per distinct key."},

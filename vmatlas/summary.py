@@ -3,8 +3,10 @@ lists and alerts use. The agent, the server and the client all call :func:`summa
 
 from __future__ import annotations
 
+from collections import Counter
 from itertools import compress
 from operator import sub
+from typing import Any
 
 from vmatlas import native
 from vmatlas.model import (
@@ -82,18 +84,33 @@ def guard_indices(table: RegionTable) -> list[int]:
     """Indices of the guard regions: PAGE_GUARD ones, and each small no-access private
     reservation directly below committed memory (glibc and the JVM put one below every
     thread stack; malloc debuggers one beside every block)."""
-    protections = table.protection
-    guard_protections = {p for p in set(protections) if p & GUARD}
-    found = (
-        [i for i, p in enumerate(protections) if p in guard_protections]
-        if guard_protections
-        else []
-    )
+    found = _page_guards(table.protection)
     return sorted(found + _reservation_guards(table))
 
 
-def _reservation_guards(table: RegionTable) -> list[int]:
-    """Indices of the small reservations the guard rule names, directly below memory."""
+def guard_count(table: RegionTable, keys: set[tuple[int, int, int]] | None = None) -> int:
+    """``len(guard_indices(table))``, without listing them; ``keys``, where the caller
+    has them, are the distinct (state, type, protection) of the table's regions."""
+    # The two kinds do not overlap: a reservation guard has no PAGE_GUARD bit.
+    protections = None if keys is None else {key[2] for key in keys}
+    reservations: int = _reservation_guards(table, keys, count=True)
+    return len(_page_guards(table.protection, protections)) + reservations
+
+
+def _page_guards(protections: list[int], distinct: set[int] | None = None) -> list[int]:
+    guard_protections = {
+        p for p in (set(protections) if distinct is None else distinct) if p & GUARD
+    }
+    if not guard_protections:
+        return []
+    return [i for i, p in enumerate(protections) if p in guard_protections]
+
+
+def _reservation_guards(
+    table: RegionTable, keys: set[tuple[int, int, int]] | None = None, *, count: bool = False
+) -> Any:
+    """Indices (or with ``count``, the number) of the small reservations the guard rule
+    names, directly below memory."""
     protections, states = table.protection, table.state
     starts, ends, types = table.start, table.end, table.type
     n = len(table)
@@ -101,15 +118,17 @@ def _reservation_guards(table: RegionTable) -> list[int]:
     if accel is not None:
         # The rule is decided here for each distinct (state, type, protection); the
         # loop over the regions, with their sizes and neighbours, runs in C.
-        distinct = set(accel.tally(starts, ends, 0, states, types, protections) or ())
-        own = frozenset(key for key in distinct if _guard_by_itself(*key))
+        if keys is None:
+            keys = set(accel.tally(starts, ends, 0, states, types, protections) or ())
+        own = frozenset(key for key in keys if _guard_by_itself(*key))
         found = accel.followed_by(
-            starts, ends, states, types, protections, own, GUARD_MAX_BYTES, GUARD_NEXT_STATES
-        )
+            starts, ends, states, types, protections, own, GUARD_MAX_BYTES, GUARD_NEXT_STATES,
+            count,
+        )  # fmt: skip
         if found is not None:
-            return found  # type: ignore[no-any-return]
+            return found
     # Reservations are rare enough to look at one by one.
-    return [
+    indices = [
         i
         for i in compress(range(n), map(RESERVED.__eq__, states))
         if _guard_by_itself(states[i], types[i], protections[i])
@@ -118,6 +137,7 @@ def _reservation_guards(table: RegionTable) -> list[int]:
         and starts[i + 1] == ends[i]
         and states[i + 1] in GUARD_NEXT_STATES
     ]
+    return len(indices) if count else indices
 
 
 _COUNTS = ("region_count", "committed", "reserved", "gate_count", "single_page")
@@ -136,26 +156,29 @@ def _counted(state: int, kind: int, count: int, size: int, single: int) -> dict[
     }
 
 
-def _counts(table: RegionTable, page_size_bytes: int) -> dict[str, int]:
-    starts, ends, states, kinds = table.start, table.end, table.state, table.kind
+def _tally(table: RegionTable, page_size_bytes: int) -> dict[tuple[int, ...], list[int]]:
+    """[count, bytes, single pages] per distinct (state, kind, type, protection)."""
+    starts, ends = table.start, table.end
+    key_columns = (table.state, table.kind, table.type, table.protection)
     accel = native.accel
-    tallied = accel.tally(starts, ends, page_size_bytes, states, kinds) if accel else None
-    if tallied is None:
-        # Column at a time (C loops over lists) rather than row at a time: a 65K-region
-        # table costs a few milliseconds instead of tens.
-        sizes = list(map(sub, ends, starts))
-        singles = list(map(page_size_bytes.__eq__, sizes))
-        keys = list(zip(states, kinds, strict=True))
-        tallied = {}
-        for key in set(keys):
-            chosen = list(map(key.__eq__, keys))
-            tallied[key] = [
-                sum(chosen),
-                sum(compress(sizes, chosen)),
-                sum(compress(singles, chosen)),
-            ]
+    tallied = accel.tally(starts, ends, page_size_bytes, *key_columns) if accel else None
+    if tallied is not None:
+        return tallied  # type: ignore[no-any-return]
+    # Counted in C (Counter over key tuples); only the byte sums take a Python step a
+    # region: a 65K-region table costs a few milliseconds instead of tens.
+    keys = list(zip(*key_columns, strict=True))
+    sizes = list(map(sub, ends, starts))
+    counts = Counter(keys)
+    singles = Counter(compress(keys, map(page_size_bytes.__eq__, sizes)))
+    sums: dict[tuple[int, ...], int] = dict.fromkeys(counts, 0)
+    for key, size in zip(keys, sizes, strict=True):
+        sums[key] += size
+    return {key: [count, sums[key], singles[key]] for key, count in counts.items()}
+
+
+def _counts(tallied: dict[tuple[int, ...], list[int]]) -> dict[str, int]:
     totals = dict.fromkeys(_COUNTS, 0)
-    for (state, kind), (count, size, single) in tallied.items():
+    for (state, kind, _, _), (count, size, single) in tallied.items():
         for name, value in _counted(state, kind, count, size, single).items():
             totals[name] += value
     return totals
@@ -171,8 +194,11 @@ def summarize(
     max_map_count: int,
 ) -> Summary:
     """Figures for one address space whose user range is ``[range_min, range_max)``."""
-    counts = _counts(table, page_size_bytes)
-    guard = len(guard_indices(table))
+    tallied = _tally(table, page_size_bytes)
+    counts = _counts(tallied)
+    guard = guard_count(
+        table, {(state, type_, protection) for state, _, type_, protection in tallied}
+    )
 
     gaps = free_gaps(table, range_min, range_max)
     free = sum(end - start for start, end in gaps)
