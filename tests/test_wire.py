@@ -172,6 +172,11 @@ def _break_overflow(m: pb.RegionTable) -> None:
     m.page_size_bytes = 1 << 62
 
 
+def _break_sum(m: pb.RegionTable) -> None:
+    # Each value fits 64 bits in bytes; the first end does not.
+    m.start_delta_pages[0] = (1 << 64) // m.page_size_bytes - 1
+
+
 @pytest.mark.parametrize(
     ("damage", "message"),
     [
@@ -183,6 +188,7 @@ def _break_overflow(m: pb.RegionTable) -> None:
         (_break_no_files, "no files.path"),
         (_break_page, "page_size_bytes 3 is not a power of two"),
         (_break_overflow, "beyond the 64-bit address space"),
+        (_break_sum, "beyond the 64-bit address space"),
     ],
 )
 def test_malformed_tables_are_refused(damage, message) -> None:  # type: ignore[no-untyped-def]

@@ -778,6 +778,89 @@ static int same_lengths(PyObject *const *lists, int count, Py_ssize_t *n) {
     return 1;
 }
 
+/* Whether v << shift stays below 2**64. */
+static inline int shl_fits(uint64_t v, int shift) {
+    return shift == 0 || (v >> (64 - shift)) == 0;
+}
+
+/* take(values: list, index: list[int]) -> [values[k] for k in index]; IndexError for
+ * an index past the end (as the list comprehension raises), TypeError for one that is
+ * not a non-negative int. */
+static PyObject *take(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *values, *index;
+    if (!PyArg_ParseTuple(args, "O!O!", &PyList_Type, &values, &PyList_Type, &index)) return NULL;
+    Py_ssize_t n = PyList_GET_SIZE(index), size = PyList_GET_SIZE(values);
+    PyObject *out = PyList_New(n);
+    if (out == NULL) return NULL;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        long k;
+        if (small_at(index, i, &k) < 0 || k < 0) {
+            Py_DECREF(out);
+            PyErr_SetString(PyExc_TypeError, "take: an index is not a small non-negative int");
+            return NULL;
+        }
+        if (k >= size) {
+            Py_DECREF(out);
+            PyErr_SetString(PyExc_IndexError, "list index out of range");
+            return NULL;
+        }
+        PyObject *v = PyList_GET_ITEM(values, k);
+        Py_INCREF(v);
+        PyList_SET_ITEM(out, i, v);
+    }
+    return out;
+}
+
+/* bounds(start_deltas, sizes, shift) -> (starts, ends) | None
+ * The region boundaries in bytes of a wire table's page columns: each start is the
+ * previous end plus its delta, each end its start plus its size, both columns in units
+ * of 1 << shift. None when a value is not an int below 2**64 or a boundary passes 2**64
+ * (the pure conversion then says what is wrong). */
+static PyObject *bounds(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *lists[2];
+    int shift;
+    if (!PyArg_ParseTuple(args, "O!O!i", &PyList_Type, &lists[0], &PyList_Type, &lists[1], &shift))
+        return NULL;
+    Py_ssize_t n;
+    if (!same_lengths(lists, 2, &n) || shift < 0 || shift > 63) Py_RETURN_NONE;
+    PyObject *starts = PyList_New(n), *ends = PyList_New(n);
+    if (starts == NULL || ends == NULL) goto fail;
+    uint64_t end = 0;
+    PyObject *end_obj = NULL; /* borrowed: the previous region's end */
+    for (Py_ssize_t i = 0; i < n; i++) {
+        uint64_t delta, size;
+        if (u64_at(lists[0], i, &delta) < 0 || u64_at(lists[1], i, &size) < 0) goto none;
+        if (!shl_fits(delta, shift) || !shl_fits(size, shift)) goto none;
+        uint64_t start = end + (delta << shift);
+        if (start < end) goto none;
+        uint64_t next = start + (size << shift);
+        if (next < start) goto none;
+        PyObject *start_obj;
+        if (end_obj != NULL && start == end) {
+            start_obj = Py_NewRef(end_obj);
+        } else {
+            start_obj = PyLong_FromUnsignedLongLong(start);
+            if (start_obj == NULL) goto fail;
+        }
+        PyList_SET_ITEM(starts, i, start_obj);
+        end_obj = PyLong_FromUnsignedLongLong(next);
+        if (end_obj == NULL) goto fail;
+        PyList_SET_ITEM(ends, i, end_obj);
+        end = next;
+    }
+    return Py_BuildValue("(NN)", starts, ends);
+none:
+    Py_DECREF(starts);
+    Py_DECREF(ends);
+    Py_RETURN_NONE;
+fail:
+    Py_XDECREF(starts);
+    Py_XDECREF(ends);
+    return NULL;
+}
+
 /* tally(starts, ends, page_size, *key_columns) -> {key: [count, bytes, single_pages]}
  * per distinct tuple of the key columns' values (sizes end - start), or None (also when
  * there are more than MAX_KEYS distinct keys: the pure loop then counts). */
@@ -1249,6 +1332,8 @@ static PyMethodDef methods[] = {
 #endif
     {"gather", gather, METH_VARARGS, "values[k] for each k of an index."},
     {"gather_either", gather_either, METH_VARARGS, "Gather with a fallback where None."},
+    {"take", take, METH_VARARGS, "values[k] for each k of a list of indices."},
+    {"bounds", bounds, METH_VARARGS, "Region boundaries from page deltas and sizes."},
     {"tally", tally, METH_VARARGS, "Counts, bytes and single pages per distinct key."},
     {"followed_by", followed_by, METH_VARARGS, "Regions matching a (region, next) pattern."},
     {"free_gaps", free_gaps, METH_VARARGS, "The unmapped gaps of a range."},

@@ -121,6 +121,8 @@ def _reservation_guards(
         if keys is None:
             keys = set(accel.tally(starts, ends, 0, states, types, protections) or ())
         own = frozenset(key for key in keys if _guard_by_itself(*key))
+        if not own:  # no region can be one: nothing to walk
+            return 0 if count else []
         found = accel.followed_by(
             starts, ends, states, types, protections, own, GUARD_MAX_BYTES, GUARD_NEXT_STATES,
             count,

@@ -320,17 +320,11 @@ def table_from_pb(message: pb.RegionTable) -> RegionTable:
     page = message.page_size_bytes
     if not page or page & (page - 1):
         raise ValueError(f"region table page_size_bytes {page} is not a power of two")
-    shift = page.bit_length() - 1
-    # Small numbers in pages become bytes before the sums grow into addresses.
-    size_bytes = list(map(lshift, message.size_pages[:], repeat(shift)))
-    delta_bytes = map(lshift, message.start_delta_pages[:], repeat(shift))
-    ends = list(accumulate(map(add, delta_bytes, size_bytes)))
-    if ends[-1] >= 1 << 64:
-        raise ValueError("region table extends beyond the 64-bit address space")
+    starts, ends = _bounds(message.start_delta_pages[:], message.size_pages[:], page)
     paths, devices, inodes, deleted, kinds = _files_from_pb(message, n)
     protection = message.protection[:]
     return RegionTable(
-        start=list(map(sub, ends, size_bytes)),
+        start=starts,
         end=ends,
         state=message.state[:],  # type: ignore[arg-type]  # enum values as ints
         type=message.type[:],  # type: ignore[arg-type]  # enum values as ints
@@ -347,6 +341,30 @@ def table_from_pb(message: pb.RegionTable) -> RegionTable:
         allocation_protection_raw=message.allocation_protection_raw[:],
         residency=residency,
     )
+
+
+def _bounds(deltas: list[int], sizes: list[int], page: int) -> tuple[list[int], list[int]]:
+    """(starts, ends) in bytes of the page columns of a table with regions. Raises
+    ValueError when a boundary passes the 64-bit address space."""
+    shift = page.bit_length() - 1
+    accel = native.accel
+    found = accel.bounds(deltas, sizes, shift) if accel is not None else None
+    if found is not None:
+        return found  # type: ignore[no-any-return]
+    # Small numbers in pages become bytes before the sums grow into addresses.
+    size_bytes = list(map(lshift, sizes, repeat(shift)))
+    ends = list(accumulate(map(add, map(lshift, deltas, repeat(shift)), size_bytes)))
+    if ends[-1] >= 1 << 64:
+        raise ValueError("region table extends beyond the 64-bit address space")
+    return list(map(sub, ends, size_bytes)), ends
+
+
+def _take(column: list[Any], index: list[int]) -> list[Any]:
+    """``[column[i] for i in index]``; IndexError past the end."""
+    accel = native.accel
+    if accel is not None:
+        return accel.take(column, index)  # type: ignore[no-any-return]
+    return [column[i] for i in index]
 
 
 def _files_from_pb(message: pb.RegionTable, n: int) -> list[list[Any]]:
@@ -367,7 +385,7 @@ def _files_from_pb(message: pb.RegionTable, n: int) -> list[list[Any]]:
     if not index:
         return [[column[0]] * n for column in table]
     try:
-        return [[column[i] for i in index] for column in table]
+        return [_take(column, index) for column in table]
     except IndexError:
         raise ValueError(
             f"region table file_index {max(index)} is out of range ({file_count} files)"
