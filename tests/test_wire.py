@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import zlib
 
 import pytest
 
@@ -196,6 +197,80 @@ def test_malformed_tables_are_refused(damage, message) -> None:  # type: ignore[
     damage(table)
     with pytest.raises(ValueError, match=message):
         wire.table_from_pb(table)
+
+
+def test_small_tables_travel_deflated_and_plain_ones_still_read() -> None:
+    table = LinuxReader().snapshot(os.getpid()).regions
+    plain = wire.table_to_pb(table).SerializeToString()
+    assert len(plain) <= wire.DEFLATE_MAX_BYTES
+    data = wire.table_to_bytes(table)
+    message = pb.RegionTable.FromString(data)
+    assert [f.name for f, _ in message.ListFields()] == ["deflated"]
+    assert zlib.decompress(message.deflated) == plain
+    assert len(data) < len(plain) / 2  # paths are most of it, and they compress
+    assert wire.table_from_bytes(data) == table
+    assert wire.table_from_bytes(plain) == table  # as older writers send it
+
+
+def test_large_tables_travel_plain() -> None:
+    n = 20_000  # about 5 bytes a region: past DEFLATE_MAX_BYTES
+    page = 4096
+    table = RegionTable(
+        start=[(2 * i + 1) * page for i in range(n)],
+        end=[(2 * i + 2) * page for i in range(n)],
+        state=[3] * n,
+        type=[3] * n,
+        protection=[3] * n,
+        protection_raw=[3] * n,
+        kind=[0] * n,
+        path=[""] * n,
+        offset=[0] * n,
+        device=[0] * n,
+        inode=[0] * n,
+        deleted=[False] * n,
+    )
+    data = wire.table_to_bytes(table)
+    assert data == wire.table_to_pb(table).SerializeToString()
+    assert len(data) > wire.DEFLATE_MAX_BYTES
+    assert wire.table_from_bytes(data) == table
+
+
+def _deflated(plain: bytes) -> pb.RegionTable:
+    return pb.RegionTable(deflated=zlib.compress(plain))
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda plain: pb.RegionTable(deflated=b"not zlib"), "do not inflate"),
+        (lambda plain: pb.RegionTable(deflated=zlib.compress(plain)[:-5]), "cut short"),
+        (lambda plain: pb.RegionTable(deflated=zlib.compress(plain) + b"x"), "run on"),
+        (lambda plain: pb.RegionTable(deflated=zlib.compress(b"\xff\xff")), "not a RegionTable"),
+        (
+            lambda plain: pb.RegionTable(
+                deflated=zlib.compress(_deflated(plain).SerializeToString())
+            ),
+            "holds another deflated one",
+        ),
+        (
+            lambda plain: pb.RegionTable(deflated=zlib.compress(plain), page_size_bytes=4096),
+            "both deflated bytes and plain columns",
+        ),
+    ],
+)
+def test_malformed_deflated_tables_are_refused(make, message) -> None:  # type: ignore[no-untyped-def]
+    plain = wire.table_to_pb(_windows_like_table()).SerializeToString()
+    with pytest.raises(ValueError, match=message):
+        wire.table_from_bytes(make(plain).SerializeToString())
+
+
+def test_a_table_that_inflates_past_the_limit_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    plain = wire.table_to_pb(_windows_like_table()).SerializeToString()
+    monkeypatch.setattr(wire, "INFLATE_MAX_BYTES", len(plain) - 1)
+    with pytest.raises(ValueError, match="inflates beyond"):
+        wire.table_from_bytes(_deflated(plain).SerializeToString())
+    monkeypatch.setattr(wire, "INFLATE_MAX_BYTES", len(plain))
+    assert wire.table_from_bytes(_deflated(plain).SerializeToString()) == _windows_like_table()
 
 
 def test_process_order_is_one_enum_with_the_schema_s_values() -> None:

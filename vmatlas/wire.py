@@ -4,6 +4,7 @@ and the ``vmatlas.v1`` wire schema. Everything else works on the plain model."""
 from __future__ import annotations
 
 import math
+import zlib
 from itertools import accumulate, chain, repeat
 from operator import add, attrgetter, lshift, rshift, sub
 from typing import Any
@@ -198,14 +199,62 @@ def table_to_pb(
 
 
 def table_to_bytes(table: RegionTable, *, page_size_bytes: int = DEFAULT_PAGE_SIZE_BYTES) -> bytes:
-    """The serialized RegionTable of ``table``: :func:`table_to_pb`'s, without building
-    the message where the native encoder can write the bytes itself."""
+    """The serialized RegionTable of ``table`` as it travels: :func:`table_to_pb`'s
+    bytes (written by the native encoder where it can, without building the message),
+    deflated when the table is small (:func:`deflate_table`)."""
     page = page_size_bytes
     if len(table.start) and page > 0 and not page & (page - 1):
         data = _table_bytes_native(table, page)
         if data is not None:
-            return data
-    return table_to_pb(table, page_size_bytes=page).SerializeToString()
+            return deflate_table(data)
+    return deflate_table(table_to_pb(table, page_size_bytes=page).SerializeToString())
+
+
+# Plain tables up to this size travel deflated: an ordinary process's few hundred
+# regions (its distinct paths compress several times over) for a fraction of a
+# millisecond. Larger tables are mostly numbers that packed columns already shrink;
+# compressing them would cost more time than the capture (zlib runs at ~100 MB/s).
+DEFLATE_MAX_BYTES = 64 * 1024
+_DEFLATE_LEVEL = 6
+# What a reader inflates at most: the plain table of the largest address space with
+# residency (a million regions) is about this size.
+INFLATE_MAX_BYTES = 256 * 1024 * 1024
+_DEFLATED_FIELD = pb.RegionTable.DESCRIPTOR.fields_by_name["deflated"].number
+
+
+def deflate_table(data: bytes) -> bytes:
+    """A serialized plain RegionTable as the table that carries it deflated, where it
+    is at most DEFLATE_MAX_BYTES and that comes out smaller; otherwise ``data``."""
+    if len(data) > DEFLATE_MAX_BYTES:
+        return data
+    packed = zlib.compress(data, _DEFLATE_LEVEL)
+    out = b"".join((_varint(_DEFLATED_FIELD << 3 | 2), _varint(len(packed)), packed))
+    return out if len(out) < len(data) else data
+
+
+def _inflated(message: pb.RegionTable) -> pb.RegionTable:
+    """The plain table a deflated one carries. Raises ValueError when it does not
+    inflate, inflates beyond INFLATE_MAX_BYTES, is not a RegionTable, holds another
+    deflated table, or comes with plain columns beside it."""
+    if len(message.ListFields()) != 1:
+        raise ValueError("region table has both deflated bytes and plain columns")
+    inflater = zlib.decompressobj()
+    try:
+        data = inflater.decompress(message.deflated, INFLATE_MAX_BYTES)
+    except zlib.error as exc:
+        raise ValueError(f"region table's deflated bytes do not inflate: {exc}") from None
+    if inflater.unconsumed_tail:
+        raise ValueError(f"region table inflates beyond {INFLATE_MAX_BYTES >> 20} MiB")
+    if not inflater.eof or inflater.unused_data:
+        raise ValueError("region table's deflated bytes are cut short or run on")
+    inner = pb.RegionTable()
+    try:
+        inner.ParseFromString(data)
+    except Exception as exc:  # protobuf raises DecodeError, a bare Exception subclass
+        raise ValueError(f"region table's inflated bytes are not a RegionTable: {exc}") from None
+    if inner.deflated:
+        raise ValueError("a deflated region table holds another deflated one")
+    return inner
 
 
 # Field numbers and the native encoder's kinds (vmatlas/_native.c); the numbers come
@@ -303,7 +352,9 @@ def _check_length(name: str, column: Any, n: int, *, optional: bool = True) -> N
 def table_from_pb(message: pb.RegionTable) -> RegionTable:
     """Columns in. Raises ValueError when the columns disagree in length, a file index
     is out of range, file entry 0 is not "no file" or the page size is not a power of
-    two (a malformed table is never half-read)."""
+    two (a malformed table is never half-read). A deflated table is inflated first."""
+    if message.deflated:
+        message = _inflated(message)
     n = len(message.size_pages)
     for name in ("start_delta_pages", "state", "type", "protection"):
         _check_length(name, getattr(message, name), n, optional=False)
