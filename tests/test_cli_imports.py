@@ -9,6 +9,7 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -120,7 +121,8 @@ def test_agent_without_certificates_never_imports_cryptography(
     planter: Planter, uplink: bool
 ) -> None:
     """A serving agent, asked for a snapshot over real gRPC (so the auth interceptor
-    has run), then stopped: cryptography was never loaded; the server package neither."""
+    has run), then stopped: cryptography and Python's ssl were never loaded; the server
+    package neither."""
     argv = [sys.executable, "-X", "importtime", "-m", "vmatlas", "agent"]
     argv += ["--listen", "127.0.0.1:0", "--host-id", "imports"]
     if uplink:
@@ -135,6 +137,9 @@ def test_agent_without_certificates_never_imports_cryptography(
         with Client(line.split()[-1], timeout=30) as client:
             snap = client.snapshot(planter.pid)
         assert snap.process.pid == planter.pid
+        # gRPC's TLS is its own: Python's ssl, and OpenSSL with it, stay unloaded.
+        maps = Path(f"/proc/{agent.pid}/maps").read_text()
+        assert "/_ssl." not in maps and "libssl" not in maps and "libcrypto" not in maps
         agent.send_signal(signal.SIGTERM)
         _, stderr = agent.communicate(timeout=30)
     finally:

@@ -164,7 +164,24 @@ def _service(args: argparse.Namespace) -> int:
     return agent_service.run(args)
 
 
+def _load_grpc_without_python_ssl() -> None:
+    """Import grpc while Python's ssl module cannot load. gRPC does its TLS in its own
+    BoringSSL (inside cygrpc), and asyncio, which grpc imports, takes ssl only where it
+    is there: so an agent keeps OpenSSL's libraries (about 4 MiB resident) out of
+    memory. Only the --metrics listener's HTTPS uses Python's ssl; it imports it then."""
+    if "grpc" in sys.modules or "ssl" in sys.modules:
+        return
+    sys.modules["ssl"] = None  # type: ignore[assignment]  # makes `import ssl` fail
+    try:
+        import grpc
+        import grpc.aio  # noqa: F401
+    finally:
+        del sys.modules["ssl"]
+
+
 def run(args: argparse.Namespace) -> int:
+    if not args.metrics:
+        _load_grpc_without_python_ssl()
     from vmatlas.agents import default_reader, windows_view
     from vmatlas.agents.service import SERVICE_NAME, AgentServicer
     from vmatlas.grpcutil import StopSignals, build_server, serve_until_signalled
