@@ -21,6 +21,27 @@ HERE = Path(__file__).parent
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
+def spaced_table(n: int, page: int = 4096) -> Any:
+    """A RegionTable of ``n`` one-page private read-write regions, a page apart, with
+    no files: a large table built without a process."""
+    from vmatlas.model import RegionTable
+
+    return RegionTable(
+        start=[(2 * i + 1) * page for i in range(n)],
+        end=[(2 * i + 2) * page for i in range(n)],
+        state=[3] * n,
+        type=[3] * n,
+        protection=[3] * n,
+        protection_raw=[3] * n,
+        kind=[0] * n,
+        path=[""] * n,
+        offset=[0] * n,
+        device=[0] * n,
+        inode=[0] * n,
+        deleted=[False] * n,
+    )
+
+
 def wait_for(predicate: Callable[[], Any], timeout: float = 15.0, what: str = "") -> Any:
     """The first truthy value of ``predicate``, polled until it comes. Tests wait on
     events this way; ``timeout`` only guards against a hang and is never what a test

@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests import export_reference as reference
-from tests.conftest import Planter
+from tests.conftest import Planter, spaced_table
 from vmatlas.agents.linux import LinuxReader
 from vmatlas.cli.snapshot import write_table
 from vmatlas.export import (
@@ -220,20 +220,7 @@ def test_generated_tables_export_unchanged(snapshot: Snapshot) -> None:
 
 def test_output_is_written_in_batches_not_whole() -> None:
     n = 3 * BATCH_ROWS
-    table = RegionTable(
-        start=[i * 8192 for i in range(n)],
-        end=[i * 8192 + 4096 for i in range(n)],
-        state=[3] * n,
-        type=[3] * n,
-        protection=[3] * n,
-        protection_raw=[3] * n,
-        kind=[0] * n,
-        path=[""] * n,
-        offset=[0] * n,
-        device=[0] * n,
-        inode=[0] * n,
-        deleted=[False] * n,
-    )
+    table = spaced_table(n)
     snapshot = Snapshot(
         host=Host("h", "h", OperatingSystem.LINUX),
         process=Process(pid=1),

@@ -7,7 +7,7 @@ import zlib
 
 import pytest
 
-from tests.conftest import Planter
+from tests.conftest import Planter, spaced_table
 from vmatlas import wire
 from vmatlas.agents.linux import LinuxReader
 from vmatlas.model import (
@@ -213,22 +213,7 @@ def test_small_tables_travel_deflated_and_plain_ones_still_read() -> None:
 
 
 def test_large_tables_travel_plain() -> None:
-    n = 20_000  # about 5 bytes a region: past DEFLATE_MAX_BYTES
-    page = 4096
-    table = RegionTable(
-        start=[(2 * i + 1) * page for i in range(n)],
-        end=[(2 * i + 2) * page for i in range(n)],
-        state=[3] * n,
-        type=[3] * n,
-        protection=[3] * n,
-        protection_raw=[3] * n,
-        kind=[0] * n,
-        path=[""] * n,
-        offset=[0] * n,
-        device=[0] * n,
-        inode=[0] * n,
-        deleted=[False] * n,
-    )
+    table = spaced_table(20_000)  # about 5 bytes a region: past DEFLATE_MAX_BYTES
     data = wire.table_to_bytes(table)
     assert data == wire.table_to_pb(table).SerializeToString()
     assert len(data) > wire.DEFLATE_MAX_BYTES

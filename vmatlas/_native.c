@@ -357,6 +357,18 @@ static int index_at(const char *idx, int width, Py_ssize_t i, uint32_t *k) {
     return 0;
 }
 
+/* out[i] = values[k] (a new list's slot); IndexError when k is past the end. */
+static int put_item(PyObject *out, Py_ssize_t i, PyObject *values, Py_ssize_t k) {
+    if (k < 0 || k >= PyList_GET_SIZE(values)) {
+        PyErr_SetString(PyExc_IndexError, "list index out of range");
+        return -1;
+    }
+    PyObject *v = PyList_GET_ITEM(values, k);
+    Py_INCREF(v);
+    PyList_SET_ITEM(out, i, v);
+    return 0;
+}
+
 /* gather(values: list, index: bytes, width: 1 | 4) -> [values[k] for k in index] */
 static PyObject *gather(PyObject *self, PyObject *args) {
     (void)self;
@@ -369,20 +381,16 @@ static PyObject *gather(PyObject *self, PyObject *args) {
         PyErr_SetString(PyExc_ValueError, "width must be 1 or 4");
         goto done;
     }
-    Py_ssize_t n = index.len / width, size = PyList_GET_SIZE(values);
+    Py_ssize_t n = index.len / width;
     out = PyList_New(n);
     if (out == NULL) goto done;
     for (Py_ssize_t i = 0; i < n; i++) {
         uint32_t k;
         index_at(index.buf, width, i, &k);
-        if ((Py_ssize_t)k >= size) {
+        if (put_item(out, i, values, (Py_ssize_t)k) < 0) {
             Py_CLEAR(out);
-            PyErr_SetString(PyExc_IndexError, "gather index out of range");
             goto done;
         }
-        PyObject *v = PyList_GET_ITEM(values, k);
-        Py_INCREF(v);
-        PyList_SET_ITEM(out, i, v);
     }
 done:
     PyBuffer_Release(&index);
@@ -790,7 +798,7 @@ static PyObject *take(PyObject *self, PyObject *args) {
     (void)self;
     PyObject *values, *index;
     if (!PyArg_ParseTuple(args, "O!O!", &PyList_Type, &values, &PyList_Type, &index)) return NULL;
-    Py_ssize_t n = PyList_GET_SIZE(index), size = PyList_GET_SIZE(values);
+    Py_ssize_t n = PyList_GET_SIZE(index);
     PyObject *out = PyList_New(n);
     if (out == NULL) return NULL;
     for (Py_ssize_t i = 0; i < n; i++) {
@@ -800,14 +808,10 @@ static PyObject *take(PyObject *self, PyObject *args) {
             PyErr_SetString(PyExc_TypeError, "take: an index is not a small non-negative int");
             return NULL;
         }
-        if (k >= size) {
+        if (put_item(out, i, values, k) < 0) {
             Py_DECREF(out);
-            PyErr_SetString(PyExc_IndexError, "list index out of range");
             return NULL;
         }
-        PyObject *v = PyList_GET_ITEM(values, k);
-        Py_INCREF(v);
-        PyList_SET_ITEM(out, i, v);
     }
     return out;
 }
