@@ -508,6 +508,11 @@ def run(quick: bool) -> tuple[list[Row], dict[str, str]]:
         from bench import cli as bench_cli
 
         rows.extend(bench_cli.command_rows(rounds, big))
+        # The web view's pages in headless Chromium, the process page over the same
+        # 65,500-region workload (bench.web imports this module too).
+        from bench import web as bench_web
+
+        rows.extend(bench_web.rows(rounds, big))
     finally:
         for w in workers.values():
             w.close()
@@ -847,6 +852,8 @@ stream-level, fake agents (bench.fleet) push complete 200-process batches on rea
 Connect streams; timed until each stream's trailing heartbeat is acked (all committed).
 500 agents: grpc.aio streams, one connection each, registered and idle; (RSS after -
 RSS before) / 500. Audit: vmatlas.audit.audit() on synthetic plain-model inputs.
+Web rows: headless Chromium, from navigation start to the page's own drawn mark, beside
+the browser fetching and parsing the page's document alone (bench.web).
 'n/a (X not present)': the row needs module X, which this checkout does not have yet."""
 
 

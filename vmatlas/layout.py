@@ -21,7 +21,7 @@ from vmatlas.model import (
     RegionType,
     Snapshot,
 )
-from vmatlas.summary import guard_indices
+from vmatlas.summary import guard_indices, unusable_bytes
 
 
 class PictureClass(enum.IntEnum):
@@ -133,18 +133,21 @@ def gaps_before(table: RegionTable, range_min: int) -> list[int]:
     return out
 
 
-def unusable_before(gaps: list[int], table: RegionTable, granularity: int, page: int) -> list[int]:
-    """Of each gap, the bytes below the next allocation-granularity boundary after the
-    region before it: unusable on Windows (64 KiB granularity), none elsewhere."""
+def unusable_before(table: RegionTable, range_min: int, granularity: int, page: int) -> list[int]:
+    """For each region, the unusable bytes of the free space before it (from the end of
+    the region in use before it, or ``range_min``; FREE rows listed in the table are
+    that free space and get 0 themselves): the summary's rule, a region at a time.
+    All zero unless the granularity exceeds the page (as on Windows)."""
     if granularity <= page:
-        return [0] * len(gaps)
+        return [0] * len(table)
     out: list[int] = []
-    for i, gap in enumerate(gaps):
-        if not gap or i == 0:
+    previous_end = range_min
+    for start, end, state in zip(table.start, table.end, table.state, strict=True):
+        if state == _FREE:
             out.append(0)
             continue
-        gap_start = table.start[i] - gap
-        out.append(min(gap, -gap_start % granularity))
+        out.append(unusable_bytes(previous_end, start, granularity) if start > previous_end else 0)
+        previous_end = max(previous_end, end)
     return out
 
 

@@ -65,6 +65,13 @@ def free_gaps(table: RegionTable, range_min: int, range_max: int) -> list[tuple[
     return gaps
 
 
+def unusable_bytes(gap_start: int, gap_end: int, granularity: int) -> int:
+    """Of the free gap ``[gap_start, gap_end)``, the bytes below the first
+    allocation-granularity boundary at or after its start: no allocation can begin
+    there (Windows allocates in 64 KiB granules), so they can never be used."""
+    return min(gap_end - gap_start, -gap_start % granularity)
+
+
 def _guard_by_itself(state: int, type_: int, protection: int) -> bool:
     """The guard rule's test of a region's own attributes: a private reservation with
     no access and no PAGE_GUARD (that one is a guard whatever its neighbours)."""
@@ -207,11 +214,9 @@ def summarize(
     largest_free = max((end - start for start, end in gaps), default=0)
     unusable = 0
     if allocation_granularity_bytes > page_size_bytes:
-        granularity = allocation_granularity_bytes
-        for start, end in gaps:
-            slack = -start % granularity
-            if slack:
-                unusable += min(end - start, slack)
+        unusable = sum(
+            unusable_bytes(start, end, allocation_granularity_bytes) for start, end in gaps
+        )
 
     bases = table.allocation_base
     allocation_count = (

@@ -26,9 +26,10 @@ import logging
 import math
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 from urllib.parse import quote, urlsplit
 
 from aiohttp import web
@@ -48,6 +49,7 @@ from vmatlas.server.domain.hub import SnapshotRequest
 from vmatlas.server.http.access import TOKEN_COOKIE, TOKENS, authenticate, public, requires
 from vmatlas.server.http.listener import SERVICES
 from vmatlas.server.web import documents
+from vmatlas.server.web.cache import EncodedDocuments, snapshot_key
 from vmatlas.server.web.openapi import openapi_document
 
 log = logging.getLogger(__name__)
@@ -85,6 +87,17 @@ _STATUS = {
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+# Snapshot documents as sent, by snapshot (see .cache).
+DOCUMENTS: Final = web.AppKey("vmatlas_snapshot_documents", EncodedDocuments)
+
+
+@dataclass(frozen=True, slots=True)
+class Encoded:
+    """A document a handler returns already encoded as JSON (for callers who see
+    addresses: a viewer's copy is decoded and scrubbed like any other)."""
+
+    body: bytes
 
 
 def static_dir() -> Path:
@@ -157,6 +170,14 @@ def api(role: Role) -> Callable[[Callable[..., Awaitable[Any]]], Handler]:
                 if status >= 500 and status not in (503, 504):
                     log.error("web API %s failed: %s", request.path, exc)
                 return json_error(status, str(exc))
+            if isinstance(document, Encoded):
+                if principal.sees_addresses:
+                    return web.Response(
+                        body=document.body,
+                        content_type="application/json",
+                        headers={"Cache-Control": "no-store"},
+                    )
+                document = json.loads(document.body)
             if not principal.sees_addresses:
                 document = documents.strip_for_viewer(document)
             return web.json_response(
@@ -332,7 +353,7 @@ async def get_latest_snapshot(request: web.Request, principal: Principal) -> Any
     host_id, pid = _host(request), _pid(request)
     with_regions = _bool(request, "regions", True)
     stored = await _run(request.app[SERVICES].queries.latest_snapshot, host_id, pid)
-    return await _run(_snapshot_document, stored, with_regions)
+    return await _run(_snapshot_document, request.app[DOCUMENTS], stored, with_regions)
 
 
 @api(Role.INSPECTOR)
@@ -355,13 +376,22 @@ async def get_stored_snapshot(request: web.Request, principal: Principal) -> Any
         raise errors.InvalidArgument("snapshot_id: at most 256 characters, no NUL")
     with_regions = _bool(request, "regions", True)
     stored = await _run(request.app[SERVICES].queries.stored_snapshot, snapshot_id)
-    return await _run(_snapshot_document, stored, with_regions)
+    return await _run(_snapshot_document, request.app[DOCUMENTS], stored, with_regions)
 
 
-def _snapshot_document(stored: HostSnapshot, with_regions: bool) -> dict[str, Any]:
-    return documents.snapshot_document(
-        stored.snapshot_id, stored.host_id, stored.snapshot(), with_regions=with_regions
-    )
+def _snapshot_document(
+    cache: EncodedDocuments, stored: HostSnapshot, with_regions: bool
+) -> Encoded:
+    """The snapshot's document, encoded once for every later request of it."""
+    key = snapshot_key(stored, with_regions)
+    body = cache.get(key)
+    if body is None:
+        document = documents.snapshot_document(
+            stored.snapshot_id, stored.host_id, stored.snapshot(), with_regions=with_regions
+        )
+        body = _dumps(document).encode()
+        cache.put(key, body)
+    return Encoded(body)
 
 
 _MODES = {"auto": DiffMode.UNSPECIFIED, "address": DiffMode.ADDRESS, "identity": DiffMode.IDENTITY}
@@ -512,6 +542,7 @@ async def _security_headers(request: web.Request, response: web.StreamResponse) 
 def add_routes(app: web.Application) -> None:
     """The listener's route hook: the pages, their files, the login form and the API,
     over ``app[SERVICES]``'s queries and analysis."""
+    app[DOCUMENTS] = EncodedDocuments()
     app.on_response_prepare.append(_security_headers)
     # Outermost, so that the router's own 404 and 405 under /api/ are JSON too.
     app.middlewares.insert(0, _api_errors)

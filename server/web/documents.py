@@ -8,6 +8,7 @@ for callers who may see them; viewers get documents without them (see
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Iterable
 from typing import Any
 
@@ -164,9 +165,10 @@ def _type_rows(snapshot: Snapshot, classes: list[int]) -> list[dict[str, Any]]:
     ]
 
 
-def _interned(values: Iterable[str]) -> tuple[list[str], list[int]]:
-    """Distinct values and each row's index into them (paths repeat by the thousand)."""
-    table: dict[str, int] = {}
+def _interned(values: Iterable[Any]) -> tuple[list[Any], list[int]]:
+    """Distinct values and each row's index into them (paths repeat by the thousand,
+    permissions are a handful)."""
+    table: dict[Any, int] = {}
     indices = [table.setdefault(value, len(table)) for value in values]
     return list(table), indices
 
@@ -175,7 +177,11 @@ def snapshot_document(
     snapshot_id: str, host_id: str, snapshot: Snapshot, *, with_regions: bool
 ) -> dict[str, Any]:
     """A stored snapshot: its facts, summary and type summary, and with
-    ``with_regions`` its regions as columns (for the picture and the table)."""
+    ``with_regions`` its regions as columns (for the picture and the table).
+
+    The columns are lean: numbers and indices, each distinct text (a permission, a
+    path) formatted once in its own list; only the start addresses are one string a
+    region (they exceed a JSON number's exact range)."""
     table = snapshot.regions
     host = snapshot.host
     classes = picture_classes(table, host.os)
@@ -194,23 +200,33 @@ def snapshot_document(
     if not with_regions:
         return doc
     range_min = snapshot.process.user_address_min or host.user_address_min
-    gaps = gaps_before(table, min(range_min, table.start[0]) if len(table) else range_min)
-    unusable = unusable_before(gaps, table, host.allocation_granularity_bytes, host.page_size_bytes)
-    paths, path_index = _interned(
-        path + " (deleted)" if deleted else path
-        for path, deleted in zip(table.path, table.deleted, strict=True)
+    if len(table):
+        range_min = min(range_min, table.start[0])
+    gaps = gaps_before(table, range_min)
+    unusable = (
+        unusable_before(table, range_min, host.allocation_granularity_bytes, host.page_size_bytes)
+        if host.os == OperatingSystem.WINDOWS
+        else None
     )
-    perms_values = {p: perms_text(p) for p in set(table.protection)}
+    if any(table.deleted):
+        paths, path_index = _interned(
+            path + " (deleted)" if deleted else path
+            for path, deleted in zip(table.path, table.deleted, strict=True)
+        )
+    else:
+        paths, path_index = _interned(table.path)
+    protections, perms_index = _interned(table.protection)
     rss = table.residency.get("rss_bytes") if snapshot.includes_residency else None
     doc["regions"] = {
         "count": len(table),
-        "start": [f"0x{start:x}" for start in table.start],
-        "size": [end - start for start, end in zip(table.start, table.end, strict=True)],
+        "start": list(map("0x{:x}".format, table.start)),
+        "size": list(map(operator.sub, table.end, table.start)),
         "gap_before": gaps,
-        "unusable_before": unusable if host.os == OperatingSystem.WINDOWS else None,
+        "unusable_before": unusable,
         "class": classes,
         "state": table.state,
-        "perms": [perms_values[p] for p in table.protection],
+        "perms": perms_index,
+        "perms_values": [perms_text(p) for p in protections],
         "path": path_index,
         "paths": paths,
         "offset": table.offset,

@@ -183,13 +183,18 @@ def new_browser(user_data_dir: Path) -> Any:
     return webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
 
 
-@pytest.fixture
-def browser(tmp_path: Path) -> Iterator[Any]:
+def chromium(tmp_path: Path) -> Iterator[Any]:
+    """The body of a ``browser`` fixture: a fresh headless Chromium, quit after."""
     require_chromium()
     driver = new_browser(tmp_path / "chromium-profile")
     driver.set_page_load_timeout(60)
     yield driver
     driver.quit()
+
+
+@pytest.fixture
+def browser(tmp_path: Path) -> Iterator[Any]:
+    yield from chromium(tmp_path)
 
 
 @pytest.fixture(scope="session")

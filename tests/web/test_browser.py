@@ -15,6 +15,9 @@ from tests.web.conftest import HOST_ID, PLANTED_REGIONS, Fleet, Response, reques
 from vmatlas.security.redact import _ADDRESS_TEXT
 from vmatlas.security.tokens import revoke_token
 
+# RegionState's numbers as the pages print them.
+STATES = {1: "free", 2: "reserved", 3: "committed"}
+
 
 def _load(browser: Any, url: str, page: str) -> None:
     from selenium.webdriver.common.by import By
@@ -226,3 +229,58 @@ def test_pages_run_no_inline_script(fleet: Fleet, path: str) -> None:
     csp = r.headers["Content-Security-Policy"]
     assert "script-src 'self'" in csp and "unsafe-inline" not in csp
     assert not re.search(rb"<script(?![^>]*\bsrc=)", r.body)
+
+
+def _point_in(browser: Any, canvas: Any, point: list[float]) -> tuple[int, int]:
+    """A point in a canvas's own pixels as an offset from its centre in CSS pixels (what
+    ActionChains moves by)."""
+    width, height, css_width, css_height = browser.execute_script(
+        "const c = arguments[0], r = c.getBoundingClientRect();"
+        "return [c.width, c.height, r.width, r.height];",
+        canvas,
+    )
+    x = point[0] * css_width / width - css_width / 2
+    y = point[1] * css_height / height - css_height / 2
+    return round(x), round(y)
+
+
+def test_hovering_shows_a_regions_row_and_clicking_selects_it(fleet: Fleet, browser: Any) -> None:
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+
+    _fresh(fleet)
+    doc = request(f"{fleet.url}/api/v1/hosts/{HOST_ID}/processes/{fleet.pid}/snapshot").json()
+    regions = doc["regions"]
+    _load(browser, f"{fleet.url}/hosts/{HOST_ID}/processes/{fleet.pid}", "process")
+    tip = browser.find_element(By.ID, "picture-tip")
+    table = browser.find_element(By.ID, "regions")
+    # A region in the middle, and the last one, in each view.
+    for index in (regions["count"] // 2, regions["count"] - 1):
+        start = regions["start"][index]
+        for canvas_id, where in (("count-grid", "cell"), ("byte-strip", "strip")):
+            canvas = browser.find_element(By.ID, canvas_id)
+            browser.execute_script("arguments[0].scrollIntoView({block: 'center'})", canvas)
+            point = browser.execute_script(f"return window.vmatlasPicture.{where}({index})")
+            x, y = _point_in(browser, canvas, point)
+            ActionChains(browser).move_to_element_with_offset(canvas, x, y).perform()
+            wait_for(
+                lambda i=str(index): tip.is_displayed() and tip.get_attribute("data-region") == i,
+                what=f"the tip of region {index} over the {canvas_id}",
+            )
+            # The tip is that region's row: its number, address range, permissions, state.
+            perms = regions["perms_values"][regions["perms"][index]]
+            state = STATES[regions["state"][index]]
+            assert tip.text.startswith(f"#{index + 1}  {start}-0x"), tip.text
+            assert f"  {perms}  {state}  " in tip.text, tip.text
+
+            ActionChains(browser).click().perform()
+            wait_for(
+                lambda i=str(index): table.get_attribute("data-selected") == i,
+                what=f"region {index} selected from the {canvas_id}",
+            )
+            row = browser.find_element(By.CSS_SELECTOR, f"#regions tr[data-index='{index}']")
+            assert "selected" in row.get_attribute("class").split()
+            assert row.find_elements(By.TAG_NAME, "td")[1].text == start
+            # Moving off the picture hides the tip.
+            ActionChains(browser).move_to_element(browser.find_element(By.ID, "summary")).perform()
+            wait_for(lambda: not tip.is_displayed(), what="the tip to hide")

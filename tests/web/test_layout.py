@@ -66,9 +66,22 @@ def test_windows_reserved_committed_and_unusable_slivers() -> None:
     assert classes == [PictureClass.IMAGE, PictureClass.ANONYMOUS, PictureClass.RESERVED]
     gaps = gaps_before(table, 0x10000)
     assert gaps == [0, 0x10000, 0xF000]
-    assert unusable_before(gaps, table, 64 * KIB, 4 * KIB) == [0, 0, 0xF000]
+    assert unusable_before(table, 0x10000, 64 * KIB, 4 * KIB) == [0, 0, 0xF000]
     # Linux has no granularity above the page: nothing is unusable there.
-    assert unusable_before(gaps, table, 4 * KIB, 4 * KIB) == [0, 0, 0]
+    assert unusable_before(table, 0x10000, 4 * KIB, 4 * KIB) == [0, 0, 0]
+    # A snapshot taken with its free regions lists the gaps as FREE rows: the sliver is
+    # the same, before the region after them, and the free rows get none themselves.
+    with_free = _table(
+        [
+            (0x10000, 0x20000, C, R, IMG, U, "C:\\app.exe"),
+            (0x20000, 0x30000, RegionState.FREE, NONE, P, U, ""),
+            (0x30000, 0x31000, C, RW, P, U, ""),
+            (0x31000, 0x40000, RegionState.FREE, NONE, P, U, ""),
+            (0x40000, 0x50000, RES, NONE, P, U, ""),
+        ]
+    )
+    assert gaps_before(with_free, 0x10000) == [0, 0, 0, 0, 0]
+    assert unusable_before(with_free, 0x10000, 64 * KIB, 4 * KIB) == [0, 0, 0, 0, 0xF000]
 
 
 def test_linux_classes_and_type_summary() -> None:

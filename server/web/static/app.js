@@ -351,8 +351,8 @@
         snaps.length >= 2 ? [" · ", h("a", { id: "diff-link", href: "/diff?a=" + enc(snaps[snaps.length - 2].snapshot_id) + "&b=" + enc(snapshot.snapshot_id), text: "diff against the previous stored snapshot" })] : ""),
       h("div", { class: "figures", id: "summary" },
         figure("regions", fmtInt(s.region_count), { id: "region-count" }),
-        figure("maps / limit", fmtInt(s.map_count) + " / " + fmtInt(s.max_map_count)),
-        figure("headroom", fmtPct(s.headroom_fraction)),
+        s.max_map_count ? figure("maps / limit", fmtInt(s.map_count) + " / " + fmtInt(s.max_map_count)) : figure("maps (no limit)", fmtInt(s.map_count)),
+        s.max_map_count ? figure("headroom", fmtPct(s.headroom_fraction)) : null,
         figure("committed", fmtBytes(s.committed_bytes)),
         figure("reserved", fmtBytes(s.reserved_bytes)),
         figure("largest free", fmtBytes(s.largest_free_bytes)),
@@ -449,104 +449,152 @@
     return canvas;
   }
 
+  // "#rrggbb" as the 32-bit pixel an ImageData on a little-endian machine holds.
+  function pixelOf(hex) {
+    const v = parseInt(hex.slice(1), 16);
+    return (0xff000000 | ((v & 0xff) << 16) | (v & 0xff00) | ((v >> 16) & 0xff)) >>> 0;
+  }
+
   // The address-space picture: a count grid (one cell per mapping, the grid sized to the
   // host's vm.max_map_count) and a byte strip (regions by log size, free gaps capped).
+  // Both are painted pixel by pixel into one ImageData each, straight from the columns.
   function picture(snapshot, table) {
     const r = snapshot.regions;
     const n = r.count;
     const classes = snapshot.classes;
-    const colors = classes.map((c) => CLASS_COLORS[c] || "#000");
+    const colors = classes.map((c) => CLASS_COLORS[c] || "#000000");
+    const pixels = Uint32Array.from(colors, pixelOf);
     const FREE = classes.indexOf("free"), UNUSABLE = classes.indexOf("unusable");
     const unusable = r.unusable_before;
     const page = snapshot.host.page_size_bytes || 4096;
-    const tip = h("div", { class: "tip" });
+    // {class: count} of the classes drawn (tests read it from the canvases).
+    const countsText = (counts) => JSON.stringify(Object.fromEntries(classes.map((c, k) => [c, counts[k]]).filter(([, v]) => v)));
+    const tip = h("div", { class: "tip", id: "picture-tip" });
     document.body.append(tip);
 
     // Cells: every region but free ones, and on Windows each unusable sliver before one.
-    const cellRegion = [], cellClass = [];
+    const cellRegion = new Int32Array(2 * n);
+    const cellClass = new Uint8Array(2 * n);
+    const cellOfRegion = new Int32Array(n).fill(-1), cellOfSliver = new Int32Array(n).fill(-1);
+    let cells = 0;
     for (let i = 0; i < n; i++) {
-      if (unusable && unusable[i] > 0) { cellRegion.push(i); cellClass.push(UNUSABLE); }
-      if (r.class[i] !== FREE) { cellRegion.push(i); cellClass.push(r.class[i]); }
+      if (unusable && unusable[i] > 0) {
+        cellOfSliver[i] = cells; cellRegion[cells] = i; cellClass[cells++] = UNUSABLE;
+      }
+      const c = r.class[i];
+      if (c !== FREE) { cellOfRegion[i] = cells; cellRegion[cells] = i; cellClass[cells++] = c; }
     }
-    const cells = cellRegion.length;
-    const limit = snapshot.host.max_map_count || snapshot.summary.max_map_count || 65530;
+    const gridCounts = new Int32Array(classes.length);
+    for (let k = 0; k < cells; k++) gridCounts[cellClass[k]]++;
+    // Windows has no map count limit: its grid is as large as its cells need.
+    const limit = snapshot.host.max_map_count || snapshot.summary.max_map_count || 0;
     const side = Math.max(16, Math.ceil(Math.sqrt(Math.max(limit, cells))));
     const cell = Math.max(1, Math.min(8, Math.floor(768 / side)));
+    const gw = side * cell;
     const grid = h("canvas", {
-      id: "count-grid", width: side * cell, height: side * cell,
-      dataset: { cells, side, limit },
+      id: "count-grid", width: gw, height: gw,
+      dataset: { cells, side, limit, cellPixels: cell, classCounts: countsText(gridCounts) },
       title: "one cell per mapping; the grid holds vm.max_map_count cells",
     });
     const g = grid.getContext("2d");
-    g.fillStyle = "#f0f2f6"; g.fillRect(0, 0, grid.width, grid.height);
-    const byClass = new Map();
-    for (let k = 0; k < cells; k++) {
-      const c = cellClass[k];
-      if (!byClass.has(c)) byClass.set(c, []);
-      byClass.get(c).push(k);
+    const gridImage = g.createImageData(gw, gw);
+    const gp = new Uint32Array(gridImage.data.buffer);
+    // One line of pixels a row of cells, copied down the cell's height.
+    const empty = pixelOf("#f0f2f6");
+    for (let cy = 0; cy < side; cy++) {
+      const line = cy * cell * gw;
+      for (let cx = 0, k = cy * side; cx < side; cx++, k++) {
+        const px = k < cells ? pixels[cellClass[k]] : empty;
+        for (let x = cx * cell, end = x + cell; x < end; x++) gp[line + x] = px;
+      }
+      for (let y = 1; y < cell; y++) gp.copyWithin(line + y * gw, line, line + gw);
     }
-    for (const [c, ks] of byClass) {
-      g.fillStyle = colors[c];
-      for (const k of ks) g.fillRect((k % side) * cell, Math.floor(k / side) * cell, cell, cell);
-    }
+    g.putImageData(gridImage, 0, 0);
 
     // The byte strip: wrapped rows; each region log2(size / page) + 1 units wide, each
-    // gap a capped width with its size written in it when there is room.
+    // gap a capped width with its size written in it when there is room; an unusable
+    // sliver in red at the start of its gap.
     const W = 900, ROW = 14, MAX_ROWS = 48;
     const GAP_CAP = 56, GAP_MIN = 4;
     const unitsOf = (bytes) => Math.log2(Math.max(1, bytes / page)) + 1;
-    let total = 0;
-    for (let i = 0; i < n; i++) total += unitsOf(r.size[i]);
-    let gapPixels = 0;
-    for (let i = 0; i < n; i++) if (r.gap_before[i] > 0) gapPixels += Math.min(GAP_CAP, GAP_MIN + 2 * unitsOf(r.gap_before[i]));
+    const gapWidth = (bytes) => Math.min(GAP_CAP, GAP_MIN + 2 * unitsOf(bytes));
+    const units = new Float64Array(n), gapWidths = new Float64Array(n);
+    let total = 0, gapPixels = 0;
+    for (let i = 0; i < n; i++) {
+      total += units[i] = unitsOf(r.size[i]);
+      if (r.gap_before[i] > 0) gapPixels += gapWidths[i] = gapWidth(r.gap_before[i]);
+    }
     const scale = Math.max(0.05, Math.min(4, (W * MAX_ROWS - gapPixels) / Math.max(1, total)));
     const pos = new Float64Array(n + 1);  // strip position of each region's start, in px
-    const items = [];  // [kind, position, width, region]: 0 region, 1 gap, 2 unusable
+    const gapPos = new Float64Array(n);  // and of the gap before it
     let at = 0;
     for (let i = 0; i < n; i++) {
-      const gap = r.gap_before[i];
-      if (gap > 0) {
-        const wgap = Math.min(GAP_CAP, GAP_MIN + 2 * unitsOf(gap));
-        if (unusable && unusable[i] > 0) {
-          const wu = Math.max(2, wgap * Math.min(1, unusable[i] / gap) * 4);
-          items.push([2, at, Math.min(wu, wgap), i]);
-        }
-        items.push([1, at, wgap, i]);
-        at += wgap;
-      }
+      gapPos[i] = at;
+      at += gapWidths[i];
       pos[i] = at;
-      const w = unitsOf(r.size[i]) * scale;
-      items.push([0, at, w, i]);
-      at += w;
+      at += units[i] * scale;
     }
     pos[n] = at;
     const rows = Math.max(1, Math.ceil(at / W));
     const strip = h("canvas", { id: "byte-strip", width: W, height: rows * ROW, dataset: { regions: n } });
     const s = strip.getContext("2d");
-    s.fillStyle = "#fff"; s.fillRect(0, 0, W, rows * ROW);
-    s.font = "9px system-ui, sans-serif"; s.textBaseline = "middle";
+    const stripImage = s.createImageData(W, rows * ROW);
+    const sp = new Uint32Array(stripImage.data.buffer);
+    sp.fill(pixelOf("#ffffff"));
+    const GAP = pixelOf("#e6e9ef");
+    // The strip as one line of rows * W pixels, copied into each row's height after.
+    const line = new Uint32Array(rows * W).fill(pixelOf("#ffffff"));
+    // A run [p, p + w) of the line; at least one pixel.
+    function paint(p, w, px) {
+      const from = Math.floor(p), to = Math.min(line.length, Math.max(from + 1, Math.ceil(p + w)));
+      for (let x = from; x < to; x++) line[x] = px;
+    }
+    const stripCounts = new Int32Array(classes.length);
+    const sliverPos = new Float64Array(n).fill(-1);
+    for (let i = 0; i < n; i++) {
+      const gap = r.gap_before[i];
+      if (gap > 0) paint(gapPos[i], gapWidths[i], GAP);
+      paint(pos[i], units[i] * scale, pixels[r.class[i]]);
+      stripCounts[r.class[i]]++;
+      if (unusable && unusable[i] > 0) {
+        // At the start of the free space before the region: the gap, or the free
+        // region a snapshot taken with its free regions lists there.
+        const listed = gap === 0 && i > 0;
+        const from = listed ? pos[i - 1] : gapPos[i];
+        const room = listed ? units[i - 1] * scale : gapWidths[i];
+        const free = listed ? r.size[i - 1] : gap;
+        paint(from, Math.min(room, Math.max(2, room * Math.min(1, unusable[i] / free) * 4)), pixels[UNUSABLE]);
+        sliverPos[i] = from;
+        stripCounts[UNUSABLE]++;
+      }
+    }
+    for (let row = 0; row < rows; row++) {
+      const from = row * W;
+      for (let y = row * ROW + 1; y < row * ROW + ROW - 1; y++) sp.set(line.subarray(from, from + W), y * W);
+    }
+    s.putImageData(stripImage, 0, 0);
+    strip.dataset.classCounts = countsText(stripCounts);
+    s.font = "9px system-ui, sans-serif"; s.textBaseline = "middle"; s.fillStyle = "#5b6475";
     const gapLabel = (bytes) => fmtBytes(bytes).replace(/\.0 /, " ").replace(" ", "");
-    function paint(x0, w, row, fill) {
-      // A run may wrap onto the next rows.
-      let x = x0, left = w, y = row;
-      while (left > 0) {
-        const take = Math.min(left, W - x);
-        s.fillStyle = fill; s.fillRect(x, y * ROW + 1, Math.max(take, 0.6), ROW - 2);
-        left -= take; x = 0; y++;
-      }
+    for (let i = 0; i < n; i++) {
+      const gap = r.gap_before[i];
+      if (!gap) continue;
+      const w = gapWidth(gap), row = Math.floor(gapPos[i] / W), x = gapPos[i] - row * W;
+      if (w >= 30 && x + w <= W) s.fillText(gapLabel(gap), x + 2, row * ROW + ROW / 2);
     }
-    for (const [kind, p, w, i] of items) {
-      const row = Math.floor(p / W), x = p - row * W;
-      if (kind === 0) {
-        const c = r.class[i];
-        paint(x, w, row, colors[c]);
-      } else if (kind === 1) {
-        paint(x, w, row, "#e6e9ef");
-        if (w >= 30 && x + w <= W) { s.fillStyle = "#5b6475"; s.fillText(gapLabel(r.gap_before[i]), x + 2, row * ROW + ROW / 2); }
-      } else {
-        paint(x, w, row, colors[UNUSABLE]);
-      }
-    }
+
+    // Where region i is drawn, in each canvas's own pixels (tests and tools read this):
+    // its cell, the cell of the unusable sliver before it, and the same in the strip;
+    // null where it has none.
+    const cellPoint = (k) => (k < 0 ? null : [(k % side) * cell + cell / 2, Math.floor(k / side) * cell + cell / 2]);
+    const stripPoint = (p) => { const row = Math.floor(p / W); return [p - row * W, row * ROW + ROW / 2]; };
+    window.vmatlasPicture = {
+      colors: CLASS_COLORS,
+      cell: (i) => cellPoint(cellOfRegion[i]),
+      sliverCell: (i) => cellPoint(cellOfSliver[i]),
+      strip: (i) => stripPoint(pos[i] + (units[i] * scale) / 2),
+      sliverStrip: (i) => (sliverPos[i] < 0 ? null : stripPoint(sliverPos[i] + 0.5)),
+    };
 
     function rowText(i) {
       const size = r.size[i];
@@ -554,16 +602,20 @@
       const end = start + BigInt(size);
       const lines = [
         r.start[i] + "-0x" + end.toString(16),
-        fmtBytes(size) + "  " + r.perms[i] + "  " + STATES[r.state[i]] + "  " + (CLASS_LABELS[classes[r.class[i]]] || classes[r.class[i]]),
+        fmtBytes(size) + "  " + r.perms_values[r.perms[i]] + "  " + STATES[r.state[i]] + "  " + (CLASS_LABELS[classes[r.class[i]]] || classes[r.class[i]]),
       ];
       const path = r.paths[r.path[i]];
       if (path) lines.push(path);
-      if (r.gap_before[i]) lines.push("free before: " + fmtBytes(r.gap_before[i]) + (unusable && unusable[i] ? " (" + fmtBytes(unusable[i]) + " unusable)" : ""));
+      const gap = r.gap_before[i], lost = unusable ? unusable[i] : 0;
+      const unusableText = lost ? " (" + fmtBytes(lost) + " unusable)" : "";
+      if (gap) lines.push("free before: " + fmtBytes(gap) + unusableText);
+      else if (lost) lines.push("free before: the free region above" + unusableText);
       return "#" + (i + 1) + "  " + lines.join("\n");
     }
     function showTip(event, i) {
       if (i < 0) { tip.style.display = "none"; return; }
       tip.textContent = rowText(i);
+      tip.dataset.region = i;
       tip.style.display = "block";
       tip.style.left = Math.min(event.clientX + 14, window.innerWidth - 420) + "px";
       tip.style.top = event.clientY + 14 + "px";
@@ -582,7 +634,7 @@
       const p = row * W + x;
       let lo = 0, hi = n - 1;  // the last region starting at or before p
       while (lo < hi) { const mid = (lo + hi + 1) >> 1; if (pos[mid] <= p) lo = mid; else hi = mid - 1; }
-      return n && p >= pos[lo] && p < pos[lo] + unitsOf(r.size[lo]) * scale ? lo : -1;
+      return n && p >= pos[lo] && p < pos[lo] + units[lo] * scale ? lo : -1;
     }
     let pending = null;
     const hover = (find) => (event) => {
@@ -598,7 +650,7 @@
     strip.addEventListener("click", (e) => { const i = stripRegion(e); if (i >= 0) table.select(i); });
 
     return h("div", { class: "panes" },
-      h("div", { class: "pane" }, h("div", { class: "note", text: "count grid: " + fmtInt(cells) + " of " + fmtInt(side * side) + " cells (vm.max_map_count " + fmtInt(limit) + ")" }), grid),
+      h("div", { class: "pane" }, h("div", { class: "note", text: "count grid: " + fmtInt(cells) + " of " + fmtInt(side * side) + " cells (" + (limit ? "vm.max_map_count " + fmtInt(limit) : "no map count limit") + ")" }), grid),
       h("div", { class: "pane" }, h("div", { class: "note", text: "byte strip: width by log size; free gaps capped and labelled" }), strip));
   }
 
@@ -634,7 +686,7 @@
           h("td", { class: "mono", text: end }),
           h("td", { class: "num", text: fmtBytes(r.size[i]) }),
           h("td", { text: STATES[r.state[i]] }),
-          h("td", { class: "mono", text: r.perms[i] }),
+          h("td", { class: "mono", text: r.perms_values[r.perms[i]] }),
           h("td", {}, h("span", { class: "swatch", style: "background:" + CLASS_COLORS[classes[r.class[i]]] }), classes[r.class[i]]),
           h("td", { class: "mono", text: r.offset[i] ? "0x" + r.offset[i].toString(16) : "" }),
           h("td", { class: "num", text: rss ? fmtBytes(rss[i]) : "" }),
