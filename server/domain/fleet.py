@@ -117,14 +117,21 @@ class FleetQueries:
         name_contains: str = "",
         order: ProcessOrder = ProcessOrder.REGIONS,
         limit: int = 0,
+        per_host_limit: int = 0,
     ) -> list[FleetProcess]:
         """The latest summary of each current process, of one host or all (``""``),
-        whose name contains ``name_contains``, in ``order``, at most ``limit`` (0: all).
+        whose name contains ``name_contains``, in ``order``, at most ``limit`` (0: all)
+        and at most ``per_host_limit`` of each host, its first in ``order`` (0: all; 1
+        with HEADROOM: each host's worst process).
         """
-        if limit < 0:
+        if limit < 0 or per_host_limit < 0:
             raise errors.InvalidArgument("limit must not be negative")
         where = ProcessFilter(
-            host_id=host_id, name_contains=name_contains, order=order, limit=limit
+            host_id=host_id,
+            name_contains=name_contains,
+            order=order,
+            limit=limit,
+            per_host_limit=per_host_limit,
         )
         return self.store.processes(where)
 

@@ -60,6 +60,9 @@ class ProcessFilter:
     name_contains: str = ""
     order: ProcessOrder = ProcessOrder.REGIONS
     limit: int = 0
+    # At most this many of each host, its first in ``order`` (0: all): with 1, each
+    # host's worst process in one read.
+    per_host_limit: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,7 +159,8 @@ class Store(Protocol):
 
     def processes(self, where: ProcessFilter) -> list[FleetProcess]:
         """Latest summaries of current processes, filtered and sorted. NotFound for an
-        unknown ``where.host_id``, InvalidArgument for an unknown order."""
+        unknown ``where.host_id``, InvalidArgument for an unknown order or a negative
+        limit."""
 
     def latest_summaries_all_hosts(self) -> list[FleetProcess]:
         """The latest summary of every current process of every host (for audits),

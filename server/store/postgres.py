@@ -467,18 +467,25 @@ class PostgresBackend:
 
     _CURRENT = f"""SELECT p.host_id, p.facts::text, p.latest_capture_time,
                      {", ".join(f"p.{c}" for c in SUMMARY_COLUMNS)}
-                   FROM processes p WHERE p.current"""
+                   FROM processes p WHERE """
 
     def current_rows(self, where: ProcessFilter) -> list[tuple[Any, ...]]:
-        query = self._CURRENT
+        condition = "p.current"
         params: list[Any] = []
         if where.host_id:
-            query += " AND p.host_id = %s"
+            condition += " AND p.host_id = %s"
             params.append(where.host_id)
         if where.name_contains:
-            query += " AND strpos(p.name, %s) > 0"
+            condition += " AND strpos(p.name, %s) > 0"
             params.append(where.name_contains)
-        query += f" ORDER BY {_ORDER_BY[where.order]}"
+        order = _ORDER_BY[where.order]
+        if where.per_host_limit:
+            # Each host's first rows in the order, in one pass over the current set.
+            condition = f"""p.id IN (SELECT id FROM (
+                SELECT p.id, row_number() OVER (PARTITION BY p.host_id ORDER BY {order}) AS rank
+                FROM processes p WHERE {condition}) ranked WHERE rank <= %s)"""
+            params.append(where.per_host_limit)
+        query = f"{self._CURRENT}{condition} ORDER BY {order}"
         if where.limit:
             query += " LIMIT %s"
             params.append(where.limit)

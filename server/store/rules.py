@@ -403,8 +403,10 @@ class RuleStore:
         order = ProcessOrder.parse(where.order)  # InvalidArgument for an unknown one
         if order is not where.order:
             where = replace(where, order=order)
-        if where.limit < 0:
-            raise errors.InvalidArgument(f"a limit must not be negative ({where.limit})")
+        if where.limit < 0 or where.per_host_limit < 0:
+            raise errors.InvalidArgument(
+                f"a limit must not be negative ({min(where.limit, where.per_host_limit)})"
+            )
         if where.host_id:
             self.host(where.host_id)  # NotFound for an unknown host
         return [self._fleet_process(row) for row in self.backend.current_rows(where)]

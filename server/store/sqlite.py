@@ -458,21 +458,27 @@ class SQLiteBackend:
             return self._read(self._HOST_SELECT + " ORDER BY h.host_id")
         return self._read(self._HOST_SELECT + " WHERE h.host_id = ?", (host_id,))
 
-    _CURRENT = f"""SELECT p.host_id, p.facts, s.capture_time, {_SUMMARY_SELECT}
-                   FROM processes p JOIN summaries s
-                     ON s.process_id = p.id AND s.capture_time = p.latest_capture_time
-                   WHERE p.current = 1"""
+    _CURRENT_FROM = """FROM processes p JOIN summaries s
+                     ON s.process_id = p.id AND s.capture_time = p.latest_capture_time"""
+    _CURRENT = f"SELECT p.host_id, p.facts, s.capture_time, {_SUMMARY_SELECT} {_CURRENT_FROM}"
 
     def current_rows(self, where: ProcessFilter) -> list[tuple[Any, ...]]:
-        sql = self._CURRENT
+        condition = "p.current = 1"
         params: list[Any] = []
         if where.host_id:
-            sql += " AND p.host_id = ?"
+            condition += " AND p.host_id = ?"
             params.append(where.host_id)
         if where.name_contains:
-            sql += " AND instr(p.name, ?) > 0"
+            condition += " AND instr(p.name, ?) > 0"
             params.append(where.name_contains)
-        sql += f" ORDER BY {_ORDER_BY[where.order]}"
+        order = _ORDER_BY[where.order]
+        if where.per_host_limit:
+            # Each host's first rows in the order, in one pass over the current set.
+            condition = f"""p.id IN (SELECT id FROM (
+                SELECT p.id, row_number() OVER (PARTITION BY p.host_id ORDER BY {order}) AS rank
+                {self._CURRENT_FROM} WHERE {condition}) WHERE rank <= ?)"""
+            params.append(where.per_host_limit)
+        sql = f"{self._CURRENT} WHERE {condition} ORDER BY {order}"
         if where.limit:
             sql += " LIMIT ?"
             params.append(where.limit)

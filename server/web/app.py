@@ -288,13 +288,10 @@ async def get_fleet(request: web.Request, principal: Principal) -> Any:
 
     def build() -> dict[str, Any]:
         hosts = queries.hosts()
-        # One bounded query per host rather than every process of the fleet: the page
-        # needs each host's worst process, not its thousands of others.
-        worst: dict[str, Any] = {}
-        for status in hosts:
-            found = queries.processes(host_id=status.host_id, order=ProcessOrder.HEADROOM, limit=1)
-            if found:
-                worst[status.host_id] = found[0]
+        # Each host's worst process in one read, not the thousands of others.
+        worst = {
+            p.host_id: p for p in queries.processes(order=ProcessOrder.HEADROOM, per_host_limit=1)
+        }
         top = queries.processes(order=ProcessOrder.HEADROOM, limit=closest) if closest else []
         return documents.fleet_document(hosts, worst, top)
 

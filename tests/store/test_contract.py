@@ -207,6 +207,15 @@ def test_processes_filter_order_and_limit(store: Store) -> None:
     assert keys(ProcessFilter(name_contains="nginx")) == [("h1", 10)]  # case matters
     assert keys(ProcessFilter(host_id="h2", order="pid")) == [("h2", 5), ("h2", 6)]
     assert keys(ProcessFilter(limit=2)) == [("h1", 11), ("h2", 5)]
+    # Each host's first in the order, then the whole list in that order.
+    assert keys(ProcessFilter(order=ProcessOrder.HEADROOM, per_host_limit=1)) == [
+        ("h2", 5),
+        ("h1", 11),
+    ]
+    assert keys(ProcessFilter(per_host_limit=2, limit=3)) == [("h1", 11), ("h2", 5), ("h1", 10)]
+    # The filter applies before the ranking: h1's first "n" process is nginx.
+    assert keys(ProcessFilter(name_contains="n", per_host_limit=1)) == [("h2", 5), ("h1", 10)]
+    assert keys(ProcessFilter(host_id="h1", order="pid", per_host_limit=1)) == [("h1", 10)]
     assert [(p.host_id, p.item.process.pid) for p in store.latest_summaries_all_hosts()] == [
         ("h1", 10),
         ("h1", 11),
@@ -215,6 +224,8 @@ def test_processes_filter_order_and_limit(store: Store) -> None:
     ]
     with pytest.raises(errors.InvalidArgument):
         store.processes(ProcessFilter(order="size"))  # type: ignore[arg-type]
+    with pytest.raises(errors.InvalidArgument):
+        store.processes(ProcessFilter(per_host_limit=-1))
     with pytest.raises(errors.NotFound):
         store.processes(ProcessFilter(host_id="h3"))
 

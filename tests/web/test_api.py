@@ -10,6 +10,10 @@ def test_smoke(fleet: Fleet) -> None:
     assert r.status == 200, r.body
     doc = r.json()
     assert doc["host_count"] == 1
+    # The host's worst process is filled in (one of the agent's, with its figures).
+    [row] = doc["hosts"]
+    assert row["worst_pid"] > 0 and row["worst_map_count"] > 0
+    assert 0 <= row["worst_headroom_fraction"] <= 1
     r = request(
         f"{fleet.url}/api/v1/hosts/{HOST_ID}/processes/{fleet.pid}/snapshot",
         method="POST",
