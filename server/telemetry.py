@@ -115,6 +115,7 @@ _TIMED = frozenset(
         "latest_snapshot",
         "history",
         "map_count_series",
+        "trend_series",
         "hosts",
         "host",
         "processes",

@@ -18,12 +18,72 @@ import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
-from vmatlas.model import Host, OperatingSystem, ProcessSummary
+from vmatlas.model import Host, OperatingSystem
 from vmatlas.policy import DEFAULT_POLICY, Policy
 
 MIB = 1024 * 1024
+
+
+class ProcessFacts(Protocol):
+    """What the audit reads of a process (a :class:`~vmatlas.model.Process` has it)."""
+
+    @property
+    def pid(self) -> int: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def executable(self) -> str: ...
+    @property
+    def start_time(self) -> float: ...
+    @property
+    def pointer_bits(self) -> int: ...
+    @property
+    def address_space_empty(self) -> bool: ...
+    @property
+    def container_id(self) -> str: ...
+    @property
+    def pod_uid(self) -> str: ...
+
+
+class SummaryFigures(Protocol):
+    """What the audit reads of a summary (a :class:`~vmatlas.model.Summary` has it)."""
+
+    @property
+    def region_count(self) -> int: ...
+    @property
+    def map_count(self) -> int: ...
+    @property
+    def max_map_count(self) -> int: ...
+    @property
+    def committed_bytes(self) -> int: ...
+    @property
+    def reserved_bytes(self) -> int: ...
+    @property
+    def free_bytes(self) -> int: ...
+    @property
+    def largest_free_bytes(self) -> int: ...
+    @property
+    def single_page_region_count(self) -> int: ...
+    @property
+    def guard_region_count(self) -> int: ...
+    @property
+    def unusable_bytes(self) -> int: ...
+
+
+class AuditedProcess(Protocol):
+    """A process's latest summary as the audit reads it: a
+    :class:`~vmatlas.model.ProcessSummary`, or a lighter row with the same names (the
+    server's store reads a fleet's as columns)."""
+
+    @property
+    def process(self) -> ProcessFacts: ...
+    @property
+    def summary(self) -> SummaryFigures: ...
+    @property
+    def capture_time(self) -> float: ...
+
 
 # (host_id, pid) -> [(seconds since the epoch, map_count), ...] in any order.
 History = Mapping[tuple[str, int], Sequence[tuple[float, int]]]
@@ -164,12 +224,8 @@ def group_of(host: Host, policy: Policy) -> str:
     return host.os.name.lower()
 
 
-def _limit(host: Host, item: ProcessSummary) -> int:
+def _limit(host: Host, item: AuditedProcess) -> int:
     return item.summary.max_map_count or host.max_map_count
-
-
-def _executable(item: ProcessSummary) -> str:
-    return item.process.executable or item.process.name or f"pid {item.process.pid}"
 
 
 # -- the audit ----------------------------------------------------------------------------
@@ -177,7 +233,7 @@ def _executable(item: ProcessSummary) -> str:
 
 def audit(
     hosts: Sequence[Host],
-    processes: Mapping[str, Sequence[ProcessSummary]],
+    processes: Mapping[str, Sequence[AuditedProcess]],
     history: History | None = None,
     policy: Policy = DEFAULT_POLICY,
     now: float | None = None,
@@ -188,16 +244,33 @@ def audit(
     findings: list[Finding] = []
     by_id = {h.host_id: h for h in hosts}
     count = 0
+    # What no finding can come below, to pass most processes over with a look: a
+    # process under both (and not on Windows) gets none from _process_findings.
+    least_fraction = min(policy.map_count.warn_fraction, policy.map_count.critical_fraction)
+    least_single_pages = policy.single_page.min_count
+    # Without history a trend needs no more than the latest point.
+    trend_without_history = policy.trend.min_points <= 1
     for host in hosts:
+        windows = host.os == OperatingSystem.WINDOWS
+        host_limit = host.max_map_count
         for item in processes.get(host.host_id, ()):
-            if item.process.address_space_empty:
+            process = item.process
+            if process.address_space_empty:
                 continue
             count += 1
-            findings += _process_findings(host, item, policy)
-            series = history.get((host.host_id, item.process.pid), ())
-            trend = _trend_finding(host, item, series, policy)
-            if trend is not None:
-                findings.append(trend)
+            s = item.summary
+            limit = s.max_map_count or host_limit
+            if (
+                windows
+                or (limit > 0 and s.map_count / limit >= least_fraction)
+                or s.single_page_region_count >= least_single_pages
+            ):
+                findings += _process_findings(host, item, policy)
+            series = history.get((host.host_id, process.pid))
+            if series or trend_without_history:
+                trend = _trend_finding(host, item, series or (), policy)
+                if trend is not None:
+                    findings.append(trend)
     findings += _host_findings(hosts, policy)
     findings.sort(
         key=lambda f: (-f.severity, f.check, f.pointer_bits or 64, f.host_id, -f.value, f.pid)
@@ -212,7 +285,7 @@ def audit(
     )
 
 
-def _process_findings(host: Host, item: ProcessSummary, policy: Policy) -> list[Finding]:
+def _process_findings(host: Host, item: AuditedProcess, policy: Policy) -> list[Finding]:
     out: list[Finding] = []
     s = item.summary
 
@@ -273,7 +346,7 @@ def _process_findings(host: Host, item: ProcessSummary, policy: Policy) -> list[
 
 def _finding(
     host: Host,
-    item: ProcessSummary,
+    item: AuditedProcess,
     severity: Severity,
     check: Check,
     value: float,
@@ -298,7 +371,7 @@ def _finding(
     )
 
 
-def _windows_findings(host: Host, item: ProcessSummary, policy: Policy) -> list[Finding]:
+def _windows_findings(host: Host, item: AuditedProcess, policy: Policy) -> list[Finding]:
     out: list[Finding] = []
     p, s, rule = item.process, item.summary, policy.windows
 
@@ -354,9 +427,11 @@ def _windows_findings(host: Host, item: ProcessSummary, policy: Policy) -> list[
 
 
 def _trend_finding(
-    host: Host, item: ProcessSummary, series: Sequence[tuple[float, int]], policy: Policy
+    host: Host, item: AuditedProcess, series: Sequence[tuple[float, int]], policy: Policy
 ) -> Finding | None:
     rule = policy.trend
+    if len(series) + 1 < rule.min_points:
+        return None  # too few points whatever the window (most processes: no history)
     limit = _limit(host, item)
     if limit <= 0:
         return None
@@ -365,6 +440,10 @@ def _trend_finding(
     points = {t: float(n) for t, n in series if since <= t <= latest_time}
     points[latest_time] = float(latest)
     if len(points) < rule.min_points:
+        return None
+    if min(points.values()) == max(points.values()):
+        # A flat series has no trend: not even the rounding error of a fitted slope.
+        # (So a store may leave out the series that never leave their latest value.)
         return None
     ordered = sorted(points.items())
     slope, _ = least_squares(ordered)
@@ -448,38 +527,60 @@ def _host_findings(hosts: Sequence[Host], policy: Policy) -> list[Finding]:
 
 
 def _applications(
-    hosts: Mapping[str, Host], processes: Mapping[str, Sequence[ProcessSummary]]
+    hosts: Mapping[str, Host], processes: Mapping[str, Sequence[AuditedProcess]]
 ) -> tuple[Application, ...]:
-    by_exe: dict[str, list[tuple[str, ProcessSummary]]] = {}
+    # One pass, a running tally per executable: [instances, host ids, sum, min, max,
+    # peak host id, peak pid]. The peak is the first instance with the largest (map
+    # count, host id).
+    tally: dict[str, list[Any]] = {}
     for host_id, items in processes.items():
         if host_id not in hosts:
             continue
         for item in items:
-            if not item.process.address_space_empty:
-                by_exe.setdefault(_executable(item), []).append((host_id, item))
-    apps = []
-    for exe, members in by_exe.items():
-        counts = [item.summary.map_count for _, item in members]
-        peak_host, peak = max(members, key=lambda m: (m[1].summary.map_count, m[0]))
-        apps.append(
-            Application(
-                executable=exe,
-                instances=len(members),
-                host_count=len({h for h, _ in members}),
-                map_count_max=max(counts),
-                map_count_mean=sum(counts) / len(counts),
-                map_count_min=min(counts),
-                peak_host_id=peak_host,
-                peak_pid=peak.process.pid,
-            )
+            process = item.process
+            if process.address_space_empty:
+                continue
+            count = item.summary.map_count
+            exe = process.executable or process.name or f"pid {process.pid}"
+            entry = tally.get(exe)
+            if entry is None:
+                tally[exe] = [
+                    1,
+                    {host_id},
+                    count,
+                    count,
+                    count,
+                    host_id,
+                    process.pid,
+                ]
+                continue
+            entry[0] += 1
+            entry[1].add(host_id)
+            entry[2] += count
+            if count < entry[3]:
+                entry[3] = count
+            if count > entry[4] or (count == entry[4] and host_id > entry[5]):
+                entry[4], entry[5], entry[6] = count, host_id, process.pid
+    apps = [
+        Application(
+            executable=exe,
+            instances=instances,
+            host_count=len(host_ids),
+            map_count_max=highest,
+            map_count_mean=total / instances,
+            map_count_min=lowest,
+            peak_host_id=peak_host,
+            peak_pid=peak_pid,
         )
+        for exe, (instances, host_ids, total, lowest, highest, peak_host, peak_pid) in tally.items()
+    ]
     apps.sort(key=lambda a: (-a.map_count_max, a.executable))
     return tuple(apps)
 
 
 def _recommendations(
     hosts: Sequence[Host],
-    processes: Mapping[str, Sequence[ProcessSummary]],
+    processes: Mapping[str, Sequence[AuditedProcess]],
     history: History,
     policy: Policy,
 ) -> tuple[Recommendation, ...]:
@@ -493,8 +594,11 @@ def _recommendations(
         peak, peak_process, peak_host = 0, "", ""
         for h in members:
             for item in processes.get(h.host_id, ()):
-                series = history.get((h.host_id, item.process.pid), ())
-                highest = max([item.summary.map_count, *(n for _, n in series)])
+                highest = item.summary.map_count
+                if history:
+                    series = history.get((h.host_id, item.process.pid))
+                    if series:
+                        highest = max(highest, *(n for _, n in series))
                 if highest > peak:
                     peak, peak_process, peak_host = highest, item.process.name, h.host_id
         wanted = peak * rule.headroom_factor

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from vmatlas import errors
 from vmatlas.audit import AuditReport, audit
 from vmatlas.diff import Diff, DiffMode, diff
-from vmatlas.model import Host, ProcessSummary, Snapshot
+from vmatlas.model import Host, Snapshot
 from vmatlas.policy import DEFAULT_POLICY, Policy
 from vmatlas.server.domain.fleet import HostSnapshot
 from vmatlas.server.store import Store
@@ -91,17 +91,14 @@ class Analysis:
         """The findings over every host's latest data and its history under ``policy``."""
         now = time.time() if now is None else now
         hosts: list[Host] = [status.host for status in self.store.hosts()]
-        processes: dict[str, list[ProcessSummary]] = {}
-        for fleet_process in self.store.latest_summaries_all_hosts():
-            processes.setdefault(fleet_process.host_id, []).append(fleet_process.item)
-        # Every trend point in the window in one read, then each process's own (a
-        # reused pid is another process: its start time tells them apart).
-        series = self.store.map_count_series(now - policy.trend.window_seconds, now)
-        history: dict[tuple[str, int], list[tuple[float, int]]] = {}
-        for host_id, items in processes.items():
-            for item in items:
-                if item.summary.map_count < TREND_MIN_MAP_COUNT:
-                    continue
-                key = (host_id, item.process.pid, item.process.start_time)
-                history[(host_id, item.process.pid)] = series.get(key, [])
+        processes = self.store.audit_processes()
+        # The trend points in the window in one read, then each process's own (a
+        # reused pid is another process: its start time tells them apart). Only the
+        # series that leave their latest value come: the rest have no trend, and no
+        # peak above that value.
+        series = self.store.trend_series(
+            now - policy.trend.window_seconds, now, TREND_MIN_MAP_COUNT
+        )
+        # Keyed as the audit looks it up (the store gives current processes only).
+        history = {(host_id, pid): points for (host_id, pid, _), points in series.items()}
         return audit(hosts, processes, history, policy=policy, now=now)

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from vmatlas import errors
+from vmatlas.audit import AuditedProcess
 from vmatlas.fleet import FleetProcess, History, HostStatus
 from vmatlas.model import Host, ProcessOrder, ProcessSummary, Snapshot
 
@@ -151,6 +152,15 @@ class Store(Protocol):
         keyed by ``(host_id, pid, process start time)`` (so a reused pid is another
         key): what an audit's trends are fitted to, in one read."""
 
+    def trend_series(
+        self, since: float, until: float, min_map_count: int
+    ) -> dict[tuple[str, int, float], list[tuple[float, int]]]:
+        """The :meth:`map_count_series` of just the current processes whose latest
+        summary has at least ``min_map_count`` maps and which have a point in the
+        range whose map count differs from that summary's: all an audit's trends and
+        peaks need (a series that never leaves its latest value has neither a trend
+        nor a peak above it), without reading every process's points."""
+
     def hosts(self) -> list[HostStatus]:
         """Every known host, sorted by host id."""
 
@@ -163,8 +173,13 @@ class Store(Protocol):
         limit."""
 
     def latest_summaries_all_hosts(self) -> list[FleetProcess]:
-        """The latest summary of every current process of every host (for audits),
-        sorted by host id and pid."""
+        """The latest summary of every current process of every host, sorted by host
+        id and pid."""
+
+    def audit_processes(self) -> dict[str, list[AuditedProcess]]:
+        """What :meth:`latest_summaries_all_hosts` holds, by host id (sorted), each
+        host's in pid order, as light read-only rows with what an audit reads of a
+        process and its summary: read as columns, not decoded from the stored facts."""
 
     def prune(self, older_than: float) -> int:
         """Delete history (summaries, snapshots, unreferenced region tables) captured

@@ -34,12 +34,15 @@ from vmatlas import errors
 from vmatlas.model import Host, ProcessOrder
 from vmatlas.server.store.base import ProcessFilter
 from vmatlas.server.store.rules import (
+    LIGHT_FACTS,
+    LIGHT_PROCESS_FIELDS,
     SUMMARY_COLUMNS,
     LeaseRow,
     PushSequence,
     RuleStore,
     SnapshotRow,
     SummaryRow,
+    trend_rows_sql,
 )
 
 log = logging.getLogger(__name__)
@@ -139,6 +142,23 @@ CREATE TABLE IF NOT EXISTS leases (
   PRIMARY KEY (kind, name)
 );
 """
+
+
+def _literal(value: object) -> str:
+    return (
+        str(int(value))
+        if isinstance(value, bool | int)
+        else "'" + str(value).replace("'", "''") + "'"
+    )
+
+
+# The light process columns: pid, name and start time are columns, the rest facts.
+_LIGHT_SELECT = ", ".join(
+    f"coalesce(json_extract(p.facts, '$.{name}'), {_literal(LIGHT_FACTS[name])})"
+    if name in LIGHT_FACTS
+    else f"p.{name}"
+    for name in LIGHT_PROCESS_FIELDS
+)
 
 _ORDER_BY = {
     ProcessOrder.REGIONS: "s.map_count DESC, p.host_id, p.pid",
@@ -429,7 +449,7 @@ class SQLiteBackend:
         finally:
             self._idle_readers.put(db)
 
-    def _read(self, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
+    def _read(self, sql: str, params: Any = ()) -> list[Any]:
         with self._reading() as db:
             return db.execute(sql, params).fetchall()
 
@@ -461,8 +481,11 @@ class SQLiteBackend:
     _CURRENT_FROM = """FROM processes p JOIN summaries s
                      ON s.process_id = p.id AND s.capture_time = p.latest_capture_time"""
     _CURRENT = f"SELECT p.host_id, p.facts, s.capture_time, {_SUMMARY_SELECT} {_CURRENT_FROM}"
+    _CURRENT_LIGHT = (
+        f"SELECT p.host_id, {_LIGHT_SELECT}, s.capture_time, {_SUMMARY_SELECT} {_CURRENT_FROM}"
+    )
 
-    def current_rows(self, where: ProcessFilter) -> list[tuple[Any, ...]]:
+    def current_rows(self, where: ProcessFilter, *, light: bool = False) -> list[tuple[Any, ...]]:
         condition = "p.current = 1"
         params: list[Any] = []
         if where.host_id:
@@ -478,7 +501,9 @@ class SQLiteBackend:
                 SELECT p.id, row_number() OVER (PARTITION BY p.host_id ORDER BY {order}) AS rank
                 {self._CURRENT_FROM} WHERE {condition}) WHERE rank <= ?)"""
             params.append(where.per_host_limit)
-        sql = f"{self._CURRENT} WHERE {condition} ORDER BY {order}"
+        sql = (
+            f"{self._CURRENT_LIGHT if light else self._CURRENT} WHERE {condition} ORDER BY {order}"
+        )
         if where.limit:
             sql += " LIMIT ?"
             params.append(where.limit)
@@ -537,6 +562,13 @@ class SQLiteBackend:
                 WHERE s.capture_time BETWEEN ? AND ?
                ORDER BY 4""",
             (since, until, since, until),
+        )
+
+    _TREND_ROWS = trend_rows_sql(lambda name: f":{name}")
+
+    def trend_rows(self, since: float, until: float, min_map_count: int) -> list[tuple[Any, ...]]:
+        return self._read(
+            self._TREND_ROWS, {"since": since, "until": until, "least": min_map_count}
         )
 
     def region_table_present(self, digest: bytes) -> bool:

@@ -14,7 +14,7 @@ from tests.store.conftest import make_host, make_item, make_process
 from vmatlas import errors, wire
 from vmatlas.agents.linux import LinuxReader
 from vmatlas.grpcutil import status_of
-from vmatlas.model import ProcessOrder
+from vmatlas.model import ProcessOrder, Summary
 from vmatlas.server.store import (
     ProcessFilter,
     PushOrigin,
@@ -359,6 +359,83 @@ def test_map_count_series_reads_every_process_in_one_go(store: Store, reader: Li
         ("host-a", base.pid, base.start_time): [(1005.0, 105), (1010.0, 110)],
         ("host-a", base.pid, reused.start_time): [(1020.0, 7)],
     }
+
+
+def test_trend_series_holds_just_the_current_series_that_leave_their_latest_value(
+    store: Store, reader: LinuxReader
+) -> None:
+    store.put_host(make_host(), 1000.0)
+    record = snapshot_record(reader, 1015.0, map_count=300)
+    mine = record.header.process  # snapshotted at 1015 with 300 maps
+    flat = make_process(1, "flat")
+    growing = make_process(2, "growing")
+    small = make_process(3, "small")  # under the least map count
+    gone = make_process(4, "gone")  # leaves the current set
+    early = make_process(5, "early")  # changed only before the range
+    later = make_process(6, "later")  # flat summaries, another count in a later snapshot
+    counts = {
+        1000.0: {flat: 300, growing: 200, small: 10, gone: 200, early: 100, later: 300, mine: 300},
+        1010.0: {flat: 300, growing: 250, small: 20, gone: 300, early: 300, later: 300, mine: 300},
+        1020.0: {flat: 300, growing: 300, small: 30, early: 300, later: 300, mine: 300},
+    }
+    for t, by_process in counts.items():
+        store.put_summaries("host-a", [make_item(p, t, n) for p, n in by_process.items()])
+    store.put_snapshot("host-a", record)  # the same count as the latest: still flat
+    snapshot = snapshot_record(reader, 1030.0, map_count=400)
+    moved = replace(snapshot.header, process=later)
+    store.put_snapshot("host-a", replace(snapshot, header=moved))
+    full = store.map_count_series(1005.0, 2000.0)
+    assert store.trend_series(1005.0, 2000.0, 50) == {
+        key: full[key] for key in (("host-a", 2, 100.0), ("host-a", 6, 100.0))
+    }
+    assert store.trend_series(1005.0, 2000.0, 50)[("host-a", 6, 100.0)] == [
+        (1010.0, 300),
+        (1020.0, 300),
+        (1030.0, 400),
+    ]
+    assert ("host-a", 3, 100.0) in store.trend_series(1005.0, 2000.0, 10)
+    assert ("host-a", 5, 100.0) in store.trend_series(999.0, 2000.0, 50)
+    assert store.trend_series(3000.0, 4000.0, 0) == {}
+
+
+def test_audit_processes_are_the_latest_summaries_by_host_as_columns(store: Store) -> None:
+    store.put_host(make_host("h1"), 1000.0)
+    store.put_host(make_host("h2"), 1000.0)
+    odd = make_process(
+        9, "odd", pointer_bits=32, address_space_empty=True, container_id="c0ffee", pod_uid="p1"
+    )
+    store.put_summaries("h2", [make_item(make_process(7), 1000.0, 70), make_item(odd, 1001.0, 9)])
+    store.put_summaries("h1", [make_item(make_process(8, executable=""), 1000.0, 80)])
+    light = store.audit_processes()
+    assert list(light) == ["h1", "h2"]
+    full = store.latest_summaries_all_hosts()
+    assert [(h, row.process.pid) for h, rows in light.items() for row in rows] == [
+        (p.host_id, p.item.process.pid) for p in full
+    ]
+    for row, expected in zip([r for rows in light.values() for r in rows], full, strict=True):
+        process = expected.item.process
+        assert (
+            row.process.pid,
+            row.process.name,
+            row.process.executable,
+            row.process.start_time,
+            row.process.pointer_bits,
+            bool(row.process.address_space_empty),
+            row.process.container_id,
+            row.process.pod_uid,
+        ) == (
+            process.pid,
+            process.name,
+            process.executable,
+            process.start_time,
+            process.pointer_bits,
+            process.address_space_empty,
+            process.container_id,
+            process.pod_uid,
+        )
+        assert row.capture_time == expected.item.capture_time
+        for name in Summary.__dataclass_fields__:
+            assert getattr(row.summary, name) == getattr(expected.item.summary, name)
 
 
 # -- retention and integrity ---------------------------------------------------------------------
