@@ -108,6 +108,7 @@ _TIMED = frozenset(
     {
         "put_host",
         "mark_online",
+        "renew_hosts",
         "mark_offline",
         "put_summaries",
         "put_snapshot",

@@ -459,46 +459,44 @@ class Hub:
 
     # -- the store --------------------------------------------------------------------
 
-    async def _record(
-        self,
-        host_id: str,
-        *,
-        only: AgentSession | None = None,
-        release: HostOwnership | None = None,
-    ) -> None:
+    async def _record(self, host_id: str, *, release: HostOwnership | None = None) -> None:
         """Write the host's state as it is now to the store: online with its session's
-        facts; with ``only``, the renewal of that session's lease and its last-seen
-        time, while it holds the host; with ``release``, that lease given up and the
-        host offline, unless a newer claim holds it.
+        facts; with ``release``, that lease given up and the host offline, unless a
+        newer claim holds it.
 
         Writes for one host take turns, and each reads the state after it takes its
         turn, so whichever runs last writes the latest state; an offline mark goes in
         the same transaction as the release of the lease it belongs to, so a release
         racing a reconnect (here or through another replica) cannot leave the
         reconnected host offline. Writes for different hosts go on side by side."""
-        lost: errors.StoreConflict | None = None
         async with self._turn(host_id):
             session = self._sessions.get(host_id)
             if release is not None:
                 await self.blocking(self.store.release_host, release)
-            elif only is not None:
-                held = only.ownership
-                if session is only and not session.closed and held is not None:
-                    try:
-                        only.ownership = await self.blocking(self._renew_lease, held, host_id)
-                    except errors.StoreConflict as exc:
-                        lost = exc
             elif session is not None:
                 await self.blocking(self.store.put_host, session.host, self.clock())
-        if lost is not None and only is not None:
-            # Outside the turn: the release takes it again.
-            await self._fence(only, lost)
 
-    def _renew_lease(self, held: HostOwnership, host_id: str) -> HostOwnership:
-        now = self.clock()
-        renewed = self.store.renew_host(held, now=now, ttl_seconds=self.lease_seconds)
-        self.store.mark_online(host_id, now)
-        return renewed
+    async def _renew(self, sessions: list[AgentSession]) -> None:
+        """Renew these sessions' leases and record their hosts last seen, in one store
+        write (the hub's only periodic one, whatever the number of agents); fence a
+        session whose lease another claim took. It needs no turns: a renewal holds only
+        while the lease is this session's, so a release or claim committed first makes
+        it a no-op, and one committed after undoes it."""
+        held = [(session, session.ownership) for session in sessions]
+        leases = [lease for _, lease in held if lease is not None]
+        results = await self.blocking(
+            lambda: self.store.renew_hosts(leases, now=self.clock(), ttl_seconds=self.lease_seconds)
+        )
+        renewed = zip(
+            [session for session, lease in held if lease is not None], results, strict=True
+        )
+        for session, result in renewed:
+            if self._sessions.get(session.host_id) is not session or session.closed:
+                continue  # released meanwhile: nothing left to renew or fence
+            if isinstance(result, errors.StoreConflict):
+                await self._fence(session, result)
+            else:
+                session.ownership = result
 
     @asynccontextmanager
     async def _turn(self, host_id: str) -> AsyncIterator[None]:
@@ -517,13 +515,20 @@ class Hub:
 
     def _record_last_seen(self) -> None:
         """Renew the lease and record the last-seen time of every host heard from
-        since its last record a heartbeat interval or more ago."""
-        for session in list(self._sessions.values()):
-            if session.last_heard - session.last_recorded >= self.heartbeat_seconds:
+        since its last record a heartbeat interval or more ago, all in one write."""
+        due = []
+        for session in self._sessions.values():
+            if (
+                session.last_heard - session.last_recorded >= self.heartbeat_seconds
+                and session.ownership is not None
+                and not session.closed
+            ):
                 session.last_recorded = session.last_heard
-                task = self.loop.create_task(self._record(session.host_id, only=session))
-                self._writes.add(task)
-                task.add_done_callback(self._written)
+                due.append(session)
+        if due:
+            task = self.loop.create_task(self._renew(due))
+            self._writes.add(task)
+            task.add_done_callback(self._written)
 
     def _written(self, task: asyncio.Task[None]) -> None:
         self._writes.discard(task)

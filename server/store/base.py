@@ -26,6 +26,7 @@ can query them.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -221,6 +222,14 @@ class Store(Protocol):
         record is no longer ``held`` (another claim bumped the epoch, or it was
         released): the caller has lost the host and must close its stream (fencing).
         An expired record that nobody claimed since is renewed."""
+
+    def renew_hosts(
+        self, held: Sequence[HostOwnership], *, now: float, ttl_seconds: float
+    ) -> list[HostOwnership | errors.StoreConflict]:
+        """:meth:`renew_host` of many hosts in one transaction (what a replica does each
+        heartbeat interval for the agents it holds), each host renewed also marked
+        online and last seen at ``now``: for each of ``held``, in order, the renewed
+        record or the StoreConflict :meth:`renew_host` would raise."""
 
     def release_host(self, held: HostOwnership) -> bool:
         """Give the host up (the stream ended) and mark it offline, in one transaction,

@@ -28,7 +28,7 @@ import math
 import os
 import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -218,10 +218,10 @@ class _Transaction:
             (host.host_id, host.hostname, int(host.os), host.max_map_count, facts, now, now),
         )
 
-    def set_online(self, host_id: str, now: float) -> None:
+    def set_online(self, host_ids: Sequence[str], now: float) -> None:
         self.conn.execute(
-            "UPDATE hosts SET online = true, last_seen_time = %s WHERE host_id = %s",
-            (now, host_id),
+            "UPDATE hosts SET online = true, last_seen_time = %s WHERE host_id = ANY(%s)",
+            (now, list(host_ids)),
         )
 
     def set_offline(self, host_id: str) -> None:
@@ -352,6 +352,20 @@ class _Transaction:
                                  expires_time = %s
                WHERE kind = %s AND name = %s""",
             (row.holder, row.address, row.instance_id, row.epoch, row.expires_time, kind, name),
+        )
+
+    def leases(self, kind: str, names: Sequence[str]) -> dict[str, LeaseRow]:
+        rows = self.conn.execute(
+            """SELECT name, holder, address, instance_id, epoch, expires_time FROM leases
+               WHERE kind = %s AND name = ANY(%s) AND epoch > 0 ORDER BY name FOR UPDATE""",
+            (kind, list(names)),
+        ).fetchall()
+        return {row[0]: LeaseRow(*row[1:]) for row in rows}
+
+    def extend_leases(self, kind: str, names: Sequence[str], expires_time: float) -> None:
+        self.conn.execute(
+            "UPDATE leases SET expires_time = %s WHERE kind = %s AND name = ANY(%s)",
+            (expires_time, kind, list(names)),
         )
 
 

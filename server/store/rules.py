@@ -274,7 +274,9 @@ class Transaction(Protocol):
         concurrent writers serializes each host's writes on it)."""
 
     def upsert_host(self, host: Host, facts: str, now: float) -> None: ...
-    def set_online(self, host_id: str, now: float) -> None: ...
+    def set_online(self, host_ids: Sequence[str], now: float) -> None:
+        """These hosts are online, last seen ``now`` (unknown ones are passed over)."""
+
     def set_offline(self, host_id: str) -> None: ...
     def push_sequence(self, host_id: str) -> PushSequence | None: ...
     def set_push_sequence(self, host_id: str, state: PushSequence) -> None: ...
@@ -302,6 +304,13 @@ class Transaction(Protocol):
         """The lease row, locked until the end of the transaction."""
 
     def set_lease(self, kind: str, name: str, row: LeaseRow) -> None: ...
+
+    def leases(self, kind: str, names: Sequence[str]) -> dict[str, LeaseRow]:
+        """The existing lease rows of these names, locked until the end of the
+        transaction (in name order, so that two writers cannot deadlock)."""
+
+    def extend_leases(self, kind: str, names: Sequence[str], expires_time: float) -> None:
+        """These lease rows expire at ``expires_time``; nothing else of them changes."""
 
 
 class Backend(Protocol):
@@ -390,7 +399,7 @@ class RuleStore:
 
     def mark_online(self, host_id: str, now: float) -> None:
         with self._tx() as tx:
-            tx.set_online(host_id, now)
+            tx.set_online([host_id], now)
 
     def mark_offline(self, host_id: str) -> None:
         with self._tx() as tx:
@@ -661,20 +670,50 @@ class RuleStore:
             tx.set_lease(HOST_LEASE, host_id, claimed)
         return self._ownership(host_id, claimed)
 
+    @staticmethod
+    def _lost(held: HostOwnership, row: LeaseRow | None) -> errors.StoreConflict | None:
+        """Why ``held`` cannot be renewed (another claim or a release since), or None."""
+        if row is not None and row.epoch == held.epoch and row.holder == held.replica_id:
+            return None
+        holder = f"replica {row.holder} (epoch {row.epoch})" if row and row.holder else ""
+        return errors.StoreConflict(
+            f"host {held.host_id!r} is no longer held at epoch {held.epoch}"
+            + (f": {holder} holds it" if holder else ": it was released")
+        )
+
     def renew_host(self, held: HostOwnership, *, now: float, ttl_seconds: float) -> HostOwnership:
         with self._tx() as tx:
             row = tx.lease(HOST_LEASE, held.host_id)
-            if row is None or row.epoch != held.epoch or row.holder != held.replica_id:
-                holder = f"replica {row.holder} (epoch {row.epoch})" if row and row.holder else ""
-                raise errors.StoreConflict(
-                    f"host {held.host_id!r} is no longer held at epoch {held.epoch}"
-                    + (f": {holder} holds it" if holder else ": it was released")
-                )
+            lost = self._lost(held, row)
+            if lost is not None:
+                raise lost
+            assert row is not None  # as _lost found
             renewed = LeaseRow(
                 row.holder, row.address, row.instance_id, row.epoch, now + ttl_seconds
             )
             tx.set_lease(HOST_LEASE, held.host_id, renewed)
         return self._ownership(held.host_id, renewed)
+
+    def renew_hosts(
+        self, held: Sequence[HostOwnership], *, now: float, ttl_seconds: float
+    ) -> list[HostOwnership | errors.StoreConflict]:
+        if not held:
+            return []
+        with self._tx() as tx:
+            rows = tx.leases(HOST_LEASE, sorted({h.host_id for h in held}))
+            results: list[HostOwnership | errors.StoreConflict] = []
+            kept: list[str] = []
+            for h in held:
+                lost = self._lost(h, rows.get(h.host_id))
+                if lost is not None:
+                    results.append(lost)
+                else:
+                    results.append(replace(h, expires_time=now + ttl_seconds))
+                    kept.append(h.host_id)
+            if kept:
+                tx.extend_leases(HOST_LEASE, kept, now + ttl_seconds)
+                tx.set_online(kept, now)
+        return results
 
     def release_host(self, held: HostOwnership) -> bool:
         with self._tx() as tx:

@@ -21,12 +21,13 @@ twice costs one row, not two tables. Retention deletes rows (exact to the second
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import queue
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -197,9 +198,11 @@ class _Transaction:
             (host.host_id, host.hostname, int(host.os), host.max_map_count, facts, now, now),
         )
 
-    def set_online(self, host_id: str, now: float) -> None:
+    def set_online(self, host_ids: Sequence[str], now: float) -> None:
         self.db.execute(
-            "UPDATE hosts SET online = 1, last_seen_time = ? WHERE host_id = ?", (now, host_id)
+            "UPDATE hosts SET online = 1, last_seen_time = ?"
+            " WHERE host_id IN (SELECT value FROM json_each(?))",
+            (now, json.dumps(list(host_ids))),
         )
 
     def set_offline(self, host_id: str) -> None:
@@ -333,6 +336,22 @@ class _Transaction:
                                               expires_time)
                VALUES (?, ?, ?, ?, ?, ?, ?)""",
             (kind, name, row.holder, row.address, row.instance_id, row.epoch, row.expires_time),
+        )
+
+    def leases(self, kind: str, names: Sequence[str]) -> dict[str, LeaseRow]:
+        # Every write transaction already excludes every other (BEGIN IMMEDIATE).
+        rows = self.db.execute(
+            """SELECT name, holder, address, instance_id, epoch, expires_time FROM leases
+               WHERE kind = ? AND name IN (SELECT value FROM json_each(?))""",
+            (kind, json.dumps(list(names))),
+        ).fetchall()
+        return {row[0]: LeaseRow(*row[1:]) for row in rows}
+
+    def extend_leases(self, kind: str, names: Sequence[str], expires_time: float) -> None:
+        self.db.execute(
+            """UPDATE leases SET expires_time = ?
+               WHERE kind = ? AND name IN (SELECT value FROM json_each(?))""",
+            (expires_time, kind, json.dumps(list(names))),
         )
 
 

@@ -16,6 +16,7 @@ from vmatlas.agents.linux import LinuxReader
 from vmatlas.grpcutil import status_of
 from vmatlas.model import ProcessOrder, Summary
 from vmatlas.server.store import (
+    HostOwnership,
     ProcessFilter,
     PushOrigin,
     SnapshotRecord,
@@ -626,6 +627,40 @@ def test_releasing_a_host_marks_it_offline_unless_a_newer_claim_holds_it(store: 
         "h2", replica_id="r1", address="a:1", instance_id="agent-2", now=102.0, ttl_seconds=10.0
     )
     assert store.release_host(third) is True
+
+
+def test_renewing_many_hosts_is_one_write_that_also_marks_them_seen(store: Store) -> None:
+    for host_id in ("h1", "h2", "h3"):
+        store.put_host(make_host(host_id), 100.0)
+    store.mark_offline("h3")
+
+    def claim(host_id: str, replica_id: str, now: float) -> HostOwnership:
+        return store.claim_host(
+            host_id,
+            replica_id=replica_id,
+            address="a:1",
+            instance_id=f"agent-{host_id}",
+            now=now,
+            ttl_seconds=10.0,
+        )
+
+    held = [claim("h1", "r1", 100.0), claim("h2", "r1", 100.0), claim("h3", "r1", 100.0)]
+    claim("h2", "r2", 101.0)  # the same agent through another replica: r1 lost h2
+    assert store.release_host(held[2])  # h3 released (and offline)
+    assert store.renew_hosts([], now=102.0, ttl_seconds=10.0) == []
+    first, second, third = store.renew_hosts(held, now=105.0, ttl_seconds=10.0)
+    assert first == replace(held[0], expires_time=115.0)
+    assert store.host_owners()["h1"] == first
+    assert isinstance(second, errors.StoreConflict) and "r2" in str(second)
+    assert isinstance(third, errors.StoreConflict) and "released" in str(third)
+    assert store.host_owners()["h2"].replica_id == "r2"
+    assert store.host_owners()["h2"].expires_time == 111.0
+    # Renewed hosts are online and seen now; the others keep what they had.
+    assert [(h.host_id, h.online, h.last_seen_time) for h in store.hosts()] == [
+        ("h1", True, 105.0),
+        ("h2", True, 100.0),
+        ("h3", False, 100.0),
+    ]
 
 
 def test_a_job_has_one_holder_and_is_taken_over_after_expiry(store: Store) -> None:
