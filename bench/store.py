@@ -206,7 +206,8 @@ def audit_rows(store: Store) -> tuple[float, int]:
     since = now - DEFAULT_POLICY.trend.window_seconds
     rows = len(store.backend.host_rows(None))
     rows += len(store.backend.current_rows(ProcessFilter(order=ProcessOrder.PID), light=True))
-    rows += len(store.backend.trend_rows(since, now, TREND_MIN_MAP_COUNT))
+    trend = {"since": since, "until": now, "least": TREND_MIN_MAP_COUNT}
+    rows += len(store.backend.read(store.backend.sql.trend_rows, trend))
     return time.perf_counter() - began, rows
 
 

@@ -38,19 +38,22 @@ from psycopg import errors as pg_errors
 from psycopg import sql
 
 from vmatlas import errors
-from vmatlas.model import Host, ProcessOrder
+from vmatlas.model import Host
 from vmatlas.server.store.base import ProcessFilter
 from vmatlas.server.store.migrations import LATEST_VERSION, MIGRATIONS
 from vmatlas.server.store.rules import (
     LIGHT_FACTS,
-    LIGHT_PROCESS_FIELDS,
     SUMMARY_COLUMNS,
+    Dialect,
     LeaseRow,
     PushSequence,
     RuleStore,
     SnapshotRow,
+    Statements,
     SummaryRow,
-    trend_rows_sql,
+    leases_from,
+    push_sequence_from,
+    push_sequence_params,
 )
 
 log = logging.getLogger(__name__)
@@ -76,20 +79,24 @@ CREATE TEMP TABLE IF NOT EXISTS push_staging (
 ) ON COMMIT DELETE ROWS"""
 
 _PG_TYPES = {bool: "boolean", int: "bigint", str: "text"}
-# The light process columns: pid, name and start time are columns, the rest facts.
-_LIGHT_SELECT = ", ".join(
-    f"coalesce((p.facts->>'{name}')::{_PG_TYPES[type(LIGHT_FACTS[name])]}, "
-    f"{sql.quote(LIGHT_FACTS[name])})"
-    if name in LIGHT_FACTS
-    else f"p.{name}"
-    for name in LIGHT_PROCESS_FIELDS
+# A process row holds its latest summary.
+_SQL = Statements(
+    Dialect(
+        param="%s",
+        named="%({})s",
+        json_text="::text",
+        true="true",
+        contains="strpos({}, {}) > 0",
+        current_from="FROM processes p",
+        latest="p",
+        latest_time="p.latest_capture_time",
+        light_facts={
+            name: f"coalesce((p.facts->>'{name}')::{_PG_TYPES[type(default)]}, "
+            f"{sql.quote(default)})"
+            for name, default in LIGHT_FACTS.items()
+        },
+    )
 )
-
-_ORDER_BY = {
-    ProcessOrder.REGIONS: "p.map_count DESC, p.host_id, p.pid",
-    ProcessOrder.HEADROOM: "p.headroom_fraction ASC, p.host_id, p.pid",
-    ProcessOrder.PID: "p.host_id, p.pid",
-}
 
 _TRANSIENT = (
     psycopg.OperationalError,  # connection lost, server shutting down, pool timeout
@@ -228,30 +235,10 @@ class _Transaction:
         self.conn.execute("UPDATE hosts SET online = false WHERE host_id = %s", (host_id,))
 
     def push_sequence(self, host_id: str) -> PushSequence | None:
-        row = self.conn.execute(
-            """SELECT instance_id, sequence, instance_dropped_push_count, dropped_push_count
-               FROM push_sequences WHERE host_id = %s""",
-            (host_id,),
-        ).fetchone()
-        return None if row is None else PushSequence(*row)
+        return push_sequence_from(self.conn.execute(_SQL.push_sequence, (host_id,)).fetchone())
 
     def set_push_sequence(self, host_id: str, state: PushSequence) -> None:
-        self.conn.execute(
-            """INSERT INTO push_sequences (host_id, instance_id, sequence,
-                                           instance_dropped_push_count, dropped_push_count)
-               VALUES (%s, %s, %s, %s, %s)
-               ON CONFLICT (host_id) DO UPDATE SET
-                 instance_id = excluded.instance_id, sequence = excluded.sequence,
-                 instance_dropped_push_count = excluded.instance_dropped_push_count,
-                 dropped_push_count = excluded.dropped_push_count""",
-            (
-                host_id,
-                state.instance_id,
-                state.sequence,
-                state.instance_dropped_push_count,
-                state.dropped_push_count,
-            ),
-        )
+        self.conn.execute(_SQL.set_push_sequence, push_sequence_params(host_id, state))
 
     def current_processes(self, host_id: str) -> list[tuple[int, int, float]]:
         return self.conn.execute(
@@ -360,7 +347,7 @@ class _Transaction:
                WHERE kind = %s AND name = ANY(%s) AND epoch > 0 ORDER BY name FOR UPDATE""",
             (kind, list(names)),
         ).fetchall()
-        return {row[0]: LeaseRow(*row[1:]) for row in rows}
+        return dict(leases_from(rows))
 
     def extend_leases(self, kind: str, names: Sequence[str], expires_time: float) -> None:
         self.conn.execute(
@@ -373,6 +360,7 @@ class PostgresBackend:
     """:class:`~.rules.Backend` on a PostgreSQL database."""
 
     prune_granularity_seconds = float(PARTITION_SECONDS)
+    sql = _SQL
 
     def __init__(self, url: str, *, read_only: bool = False, pool_max: int = POOL_MAX):
         self.url = url
@@ -432,7 +420,7 @@ class PostgresBackend:
         with self._connection() as conn, conn.transaction():
             yield _Transaction(self, conn)
 
-    def _read(self, query: str, params: Any = ()) -> list[Any]:
+    def read(self, query: str, params: Any = ()) -> list[Any]:
         with self._connection() as conn:
             return conn.execute(query.encode(), params).fetchall()
 
@@ -492,113 +480,24 @@ class PostgresBackend:
 
     def host_rows(self, host_id: str | None) -> list[tuple[Any, ...]]:
         if host_id is None:
-            return self._read(self._HOST_SELECT + " ORDER BY h.host_id")
-        return self._read(self._HOST_SELECT + " WHERE h.host_id = %s", (host_id,))
-
-    _CURRENT = f"""SELECT p.host_id, p.facts::text, p.latest_capture_time,
-                     {", ".join(f"p.{c}" for c in SUMMARY_COLUMNS)}
-                   FROM processes p WHERE """
-    _CURRENT_LIGHT = f"""SELECT p.host_id, {_LIGHT_SELECT}, p.latest_capture_time,
-                      {", ".join(f"p.{c}" for c in SUMMARY_COLUMNS)}
-                   FROM processes p WHERE """
+            return self.read(self._HOST_SELECT + " ORDER BY h.host_id")
+        return self.read(self._HOST_SELECT + " WHERE h.host_id = %s", (host_id,))
 
     def current_rows(self, where: ProcessFilter, *, light: bool = False) -> list[tuple[Any, ...]]:
-        condition = "p.current"
-        params: list[Any] = []
-        if where.host_id:
-            condition += " AND p.host_id = %s"
-            params.append(where.host_id)
-        if where.name_contains:
-            condition += " AND strpos(p.name, %s) > 0"
-            params.append(where.name_contains)
-        order = _ORDER_BY[where.order]
-        if where.per_host_limit:
-            # Each host's first rows in the order, in one pass over the current set.
-            condition = f"""p.id IN (SELECT id FROM (
-                SELECT p.id, row_number() OVER (PARTITION BY p.host_id ORDER BY {order}) AS rank
-                FROM processes p WHERE {condition}) ranked WHERE rank <= %s)"""
-            params.append(where.per_host_limit)
-        query = f"{self._CURRENT_LIGHT if light else self._CURRENT}{condition} ORDER BY {order}"
-        if where.limit:
-            query += " LIMIT %s"
-            params.append(where.limit)
+        query, params = _SQL.current(where, light=light)
         with self._connection() as conn, conn.cursor(binary=True) as cur:
             # Binary results: an audit reads every current process at once.
             return cur.execute(query.encode(), params).fetchall()
 
-    _SNAPSHOT_SELECT = f"""SELECT p.host_id, p.facts::text, s.capture_time, s.host_facts::text,
-                             s.view, s.includes_free, s.includes_residency, r.zlib_data, s.id,
-                             {", ".join(f"s.{c}" for c in SUMMARY_COLUMNS)}
-                           FROM snapshots s
-                           JOIN processes p ON p.id = s.process_id
-                           JOIN region_tables r ON r.sha256 = s.regions_sha256"""
-
-    def snapshot_row(
-        self, snapshot_id: int | None, host_id: str, pid: int
-    ) -> tuple[Any, ...] | None:
-        if snapshot_id is not None:
-            rows = self._read(self._SNAPSHOT_SELECT + " WHERE s.id = %s", (snapshot_id,))
-        else:
-            rows = self._read(
-                self._SNAPSHOT_SELECT + " WHERE p.host_id = %s AND p.pid = %s"
-                " ORDER BY s.capture_time DESC, s.id DESC LIMIT 1",
-                (host_id, pid),
-            )
-        return tuple(rows[0]) if rows else None
-
-    def summary_history(
-        self, host_id: str, pid: int, since: float, until: float
-    ) -> list[tuple[Any, ...]]:
-        return self._read(
-            f"""SELECT p.facts::text, s.capture_time,
-                  {", ".join(f"s.{c}" for c in SUMMARY_COLUMNS)}
-                FROM summaries s JOIN processes p ON p.id = s.process_id
-                WHERE p.host_id = %s AND p.pid = %s AND s.capture_time BETWEEN %s AND %s
-                ORDER BY s.capture_time""",
-            (host_id, pid, since, until),
-        )
-
-    def snapshot_history(
-        self, host_id: str, pid: int, since: float, until: float
-    ) -> list[tuple[Any, ...]]:
-        return self._read(
-            f"""SELECT s.id, p.facts::text, s.capture_time,
-                  {", ".join(f"s.{c}" for c in SUMMARY_COLUMNS)}
-                FROM snapshots s JOIN processes p ON p.id = s.process_id
-                WHERE p.host_id = %s AND p.pid = %s AND s.capture_time BETWEEN %s AND %s
-                ORDER BY s.capture_time, s.id""",
-            (host_id, pid, since, until),
-        )
-
-    def series_rows(self, since: float, until: float) -> list[tuple[Any, ...]]:
-        return self._read(
-            """SELECT p.host_id, p.pid, p.start_time, s.capture_time, s.map_count
-                 FROM summaries s JOIN processes p ON p.id = s.process_id
-                WHERE s.capture_time BETWEEN %s AND %s
-               UNION ALL
-               SELECT p.host_id, p.pid, p.start_time, s.capture_time, s.map_count
-                 FROM snapshots s JOIN processes p ON p.id = s.process_id
-                WHERE s.capture_time BETWEEN %s AND %s
-               ORDER BY 4""",
-            (since, until, since, until),
-        )
-
-    _TREND_ROWS = trend_rows_sql(lambda name: f"%({name})s")
-
-    def trend_rows(self, since: float, until: float, min_map_count: int) -> list[tuple[Any, ...]]:
-        return self._read(
-            self._TREND_ROWS, {"since": since, "until": until, "least": min_map_count}
-        )
-
     def region_table_present(self, digest: bytes) -> bool:
-        return bool(self._read("SELECT 1 FROM region_tables WHERE sha256 = %s", (digest,)))
+        return bool(self.read("SELECT 1 FROM region_tables WHERE sha256 = %s", (digest,)))
 
     def region_table_digests(self) -> list[bytes]:
-        rows = self._read("SELECT sha256 FROM region_tables ORDER BY sha256")
+        rows = self.read("SELECT sha256 FROM region_tables ORDER BY sha256")
         return [bytes(row[0]) for row in rows]
 
     def region_table(self, digest: bytes) -> tuple[int, bytes] | None:
-        rows = self._read(
+        rows = self.read(
             "SELECT size_bytes, zlib_data FROM region_tables WHERE sha256 = %s", (digest,)
         )
         return (rows[0][0], bytes(rows[0][1])) if rows else None
@@ -619,14 +518,6 @@ class PostgresBackend:
             ).fetchall()
         problems += [f"current process row {row[0]} has no latest summary" for row in rows]
         return problems
-
-    def lease_rows(self, kind: str) -> list[tuple[str, LeaseRow]]:
-        rows = self._read(
-            """SELECT name, holder, address, instance_id, epoch, expires_time FROM leases
-               WHERE kind = %s AND epoch > 0 ORDER BY name""",
-            (kind,),
-        )
-        return [(row[0], LeaseRow(*row[1:])) for row in rows]
 
     # -- retention ----------------------------------------------------------------------
 

@@ -205,27 +205,150 @@ def next_sequence(previous: PushSequence | None, origin: PushOrigin) -> tuple[Pu
 # -- SQL both backends run as it is --------------------------------------------------------
 
 
-def trend_rows_sql(param: Callable[[str], str]) -> str:
-    """:meth:`Backend.trend_rows` over the ``current_summaries`` view both schemas
-    have, ``param(name)`` being the backend's placeholder for ``since``, ``until``
-    and ``least``. The processes with a point off their latest map count are found in
-    the database; only their points travel."""
-    since, until, least = param("since"), param("until"), param("least")
-    return f"""WITH points AS (
-                 SELECT process_id, capture_time, map_count FROM summaries
-                  WHERE capture_time BETWEEN {since} AND {until}
-                 UNION ALL
-                 SELECT process_id, capture_time, map_count FROM snapshots
-                  WHERE capture_time BETWEEN {since} AND {until}),
-               latest AS (
-                 SELECT process_id, host_id, pid, start_time, map_count
-                   FROM current_summaries WHERE map_count >= {least}),
-               changing AS (
-                 SELECT DISTINCT x.process_id FROM points x JOIN latest l
-                     ON l.process_id = x.process_id AND x.map_count <> l.map_count)
-               SELECT l.host_id, l.pid, l.start_time, x.capture_time, x.map_count
-                 FROM points x JOIN changing USING (process_id) JOIN latest l USING (process_id)
-                ORDER BY x.capture_time"""
+@dataclass(frozen=True, slots=True)
+class Dialect:
+    """Where the two backends' SQL differs, for :class:`Statements`."""
+
+    param: str  # a positional placeholder
+    named: str  # a named one, {} for the name
+    json_text: str  # what reads a JSON column as text
+    true: str
+    contains: str  # whether {0} contains {1}
+    # The current set with each process's latest summary: FROM clause, the alias the
+    # summary's columns are read under, and its capture time.
+    current_from: str
+    latest: str
+    latest_time: str
+    light_facts: dict[str, str]  # LIGHT_FACTS read from the stored facts, by name
+
+
+class Statements:
+    """The statements both backends run, written once and made in a backend's
+    :class:`Dialect`; their rows are in the orders :class:`Backend` gives."""
+
+    def __init__(self, d: Dialect):
+        self.dialect = d
+        p, text = d.param, d.json_text
+        summary = ", ".join(f"s.{c}" for c in SUMMARY_COLUMNS)
+        latest = ", ".join(f"{d.latest}.{c}" for c in SUMMARY_COLUMNS)
+        light = ", ".join(d.light_facts.get(name, f"p.{name}") for name in LIGHT_PROCESS_FIELDS)
+        self.order_by = {
+            ProcessOrder.REGIONS: f"{d.latest}.map_count DESC, p.host_id, p.pid",
+            ProcessOrder.HEADROOM: f"{d.latest}.headroom_fraction ASC, p.host_id, p.pid",
+            ProcessOrder.PID: "p.host_id, p.pid",
+        }
+        self.current_select = (
+            f"SELECT p.host_id, p.facts{text}, {d.latest_time}, {latest} {d.current_from}"
+        )
+        self.current_light_select = (
+            f"SELECT p.host_id, {light}, {d.latest_time}, {latest} {d.current_from}"
+        )
+        self.push_sequence = f"""
+            SELECT instance_id, sequence, instance_dropped_push_count, dropped_push_count
+            FROM push_sequences WHERE host_id = {p}"""
+        self.set_push_sequence = f"""
+            INSERT INTO push_sequences (host_id, instance_id, sequence,
+                                        instance_dropped_push_count, dropped_push_count)
+            VALUES ({p}, {p}, {p}, {p}, {p})
+            ON CONFLICT (host_id) DO UPDATE SET
+              instance_id = excluded.instance_id, sequence = excluded.sequence,
+              instance_dropped_push_count = excluded.instance_dropped_push_count,
+              dropped_push_count = excluded.dropped_push_count"""
+        snapshot = f"""
+            SELECT p.host_id, p.facts{text}, s.capture_time, s.host_facts{text}, s.view,
+                   s.includes_free, s.includes_residency, r.zlib_data, s.id, {summary}
+            FROM snapshots s
+            JOIN processes p ON p.id = s.process_id
+            JOIN region_tables r ON r.sha256 = s.regions_sha256"""
+        self.snapshot_by_id = f"{snapshot} WHERE s.id = {p}"
+        self.latest_snapshot = f"""{snapshot} WHERE p.host_id = {p} AND p.pid = {p}
+            ORDER BY s.capture_time DESC, s.id DESC LIMIT 1"""
+        self.summary_history = f"""
+            SELECT p.facts{text}, s.capture_time, {summary}
+            FROM summaries s JOIN processes p ON p.id = s.process_id
+            WHERE p.host_id = {p} AND p.pid = {p} AND s.capture_time BETWEEN {p} AND {p}
+            ORDER BY s.capture_time"""
+        self.snapshot_history = f"""
+            SELECT s.id, p.facts{text}, s.capture_time, {summary}
+            FROM snapshots s JOIN processes p ON p.id = s.process_id
+            WHERE p.host_id = {p} AND p.pid = {p} AND s.capture_time BETWEEN {p} AND {p}
+            ORDER BY s.capture_time, s.id"""
+        self.series_rows = f"""
+            SELECT p.host_id, p.pid, p.start_time, s.capture_time, s.map_count
+              FROM summaries s JOIN processes p ON p.id = s.process_id
+             WHERE s.capture_time BETWEEN {p} AND {p}
+            UNION ALL
+            SELECT p.host_id, p.pid, p.start_time, s.capture_time, s.map_count
+              FROM snapshots s JOIN processes p ON p.id = s.process_id
+             WHERE s.capture_time BETWEEN {p} AND {p}
+            ORDER BY 4"""
+        since, until, least = (d.named.format(name) for name in ("since", "until", "least"))
+        # The processes with a point off their latest map count are found in the
+        # database; only their points travel.
+        self.trend_rows = f"""
+            WITH points AS (
+              SELECT process_id, capture_time, map_count FROM summaries
+               WHERE capture_time BETWEEN {since} AND {until}
+              UNION ALL
+              SELECT process_id, capture_time, map_count FROM snapshots
+               WHERE capture_time BETWEEN {since} AND {until}),
+            latest AS (
+              SELECT process_id, host_id, pid, start_time, map_count
+                FROM current_summaries WHERE map_count >= {least}),
+            changing AS (
+              SELECT DISTINCT x.process_id FROM points x JOIN latest l
+                  ON l.process_id = x.process_id AND x.map_count <> l.map_count)
+            SELECT l.host_id, l.pid, l.start_time, x.capture_time, x.map_count
+              FROM points x JOIN changing USING (process_id) JOIN latest l USING (process_id)
+             ORDER BY x.capture_time"""
+        self.lease_rows = f"""
+            SELECT name, holder, address, instance_id, epoch, expires_time FROM leases
+            WHERE kind = {p} AND epoch > 0 ORDER BY name"""
+
+    def current(self, where: ProcessFilter, *, light: bool = False) -> tuple[str, list[Any]]:
+        """The statement and parameters of :meth:`Backend.current_rows`."""
+        d = self.dialect
+        condition = f"p.current = {d.true}"
+        params: list[Any] = []
+        if where.host_id:
+            condition += f" AND p.host_id = {d.param}"
+            params.append(where.host_id)
+        if where.name_contains:
+            condition += " AND " + d.contains.format("p.name", d.param)
+            params.append(where.name_contains)
+        order = self.order_by[where.order]
+        if where.per_host_limit:
+            # Each host's first rows in the order, in one pass over the current set.
+            condition = f"""p.id IN (SELECT id FROM (
+                SELECT p.id, row_number() OVER (PARTITION BY p.host_id ORDER BY {order}) AS rank
+                {d.current_from} WHERE {condition}) ranked WHERE rank <= {d.param})"""
+            params.append(where.per_host_limit)
+        select = self.current_light_select if light else self.current_select
+        query = f"{select} WHERE {condition} ORDER BY {order}"
+        if where.limit:
+            query += f" LIMIT {d.param}"
+            params.append(where.limit)
+        return query, params
+
+
+def push_sequence_params(host_id: str, state: PushSequence) -> tuple[Any, ...]:
+    return (
+        host_id,
+        state.instance_id,
+        state.sequence,
+        state.instance_dropped_push_count,
+        state.dropped_push_count,
+    )
+
+
+def push_sequence_from(row: Sequence[Any] | None) -> PushSequence | None:
+    return None if row is None else PushSequence(*row)
+
+
+def leases_from(rows: Sequence[Sequence[Any]]) -> list[tuple[str, LeaseRow]]:
+    """``(name, lease)`` of ``(name, holder, address, instance_id, epoch, expires_time)``
+    rows."""
+    return [(row[0], LeaseRow(*row[1:])) for row in rows]
 
 
 # -- rows between the rules and a backend -------------------------------------------------
@@ -335,29 +458,17 @@ class Backend(Protocol):
         set, filtered by ``where`` (host id, substring of the name, order, limits);
         ``light``: ``(host_id, *LIGHT_PROCESS_FIELDS, capture_time, *summary values)``."""
 
-    def snapshot_row(
-        self, snapshot_id: int | None, host_id: str, pid: int
-    ) -> tuple[Any, ...] | None:
-        """By id, or (``snapshot_id`` None) the newest of the pid: ``(host_id, process
-        facts, capture_time, host_facts, view, includes_free, includes_residency,
-        compressed regions, id, *summary values)``."""
+    # The statements of this backend's dialect, and a read of one: ``params`` a tuple
+    # for positional placeholders, a dict for named ones. The rows of
+    # ``snapshot_by_id`` and ``latest_snapshot``: ``(host_id, process facts,
+    # capture_time, host_facts, view, includes_free, includes_residency, compressed
+    # regions, id, *summary values)``; of ``summary_history``: ``(process facts,
+    # capture_time, *summary values)``; of ``snapshot_history``: ``(id, process facts,
+    # capture_time, *summary values)``; of ``series_rows`` and ``trend_rows``:
+    # ``(host_id, pid, start_time, capture_time, map_count)`` by capture time.
+    sql: Statements
 
-    def summary_history(
-        self, host_id: str, pid: int, since: float, until: float
-    ) -> list[tuple[Any, ...]]:
-        """``(process facts, capture_time, *summary values)``, oldest first."""
-
-    def snapshot_history(
-        self, host_id: str, pid: int, since: float, until: float
-    ) -> list[tuple[Any, ...]]:
-        """``(id, process facts, capture_time, *summary values)``, oldest first."""
-
-    def series_rows(self, since: float, until: float) -> list[tuple[Any, ...]]:
-        """``(host_id, pid, start_time, capture_time, map_count)`` of summaries and
-        snapshots, by capture time."""
-
-    def trend_rows(self, since: float, until: float, min_map_count: int) -> list[tuple[Any, ...]]:
-        """:meth:`series_rows` of the processes :meth:`Store.trend_series` names."""
+    def read(self, query: str, params: Any = ()) -> list[tuple[Any, ...]]: ...
 
     def region_table_present(self, digest: bytes) -> bool: ...
     def region_table_digests(self) -> list[bytes]: ...
@@ -367,7 +478,6 @@ class Backend(Protocol):
         """The database's own integrity and reference checks."""
 
     def prune(self, older_than: float) -> int: ...
-    def lease_rows(self, kind: str) -> list[tuple[str, LeaseRow]]: ...
     def close(self) -> None: ...
 
 
@@ -562,21 +672,26 @@ class RuleStore:
             key = int(snapshot_id)
         except ValueError:
             raise errors.NotFound(f"no snapshot {snapshot_id!r}") from None
-        row = self.backend.snapshot_row(key, "", 0) if 0 < key < 1 << 63 else None
+        rows = (
+            self.backend.read(self.backend.sql.snapshot_by_id, (key,)) if 0 < key < 1 << 63 else []
+        )
+        row = rows[0] if rows else None
         if row is None:
             raise errors.NotFound(f"no snapshot {snapshot_id!r}")
         return row[0], self._record(row)
 
     def latest_snapshot(self, host_id: str, pid: int) -> tuple[str, SnapshotRecord]:
-        row = self.backend.snapshot_row(None, host_id, pid)
+        rows = self.backend.read(self.backend.sql.latest_snapshot, (host_id, pid))
+        row = rows[0] if rows else None
         if row is None:
             raise errors.NotFound(f"no stored snapshot of pid {pid} on {host_id!r}", pid=pid)
         return str(row[8]), self._record(row)
 
     def history(self, host_id: str, pid: int, since: float, until: float) -> History:
         self.host(host_id)
-        summaries = self.backend.summary_history(host_id, pid, since, until)
-        snapshots = self.backend.snapshot_history(host_id, pid, since, until)
+        sql, params = self.backend.sql, (host_id, pid, since, until)
+        summaries = self.backend.read(sql.summary_history, params)
+        snapshots = self.backend.read(sql.snapshot_history, params)
         return History(
             summaries=[
                 ProcessSummary(process_from_json(r[0]), summary_from(r, 2), r[1]) for r in summaries
@@ -597,8 +712,8 @@ class RuleStore:
         self, since: float, until: float
     ) -> dict[tuple[str, int, float], list[tuple[float, int]]]:
         series: dict[tuple[str, int, float], list[tuple[float, int]]] = {}
-        for host_id, pid, start_time, capture_time, map_count in self.backend.series_rows(
-            since, until
+        for host_id, pid, start_time, capture_time, map_count in self.backend.read(
+            self.backend.sql.series_rows, (since, until, since, until)
         ):
             series.setdefault((host_id, pid, start_time), []).append((capture_time, map_count))
         return series
@@ -607,8 +722,8 @@ class RuleStore:
         self, since: float, until: float, min_map_count: int
     ) -> dict[tuple[str, int, float], list[tuple[float, int]]]:
         series: dict[tuple[str, int, float], list[tuple[float, int]]] = {}
-        for host_id, pid, start_time, capture_time, map_count in self.backend.trend_rows(
-            since, until, min_map_count
+        for host_id, pid, start_time, capture_time, map_count in self.backend.read(
+            self.backend.sql.trend_rows, {"since": since, "until": until, "least": min_map_count}
         ):
             series.setdefault((host_id, pid, start_time), []).append((capture_time, map_count))
         return series
@@ -728,7 +843,9 @@ class RuleStore:
     def host_owners(self) -> dict[str, HostOwnership]:
         return {
             host_id: self._ownership(host_id, row)
-            for host_id, row in self.backend.lease_rows(HOST_LEASE)
+            for host_id, row in leases_from(
+                self.backend.read(self.backend.sql.lease_rows, (HOST_LEASE,))
+            )
         }
 
     def acquire_job(

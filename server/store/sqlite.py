@@ -32,18 +32,21 @@ from contextlib import contextmanager
 from typing import Any
 
 from vmatlas import errors
-from vmatlas.model import Host, ProcessOrder
+from vmatlas.model import Host
 from vmatlas.server.store.base import ProcessFilter
 from vmatlas.server.store.rules import (
     LIGHT_FACTS,
-    LIGHT_PROCESS_FIELDS,
     SUMMARY_COLUMNS,
+    Dialect,
     LeaseRow,
     PushSequence,
     RuleStore,
     SnapshotRow,
+    Statements,
     SummaryRow,
-    trend_rows_sql,
+    leases_from,
+    push_sequence_from,
+    push_sequence_params,
 )
 
 log = logging.getLogger(__name__)
@@ -58,7 +61,6 @@ _SUMMARY_DDL = ",\n  ".join(
     f"{name} {'REAL' if name == 'headroom_fraction' else 'INTEGER'} NOT NULL"
     for name in SUMMARY_COLUMNS
 )
-_SUMMARY_SELECT = ", ".join(f"s.{name}" for name in SUMMARY_COLUMNS)
 
 SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS meta (
@@ -153,19 +155,23 @@ def _literal(value: object) -> str:
     )
 
 
-# The light process columns: pid, name and start time are columns, the rest facts.
-_LIGHT_SELECT = ", ".join(
-    f"coalesce(json_extract(p.facts, '$.{name}'), {_literal(LIGHT_FACTS[name])})"
-    if name in LIGHT_FACTS
-    else f"p.{name}"
-    for name in LIGHT_PROCESS_FIELDS
+_SQL = Statements(
+    Dialect(
+        param="?",
+        named=":{}",
+        json_text="",
+        true="1",
+        contains="instr({}, {}) > 0",
+        current_from="""FROM processes p JOIN summaries s
+                          ON s.process_id = p.id AND s.capture_time = p.latest_capture_time""",
+        latest="s",
+        latest_time="s.capture_time",
+        light_facts={
+            name: f"coalesce(json_extract(p.facts, '$.{name}'), {_literal(default)})"
+            for name, default in LIGHT_FACTS.items()
+        },
+    )
 )
-
-_ORDER_BY = {
-    ProcessOrder.REGIONS: "s.map_count DESC, p.host_id, p.pid",
-    ProcessOrder.HEADROOM: "s.headroom_fraction ASC, p.host_id, p.pid",
-    ProcessOrder.PID: "p.host_id, p.pid",
-}
 
 
 def _translated(exc: sqlite3.Error) -> Exception:
@@ -209,30 +215,10 @@ class _Transaction:
         self.db.execute("UPDATE hosts SET online = 0 WHERE host_id = ?", (host_id,))
 
     def push_sequence(self, host_id: str) -> PushSequence | None:
-        row = self.db.execute(
-            """SELECT instance_id, sequence, instance_dropped_push_count, dropped_push_count
-               FROM push_sequences WHERE host_id = ?""",
-            (host_id,),
-        ).fetchone()
-        return None if row is None else PushSequence(*row)
+        return push_sequence_from(self.db.execute(_SQL.push_sequence, (host_id,)).fetchone())
 
     def set_push_sequence(self, host_id: str, state: PushSequence) -> None:
-        self.db.execute(
-            """INSERT INTO push_sequences (host_id, instance_id, sequence,
-                                           instance_dropped_push_count, dropped_push_count)
-               VALUES (?, ?, ?, ?, ?)
-               ON CONFLICT (host_id) DO UPDATE SET
-                 instance_id = excluded.instance_id, sequence = excluded.sequence,
-                 instance_dropped_push_count = excluded.instance_dropped_push_count,
-                 dropped_push_count = excluded.dropped_push_count""",
-            (
-                host_id,
-                state.instance_id,
-                state.sequence,
-                state.instance_dropped_push_count,
-                state.dropped_push_count,
-            ),
-        )
+        self.db.execute(_SQL.set_push_sequence, push_sequence_params(host_id, state))
 
     def current_processes(self, host_id: str) -> list[tuple[int, int, float]]:
         return self.db.execute(
@@ -345,7 +331,7 @@ class _Transaction:
                WHERE kind = ? AND name IN (SELECT value FROM json_each(?))""",
             (kind, json.dumps(list(names))),
         ).fetchall()
-        return {row[0]: LeaseRow(*row[1:]) for row in rows}
+        return dict(leases_from(rows))
 
     def extend_leases(self, kind: str, names: Sequence[str], expires_time: float) -> None:
         self.db.execute(
@@ -359,6 +345,7 @@ class SQLiteBackend:
     """:class:`~.rules.Backend` on one SQLite file."""
 
     prune_granularity_seconds = 0.0
+    sql = _SQL
 
     def __init__(self, path: str, *, read_only: bool = False):
         self.path = path
@@ -468,9 +455,9 @@ class SQLiteBackend:
         finally:
             self._idle_readers.put(db)
 
-    def _read(self, sql: str, params: Any = ()) -> list[Any]:
+    def read(self, query: str, params: Any = ()) -> list[Any]:
         with self._reading() as db:
-            return db.execute(sql, params).fetchall()
+            return db.execute(query, params).fetchall()
 
     def prepare_summaries(self, capture_times: set[float]) -> None:
         pass  # one table holds every time
@@ -494,110 +481,20 @@ class SQLiteBackend:
 
     def host_rows(self, host_id: str | None) -> list[tuple[Any, ...]]:
         if host_id is None:
-            return self._read(self._HOST_SELECT + " ORDER BY h.host_id")
-        return self._read(self._HOST_SELECT + " WHERE h.host_id = ?", (host_id,))
-
-    _CURRENT_FROM = """FROM processes p JOIN summaries s
-                     ON s.process_id = p.id AND s.capture_time = p.latest_capture_time"""
-    _CURRENT = f"SELECT p.host_id, p.facts, s.capture_time, {_SUMMARY_SELECT} {_CURRENT_FROM}"
-    _CURRENT_LIGHT = (
-        f"SELECT p.host_id, {_LIGHT_SELECT}, s.capture_time, {_SUMMARY_SELECT} {_CURRENT_FROM}"
-    )
+            return self.read(self._HOST_SELECT + " ORDER BY h.host_id")
+        return self.read(self._HOST_SELECT + " WHERE h.host_id = ?", (host_id,))
 
     def current_rows(self, where: ProcessFilter, *, light: bool = False) -> list[tuple[Any, ...]]:
-        condition = "p.current = 1"
-        params: list[Any] = []
-        if where.host_id:
-            condition += " AND p.host_id = ?"
-            params.append(where.host_id)
-        if where.name_contains:
-            condition += " AND instr(p.name, ?) > 0"
-            params.append(where.name_contains)
-        order = _ORDER_BY[where.order]
-        if where.per_host_limit:
-            # Each host's first rows in the order, in one pass over the current set.
-            condition = f"""p.id IN (SELECT id FROM (
-                SELECT p.id, row_number() OVER (PARTITION BY p.host_id ORDER BY {order}) AS rank
-                {self._CURRENT_FROM} WHERE {condition}) WHERE rank <= ?)"""
-            params.append(where.per_host_limit)
-        sql = (
-            f"{self._CURRENT_LIGHT if light else self._CURRENT} WHERE {condition} ORDER BY {order}"
-        )
-        if where.limit:
-            sql += " LIMIT ?"
-            params.append(where.limit)
-        return self._read(sql, tuple(params))
-
-    _SNAPSHOT_SELECT = f"""SELECT p.host_id, p.facts, s.capture_time, s.host_facts, s.view,
-                             s.includes_free, s.includes_residency, r.zlib_data, s.id,
-                             {_SUMMARY_SELECT}
-                           FROM snapshots s
-                           JOIN processes p ON p.id = s.process_id
-                           JOIN region_tables r ON r.sha256 = s.regions_sha256"""
-
-    def snapshot_row(
-        self, snapshot_id: int | None, host_id: str, pid: int
-    ) -> tuple[Any, ...] | None:
-        if snapshot_id is not None:
-            rows = self._read(self._SNAPSHOT_SELECT + " WHERE s.id = ?", (snapshot_id,))
-        else:
-            rows = self._read(
-                self._SNAPSHOT_SELECT + " WHERE p.host_id = ? AND p.pid = ?"
-                " ORDER BY s.capture_time DESC, s.id DESC LIMIT 1",
-                (host_id, pid),
-            )
-        return rows[0] if rows else None
-
-    def summary_history(
-        self, host_id: str, pid: int, since: float, until: float
-    ) -> list[tuple[Any, ...]]:
-        return self._read(
-            f"""SELECT p.facts, s.capture_time, {_SUMMARY_SELECT}
-                FROM summaries s JOIN processes p ON p.id = s.process_id
-                WHERE p.host_id = ? AND p.pid = ? AND s.capture_time BETWEEN ? AND ?
-                ORDER BY s.capture_time""",
-            (host_id, pid, since, until),
-        )
-
-    def snapshot_history(
-        self, host_id: str, pid: int, since: float, until: float
-    ) -> list[tuple[Any, ...]]:
-        return self._read(
-            f"""SELECT s.id, p.facts, s.capture_time, {_SUMMARY_SELECT}
-                FROM snapshots s JOIN processes p ON p.id = s.process_id
-                WHERE p.host_id = ? AND p.pid = ? AND s.capture_time BETWEEN ? AND ?
-                ORDER BY s.capture_time, s.id""",
-            (host_id, pid, since, until),
-        )
-
-    def series_rows(self, since: float, until: float) -> list[tuple[Any, ...]]:
-        return self._read(
-            """SELECT p.host_id, p.pid, p.start_time, s.capture_time, s.map_count
-                 FROM summaries s JOIN processes p ON p.id = s.process_id
-                WHERE s.capture_time BETWEEN ? AND ?
-               UNION ALL
-               SELECT p.host_id, p.pid, p.start_time, s.capture_time, s.map_count
-                 FROM snapshots s JOIN processes p ON p.id = s.process_id
-                WHERE s.capture_time BETWEEN ? AND ?
-               ORDER BY 4""",
-            (since, until, since, until),
-        )
-
-    _TREND_ROWS = trend_rows_sql(lambda name: f":{name}")
-
-    def trend_rows(self, since: float, until: float, min_map_count: int) -> list[tuple[Any, ...]]:
-        return self._read(
-            self._TREND_ROWS, {"since": since, "until": until, "least": min_map_count}
-        )
+        return self.read(*_SQL.current(where, light=light))
 
     def region_table_present(self, digest: bytes) -> bool:
-        return bool(self._read("SELECT 1 FROM region_tables WHERE sha256 = ?", (digest,)))
+        return bool(self.read("SELECT 1 FROM region_tables WHERE sha256 = ?", (digest,)))
 
     def region_table_digests(self) -> list[bytes]:
-        return [row[0] for row in self._read("SELECT sha256 FROM region_tables ORDER BY sha256")]
+        return [row[0] for row in self.read("SELECT sha256 FROM region_tables ORDER BY sha256")]
 
     def region_table(self, digest: bytes) -> tuple[int, bytes] | None:
-        rows = self._read(
+        rows = self.read(
             "SELECT size_bytes, zlib_data FROM region_tables WHERE sha256 = ?", (digest,)
         )
         return (rows[0][0], rows[0][1]) if rows else None
@@ -614,14 +511,6 @@ class SQLiteBackend:
         if version is None:
             problems.append("no schema version")
         return problems
-
-    def lease_rows(self, kind: str) -> list[tuple[str, LeaseRow]]:
-        rows = self._read(
-            """SELECT name, holder, address, instance_id, epoch, expires_time FROM leases
-               WHERE kind = ? ORDER BY name""",
-            (kind,),
-        )
-        return [(row[0], LeaseRow(*row[1:])) for row in rows]
 
     # -- retention ----------------------------------------------------------------------
 
