@@ -38,9 +38,11 @@ from vmatlas.server.rpc.fleet import SERVICE_NAME as FLEET_SERVICE
 from vmatlas.server.rpc.fleet import FleetServicer
 from vmatlas.server.rpc.hub import SERVICE_NAME as HUB_SERVICE
 from vmatlas.server.rpc.hub import AgentHubServicer
+from vmatlas.server.rpc.replica import SERVICE_NAME as REPLICA_SERVICE
+from vmatlas.server.rpc.replica import ReplicaLinks, ReplicaServicer
 from vmatlas.server.store import Store, open_store, sqlite_url
 from vmatlas.server.telemetry import Telemetry, TimedStore
-from vmatlas.v1 import analysis_pb2_grpc, fleet_pb2_grpc, hub_pb2_grpc
+from vmatlas.v1 import analysis_pb2_grpc, fleet_pb2_grpc, hub_pb2_grpc, replica_pb2_grpc
 
 if TYPE_CHECKING:
     from vmatlas.server.http.listener import HttpConfig, HttpListener
@@ -85,6 +87,9 @@ class ServerConfig:
     # the access policy still holds and every caller is the anonymous admin: for
     # loopback and tests only, which the command line enforces.
     credentials: grpc.ServerCredentials | None = None
+    # This server's side of the link to the other replicas (mutual TLS with its
+    # replica certificate); None: plain text, for loopback.
+    replica_credentials: grpc.ChannelCredentials | None = None
     # Auth interceptors made for a thread-pool server are turned into their grpc.aio
     # twins (the same decisions, tokens and rate-limit buckets).
     interceptors: Sequence[grpc.aio.ServerInterceptor | AuthInterceptor] = field(
@@ -204,8 +209,12 @@ class FleetServer:
             max_agents=config.max_agents,
             telemetry=self.telemetry,
         )
+        self.peers = ReplicaLinks(lambda: self.hub.replica, config.replica_credentials)
         self.queries = FleetQueries(
-            self.store, self.hub, agent_timeout_seconds=config.agent_timeout_seconds
+            self.store,
+            self.hub,
+            agent_timeout_seconds=config.agent_timeout_seconds,
+            peers=self.peers,
         )
         self.analysis = Analysis(self.store)
         services = [
@@ -223,6 +232,11 @@ class FleetServer:
                 analysis_pb2_grpc.add_AnalysisServiceServicer_to_server,
                 AnalysisServicer(self.analysis, self.hub.blocking),
                 ANALYSIS_SERVICE,
+            ),
+            (
+                replica_pb2_grpc.add_ReplicaServiceServicer_to_server,
+                ReplicaServicer(self.queries),
+                REPLICA_SERVICE,
             ),
             *extra_services,
         ]
@@ -327,6 +341,7 @@ class FleetServer:
                 self._stop.set()
                 self._on_loop(self.hub.stop(grace_seconds))
                 stopped.result()
+                self._on_loop(self.peers.close())
                 self.store.close()
                 self._close_loop()
 

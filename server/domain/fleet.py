@@ -11,6 +11,13 @@ asyncio.to_thread(queries.hosts)``. :meth:`FleetQueries.fresh_snapshot` hands th
 work to the hub's event loop and waits for it; on that loop itself (the gRPC
 servicers), ``await queries.fresh_snapshot_async(...)`` instead.
 
+Replicas: a fresh snapshot of a host whose agent is connected to another server on
+the same store is forwarded to that server (the holder its lease in the store names)
+through a :class:`Peers` link, which a transport provides; when the record is missing
+or stale, or its holder does not hold the host after all, the servers named in the
+other ownership records are asked. The caller's role is checked and addresses are
+stripped at the front end the caller reached, as for a snapshot taken here.
+
 A fresh snapshot is decoded and checked once, by :func:`accept_snapshot`, as it
 arrives from the agent: the resulting :class:`HostSnapshot` is what is stored and
 what is answered. It keeps the region table also in the serialized form it was
@@ -20,19 +27,25 @@ instead of encoding the table again.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass, field, replace
+from typing import Protocol
 
 from vmatlas import errors, wire
 from vmatlas.fleet import FleetProcess, History, HostStatus
 from vmatlas.model import Host, ProcessOrder, RegionTable, Snapshot
-from vmatlas.server.domain.hub import Hub, SnapshotAnswer, SnapshotRequest
-from vmatlas.server.store import ProcessFilter, SnapshotRecord, Store
+from vmatlas.security.tokens import Role
+from vmatlas.server.domain.hub import AgentSession, Hub, SnapshotAnswer, SnapshotRequest
+from vmatlas.server.store import HostOwnership, ProcessFilter, SnapshotRecord, Store
 from vmatlas.validate import validate_snapshot_parts
 
 log = logging.getLogger(__name__)
 
 DEFAULT_AGENT_TIMEOUT_SECONDS = 30.0
+# Servers whose ownership records expired longer ago than this are not asked for a
+# host whose record is missing or stale.
+PEER_MEMORY_SECONDS = 3600.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +76,35 @@ class HostSnapshot:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """Who asked for a fresh snapshot, as the front end they reached authenticated
+    them: what a forwarded request tells the server that holds the host."""
+
+    name: str
+    role: Role | None
+
+
+class Peers(Protocol):
+    """The link to the other replicas on the same store (a transport provides it)."""
+
+    async def take_snapshot(
+        self,
+        address: str,
+        host_id: str,
+        request: SnapshotRequest,
+        *,
+        timeout_seconds: float,
+        caller: Caller | None,
+    ) -> HostSnapshot | None:
+        """A fresh snapshot taken and stored by the replica at ``address``, or None
+        when that replica does not hold the host's agent stream. Unavailable when the
+        replica cannot be reached; the holder's errors (the agent's, DeadlineExceeded,
+        ...) otherwise."""
+
+    async def close(self) -> None: ...
+
+
 def accept_snapshot(answer: SnapshotAnswer, host_id: str, registered: Host) -> Snapshot:
     """The one decode and check of a snapshot an agent sent: its error raised as
     itself, a snapshot that does not decode or check against the host it registered
@@ -84,10 +126,12 @@ class FleetQueries:
         hub: Hub,
         *,
         agent_timeout_seconds: float = DEFAULT_AGENT_TIMEOUT_SECONDS,
+        peers: Peers | None = None,
     ):
         self.store = store
         self.hub = hub
         self.agent_timeout_seconds = agent_timeout_seconds
+        self.peers = peers
 
     def hosts(self) -> list[HostStatus]:
         """Every known host, online or not, sorted by host id, each with the replica
@@ -165,18 +209,29 @@ class FleetQueries:
         request: SnapshotRequest,
         *,
         timeout_seconds: float | None = None,
+        caller: Caller | None = None,
     ) -> HostSnapshot:
-        """A snapshot taken now by the host's agent, stored, then returned. Waits at
-        most ``timeout_seconds`` (the server's agent timeout when None, and never
-        longer than it). NotFound for an unknown host or process; Unavailable when the
-        host is offline, its agent goes away or answers nonsense; DeadlineExceeded
+        """A snapshot taken now by the host's agent, stored, then returned; forwarded
+        to the replica that holds the agent's stream when it is not connected here
+        (``caller``, already authorised, is named to it). Waits at most
+        ``timeout_seconds`` (the server's agent timeout when None, and never longer
+        than it). NotFound for an unknown host or process; Unavailable when the host
+        is offline (no replica holds it, the message says why), its agent goes away
+        or answers nonsense; DeadlineExceeded
         when it does not answer in time; ResourceExhausted when too many requests
         wait on it; the agent's own error (AccessDenied, NoSuchProcess, ...)
         otherwise. A call in flight when the server stops is let finish within the
         grace. Blocking; from any thread but the hub's loop."""
         return self.hub.call(
-            self.fresh_snapshot_async(host_id, request, timeout_seconds=timeout_seconds)
+            self.fresh_snapshot_async(
+                host_id, request, timeout_seconds=timeout_seconds, caller=caller
+            )
         )
+
+    def _timeout(self, timeout_seconds: float | None) -> float:
+        if timeout_seconds is None:
+            return self.agent_timeout_seconds
+        return max(0.0, min(self.agent_timeout_seconds, timeout_seconds))
 
     async def fresh_snapshot_async(
         self,
@@ -184,18 +239,120 @@ class FleetQueries:
         request: SnapshotRequest,
         *,
         timeout_seconds: float | None = None,
+        caller: Caller | None = None,
     ) -> HostSnapshot:
         """:meth:`fresh_snapshot`, awaited on the hub's loop. Decoding, checking and
         storing the answer run on the hub's thread pool."""
         _require_pid(request.pid)
-        timeout = self.agent_timeout_seconds
-        if timeout_seconds is not None:
-            timeout = max(0.0, min(timeout, timeout_seconds))
+        timeout = self._timeout(timeout_seconds)
         async with self.hub.serving():
             with self.hub.telemetry.fresh_snapshot():
+                if self.hub.live_session(host_id) is None and self.peers is not None:
+                    return await self._forward(host_id, request, timeout, caller)
                 session = await self.hub.session(host_id)
-                answer = await session.request_snapshot(request, timeout)
-                return await self.hub.blocking(self._keep, host_id, session.host, answer)
+                return await self._take(session, request, timeout)
+
+    async def held_snapshot_async(
+        self, host_id: str, request: SnapshotRequest, *, timeout_seconds: float | None = None
+    ) -> HostSnapshot | None:
+        """A fresh snapshot, as :meth:`fresh_snapshot_async`, when the host's agent is
+        connected here; None otherwise (never forwarded: this answers a forwarded
+        request)."""
+        _require_pid(request.pid)
+        async with self.hub.serving():
+            with self.hub.telemetry.fresh_snapshot():
+                session = self.hub.live_session(host_id)
+                if session is None:
+                    return None
+                return await self._take(session, request, self._timeout(timeout_seconds))
+
+    async def _take(
+        self, session: AgentSession, request: SnapshotRequest, timeout: float
+    ) -> HostSnapshot:
+        answer = await session.request_snapshot(request, timeout)
+        return await self.hub.blocking(self._keep, session.host_id, session.host, answer)
+
+    async def _forward(
+        self, host_id: str, request: SnapshotRequest, timeout: float, caller: Caller | None
+    ) -> HostSnapshot:
+        """Ask the replica the host's ownership record names; failing that, every
+        other replica an ownership record names (at once: only one can hold the
+        host). Unavailable, saying why, when none does."""
+        assert self.peers is not None
+        await self.hub.blocking(self.store.host, host_id)  # NotFound for an unknown host
+        owners = await self.hub.blocking(self.store.host_owners)
+        now = self.hub.clock()
+        me = self.hub.replica.replica_id
+        owner = owners.get(host_id)
+        asked: list[str] = []
+        why = _ownership_text(owner, now)
+        if owner is not None and owner.live(now) and owner.replica_id != me and owner.address:
+            try:
+                found = await self.peers.take_snapshot(
+                    owner.address, host_id, request, timeout_seconds=timeout, caller=caller
+                )
+            except errors.Unavailable as exc:
+                why = f"its holder {owner.replica_id} at {owner.address} is unreachable: {exc}"
+            else:
+                if found is not None:
+                    return found
+                why = f"its holder {owner.replica_id} at {owner.address} no longer holds it"
+            asked.append(owner.address)
+        others = sorted(
+            {
+                o.address
+                for o in owners.values()
+                if o.address
+                and o.replica_id != me
+                and o.address not in asked
+                and o.expires_time > now - PEER_MEMORY_SECONDS
+            }
+        )
+        found = await self._ask_all(others, host_id, request, timeout, caller)
+        if found is not None:
+            return found
+        raise errors.Unavailable(
+            f"host {host_id!r} is offline: no server holds its agent's stream ({why}; "
+            f"asked {len(others)} other server{'s' if len(others) != 1 else ''})"
+        )
+
+    async def _ask_all(
+        self,
+        addresses: list[str],
+        host_id: str,
+        request: SnapshotRequest,
+        timeout: float,
+        caller: Caller | None,
+    ) -> HostSnapshot | None:
+        """The first snapshot any of ``addresses`` takes; None when none holds the
+        host. An error of the agent's (not of the link) is raised."""
+        assert self.peers is not None
+        tasks = [
+            asyncio.ensure_future(
+                self.peers.take_snapshot(
+                    address, host_id, request, timeout_seconds=timeout, caller=caller
+                )
+            )
+            for address in addresses
+        ]
+        failure: errors.Error | None = None
+        try:
+            for next_done in asyncio.as_completed(tasks):
+                try:
+                    found = await next_done
+                except errors.Unavailable:
+                    continue  # that server is down or left: it holds nothing
+                except errors.Error as exc:
+                    failure = failure or exc
+                    continue
+                if found is not None:
+                    return found
+        finally:
+            for task in tasks:
+                task.cancel()
+        if failure is not None:
+            raise failure
+        return None
 
     def _keep(self, host_id: str, registered: Host, answer: SnapshotAnswer) -> HostSnapshot:
         snapshot = accept_snapshot(answer, host_id, registered)
@@ -204,6 +361,19 @@ class FleetQueries:
         )
         snapshot_id = self.store.put_snapshot(host_id, record)
         return HostSnapshot(snapshot_id, host_id, record, decoded=snapshot)
+
+
+def _ownership_text(owner: HostOwnership | None, now: float) -> str:
+    if owner is None:
+        return "it has no ownership record"
+    if not owner.replica_id:
+        return "its agent disconnected"
+    if not owner.live(now):
+        return (
+            f"the lease of {owner.replica_id} at {owner.address} expired "
+            f"{now - owner.expires_time:.0f} s ago"
+        )
+    return f"held by {owner.replica_id}"
 
 
 def _require_pid(pid: int) -> None:

@@ -15,7 +15,8 @@ import grpc
 from vmatlas import errors, wire
 from vmatlas.grpcutil import maps_errors
 from vmatlas.model import SnapshotView
-from vmatlas.server.domain.fleet import FleetQueries
+from vmatlas.security.auth import caller as current_caller
+from vmatlas.server.domain.fleet import Caller, FleetQueries
 from vmatlas.server.domain.hub import SnapshotRequest
 from vmatlas.v1 import fleet_pb2, fleet_pb2_grpc
 
@@ -91,10 +92,12 @@ class FleetServicer(fleet_pb2_grpc.FleetServiceServicer):
         self, request: fleet_pb2.GetHostSnapshotRequest, context: Context
     ) -> fleet_pb2.GetHostSnapshotResponse:
         if request.fresh:
+            principal = current_caller()
             found = await self.queries.fresh_snapshot_async(
                 request.host_id,
                 snapshot_request_from_pb(request),
                 timeout_seconds=time_left(context),
+                caller=Caller(principal.name, principal.role) if principal else None,
             )
         else:
             found = await self.blocking(self.queries.latest_snapshot, request.host_id, request.pid)

@@ -44,7 +44,7 @@ from vmatlas.server.domain.analysis import (
     SnapshotSelector,
     StoredSnapshotId,
 )
-from vmatlas.server.domain.fleet import HostSnapshot
+from vmatlas.server.domain.fleet import Caller, HostSnapshot
 from vmatlas.server.domain.hub import SnapshotRequest
 from vmatlas.server.http.access import TOKEN_COOKIE, TOKENS, authenticate, public, requires
 from vmatlas.server.http.listener import SERVICES
@@ -356,7 +356,12 @@ async def get_latest_snapshot(request: web.Request, principal: Principal) -> Any
 @api(Role.INSPECTOR)
 async def post_fresh_snapshot(request: web.Request, principal: Principal) -> Any:
     host_id, pid = _host(request), _pid(request)
-    stored = await _run(request.app[SERVICES].queries.fresh_snapshot, host_id, SnapshotRequest(pid))
+    stored = await _run(
+        request.app[SERVICES].queries.fresh_snapshot,
+        host_id,
+        SnapshotRequest(pid),
+        caller=Caller(principal.name, principal.role),
+    )
     header = stored.record.header
     return {
         "snapshot_id": stored.snapshot_id,

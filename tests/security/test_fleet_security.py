@@ -23,7 +23,7 @@ from vmatlas.security.options import security_namespace, server_security
 from vmatlas.security.policy import SERVER_POLICY, method_names, uncovered
 from vmatlas.security.tokens import Role
 from vmatlas.server.app import FleetServer, ServerConfig
-from vmatlas.v1 import agent_pb2, fleet_pb2, hub_pb2, hub_pb2_grpc
+from vmatlas.v1 import agent_pb2, fleet_pb2, hub_pb2, hub_pb2_grpc, replica_pb2
 
 
 @pytest.fixture
@@ -149,6 +149,7 @@ def test_every_served_method_has_a_rule() -> None:
         (agent_pb2.DESCRIPTOR, "AgentService"),
         (fleet_pb2.DESCRIPTOR, "FleetService"),
         (hub_pb2.DESCRIPTOR, "AgentHubService"),
+        (replica_pb2.DESCRIPTOR, "ReplicaService"),
     ]
     try:
         from vmatlas.v1 import analysis_pb2

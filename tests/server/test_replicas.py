@@ -4,18 +4,21 @@ agent with the same host id is refused and told who holds it."""
 
 from __future__ import annotations
 
+import subprocess
 import uuid
 from collections.abc import Callable
 
 import grpc
 import pytest
 
+from tests.conftest import Planter
 from vmatlas import errors
+from vmatlas.agents.linux import LinuxReader
 from vmatlas.agents.uplink import Uplink
 from vmatlas.client import Client
 from vmatlas.server.app import FleetServer, advertised_address
 
-from .conftest import RawAgent, wait_for
+from .conftest import PYTHON, Child, RawAgent, start, wait_for
 
 
 def test_the_advertised_address_defaults_to_the_listening_one() -> None:
@@ -106,3 +109,46 @@ def test_a_clean_disconnect_releases_the_host_and_marks_it_offline(
     raw_agent(b.address, "leaver")
     wait_for(lambda: b.hub.online() == ["leaver"], what="the new holder")
     assert b.store.host_owners()["leaver"].epoch == 2
+
+
+def test_server_processes_advertise_themselves_and_forward(
+    postgres_url: str,
+    children: list[Child],
+    make_uplink: Callable[..., Uplink],
+    reader: LinuxReader,
+    planter: Planter,
+) -> None:
+    ports = []
+    for _ in range(2):
+        child = start(
+            children,
+            "server",
+            "--store",
+            postgres_url,
+            "--listen",
+            "127.0.0.1:0",
+            "--advertise",
+            "127.0.0.1:0",
+            "--heartbeat",
+            "0.2",
+            "--http",
+            "off",
+        )
+        ports.append(int(child.wait_line(r"listening on 127\.0\.0\.1:(\d+)").group(1)))
+        assert child.wait_line(r"replica (\S+)").group(1) == f"127.0.0.1:{ports[-1]}"
+    holder, other = (f"127.0.0.1:{p}" for p in ports)
+    uplink = make_uplink(holder, "proc-host")
+    assert uplink.connected.wait(30)
+    out = subprocess.run(
+        [*PYTHON, "hosts", "--target", other, "--format", "csv"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    [header, row] = out.splitlines()
+    assert header.endswith(",replica") and row.startswith("proc-host,online,")
+    assert row.endswith(f",{holder}")
+    with Client(other, timeout=30.0) as client:
+        _, fresh = client.host_snapshot("proc-host", planter.pid)
+    assert list(fresh.regions) == list(reader.snapshot(planter.pid).regions)

@@ -56,6 +56,24 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     )
     agent.set_defaults(func=run_agent)
 
+    replica = actions.add_parser(
+        "replica",
+        help="a server's certificate for running several servers on one store, "
+        "DIR/replicas/NAME.pem: it serves (--tls-cert) and identifies the server to "
+        "the others (mutual TLS)",
+    )
+    replica.add_argument("dir", type=Path, metavar="DIR")
+    replica.add_argument("name", metavar="NAME", help="the server's name, its first DNS name")
+    replica.add_argument(
+        "--name",
+        dest="names",
+        action="append",
+        metavar="NAME",
+        help="another DNS name or IP address the server is reached by (repeatable); "
+        "include the host of its --advertise address",
+    )
+    replica.set_defaults(func=run_replica)
+
     client = actions.add_parser(
         "client", help="an operator's certificate for mutual TLS, DIR/clients/NAME.pem"
     )
@@ -107,6 +125,13 @@ def run_agent(args: argparse.Namespace) -> int:
     from vmatlas.security import certs
 
     _report(certs.issue_agent(args.dir, args.host_id, args.names))
+    return 0
+
+
+def run_replica(args: argparse.Namespace) -> int:
+    from vmatlas.security import certs
+
+    _report(certs.issue_replica(args.dir, args.name, args.names))
     return 0
 
 

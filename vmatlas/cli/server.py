@@ -13,6 +13,8 @@ from vmatlas.cli import COMMANDS
 from vmatlas.security.options import add_server_security_args
 
 if TYPE_CHECKING:
+    import grpc
+
     from vmatlas.security.options import ServerSecurity
     from vmatlas.server.app import ServerConfig
     from vmatlas.server.http.listener import HttpConfig
@@ -114,6 +116,17 @@ def http_config(args: argparse.Namespace, security: ServerSecurity) -> HttpConfi
     )
 
 
+def replica_credentials(args: argparse.Namespace) -> grpc.ChannelCredentials | None:
+    """This server's side of the link to the other servers on its store: with TLS,
+    its own certificate (a replica certificate, `vmatlas certs replica`) as the client
+    certificate, trusting --tls-client-ca; None without TLS."""
+    if not args.tls_cert:
+        return None
+    from vmatlas.security import tls
+
+    return tls.channel_credentials(args.tls_client_ca, args.tls_cert, args.tls_key)
+
+
 def config_from_args(args: argparse.Namespace) -> ServerConfig:
     """The server's configuration from its flags (and ``--config``), TLS and
     authentication included; refuses to serve beyond loopback without them unless
@@ -149,6 +162,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         max_agents=args.max_agents,
         advertise=getattr(args, "advertise", None) or "",
         credentials=security.credentials,
+        replica_credentials=replica_credentials(args),
         interceptors=security.interceptors,
     )
 
@@ -214,6 +228,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"vmatlas server HTTP on {fleet.http_url} (Prometheus: /metrics)", flush=True)
     if args.store:
         print(f"vmatlas server store {redact(args.store)}", flush=True)
+        print(f"vmatlas server replica {fleet.replica.address}", flush=True)
     else:
         print(f"vmatlas server data in {fleet.config.data_dir}", flush=True)
     fleet.serve_until_signalled(signals, args.grace)

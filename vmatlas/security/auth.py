@@ -6,10 +6,12 @@ Every call is decided here before a servicer sees it:
    refused with PERMISSION_DENIED, so a new method is unreachable until someone
    decides who may call it.
 2. The caller is named by a bearer token (``authorization: Bearer <token>``, checked
-   against the hashes in the token file) or, for agents, by a fleet certificate whose
-   OU is ``agent`` (mutual TLS). No or an unknown token is UNAUTHENTICATED.
+   against the hashes in the token file) or, for agents and replicas, by a fleet
+   certificate whose OU is ``agent`` or ``replica`` (mutual TLS). No or an unknown
+   token is UNAUTHENTICATED.
 3. The caller's role must reach the rule's minimum (viewer < inspector < admin); an
-   agent certificate reaches only methods the rule opens to agents.
+   agent certificate reaches only methods the rule opens to agents, a replica
+   certificate only those it opens to replicas (the link between servers).
 4. Each caller has a token bucket; an empty one is RESOURCE_EXHAUSTED.
 
 Servicers learn who is calling from :func:`caller` (a context variable set for the
@@ -47,36 +49,47 @@ BEARER = "bearer "
 @dataclass(frozen=True, slots=True)
 class Rule:
     """Who may call one method: operators whose role is at least ``role`` (None: no
-    operator) and, with ``agents``, agents presenting their fleet certificate."""
+    operator) and, with ``agents``, agents presenting their fleet certificate; with
+    ``replicas``, other servers presenting their replica certificate."""
 
     role: Role | None
     agents: bool = False
+    replicas: bool = False
 
 
 VIEWER = Rule(Role.VIEWER)
 INSPECTOR = Rule(Role.INSPECTOR)
 ADMIN = Rule(Role.ADMIN)
 AGENTS_ONLY = Rule(None, agents=True)
+REPLICAS_ONLY = Rule(None, replicas=True)
 
 Policy = Mapping[str, Rule]
 
 
 @dataclass(frozen=True, slots=True)
 class Principal:
-    """Who is calling. ``role`` is None for an agent; ``agent_host_id`` is the host id
-    its certificate names. ``verified`` is False only for the anonymous caller of a
-    server run without authentication."""
+    """Who is calling. ``role`` is None for an agent or a replica; ``agent_host_id`` is
+    the host id an agent's certificate names, ``replica_id`` the server a replica's
+    certificate names. ``verified`` is False only for the anonymous caller of a server
+    run without authentication."""
 
     name: str
     role: Role | None
     agent_host_id: str | None = None
     verified: bool = True
+    replica_id: str | None = None
 
     @property
     def sees_addresses(self) -> bool:
+        # A replica carries snapshots for its own callers, whose role it checked and
+        # for whom it strips addresses itself.
+        if self.replica_id is not None:
+            return True
         return self.role is not None and self.role >= Role.INSPECTOR
 
     def __str__(self) -> str:
+        if self.replica_id is not None and self.role is None:
+            return f"replica {self.replica_id}"
         if self.agent_host_id is not None and self.role is None:
             return f"agent {self.agent_host_id}"
         return f"{self.name} ({self.role})" if self.role else self.name
@@ -185,8 +198,8 @@ class AuthInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
         if token is None:
             if self.tokens is None:
                 return _Decision(ANONYMOUS)
-            if rule.agents:
-                return _Decision(None)  # an agent certificate may carry the call
+            if rule.agents or rule.replicas:
+                return _Decision(None)  # an agent or replica certificate may carry the call
             return _Decision(None, errors.Unauthenticated("a bearer token is required"))
         if self.tokens is None:
             return _Decision(None, errors.Unauthenticated("this server accepts no tokens"))
@@ -199,11 +212,13 @@ class AuthInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
     @staticmethod
     def _authorise(method: str, rule: Rule, principal: Principal) -> errors.Error | None:
         if principal.role is None:
-            if rule.agents:
+            if rule.replicas if principal.replica_id is not None else rule.agents:
                 return None
             return errors.AccessDenied(f"{principal} may not call {method}")
-        if rule.role is None and not (rule.agents and not principal.verified):
-            return errors.AccessDenied(f"{method} is for agents only")
+        if rule.role is None and not ((rule.agents or rule.replicas) and not principal.verified):
+            return errors.AccessDenied(
+                f"{method} is for {'replicas' if rule.replicas else 'agents'} only"
+            )
         if rule.role is not None and principal.role < rule.role:
             return errors.AccessDenied(
                 f"role {principal.role} may not call {method} (needs {rule.role})"
@@ -218,7 +233,13 @@ class AuthInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
         identity = tls.peer_identity(context)
         if principal is None or (principal is ANONYMOUS and identity is not None):
             host_id = identity.agent_host_id if identity else None
-            if host_id is None:
+            replica_id = identity.replica_id if identity else None
+            if replica_id is not None:
+                principal = Principal(f"replica:{replica_id}", None, replica_id=replica_id)
+                denial = self._authorise(method, self.policy[method], principal)
+                if denial is not None:
+                    return principal, denial
+            elif host_id is None:
                 if principal is None:
                     return None, errors.Unauthenticated("a bearer token is required")
             else:

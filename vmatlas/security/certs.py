@@ -6,6 +6,9 @@ Layout of a PKI directory (private keys are written mode 0600 and never overwrit
 - ``server.pem`` / ``server.key``: the central server's certificate (serverAuth);
 - ``agents/HOST_ID.pem`` / ``.key``: one per agent: CN and OU name the host id and the
   ``agent`` kind, usable both to serve (serverAuth) and for the uplink (clientAuth);
+- ``replicas/NAME.pem`` / ``.key``: one per server when several share one store: CN
+  and OU name the server and the ``replica`` kind, usable both to serve (serverAuth)
+  and on the link to the other servers (clientAuth);
 - ``clients/NAME.pem`` / ``.key``: operator client certificates for mutual TLS;
 - ``tokens.json``: bearer-token hashes (see :mod:`vmatlas.security.tokens`).
 
@@ -31,12 +34,13 @@ from vmatlas import defaults, errors
 CA_CERT, CA_KEY = "ca.pem", "ca.key"
 SERVER_CERT, SERVER_KEY = "server.pem", "server.key"
 TOKENS_FILE = "tokens.json"
-AGENTS_DIR, CLIENTS_DIR = "agents", "clients"
+AGENTS_DIR, CLIENTS_DIR, REPLICAS_DIR = "agents", "clients", "replicas"
 
 # Organizational unit values: which kind of peer a certificate names.
 KIND_AGENT = "agent"
 KIND_SERVER = "server"
 KIND_CLIENT = "client"
+KIND_REPLICA = "replica"
 ORGANIZATION = "vmatlas"
 
 DEFAULT_SERVER_NAMES = defaults.SERVER_NAMES
@@ -253,6 +257,24 @@ def issue_agent(
         common_name=host_id,
         kind=KIND_AGENT,
         sans=_unique([host_id, *(names or [])]),
+        usages=[ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH],
+        days=days,
+    )
+
+
+def issue_replica(
+    directory: Path, name: str, names: list[str] | None = None, *, days: int = LEAF_DAYS
+) -> Issued:
+    """A replica's certificate: it names the server ``name`` (CN, OU=replica), serves
+    its TLS (for ``name`` and ``names``: include the host it advertises) and is its
+    client certificate on the link to the other servers on the same store."""
+    check_name(name)
+    return _issue(
+        directory,
+        directory / REPLICAS_DIR / name,
+        common_name=name,
+        kind=KIND_REPLICA,
+        sans=_unique([name, *(names or [])]),
         usages=[ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH],
         days=days,
     )

@@ -12,8 +12,8 @@ from collections.abc import Iterable
 from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection_pb2
 
-from vmatlas.security.auth import AGENTS_ONLY, INSPECTOR, VIEWER, Policy, Rule
-from vmatlas.v1 import agent_pb2, fleet_pb2, hub_pb2
+from vmatlas.security.auth import AGENTS_ONLY, INSPECTOR, REPLICAS_ONLY, VIEWER, Policy, Rule
+from vmatlas.v1 import agent_pb2, fleet_pb2, hub_pb2, replica_pb2
 
 
 def method_names(file_descriptor: object, service: str) -> list[str]:
@@ -29,6 +29,7 @@ def rules(service_methods: Iterable[str], rule: Rule) -> dict[str, Rule]:
 _AGENT = agent_pb2.DESCRIPTOR.services_by_name["AgentService"].full_name
 _FLEET = fleet_pb2.DESCRIPTOR.services_by_name["FleetService"].full_name
 _HUB = hub_pb2.DESCRIPTOR.services_by_name["AgentHubService"].full_name
+_REPLICA = replica_pb2.DESCRIPTOR.services_by_name["ReplicaService"].full_name
 
 # Health and reflection reveal nothing about a host, but still need a token.
 STANDARD_POLICY: dict[str, Rule] = {
@@ -56,6 +57,9 @@ SERVER_POLICY: Policy = {
     f"/{_FLEET}/GetStoredSnapshot": INSPECTOR,
     # The agents' uplink: their certificate names the host they may register.
     f"/{_HUB}/Connect": AGENTS_ONLY,
+    # The link between servers on one store: their replica certificates. The
+    # forwarding server checked its caller's role and strips addresses for viewers.
+    f"/{_REPLICA}/TakeHostSnapshot": REPLICAS_ONLY,
     # Audits and diffs: a viewer's diff reaches it with its change addresses stripped
     # (vmatlas.security.redact), leaving the by-identity classes.
     "/vmatlas.v1.AnalysisService/Diff": VIEWER,

@@ -34,6 +34,8 @@ ADDRESS_FIELDS: frozenset[str] = frozenset(
         "vmatlas.v1.GetStoredSnapshotResponse.snapshot",
         "vmatlas.v1.SnapshotResult.snapshot_header",
         "vmatlas.v1.SnapshotResult.regions",
+        "vmatlas.v1.TakeHostSnapshotResponse.snapshot_header",
+        "vmatlas.v1.TakeHostSnapshotResponse.regions",
         # A diff by address names the range of each change.
         "vmatlas.v1.DiffChange.start_address",
         "vmatlas.v1.DiffChange.end_address",

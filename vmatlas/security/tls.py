@@ -60,7 +60,8 @@ def channel_credentials(
 @dataclass(frozen=True, slots=True)
 class PeerIdentity:
     """What a verified peer certificate says: its common name and kind (``agent``,
-    ``client``, ``server``: the OU vmatlas certificates carry), and its DNS SANs."""
+    ``client``, ``server``, ``replica``: the OU vmatlas certificates carry), and its
+    DNS SANs."""
 
     common_name: str
     kind: str
@@ -72,6 +73,13 @@ class PeerIdentity:
         from vmatlas.security.certs import KIND_AGENT
 
         return self.common_name if self.kind == KIND_AGENT else None
+
+    @property
+    def replica_id(self) -> str | None:
+        """The server a replica certificate names, or None for any other certificate."""
+        from vmatlas.security.certs import KIND_REPLICA
+
+        return self.common_name if self.kind == KIND_REPLICA else None
 
 
 def _first(name: x509.Name, oid: x509.ObjectIdentifier) -> str:

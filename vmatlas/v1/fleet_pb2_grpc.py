@@ -96,10 +96,13 @@ class FleetServiceServicer:
 
     def GetHostSnapshot(self, request, context):
         """Returns a snapshot of one process: taken now by the host's agent (fresh, and
-        stored before it is returned) or the latest stored one.
+        stored before it is returned) or the latest stored one. A fresh snapshot of a
+        host whose agent is connected to another server on the same store is taken
+        through that server (ReplicaService).
         Fails with NOT_FOUND for an unknown host, a pid the agent cannot find, or (not
         fresh) no stored snapshot; UNAVAILABLE when a fresh snapshot is asked of an
-        offline host; DEADLINE_EXCEEDED when the agent does not answer in time;
+        offline host (no server holds its agent's stream: the message says why);
+        DEADLINE_EXCEEDED when the agent does not answer in time;
         PERMISSION_DENIED, INVALID_ARGUMENT and FAILED_PRECONDITION as the agent's own
         GetSnapshot.
         """

@@ -51,10 +51,13 @@ class FleetServiceStub:
     """
     GetHostSnapshot: _grpc.UnaryUnaryMultiCallable[_fleet_pb2.GetHostSnapshotRequest, _fleet_pb2.GetHostSnapshotResponse]
     """Returns a snapshot of one process: taken now by the host's agent (fresh, and
-    stored before it is returned) or the latest stored one.
+    stored before it is returned) or the latest stored one. A fresh snapshot of a
+    host whose agent is connected to another server on the same store is taken
+    through that server (ReplicaService).
     Fails with NOT_FOUND for an unknown host, a pid the agent cannot find, or (not
     fresh) no stored snapshot; UNAVAILABLE when a fresh snapshot is asked of an
-    offline host; DEADLINE_EXCEEDED when the agent does not answer in time;
+    offline host (no server holds its agent's stream: the message says why);
+    DEADLINE_EXCEEDED when the agent does not answer in time;
     PERMISSION_DENIED, INVALID_ARGUMENT and FAILED_PRECONDITION as the agent's own
     GetSnapshot.
     """
@@ -91,10 +94,13 @@ class FleetServiceAsyncStub(FleetServiceStub):
     """
     GetHostSnapshot: _aio.UnaryUnaryMultiCallable[_fleet_pb2.GetHostSnapshotRequest, _fleet_pb2.GetHostSnapshotResponse]  # type: ignore[assignment]
     """Returns a snapshot of one process: taken now by the host's agent (fresh, and
-    stored before it is returned) or the latest stored one.
+    stored before it is returned) or the latest stored one. A fresh snapshot of a
+    host whose agent is connected to another server on the same store is taken
+    through that server (ReplicaService).
     Fails with NOT_FOUND for an unknown host, a pid the agent cannot find, or (not
     fresh) no stored snapshot; UNAVAILABLE when a fresh snapshot is asked of an
-    offline host; DEADLINE_EXCEEDED when the agent does not answer in time;
+    offline host (no server holds its agent's stream: the message says why);
+    DEADLINE_EXCEEDED when the agent does not answer in time;
     PERMISSION_DENIED, INVALID_ARGUMENT and FAILED_PRECONDITION as the agent's own
     GetSnapshot.
     """
@@ -146,10 +152,13 @@ class FleetServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_fleet_pb2.GetHostSnapshotResponse, _abc.Awaitable[_fleet_pb2.GetHostSnapshotResponse]]:
         """Returns a snapshot of one process: taken now by the host's agent (fresh, and
-        stored before it is returned) or the latest stored one.
+        stored before it is returned) or the latest stored one. A fresh snapshot of a
+        host whose agent is connected to another server on the same store is taken
+        through that server (ReplicaService).
         Fails with NOT_FOUND for an unknown host, a pid the agent cannot find, or (not
         fresh) no stored snapshot; UNAVAILABLE when a fresh snapshot is asked of an
-        offline host; DEADLINE_EXCEEDED when the agent does not answer in time;
+        offline host (no server holds its agent's stream: the message says why);
+        DEADLINE_EXCEEDED when the agent does not answer in time;
         PERMISSION_DENIED, INVALID_ARGUMENT and FAILED_PRECONDITION as the agent's own
         GetSnapshot.
         """

@@ -1,0 +1,173 @@
+"""``vmatlas.v1.ReplicaService``: the link between servers on one store, both ends.
+
+:class:`ReplicaServicer` answers a forwarded fresh snapshot from this server's own
+agent streams (:meth:`FleetQueries.held_snapshot_async`). :class:`ReplicaLinks` is
+the :class:`~vmatlas.server.domain.fleet.Peers` the domain forwards through: one
+``grpc.aio`` channel per peer address, mutual TLS with this server's replica
+certificate when TLS is on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any, TypeAlias
+
+import grpc
+
+from vmatlas import errors, wire
+from vmatlas.grpcutil import channel_options, error_from_rpc, maps_errors
+from vmatlas.security.tokens import Role
+from vmatlas.server.domain.fleet import Caller, FleetQueries, HostSnapshot
+from vmatlas.server.domain.hub import Replica, SnapshotRequest
+from vmatlas.server.rpc.fleet import snapshot_view_from_pb, time_left
+from vmatlas.server.store import SnapshotRecord
+from vmatlas.v1 import replica_pb2, replica_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = replica_pb2.DESCRIPTOR.services_by_name["ReplicaService"].full_name
+
+# Beyond the agent's own timeout, for the answer to come back over the link: the
+# holder's DeadlineExceeded, not the link's, tells the caller the agent was slow.
+LINK_SLACK_SECONDS = 2.0
+# How long to wait for a connection to a peer: an address nobody answers on (a dead
+# machine) must not hold a forwarded request up for the whole agent timeout.
+CONNECT_SECONDS = 3.0
+
+Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
+
+
+def caller_from_pb(message: replica_pb2.ForwardedCaller) -> Caller:
+    role = Role.parse(message.role) if message.role else None
+    return Caller(message.name, role)
+
+
+class ReplicaServicer(replica_pb2_grpc.ReplicaServiceServicer):
+    def __init__(self, queries: FleetQueries):
+        self.queries = queries
+        self.blocking = queries.hub.blocking
+
+    @maps_errors
+    async def TakeHostSnapshot(
+        self, request: replica_pb2.TakeHostSnapshotRequest, context: Context
+    ) -> replica_pb2.TakeHostSnapshotResponse:
+        caller = caller_from_pb(request.caller)
+        # The forwarding server checked the role already; a link is no way around it.
+        if caller.role is None or caller.role < Role.INSPECTOR:
+            raise errors.AccessDenied(
+                f"{caller.name or 'the caller'} ({caller.role or 'no role'}) may not take "
+                "snapshots (needs inspector)"
+            )
+        log.info(
+            "fresh snapshot of %s pid %d for %s (%s), forwarded by %s",
+            request.host_id,
+            request.pid,
+            caller.name,
+            caller.role,
+            request.forwarded_by or context.peer(),
+        )
+        found = await self.queries.held_snapshot_async(
+            request.host_id,
+            SnapshotRequest(
+                pid=request.pid,
+                include_free=request.include_free,
+                include_residency=request.include_residency,
+                view=snapshot_view_from_pb(request.view),
+            ),
+            timeout_seconds=time_left(context),
+        )
+        if found is None:
+            return replica_pb2.TakeHostSnapshotResponse(held=False)
+        header = await self.blocking(wire.snapshot_header_bytes, found.record.header)
+        return replica_pb2.TakeHostSnapshotResponse(
+            held=True,
+            snapshot_header=header,
+            regions=found.record.regions,
+            snapshot_id=found.snapshot_id,
+        )
+
+
+class ReplicaLinks:
+    """Channels to the other replicas, made on first use and kept. Lives on the
+    server's event loop. ``credentials`` (None: plain text, for loopback) are this
+    server's client side of mutual TLS."""
+
+    def __init__(
+        self,
+        replica: Callable[[], Replica],
+        credentials: grpc.ChannelCredentials | None = None,
+    ):
+        self._replica = replica
+        self.credentials = credentials
+        self._channels: dict[str, grpc.aio.Channel] = {}
+
+    async def _stub(self, address: str) -> replica_pb2_grpc.ReplicaServiceStub:
+        """A stub on a connected channel to ``address``; Unavailable when it does not
+        connect within CONNECT_SECONDS."""
+        channel = self._channels.get(address)
+        if channel is None:
+            options = channel_options()
+            channel = (
+                grpc.aio.secure_channel(address, self.credentials, options=options)
+                if self.credentials is not None
+                else grpc.aio.insecure_channel(address, options=options)
+            )
+            self._channels[address] = channel
+        if channel.get_state(try_to_connect=True) != grpc.ChannelConnectivity.READY:
+            try:
+                await asyncio.wait_for(channel.channel_ready(), CONNECT_SECONDS)
+            except TimeoutError:
+                raise errors.Unavailable(
+                    f"server {address} did not answer within {CONNECT_SECONDS:.0f} s"
+                ) from None
+        return replica_pb2_grpc.ReplicaServiceStub(channel)
+
+    async def take_snapshot(
+        self,
+        address: str,
+        host_id: str,
+        request: SnapshotRequest,
+        *,
+        timeout_seconds: float,
+        caller: Caller | None,
+    ) -> HostSnapshot | None:
+        message = replica_pb2.TakeHostSnapshotRequest(
+            host_id=host_id,
+            pid=request.pid,
+            include_free=request.include_free,
+            include_residency=request.include_residency,
+            view=int(request.view),  # type: ignore[arg-type]
+            forwarded_by=self._replica().replica_id,
+        )
+        if caller is not None:
+            message.caller.name = caller.name
+            message.caller.role = str(caller.role) if caller.role is not None else ""
+        stub = await self._stub(address)
+        try:
+            response = await stub.TakeHostSnapshot(
+                message, timeout=timeout_seconds + LINK_SLACK_SECONDS
+            )
+        except grpc.RpcError as exc:
+            error = error_from_rpc(exc)
+            if exc.code() == grpc.StatusCode.UNAVAILABLE:
+                raise errors.Unavailable(f"server {address}: {error}") from None
+            if exc.code() in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
+                # The caller's role was checked here already: a refusal there is the
+                # link's configuration (certificates, CA), not the caller's doing.
+                raise errors.Unavailable(
+                    f"server {address} refused the forwarded request: {error}"
+                ) from None
+            raise error from None
+        if not response.held:
+            return None
+        header = wire.snapshot_header_from_bytes(response.snapshot_header)
+        return HostSnapshot(
+            response.snapshot_id, host_id, SnapshotRecord(header=header, regions=response.regions)
+        )
+
+    async def close(self) -> None:
+        channels, self._channels = self._channels, {}
+        for channel in channels.values():
+            await channel.close()

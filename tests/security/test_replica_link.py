@@ -1,0 +1,198 @@
+"""The link between replicas over mutual TLS: only a replica certificate may use it,
+a forwarded fresh snapshot arrives whole, and the caller's role holds across it."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import grpc
+import pytest
+
+from tests.security.conftest import Pki
+from vmatlas import errors
+from vmatlas.agents.linux import LinuxReader
+from vmatlas.agents.uplink import Uplink
+from vmatlas.cli.server import replica_credentials
+from vmatlas.client import Client
+from vmatlas.security import certs, tls
+from vmatlas.security.options import security_namespace, server_security
+from vmatlas.security.policy import SERVER_POLICY
+from vmatlas.security.tokens import Role
+from vmatlas.server.app import FleetServer, ServerConfig
+from vmatlas.v1 import replica_pb2, replica_pb2_grpc
+
+
+@pytest.fixture
+def make_server(tmp_path: Any) -> Iterator[Callable[..., FleetServer]]:
+    servers: list[FleetServer] = []
+
+    def make(**values: Any) -> FleetServer:
+        config = ServerConfig(
+            listen="127.0.0.1:0",
+            data_dir=str(tmp_path / "data"),
+            heartbeat_seconds=0.2,
+            offline_after_seconds=1.0,
+            agent_timeout_seconds=10.0,
+            retain_seconds=0.0,
+            **values,
+        )
+        servers.append(FleetServer(config).start())
+        return servers[-1]
+
+    yield make
+    for server in servers:
+        server.stop(0.5)
+
+
+@pytest.fixture
+def make_uplink() -> Iterator[Callable[..., Uplink]]:
+    uplinks: list[Uplink] = []
+    reader = LinuxReader()
+
+    def make(target: str, host_id: str, **options: Any) -> Uplink:
+        uplink = Uplink(
+            reader,
+            target,
+            host_id=host_id,
+            interval_seconds=60.0,
+            backoff_max_seconds=0.5,
+            **options,
+        )
+        uplinks.append(uplink.start())
+        return uplink
+
+    yield make
+    for uplink in uplinks:
+        uplink.stop()
+
+
+def _replica(pki: Pki, name: str) -> certs.Issued:
+    path = pki.dir / certs.REPLICAS_DIR / f"{name}.pem"
+    if path.exists():
+        return certs.Issued(path, path.with_suffix(".key"))
+    return certs.issue_replica(pki.dir, name, ["localhost", "127.0.0.1"])
+
+
+def _secured_replica(
+    pki: Pki,
+    make_server: Callable[..., FleetServer],
+    store_url: str,
+    name: str,
+    link: certs.Issued | None = None,
+) -> FleetServer:
+    """A replica with the security `vmatlas server` builds from these flags; ``link``
+    replaces its certificate on the link to the other replicas."""
+    issued = _replica(pki, name)
+    args = security_namespace(
+        tls_cert=str(issued.cert_path),
+        tls_key=str(issued.key_path),
+        tls_client_ca=str(pki.ca),
+        tokens=str(pki.tokens_file),
+    )
+    security = server_security(args, SERVER_POLICY, listen="127.0.0.1:0")
+    return make_server(
+        store_url=store_url,
+        credentials=security.credentials,
+        interceptors=security.interceptors,
+        replica_credentials=(
+            replica_credentials(args)
+            if link is None
+            else tls.channel_credentials(pki.ca, link.cert_path, link.key_path)
+        ),
+    )
+
+
+def test_replicas_forward_over_mutual_tls_with_replica_certificates(
+    pki: Pki,
+    postgres_url: str,
+    make_server: Callable[..., FleetServer],
+    make_uplink: Callable[..., Uplink],
+    planter: object,
+) -> None:
+    pid = planter.pid  # type: ignore[attr-defined]
+    a = _secured_replica(pki, make_server, postgres_url, "replica-a")
+    b = _secured_replica(pki, make_server, postgres_url, "replica-b")
+    agent = pki.agent("tls-host")
+    uplink = make_uplink(
+        a.address,
+        "tls-host",
+        credentials=tls.channel_credentials(pki.ca, agent.cert_path, agent.key_path),
+    )
+    assert uplink.connected.wait(30)
+    operator = pki.client("operator")
+
+    def client(server: FleetServer, role: Role) -> Client:
+        return Client(
+            f"localhost:{server.port}",
+            ca=str(pki.ca),
+            cert=str(operator.cert_path),
+            key=str(operator.key_path),
+            token=pki.tokens[role],
+            timeout=30.0,
+        )
+
+    with client(b, Role.INSPECTOR) as inspector:
+        _, fresh = inspector.host_snapshot("tls-host", pid)
+        assert list(fresh.regions) == list(LinuxReader().snapshot(pid).regions)
+    # The caller's role holds through the link: a viewer is refused at b as at a.
+    with client(b, Role.VIEWER) as viewer, pytest.raises(errors.AccessDenied):
+        viewer.host_snapshot("tls-host", pid)
+    # The link is for replica certificates only: an operator's certificate with an
+    # admin token, or an agent's certificate, is refused there.
+    request = replica_pb2.TakeHostSnapshotRequest(host_id="tls-host", pid=pid)
+    request.caller.name, request.caller.role = "mallory", "admin"
+    for cert, token in ((operator, pki.tokens[Role.ADMIN]), (agent, None)):
+        credentials = tls.channel_credentials(pki.ca, cert.cert_path, cert.key_path)
+        with grpc.secure_channel(f"localhost:{a.port}", credentials) as channel:
+            stub = replica_pb2_grpc.ReplicaServiceStub(channel)
+            metadata = [("authorization", f"Bearer {token}")] if token else None
+            with pytest.raises(grpc.RpcError) as refused:
+                stub.TakeHostSnapshot(request, metadata=metadata, timeout=30)
+            assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    # A replica certificate forwarding a viewer's request is refused by the holder too.
+    own = _replica(pki, "replica-b")
+    credentials = tls.channel_credentials(pki.ca, own.cert_path, own.key_path)
+    with grpc.secure_channel(f"localhost:{a.port}", credentials) as channel:
+        stub = replica_pb2_grpc.ReplicaServiceStub(channel)
+        request.caller.role = "viewer"
+        with pytest.raises(grpc.RpcError) as refused:
+            stub.TakeHostSnapshot(request, timeout=30)
+        assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert "needs inspector" in str(refused.value.details())
+        request.caller.role = "inspector"
+        answer = stub.TakeHostSnapshot(request, timeout=30)
+        assert answer.held and answer.snapshot_id and answer.regions
+
+
+def test_a_replica_without_its_certificate_is_refused_and_the_caller_told(
+    pki: Pki,
+    postgres_url: str,
+    make_server: Callable[..., FleetServer],
+    make_uplink: Callable[..., Uplink],
+) -> None:
+    a = _secured_replica(pki, make_server, postgres_url, "replica-a")
+    # b serves TLS but reaches the others with an operator's certificate.
+    operator = pki.client("operator")
+    b = _secured_replica(pki, make_server, postgres_url, "replica-b", link=operator)
+    agent = pki.agent("tls-host")
+    uplink = make_uplink(
+        a.address,
+        "tls-host",
+        credentials=tls.channel_credentials(pki.ca, agent.cert_path, agent.key_path),
+    )
+    assert uplink.connected.wait(30)
+    with (
+        Client(
+            f"localhost:{b.port}",
+            ca=str(pki.ca),
+            cert=str(operator.cert_path),
+            key=str(operator.key_path),
+            token=pki.tokens[Role.INSPECTOR],
+            timeout=30.0,
+        ) as client,
+        pytest.raises(errors.Unavailable) as caught,
+    ):
+        client.host_snapshot("tls-host", os.getpid())
+    assert "refused the forwarded request" in str(caught.value)
