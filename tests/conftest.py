@@ -260,3 +260,43 @@ def capture_path(request: pytest.FixtureRequest) -> Iterator[str]:
         pytest.skip(message)
     with native.use(request.param == "native"):
         yield request.param
+
+
+def cgroup2_mount() -> Path | None:
+    for line in Path("/proc/self/mounts").read_text().splitlines():
+        fields = line.split()
+        if fields[2] == "cgroup2":
+            return Path(fields[1])
+    return None
+
+
+@pytest.fixture
+def cgroups() -> Iterator[Callable[[str, int], None]]:
+    """``place(relative_path, pid)``: make a cgroup under a test-owned root and move the
+    pid into it. Everything is moved back and removed afterwards."""
+    mount = cgroup2_mount()
+    if os.geteuid() != 0 or mount is None or not os.access(mount, os.W_OK):
+        pytest.skip("needs root and a writable cgroup v2 hierarchy to make cgroups")
+    root = mount / f"vmatlas-test-{uuid.uuid4().hex[:12]}"
+    root.mkdir()
+    moved: list[tuple[int, Path]] = []
+
+    def place(relative: str, pid: int) -> None:
+        line = next(
+            ln
+            for ln in Path(f"/proc/{pid}/cgroup").read_text().splitlines()
+            if ln.startswith("0::")
+        )
+        moved.append((pid, mount / line[3:].lstrip("/")))
+        target = root / relative
+        target.mkdir(parents=True, exist_ok=True)
+        (target / "cgroup.procs").write_text(str(pid))
+
+    yield place
+    for pid, original in moved:
+        with contextlib.suppress(OSError):  # unless the process has exited
+            (original / "cgroup.procs").write_text(str(pid))
+    for directory in sorted(root.rglob("*"), key=lambda p: len(p.parts), reverse=True):
+        if directory.is_dir():
+            directory.rmdir()
+    root.rmdir()

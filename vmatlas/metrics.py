@@ -245,7 +245,9 @@ def group_of(process: Process, settings: MetricsSettings) -> str:
 
 
 @dataclass(slots=True)
-class _Group:
+class GroupTotals:
+    """A group's processes summed (the group series' values)."""
+
     processes: int = 0
     map_count: int = 0
     map_count_max: int = 0
@@ -262,7 +264,7 @@ class _Group:
         self.committed_bytes += s.committed_bytes
         self.reserved_bytes += s.reserved_bytes
 
-    def merge(self, other: _Group) -> None:
+    def merge(self, other: GroupTotals) -> None:
         self.processes += other.processes
         self.map_count += other.map_count
         self.map_count_max = max(self.map_count_max, other.map_count_max)
@@ -271,18 +273,35 @@ class _Group:
         self.reserved_bytes += other.reserved_bytes
 
 
-def groups_of(items: Iterable[ProcessSummary], settings: MetricsSettings) -> dict[str, _Group]:
+def group_members(
+    items: Iterable[ProcessSummary], settings: MetricsSettings
+) -> dict[str, list[ProcessSummary]]:
+    """Every group's processes, by group name (uncapped)."""
+    members: dict[str, list[ProcessSummary]] = {}
+    for item in items:
+        members.setdefault(group_of(item.process, settings), []).append(item)
+    return members
+
+
+def group_totals(items: Iterable[ProcessSummary]) -> GroupTotals:
+    totals = GroupTotals()
+    for item in items:
+        totals.add(item)
+    return totals
+
+
+def groups_of(items: Iterable[ProcessSummary], settings: MetricsSettings) -> dict[str, GroupTotals]:
     """Groups by name, capped: the ``max_groups_per_host`` closest to their limit (then
     largest) keep their names, the rest are summed into ``other``."""
-    groups: dict[str, _Group] = {}
-    for item in items:
-        groups.setdefault(group_of(item.process, settings), _Group()).add(item)
+    groups = {
+        name: group_totals(members) for name, members in group_members(items, settings).items()
+    }
     named = {name: group for name, group in groups.items() if name != OTHER_GROUP}
     if len(named) <= settings.max_groups_per_host:
         return groups
     ranked = sorted(named.items(), key=lambda kv: (-kv[1].ratio_max, -kv[1].map_count_max, kv[0]))
     kept = dict(ranked[: settings.max_groups_per_host])
-    other = _Group()
+    other = GroupTotals()
     if OTHER_GROUP in groups:
         other.merge(groups[OTHER_GROUP])
     for _name, group in ranked[settings.max_groups_per_host :]:

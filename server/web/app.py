@@ -36,6 +36,7 @@ from aiohttp import web
 
 from vmatlas import errors
 from vmatlas.diff import DiffMode
+from vmatlas.metrics import GROUP_BY
 from vmatlas.model import ProcessOrder
 from vmatlas.security.auth import Principal
 from vmatlas.security.tokens import Role
@@ -331,6 +332,21 @@ async def get_processes(request: web.Request, principal: Principal) -> Any:
 
 
 @api(Role.VIEWER)
+async def get_groups(request: web.Request, principal: Principal) -> Any:
+    host_id = _host(request)
+    by = _text(request, "by", "name")
+    if by not in GROUP_BY:
+        raise errors.InvalidArgument(f"by: one of {', '.join(GROUP_BY)}")
+    queries = request.app[SERVICES].queries
+
+    def build() -> dict[str, Any]:
+        queries.host(host_id)  # NotFound for a host never seen
+        return documents.groups_document(queries.processes(host_id=host_id), by)
+
+    return await _run(build)
+
+
+@api(Role.VIEWER)
 async def get_history(request: web.Request, principal: Principal) -> Any:
     host_id, pid = _host(request), _pid(request)
     since = _query_time(request, "since", 0.0)
@@ -563,6 +579,7 @@ def add_routes(app: web.Application) -> None:
     r.add_get(f"{v1}/hosts", get_hosts)
     r.add_get(f"{v1}/hosts/{{host}}", get_host)
     r.add_get(f"{v1}/processes", get_processes)
+    r.add_get(f"{v1}/hosts/{{host}}/groups", get_groups)
     r.add_get(f"{v1}/hosts/{{host}}/processes/{{pid}}/history", get_history)
     r.add_get(f"{v1}/hosts/{{host}}/processes/{{pid}}/snapshot", get_latest_snapshot)
     r.add_post(f"{v1}/hosts/{{host}}/processes/{{pid}}/snapshot", post_fresh_snapshot)

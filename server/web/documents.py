@@ -69,6 +69,8 @@ def process_document(process: Process) -> dict[str, Any]:
         "user": process.user,
         "start_time": process.start_time,
         "pointer_bits": process.pointer_bits,
+        "container_id": process.container_id,
+        "pod_uid": process.pod_uid,
     }
 
 
@@ -107,6 +109,33 @@ def fleet_document(
         "hosts": rows,
         "closest": [fleet_process_document(item) for item in closest],
     }
+
+
+def groups_document(items: list[FleetProcess], by: str) -> dict[str, Any]:
+    """A host's processes in groups, by the metrics' group rule (``by``: name,
+    container or pod, after the rules for known applications): each group's totals and
+    its members' pids, most maps first."""
+    from vmatlas.metrics import MetricsSettings, group_members, group_totals
+
+    settings = MetricsSettings(group_by=by)
+    members = group_members((item.item for item in items), settings)
+    rows: list[dict[str, Any]] = []
+    for name, group in members.items():
+        totals = group_totals(group)
+        rows.append(
+            {
+                "name": name,
+                "processes": totals.processes,
+                "map_count": totals.map_count,
+                "map_count_max": totals.map_count_max,
+                "map_count_ratio_max": totals.ratio_max,
+                "committed_bytes": totals.committed_bytes,
+                "reserved_bytes": totals.reserved_bytes,
+                "pids": sorted(item.process.pid for item in group),
+            }
+        )
+    rows.sort(key=lambda row: (-row["map_count"], row["name"]))
+    return {"by": by, "groups": rows}
 
 
 def _thin(points: list[Any], most: int) -> list[Any]:

@@ -10,6 +10,7 @@ from functools import cache
 from typing import Any
 
 from vmatlas.layout import PictureClass
+from vmatlas.metrics import GROUP_BY
 from vmatlas.model import Summary
 
 MAX_PID = 2**32 - 1
@@ -74,6 +75,8 @@ SCHEMAS: dict[str, Any] = {
         command_line=_array(_STRING),
         parent_pid=_INT,
         pointer_bits=_INT,
+        container_id=_STRING,
+        pod_uid=_STRING,
     ),
     "Summary": _object(
         {name: (_NUMBER if name == "headroom_fraction" else _INT) for name in Summary.__slots__}
@@ -329,6 +332,21 @@ def openapi_document() -> dict[str, Any]:
             "viewer",
         ),
         "/hosts/{host}": _get("getHost", "one host", "HostStatus", [HOST_PARAM], "viewer"),
+        "/hosts/{host}/groups": _get(
+            "listGroups",
+            "the host's processes in groups (as the metrics group them), most maps first",
+            "GroupList",
+            [
+                HOST_PARAM,
+                _query(
+                    "by",
+                    {"type": "string", "enum": list(GROUP_BY)},
+                    "name, container (or host) or pod (or host); known applications by "
+                    "their own names",
+                ),
+            ],
+            "viewer",
+        ),
         "/processes": _get(
             "listProcesses",
             "the latest summary of each current process",
@@ -448,6 +466,25 @@ def openapi_document() -> dict[str, Any]:
                 **SCHEMAS,
                 "HostList": _object({"hosts": _array(_ref("HostStatus"))}),
                 "ProcessList": _object({"processes": _array(_ref("FleetProcess"))}),
+                "GroupList": _object(
+                    {
+                        "by": {"type": "string", "enum": list(GROUP_BY)},
+                        "groups": _array(
+                            _object(
+                                {
+                                    "name": _STRING,
+                                    "processes": _INT,
+                                    "map_count": _INT,
+                                    "map_count_max": _INT,
+                                    "map_count_ratio_max": _NUMBER,
+                                    "committed_bytes": _INT,
+                                    "reserved_bytes": _INT,
+                                    "pids": _array(_INT),
+                                }
+                            )
+                        ),
+                    }
+                ),
             },
         },
     }

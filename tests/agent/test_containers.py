@@ -4,14 +4,12 @@ makes (cgroup v2, as root) with container-like and kubepods-like names."""
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import secrets
 import subprocess
 import sys
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -50,46 +48,6 @@ POD = "6a1e2f3d-1b2c-4d5e-8f90-a1b2c3d4e5f6"
 )
 def test_container_and_pod_from_cgroup_paths(text: str, expected: tuple[str, str]) -> None:
     assert container_of(text) == expected
-
-
-def cgroup2_mount() -> Path | None:
-    for line in Path("/proc/self/mounts").read_text().splitlines():
-        fields = line.split()
-        if fields[2] == "cgroup2":
-            return Path(fields[1])
-    return None
-
-
-@pytest.fixture
-def cgroups() -> Iterator[Callable[[str, int], None]]:
-    """``place(relative_path, pid)``: make a cgroup under a test-owned root and move the
-    pid into it. Everything is moved back and removed afterwards."""
-    mount = cgroup2_mount()
-    if os.geteuid() != 0 or mount is None or not os.access(mount, os.W_OK):
-        pytest.skip("needs root and a writable cgroup v2 hierarchy to make cgroups")
-    root = mount / f"vmatlas-test-{uuid.uuid4().hex[:12]}"
-    root.mkdir()
-    moved: list[tuple[int, Path]] = []
-
-    def place(relative: str, pid: int) -> None:
-        line = next(
-            ln
-            for ln in Path(f"/proc/{pid}/cgroup").read_text().splitlines()
-            if ln.startswith("0::")
-        )
-        moved.append((pid, mount / line[3:].lstrip("/")))
-        target = root / relative
-        target.mkdir(parents=True, exist_ok=True)
-        (target / "cgroup.procs").write_text(str(pid))
-
-    yield place
-    for pid, original in moved:
-        with contextlib.suppress(OSError):  # unless the process has exited
-            (original / "cgroup.procs").write_text(str(pid))
-    for directory in sorted(root.rglob("*"), key=lambda p: len(p.parts), reverse=True):
-        if directory.is_dir():
-            directory.rmdir()
-    root.rmdir()
 
 
 def test_planted_processes_in_containers_and_pods(

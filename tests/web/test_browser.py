@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import math
 import re
+import secrets
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -97,7 +99,7 @@ def test_each_page_shows_the_planted_process(
     wait_for(pushed, what="the agent's push after the growth")
     _load(browser, f"{fleet.url}/hosts/{HOST_ID}", "host")
     table = browser.find_element(By.ID, "processes").text
-    assert re.search(rf"^{pid} planter \S+ {maps:,} ", table, re.M), table
+    assert re.search(rf"^{pid} planter \S+ - {maps:,} ", table, re.M), table
     browser.save_screenshot(str(screenshot_dir / "host.png"))
 
     _load(browser, f"{fleet.url}/hosts/{HOST_ID}/processes/{pid}", "process")
@@ -284,3 +286,61 @@ def test_hovering_shows_a_regions_row_and_clicking_selects_it(fleet: Fleet, brow
             # Moving off the picture hides the tip.
             ActionChains(browser).move_to_element(browser.find_element(By.ID, "summary")).perform()
             wait_for(lambda: not tip.is_displayed(), what="the tip to hide")
+
+
+def _group_by(browser: Any, by: str) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.select import Select
+
+    Select(browser.find_element(By.ID, "group-by")).select_by_value(by)
+    wait_for(
+        lambda: browser.find_element(By.ID, "groups").get_attribute("data-by") == by,
+        what=f"the groups by {by}",
+    )
+
+
+def test_the_host_page_groups_processes_by_container(
+    fleet: Fleet, browser: Any, cgroups: Callable[[str, int], None], screenshot_dir: Path
+) -> None:
+    from selenium.webdriver.common.by import By
+
+    # The planted child alone in a cgroup named as Docker names a container's.
+    container = secrets.token_hex(32)
+    cgroups(f"system.slice/docker-{container}.scope", fleet.pid)
+
+    def listed() -> dict[str, Any] | None:
+        found = request(f"{fleet.url}/api/v1/processes?host={HOST_ID}").json()["processes"]
+        return next((p for p in found if p["process"]["container_id"] == container), None)
+
+    planted = wait_for(listed, what="the agent's push naming the container")
+    assert planted["process"]["pid"] == fleet.pid
+    _load(browser, f"{fleet.url}/hosts/{HOST_ID}", "host")
+    # By container (or pod) since the agent reports one. The agent reads every process
+    # on the machine, other people's planted in containers or pods too: choose
+    # containers, and look at this one's group and the host's.
+    assert browser.find_element(By.ID, "groups").get_attribute("data-by") in ("container", "pod")
+    _group_by(browser, "container")
+    groups = browser.find_element(By.ID, "groups")
+    rows = {
+        tr.find_elements(By.TAG_NAME, "td")[0].text: tr
+        for tr in groups.find_elements(By.CSS_SELECTOR, "tbody tr")
+    }
+    assert {container[:12], "host"} <= set(rows), set(rows)
+    cells = [td.text for td in rows[container[:12]].find_elements(By.TAG_NAME, "td")]
+    assert cells[1] == "1"
+    processes = browser.find_element(By.ID, "processes")
+    assert re.search(rf"^{fleet.pid} planter \S+ {container[:12]} ", processes.text, re.M)
+    # Clicking the group shows its processes alone.
+    rows[container[:12]].find_element(By.TAG_NAME, "a").click()
+    wait_for(lambda: len(processes.find_elements(By.CSS_SELECTOR, "tbody tr")) == 1)
+    browser.save_screenshot(str(screenshot_dir / "host-container.png"))
+    assert processes.text.splitlines()[1].startswith(f"{fleet.pid} planter ")
+    browser.find_element(By.ID, "show-all").click()
+    wait_for(lambda: len(processes.find_elements(By.CSS_SELECTOR, "tbody tr")) > 1)
+    # By name instead: the planter's own group.
+    _group_by(browser, "name")
+    names = [
+        tr.find_elements(By.TAG_NAME, "td")[0].text
+        for tr in browser.find_elements(By.CSS_SELECTOR, "#groups tbody tr")
+    ]
+    assert "planter" in names and "host" not in names

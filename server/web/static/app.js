@@ -137,6 +137,7 @@
         const f = state.filter.toLowerCase();
         shown = rows.filter((r) => opts.filterValue(r).toLowerCase().includes(f));
       }
+      if (state.members && opts && opts.memberKey) shown = shown.filter((r) => state.members.has(opts.memberKey(r)));
       const col = columns.find((c) => c.key === state.key);
       if (col) {
         const dir = state.desc ? -1 : 1;
@@ -157,6 +158,7 @@
     }
     render();
     table.setFilter = (text) => { state.filter = text; render(); };
+    table.setMembers = (keys) => { state.members = keys; render(); };
     return table;
   }
 
@@ -268,35 +270,49 @@
       { key: "pid", label: "pid", num: true, value: (p) => p.process.pid, cell: (p) => h("a", { href: processHref(host, p.process.pid), text: p.process.pid }) },
       { key: "name", label: "name", value: (p) => p.process.name },
       { key: "user", label: "user", value: (p) => p.process.user },
+      { key: "container", label: "container", value: (p) => p.process.container_id || "", cell: (p) => (p.process.container_id ? h("span", { class: "mono", title: p.process.container_id + (p.process.pod_uid ? " in pod " + p.process.pod_uid : ""), text: p.process.container_id.slice(0, 12) }) : "-") },
       { key: "maps", label: "maps", num: true, value: (p) => p.summary.map_count, cell: (p) => fmtInt(p.summary.map_count) },
       { key: "headroom", label: "headroom", num: true, value: (p) => p.summary.headroom_fraction, cell: (p) => fmtPct(p.summary.headroom_fraction) },
       { key: "committed", label: "committed", num: true, value: (p) => p.summary.committed_bytes, cell: (p) => fmtBytes(p.summary.committed_bytes) },
       { key: "reserved", label: "reserved", num: true, value: (p) => p.summary.reserved_bytes, cell: (p) => fmtBytes(p.summary.reserved_bytes) },
       { key: "seen", label: "captured", num: true, value: (p) => p.capture_time, cell: (p) => fmtAgo(p.capture_time) },
-    ], processes, { attrs: { id: "processes" }, sortKey: "headroom", desc: false, filterValue: (p) => p.process.name });
+    ], processes, { attrs: { id: "processes" }, sortKey: "headroom", desc: false, filterValue: (p) => p.process.name, memberKey: (p) => p.process.pid });
     const filter = h("input", { type: "search", placeholder: "filter by name", id: "filter", oninput: (e) => table.setFilter(e.target.value) });
-    // Groups: processes of one executable name together (containers when the agent reports them).
-    const groups = new Map();
-    for (const p of processes) {
-      const g = groups.get(p.process.name) || { name: p.process.name, count: 0, maps: 0, most: 0, committed: 0, headroom: 1 };
-      g.count++; g.maps += p.summary.map_count; g.most = Math.max(g.most, p.summary.map_count);
-      g.committed += p.summary.committed_bytes; g.headroom = Math.min(g.headroom, p.summary.headroom_fraction);
-      groups.set(p.process.name, g);
+    const showing = h("span", { class: "note", id: "showing", text: processes.length + " processes; click a heading to sort" });
+    // Groups: the metrics' groups (known applications, then pod, container or name), by
+    // pod or container when the agent reports any, else by name.
+    const by = processes.some((p) => p.process.pod_uid) ? "pod" : processes.some((p) => p.process.container_id) ? "container" : "name";
+    const groupBy = h("select", { id: "group-by", onchange: () => showGroups(groupBy.value).catch((e) => showError(groupBox, e)) },
+      ["pod", "container", "name"].map((v) => h("option", { value: v, text: "by " + v, selected: v === by })));
+    const groupBox = h("div", { id: "groups-box" });
+    const shortId = (name) => (/^[0-9a-f]{64}$/.test(name) ? name.slice(0, 12) : name);
+    function showGroup(g) {
+      table.setMembers(g ? new Set(g.pids) : null);
+      showing.replaceChildren(...(g
+        ? ["group " + shortId(g.name) + ": " + g.processes + (g.processes === 1 ? " process · " : " processes · "), h("a", { href: "#", id: "show-all", text: "show all", onclick: (e) => { e.preventDefault(); showGroup(null); } })]
+        : [processes.length + " processes; click a heading to sort"]));
+    }
+    async function showGroups(key) {
+      const doc = await get("/hosts/" + enc(host) + "/groups?by=" + key);
+      showGroup(null);
+      groupBox.replaceChildren(sortableTable([
+        { key: "name", label: key, value: (g) => g.name, cell: (g) => h("a", { href: "#", text: shortId(g.name), title: g.name, onclick: (e) => { e.preventDefault(); showGroup(g); } }) },
+        { key: "count", label: "processes", num: true, value: (g) => g.processes },
+        { key: "maps", label: "maps", num: true, value: (g) => g.map_count, cell: (g) => fmtInt(g.map_count) },
+        { key: "most", label: "most in one", num: true, value: (g) => g.map_count_max, cell: (g) => fmtInt(g.map_count_max) },
+        { key: "ratio", label: "most of the limit", num: true, value: (g) => g.map_count_ratio_max, cell: (g) => (status.max_map_count ? fmtPct(g.map_count_ratio_max) : "-") },
+        { key: "committed", label: "committed", num: true, value: (g) => g.committed_bytes, cell: (g) => fmtBytes(g.committed_bytes) },
+      ], doc.groups, { attrs: { id: "groups", "data-by": key }, sortKey: "maps", desc: true }));
+      document.body.dataset.groups = key;
     }
     main.append(
       h("h2", { text: "Processes" }),
-      h("div", { class: "toolbar" }, filter, h("span", { class: "note", text: processes.length + " processes; click a heading to sort" })),
+      h("div", { class: "toolbar" }, filter, showing),
       table,
-      h("h2", { text: "Groups (by name)" }),
-      sortableTable([
-        { key: "name", label: "name", value: (g) => g.name, cell: (g) => h("a", { href: "#", text: g.name, onclick: (e) => { e.preventDefault(); filter.value = g.name; table.setFilter(g.name); } }) },
-        { key: "count", label: "processes", num: true, value: (g) => g.count },
-        { key: "maps", label: "maps", num: true, value: (g) => g.maps, cell: (g) => fmtInt(g.maps) },
-        { key: "most", label: "most in one", num: true, value: (g) => g.most, cell: (g) => fmtInt(g.most) },
-        { key: "headroom", label: "worst headroom", num: true, value: (g) => g.headroom, cell: (g) => fmtPct(g.headroom) },
-        { key: "committed", label: "committed", num: true, value: (g) => g.committed, cell: (g) => fmtBytes(g.committed) },
-      ], [...groups.values()], { attrs: { id: "groups" }, sortKey: "maps", desc: true }),
+      h("h2", {}, "Groups ", groupBy),
+      groupBox,
     );
+    await showGroups(by);
     loaded("host");
   }
 
