@@ -1,5 +1,6 @@
-"""Assembling the fleet server: store, domain, gRPC front end, retention; started and
-stopped as one thing by ``vmatlas server`` and ``vmatlas up``.
+"""Assembling the fleet server: store, domain, gRPC front end, singleton jobs
+(retention, offline marking, partition upkeep); started and stopped as one thing by
+``vmatlas server`` and ``vmatlas up``.
 
 The server runs on ``grpc.aio`` in one event loop on a thread of its own (so an idle
 agent stream costs a queue, not a thread); store calls and other blocking work run on
@@ -15,7 +16,6 @@ import contextlib
 import logging
 import socket
 import threading
-import time
 from collections.abc import Callable, Coroutine, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -32,6 +32,7 @@ from vmatlas.security.policy import SERVER_POLICY
 from vmatlas.server.domain.analysis import Analysis
 from vmatlas.server.domain.fleet import DEFAULT_AGENT_TIMEOUT_SECONDS, FleetQueries
 from vmatlas.server.domain.hub import DEFAULT_HEARTBEAT_SECONDS, Hub, Replica
+from vmatlas.server.domain.jobs import JobScheduler, SingletonJobs, server_jobs
 from vmatlas.server.rpc.analysis import SERVICE_NAME as ANALYSIS_SERVICE
 from vmatlas.server.rpc.analysis import AnalysisServicer
 from vmatlas.server.rpc.fleet import SERVICE_NAME as FLEET_SERVICE
@@ -162,10 +163,21 @@ class FleetServer:
             if owned:
                 inner.close()
             raise
-        self._stop = threading.Event()
         self._stopped = False
         self._stopping = threading.Lock()
-        self._pruner = threading.Thread(target=self._prune_loop, name="vmatlas-prune", daemon=True)
+        # Retention, offline marking and partition upkeep: on one server of those
+        # sharing the store at a time, under leases as long as the hosts' own.
+        self.jobs = SingletonJobs(
+            self.store,
+            self.hub.replica.replica_id,
+            server_jobs(
+                self.store,
+                retain_seconds=config.retain_seconds,
+                offline_after_seconds=self.hub.offline_after_seconds,
+            ),
+            lease_seconds=self.hub.lease_seconds,
+        )
+        self._scheduler = JobScheduler(self.jobs)
 
     # -- the loop -------------------------------------------------------------------------
 
@@ -290,28 +302,10 @@ class FleetServer:
 
     def start(self) -> FleetServer:
         self._on_loop(self.server.start())
-        self._pruner.start()
+        self._scheduler.start()
         if self.http is not None:
             self.http.start()
         return self
-
-    def prune(self) -> int:
-        if not self.config.retain_seconds:
-            return 0
-        removed = self.store.prune(time.time() - self.config.retain_seconds)
-        if removed:
-            log.info("pruned %d history rows older than the retention", removed)
-        return removed
-
-    def _prune_loop(self) -> None:
-        period = min(3600.0, max(1.0, self.config.retain_seconds / 10))
-        while True:
-            try:
-                self.prune()
-            except Exception:
-                log.exception("pruning failed")
-            if self._stop.wait(period):
-                return
 
     def stop(
         self,
@@ -322,10 +316,10 @@ class FleetServer:
         """The one way the server stops (tests, ``vmatlas server`` and ``vmatlas up``):
         report NOT_SERVING and refuse new calls; run ``on_draining`` (``up`` stops its
         local agent there); let calls in flight finish within the grace, fresh
-        snapshots included, so the agents' streams stay open for them; stop pruning
-        and close the agents' streams (they reconnect to the next server); wait for
-        the calls still running to end (cancelled once the grace is over); close the
-        store. Later calls do nothing."""
+        snapshots included, so the agents' streams stay open for them; stop the
+        singleton jobs and give their leases up; close the agents' streams (they
+        reconnect to the next server); wait for the calls still running to end
+        (cancelled once the grace is over); close the store. Later calls do nothing."""
         with self._stopping:
             if self._stopped:
                 return
@@ -338,7 +332,7 @@ class FleetServer:
                 if on_draining is not None:
                     on_draining()
             finally:
-                self._stop.set()
+                self._scheduler.stop()
                 self._on_loop(self.hub.stop(grace_seconds))
                 stopped.result()
                 self._on_loop(self.peers.close())

@@ -6,6 +6,8 @@
   snapshots) as :class:`~.fleet.FleetQueries`.
 - :mod:`.analysis`: diff and audit over what the store holds, as
   :class:`~.analysis.Analysis`.
+- :mod:`.jobs`: the singleton jobs (retention, offline marking, partition upkeep),
+  each run by one server of those sharing a store, under a lease.
 
 Everything here takes and returns model objects (:mod:`vmatlas.model`,
 :mod:`vmatlas.fleet`) and raises :mod:`vmatlas.errors`; none of it imports grpc or

@@ -111,6 +111,12 @@ class Store(Protocol):
     def mark_offline(self, host_id: str) -> None:
         """The host's agent is gone; its history stays."""
 
+    def mark_stale_offline(self, seen_before: float, now: float) -> list[str]:
+        """Mark offline every host shown online whose agent was last heard from
+        before ``seen_before`` and whose ownership record is not live at ``now``
+        (its replica went away without saying so); return their ids, sorted. A host
+        heard from, or claimed, meanwhile stays online."""
+
     def put_summaries(
         self,
         host_id: str,
@@ -189,6 +195,11 @@ class Store(Protocol):
         (a backend that drops time partitions): nothing captured at or after
         ``older_than`` goes, and everything captured before ``older_than`` minus one
         step does. Returns how many summaries and snapshots went."""
+
+    def prepare_ahead(self, now: float, ahead_seconds: float) -> None:
+        """Make now what pushes captured from ``now`` to ``now + ahead_seconds`` will
+        need (PostgreSQL: their day partitions of summaries), so that no push waits
+        for it; nothing on a backend that needs nothing."""
 
     def check(self) -> list[str]:
         """Verify the store end to end: the database's own integrity, references

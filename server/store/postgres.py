@@ -234,6 +234,13 @@ class _Transaction:
     def set_offline(self, host_id: str) -> None:
         self.conn.execute("UPDATE hosts SET online = false WHERE host_id = %s", (host_id,))
 
+    def set_offline_if_unseen(self, host_id: str, seen_before: float) -> bool:
+        cursor = self.conn.execute(
+            "UPDATE hosts SET online = false WHERE host_id = %s AND online AND last_seen_time < %s",
+            (host_id, seen_before),
+        )
+        return cursor.rowcount > 0
+
     def push_sequence(self, host_id: str) -> PushSequence | None:
         return push_sequence_from(self.conn.execute(_SQL.push_sequence, (host_id,)).fetchone())
 

@@ -304,6 +304,9 @@ class Statements:
         self.lease_rows = f"""
             SELECT name, holder, address, instance_id, epoch, expires_time FROM leases
             WHERE kind = {p} AND epoch > 0 ORDER BY name"""
+        self.unseen_hosts = f"""
+            SELECT host_id FROM hosts WHERE online = {d.true} AND last_seen_time < {p}
+            ORDER BY host_id"""
 
     def current(self, where: ProcessFilter, *, light: bool = False) -> tuple[str, list[Any]]:
         """The statement and parameters of :meth:`Backend.current_rows`."""
@@ -388,6 +391,10 @@ class LeaseRow:
     expires_time: float
 
 
+def _live(row: LeaseRow | None, now: float) -> bool:
+    return row is not None and bool(row.holder) and row.expires_time > now
+
+
 class Transaction(Protocol):
     """One write transaction of a backend: committed when the block that opened it
     ends without an exception, rolled back otherwise."""
@@ -401,6 +408,11 @@ class Transaction(Protocol):
         """These hosts are online, last seen ``now`` (unknown ones are passed over)."""
 
     def set_offline(self, host_id: str) -> None: ...
+    def set_offline_if_unseen(self, host_id: str, seen_before: float) -> bool:
+        """Mark the host offline if it is online and was last seen before
+        ``seen_before``; whether it was."""
+        ...
+
     def push_sequence(self, host_id: str) -> PushSequence | None: ...
     def set_push_sequence(self, host_id: str, state: PushSequence) -> None: ...
 
@@ -514,6 +526,20 @@ class RuleStore:
     def mark_offline(self, host_id: str) -> None:
         with self._tx() as tx:
             tx.set_offline(host_id)
+
+    def mark_stale_offline(self, seen_before: float, now: float) -> list[str]:
+        owners = dict(leases_from(self.backend.read(self.backend.sql.lease_rows, (HOST_LEASE,))))
+        unseen = self.backend.read(self.backend.sql.unseen_hosts, (seen_before,))
+        candidates = [host_id for (host_id,) in unseen if not _live(owners.get(host_id), now)]
+        marked = []
+        for host_id in candidates:
+            # Decided again under the lease row's lock: a claim may have come meanwhile.
+            with self._tx() as tx:
+                if not _live(tx.lease(HOST_LEASE, host_id), now) and tx.set_offline_if_unseen(
+                    host_id, seen_before
+                ):
+                    marked.append(host_id)
+        return marked
 
     @staticmethod
     def _host_status(row: tuple[Any, ...]) -> HostStatus:
@@ -732,6 +758,12 @@ class RuleStore:
 
     def prune(self, older_than: float) -> int:
         return self.backend.prune(older_than)
+
+    def prepare_ahead(self, now: float, ahead_seconds: float) -> None:
+        step = self.backend.prune_granularity_seconds
+        if step:
+            steps = int(ahead_seconds // step) + 1
+            self.backend.prepare_summaries({now + k * step for k in range(steps)})
 
     def check(self) -> list[str]:
         problems = self.backend.database_problems()

@@ -214,6 +214,13 @@ class _Transaction:
     def set_offline(self, host_id: str) -> None:
         self.db.execute("UPDATE hosts SET online = 0 WHERE host_id = ?", (host_id,))
 
+    def set_offline_if_unseen(self, host_id: str, seen_before: float) -> bool:
+        cursor = self.db.execute(
+            "UPDATE hosts SET online = 0 WHERE host_id = ? AND online AND last_seen_time < ?",
+            (host_id, seen_before),
+        )
+        return cursor.rowcount > 0
+
     def push_sequence(self, host_id: str) -> PushSequence | None:
         return push_sequence_from(self.db.execute(_SQL.push_sequence, (host_id,)).fetchone())
 

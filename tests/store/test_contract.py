@@ -704,3 +704,27 @@ def test_of_many_at_once_exactly_one_takes_a_job(
     for t in threads:
         t.join()
     assert len(won) == 1
+
+
+def test_hosts_whose_server_went_away_are_marked_offline(store: Store) -> None:
+    for host_id in ("h1", "h2", "h3", "h4"):
+        store.put_host(make_host(host_id), 100.0)
+    store.mark_online("h2", 150.0)  # heard from since
+    store.claim_host(  # held by a live replica, though not heard from
+        "h3", replica_id="r1", address="a:1", instance_id="agent-3", now=200.0, ttl_seconds=100.0
+    )
+    store.mark_offline("h4")
+    assert store.mark_stale_offline(140.0, 200.0) == ["h1"]
+    assert {h.host_id: h.online for h in store.hosts()} == {
+        "h1": False,
+        "h2": True,
+        "h3": True,
+        "h4": False,
+    }
+    # Its replica's record expired: h3 goes too, with h2, now silent as long.
+    assert store.mark_stale_offline(160.0, 400.0) == ["h2", "h3"]
+    assert not any(h.online for h in store.hosts())
+    assert store.mark_stale_offline(1e9, 1e9) == []
+    # Back online when it returns, history and all.
+    store.put_host(make_host("h1"), 500.0)
+    assert store.host("h1").online

@@ -58,7 +58,10 @@ def add_server_args(p: argparse.ArgumentParser) -> None:
         type=float,
         default=0.0,
         metavar="SECONDS",
-        help="mark a silent agent's host offline after this (default 3 heartbeats)",
+        help="mark a silent agent's host offline after this (default 3 heartbeats); also "
+        "how long a server's hold on the singleton jobs (retention, offline marking, "
+        "partition upkeep) lasts unrenewed, so how soon another server takes them over "
+        "from one that died",
     )
     p.add_argument(
         "--agent-timeout",
