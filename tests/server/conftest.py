@@ -231,6 +231,33 @@ def start_server(children: list[Child], data: Path, port: int = 0, *more: str) -
     return server, int(server.wait_line(r"listening on 127\.0\.0\.1:(\d+)").group(1))
 
 
+def start_replica(
+    children: list[Child], store_url: str, *more: str, verbose: bool = False
+) -> tuple[Child, str]:
+    """A server process on ``store_url`` (one of several replicas), with a 3 s offline
+    window (so 3 s leases, renewed every second: room for a loaded machine) and no
+    HTTP listener, logging its INFO lines if ``verbose``; returns it and its address
+    once it listens."""
+    server = start(
+        children,
+        *(["-v"] if verbose else []),
+        "server",
+        "--listen",
+        "127.0.0.1:0",
+        "--store",
+        store_url,
+        "--heartbeat",
+        "0.2",
+        "--offline-after",
+        "3",
+        "--http",
+        "off",
+        *more,
+    )
+    port = server.wait_line(r"listening on 127\.0\.0\.1:(\d+)").group(1)
+    return server, f"127.0.0.1:{port}"
+
+
 class Stream:
     """One agent stream whose messages the test sends by hand."""
 

@@ -18,35 +18,11 @@ from vmatlas.server.domain.jobs import OFFLINE, PARTITIONS, RETENTION
 from vmatlas.server.store import open_store
 from vmatlas.server.store.postgres import PostgresStore
 
-from .conftest import Child, start, wait_for
+from .conftest import Child, start_replica, wait_for
 from .test_faults import FewProcesses
 
 DAY = 86400.0
 JOBS = (OFFLINE, PARTITIONS, RETENTION)
-
-
-def start_replica(children: list[Child], url: str) -> tuple[Child, str]:
-    """A server on ``url`` with a 3 s offline window (so 3 s job leases, renewed every
-    second: room for a loaded machine); its address."""
-    child = start(
-        children,
-        "-v",
-        "server",
-        "--listen",
-        "127.0.0.1:0",
-        "--store",
-        url,
-        "--heartbeat",
-        "0.2",
-        "--offline-after",
-        "3",
-        "--retain",
-        "2d",
-        "--http",
-        "off",
-    )
-    port = child.wait_line(r"listening on 127\.0\.0\.1:(\d+)").group(1)
-    return child, f"127.0.0.1:{port}"
 
 
 def job_holders(url: str) -> dict[str, tuple[str, int]]:
@@ -74,8 +50,8 @@ def test_one_server_runs_the_jobs_and_another_takes_over_after_kill_9(
     store.mark_offline("history")
     for day in (today - 10, today - 9, today):
         store.put_summaries("history", [make_item(process, day * DAY + 60.0)], complete=False)
-    first, first_address = start_replica(children, url)
-    second, second_address = start_replica(children, url)
+    first, first_address = start_replica(children, url, "--retain", "2d", verbose=True)
+    second, second_address = start_replica(children, url, "--retain", "2d", verbose=True)
     servers = {first_address: first, second_address: second}
 
     # One server holds every job; retention dropped the old days' partitions.
