@@ -98,13 +98,28 @@ def test_every_process_on_the_host_reads_the_same() -> None:
     assert compared >= 3
 
 
+# What a file page's residency owes to the other processes mapping the file: whether
+# it counts as shared or private moves with them too (a page of libc is private while
+# no other process maps it).
+_SHARED_WITH_OTHERS = (
+    "shared_clean_bytes",
+    "shared_dirty_bytes",
+    "private_clean_bytes",
+    "private_dirty_bytes",
+)
+
+
 def _settled(snapshot: Snapshot) -> Snapshot:
     """What two live reads of an idle process must agree on: not the capture time, nor
     the proportional shares (PSS), which change whenever another process maps or
-    unmaps the same files (the same text parses the same: the fixture tests)."""
+    unmaps the same files, nor for a file's pages the split into shared and private
+    (the same text parses the same: the fixture tests)."""
     regions = snapshot.regions
     if regions.residency:
         shares = {name: [0] * len(regions) for name in ("pss_bytes", "swap_pss_bytes")}
+        for name in _SHARED_WITH_OTHERS:
+            column = regions.residency[name]
+            shares[name] = [0 if path else n for n, path in zip(column, regions.path, strict=True)]
         regions = dataclasses.replace(regions, residency={**regions.residency, **shares})
     return dataclasses.replace(snapshot, capture_time=0.0, regions=regions)
 
