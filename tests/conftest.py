@@ -226,11 +226,22 @@ def make_postgres_url(postgres_run_database: str) -> Iterator[Callable[[], str]]
         return f"{postgres_run_database}?options=-csearch_path%3D{schema}"
 
     yield make
+    import psycopg
+
     with _postgres_connect(postgres_run_database) as db:
         # A connection a test left open must not hang the run: fail instead.
         db.execute("SET lock_timeout = '30s'")
         for schema in schemas:
-            db.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+            # A stopped server's last store call may still be finishing (a closed pool
+            # lets a connection in use end its transaction) and deadlock with the drop:
+            # PostgreSQL then aborts one of the two, and the drop is tried again.
+            for attempt in range(5):
+                try:
+                    db.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+                    break
+                except psycopg.errors.DeadlockDetected:
+                    if attempt == 4:
+                        raise
 
 
 @pytest.fixture

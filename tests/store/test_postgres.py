@@ -153,7 +153,8 @@ def test_retention_drops_whole_partitions(postgres_url: str) -> None:
     with connect(postgres_url) as db:
         kinds = db.execute(
             "SELECT relname, relkind FROM pg_class WHERE relname LIKE 'summaries%'"
-            " AND relkind IN ('p', 'r') ORDER BY relname"
+            " AND relkind IN ('p', 'r') AND relnamespace = current_schema()::regnamespace"
+            " ORDER BY relname"
         ).fetchall()
     assert kinds == [
         ("summaries", "p"),
@@ -172,7 +173,7 @@ def test_retention_drops_whole_partitions(postgres_url: str) -> None:
         # No row was deleted: the partition went as a whole.
         deleted = db.execute(
             "SELECT coalesce(sum(n_tup_del), 0) FROM pg_stat_user_tables"
-            " WHERE relname LIKE 'summaries%'"
+            " WHERE relname LIKE 'summaries%' AND schemaname = current_schema()"
         ).fetchone()
     assert deleted == (0,)
     # A late push for a dropped day makes its partition again.
