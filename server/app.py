@@ -336,6 +336,10 @@ class FleetServer:
                 self._on_loop(self.hub.stop(grace_seconds))
                 stopped.result()
                 self._on_loop(self.peers.close())
+                # A store write still running (a stream's release, shielded from its
+                # cancelled call) commits before the store closes, not beside whatever
+                # comes after the server.
+                self.executor.shutdown(wait=True, cancel_futures=True)
                 self.store.close()
                 self._close_loop()
 

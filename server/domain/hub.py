@@ -274,8 +274,13 @@ class Hub:
 
     async def blocking(self, fn: Callable[..., T], *args: Any) -> T:
         """``fn(*args)`` on the hub's thread pool: for store calls and other work that
-        would hold up the loop."""
-        return await self.loop.run_in_executor(self.executor, fn, *args)
+        would hold up the loop. StoreClosed once the pool is shut down (the server
+        stopped)."""
+        try:
+            future = self.loop.run_in_executor(self.executor, fn, *args)
+        except RuntimeError:  # "cannot schedule new futures after shutdown"
+            raise errors.StoreClosed("the server is stopping") from None
+        return await future
 
     def call(self, coroutine: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
         """Run ``coroutine`` on the hub's loop from another thread and wait for its
