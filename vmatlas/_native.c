@@ -1328,6 +1328,192 @@ done:
     return result;
 }
 
+/* -- protobuf reading ----------------------------------------------------------------- */
+
+/* Field kinds of a decode spec (vmatlas/wire.py builds it from the schema). */
+enum {
+    D_U64 = 0,    /* repeated uint64 */
+    D_U32 = 1,    /* repeated uint32 */
+    D_ENUM = 2,   /* repeated enum: values 0 .. 2**31 - 1 */
+    D_BOOL = 3,   /* repeated bool */
+    D_STRING = 4, /* repeated string (UTF-8) */
+    D_SCALAR = 5, /* one uint64: the last one read wins */
+    D_MESSAGE = 6, /* a message: (spec); occurrences merge */
+    D_UNREAD = 7   /* a field whose presence sends the whole message to upb */
+};
+
+static int get_varint(const uint8_t **p, const uint8_t *end, uint64_t *v) {
+    uint64_t x = 0;
+    for (int shift = 0; shift < 70; shift += 7) {
+        if (*p >= end) return -1;
+        uint8_t b = *(*p)++;
+        if (shift == 63 && b > 1) return -1; /* past 64 bits */
+        x |= (uint64_t)(b & 0x7f) << shift;
+        if (!(b & 0x80)) {
+            *v = x;
+            return 0;
+        }
+    }
+    return -1;
+}
+
+/* The value of one varint of a numeric kind as a Python object (new reference), or
+ * NULL with *unsupported set where upb's reading of it might differ. */
+static PyObject *decoded_value(int kind, uint64_t v, int *unsupported) {
+    if (kind == D_BOOL) {
+        if (v > 1) goto unsupported;
+        return Py_NewRef(v ? Py_True : Py_False);
+    }
+    if ((kind == D_U32 && v > UINT32_MAX) || (kind == D_ENUM && v > INT32_MAX)) goto unsupported;
+    return PyLong_FromUnsignedLongLong(v);
+unsupported:
+    *unsupported = 1;
+    return NULL;
+}
+
+/* The list under ``name`` in ``out``, made empty where missing (borrowed). */
+static PyObject *list_at(PyObject *out, PyObject *name) {
+    PyObject *list = PyDict_GetItemWithError(out, name);
+    if (list != NULL || PyErr_Occurred()) return list;
+    list = PyList_New(0);
+    if (list == NULL || PyDict_SetItem(out, name, list) < 0) {
+        Py_XDECREF(list);
+        return NULL;
+    }
+    Py_DECREF(list);
+    return list;
+}
+
+static int decode_into(const uint8_t *p, const uint8_t *end, PyObject *spec, PyObject *out,
+                       int *unsupported) {
+    while (p < end && !*unsupported) {
+        uint64_t tag, v;
+        if (get_varint(&p, end, &tag) < 0 || tag >> 3 == 0 || tag >> 3 > 0x1fffffff) goto bad;
+        unsigned wire_type = (unsigned)(tag & 7);
+        PyObject *number = PyLong_FromUnsignedLongLong(tag >> 3);
+        if (number == NULL) return -1;
+        PyObject *field = PyDict_GetItemWithError(spec, number); /* (name, kind, sub) */
+        Py_DECREF(number);
+        if (field == NULL) {
+            if (PyErr_Occurred()) return -1;
+            /* A field this version does not read: skipped, as upb keeps it aside. */
+            if (wire_type == 0) {
+                if (get_varint(&p, end, &v) < 0) goto bad;
+            } else if (wire_type == 1 || wire_type == 5) {
+                size_t n = wire_type == 1 ? 8 : 4;
+                if ((size_t)(end - p) < n) goto bad;
+                p += n;
+            } else if (wire_type == 2) {
+                if (get_varint(&p, end, &v) < 0 || v > (uint64_t)(end - p)) goto bad;
+                p += v;
+            } else {
+                goto bad; /* groups: left to upb */
+            }
+            continue;
+        }
+        PyObject *name = PyTuple_GET_ITEM(field, 0);
+        int kind = (int)PyLong_AsLong(PyTuple_GET_ITEM(field, 1));
+        if (kind < D_U64 || kind >= D_UNREAD) goto bad;
+        if (kind == D_SCALAR) {
+            if (wire_type != 0 || get_varint(&p, end, &v) < 0) goto bad;
+            PyObject *value = PyLong_FromUnsignedLongLong(v);
+            if (value == NULL || PyDict_SetItem(out, name, value) < 0) {
+                Py_XDECREF(value);
+                return -1;
+            }
+            Py_DECREF(value);
+            continue;
+        }
+        if (kind == D_MESSAGE || kind == D_STRING) {
+            uint64_t n;
+            if (wire_type != 2 || get_varint(&p, end, &n) < 0 || n > (uint64_t)(end - p)) goto bad;
+            if (kind == D_MESSAGE) {
+                PyObject *sub = PyDict_GetItemWithError(out, name);
+                if (sub == NULL) {
+                    if (PyErr_Occurred()) return -1;
+                    sub = PyDict_New();
+                    if (sub == NULL || PyDict_SetItem(out, name, sub) < 0) {
+                        Py_XDECREF(sub);
+                        return -1;
+                    }
+                    Py_DECREF(sub);
+                }
+                if (decode_into(p, p + n, PyTuple_GET_ITEM(field, 2), sub, unsupported) < 0)
+                    return -1;
+            } else {
+                PyObject *list = list_at(out, name);
+                if (list == NULL) return -1;
+                PyObject *text = PyUnicode_DecodeUTF8((const char *)p, (Py_ssize_t)n, NULL);
+                if (text == NULL) { /* not UTF-8: upb refuses it, and says so */
+                    PyErr_Clear();
+                    goto bad;
+                }
+                if (append_new(list, text) < 0) return -1;
+            }
+            p += n;
+            continue;
+        }
+        /* A repeated number: packed (wire type 2) or one value (wire type 0). */
+        PyObject *list = list_at(out, name);
+        if (list == NULL) return -1;
+        const uint8_t *stop;
+        if (wire_type == 2) {
+            uint64_t n;
+            if (get_varint(&p, end, &n) < 0 || n > (uint64_t)(end - p)) goto bad;
+            stop = p + n;
+        } else if (wire_type == 0) {
+            stop = NULL;
+        } else {
+            goto bad;
+        }
+        const uint8_t *limit = stop ? stop : end;
+        PyObject *last = NULL; /* borrowed from the list: repeated values share an int */
+        uint64_t last_v = 0;
+        for (int first = 1; stop ? p < stop : first; first = 0) {
+            if (get_varint(&p, limit, &v) < 0) goto bad;
+            PyObject *value;
+            if (last != NULL && v == last_v) {
+                value = Py_NewRef(last);
+            } else {
+                value = decoded_value(kind, v, unsupported);
+                if (value == NULL) return *unsupported ? 0 : -1;
+            }
+            if (append_new(list, value) < 0) return -1;
+            last = PyList_GET_ITEM(list, PyList_GET_SIZE(list) - 1);
+            last_v = v;
+        }
+    }
+    return 0;
+bad:
+    *unsupported = 1;
+    return 0;
+}
+
+/* decode(data: bytes, spec: {number: (name, kind, sub_spec | None)}) -> dict | None
+ * The fields of one serialized message that the spec names, by name: repeated ones as
+ * lists, scalars as ints, messages as dicts of their own (present when the field was
+ * there, even empty). None where the bytes are malformed or hold anything whose
+ * reading is left to upb (a value out of its field's range, text that is not UTF-8, a
+ * field of a kind the spec does not give): the caller then parses with upb. */
+static PyObject *decode(PyObject *self, PyObject *args) {
+    (void)self;
+    Py_buffer data;
+    PyObject *spec;
+    if (!PyArg_ParseTuple(args, "y*O!", &data, &PyDict_Type, &spec)) return NULL;
+    int unsupported = 0;
+    PyObject *out = PyDict_New();
+    if (out != NULL) {
+        const uint8_t *p = data.buf;
+        if (decode_into(p, p + data.len, spec, out, &unsupported) < 0) Py_CLEAR(out);
+    }
+    PyBuffer_Release(&data);
+    if (out != NULL && unsupported) {
+        Py_DECREF(out);
+        Py_RETURN_NONE;
+    }
+    return out;
+}
+
 static PyMethodDef methods[] = {
     {"scan_maps", scan_maps, METH_O, "Scan maps text into columns."},
     {"scan_smaps", scan_smaps, METH_VARARGS, "Scan regular smaps text into columns."},
@@ -1342,6 +1528,7 @@ static PyMethodDef methods[] = {
     {"followed_by", followed_by, METH_VARARGS, "Regions matching a (region, next) pattern."},
     {"free_gaps", free_gaps, METH_VARARGS, "The unmapped gaps of a range."},
     {"encode", encode, METH_O, "Protobuf wire bytes from a field spec."},
+    {"decode", decode, METH_VARARGS, "The fields of protobuf wire bytes, by a field spec."},
     {"distinct", distinct, METH_VARARGS, "Index rows of columns by distinct value."},
     {NULL, NULL, 0, NULL},
 };

@@ -9,6 +9,7 @@ from itertools import accumulate, chain, repeat
 from operator import add, attrgetter, lshift, rshift, sub
 from typing import Any
 
+from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from vmatlas import errors, native
@@ -355,41 +356,121 @@ def table_from_pb(message: pb.RegionTable) -> RegionTable:
     two (a malformed table is never half-read). A deflated table is inflated first."""
     if message.deflated:
         message = _inflated(message)
-    n = len(message.size_pages)
-    for name in ("start_delta_pages", "state", "type", "protection"):
-        _check_length(name, getattr(message, name), n, optional=False)
-    for name in ("protection_raw", "offset_bytes", "file_index", *ALLOCATION_COLUMNS):
-        _check_length(name, getattr(message, name), n)
-    residency: dict[str, list[int]] = {}
+    if native.accel is not None:
+        # upb hands each column out an element at a time; the native reader makes the
+        # lists from the bytes in one pass, several times faster even with the bytes
+        # written again.
+        columns = native.accel.decode(message.SerializeToString(), _DECODE_SPEC)
+        if columns is not None:
+            return _table_from_columns(columns)
+    return _table_from_columns(_columns_of(message))
+
+
+def table_from_bytes(data: bytes) -> RegionTable:
+    """A serialized RegionTable (as :func:`snapshot_parts` makes it). Raises ValueError
+    when the bytes are not one or the table is malformed."""
+    columns = native.accel.decode(data, _DECODE_SPEC) if native.accel is not None else None
+    if columns is not None:
+        return _table_from_columns(columns)
+    message = pb.RegionTable()
+    try:
+        message.ParseFromString(data)
+    except Exception as exc:  # protobuf raises DecodeError, a bare Exception subclass
+        raise ValueError(f"not a serialized RegionTable: {exc}") from None
+    return table_from_pb(message)
+
+
+# The native reader's field kinds (vmatlas/_native.c), and what it reads of a
+# RegionTable, from the schema: fields by number, each (name, kind, spec of a message).
+_D_U64, _D_U32, _D_ENUM, _D_BOOL, _D_STRING, _D_SCALAR, _D_MESSAGE, _D_UNREAD = range(8)
+_D_KINDS = {
+    FieldDescriptor.TYPE_UINT64: _D_U64,
+    FieldDescriptor.TYPE_UINT32: _D_U32,
+    FieldDescriptor.TYPE_ENUM: _D_ENUM,
+    FieldDescriptor.TYPE_BOOL: _D_BOOL,
+    FieldDescriptor.TYPE_STRING: _D_STRING,
+}
+
+
+def _decode_spec(descriptor: Any) -> dict[int, tuple[str, int, Any]]:
+    spec: dict[int, tuple[str, int, Any]] = {}
+    for field in descriptor.fields:
+        if field.message_type is not None:
+            spec[field.number] = (field.name, _D_MESSAGE, _decode_spec(field.message_type))
+        elif field.type == FieldDescriptor.TYPE_UINT64 and not field.is_repeated:
+            spec[field.number] = (field.name, _D_SCALAR, None)
+        elif field.is_repeated and field.type in _D_KINDS:
+            spec[field.number] = (field.name, _D_KINDS[field.type], None)
+        else:  # deflated, and any field of a kind the reader has no loop for
+            spec[field.number] = (field.name, _D_UNREAD, None)
+    return spec
+
+
+_DECODE_SPEC = _decode_spec(pb.RegionTable.DESCRIPTOR)
+
+
+def _columns_of(message: pb.RegionTable) -> dict[str, Any]:
+    """A plain table's fields as the native reader gives them: lists by name, the page
+    size, and the files and (where present) the residency as dicts of their own."""
+    columns: dict[str, Any] = {
+        field.name: getattr(message, field.name)[:]
+        for field in message.DESCRIPTOR.fields
+        if field.is_repeated
+    }
+    columns["page_size_bytes"] = message.page_size_bytes
+    columns["files"] = {
+        field.name: getattr(message.files, field.name)[:]
+        for field in message.files.DESCRIPTOR.fields
+    }
     if message.HasField("residency"):
+        columns["residency"] = {
+            name: getattr(message.residency, name)[:] for name in RESIDENCY_FIELDS
+        }
+    return columns
+
+
+def _table_from_columns(columns: dict[str, Any]) -> RegionTable:
+    """:func:`table_from_pb` of a plain table's fields (:func:`_columns_of`)."""
+
+    def column(name: str) -> list[Any]:
+        return columns.get(name, [])  # type: ignore[no-any-return]
+
+    n = len(column("size_pages"))
+    for name in ("start_delta_pages", "state", "type", "protection"):
+        _check_length(name, column(name), n, optional=False)
+    for name in ("protection_raw", "offset_bytes", "file_index", *ALLOCATION_COLUMNS):
+        _check_length(name, column(name), n)
+    residency: dict[str, list[int]] = {}
+    if "residency" in columns:
         for name in RESIDENCY_FIELDS:
-            column = getattr(message.residency, name)
-            _check_length(f"residency.{name}", column, n, optional=False)
-            residency[name] = column[:]
+            values = columns["residency"].get(name, [])
+            _check_length(f"residency.{name}", values, n, optional=False)
+            residency[name] = values
     if not n:
         return RegionTable(residency=residency)
-    page = message.page_size_bytes
+    page = columns.get("page_size_bytes", 0)
     if not page or page & (page - 1):
         raise ValueError(f"region table page_size_bytes {page} is not a power of two")
-    starts, ends = _bounds(message.start_delta_pages[:], message.size_pages[:], page)
-    paths, devices, inodes, deleted, kinds = _files_from_pb(message, n)
-    protection = message.protection[:]
+    starts, ends = _bounds(column("start_delta_pages"), column("size_pages"), page)
+    files = _files_from_columns(columns.get("files", {}), column("file_index"), n)
+    paths, devices, inodes, deleted, kinds = files
+    protection = column("protection")
     return RegionTable(
         start=starts,
         end=ends,
-        state=message.state[:],  # type: ignore[arg-type]  # enum values as ints
-        type=message.type[:],  # type: ignore[arg-type]  # enum values as ints
+        state=column("state"),
+        type=column("type"),
         protection=protection,
-        protection_raw=message.protection_raw[:] or protection.copy(),
+        protection_raw=column("protection_raw") or protection.copy(),
         kind=kinds,
         path=paths,
-        offset=message.offset_bytes[:] or [0] * n,
+        offset=column("offset_bytes") or [0] * n,
         device=devices,
         inode=inodes,
         deleted=deleted,
-        allocation_base=message.allocation_base[:],
-        allocation_protection=message.allocation_protection[:],
-        allocation_protection_raw=message.allocation_protection_raw[:],
+        allocation_base=column("allocation_base"),
+        allocation_protection=column("allocation_protection"),
+        allocation_protection_raw=column("allocation_protection_raw"),
         residency=residency,
     )
 
@@ -418,21 +499,20 @@ def _take(column: list[Any], index: list[int]) -> list[Any]:
     return [column[i] for i in index]
 
 
-def _files_from_pb(message: pb.RegionTable, n: int) -> list[list[Any]]:
+def _files_from_columns(files: dict[str, list[Any]], index: list[int], n: int) -> list[list[Any]]:
     """The path, device, inode, deleted and kind columns of ``n`` regions."""
-    files = message.files
-    file_count = len(files.path)
+    paths = files.get("path", [])
+    file_count = len(paths)
     if not file_count:
         raise ValueError("region table has no files.path (entry 0, no file, is missing)")
-    table: list[list[Any]] = [files.path[:]]
+    table: list[list[Any]] = [paths]
     for name, zero in _FILE_ZEROS.items():
-        column = getattr(files, name)
+        column = files.get(name, [])
         _check_length(f"files.{name}", column, file_count)
-        table.append(column[:] or [zero] * file_count)
+        table.append(column or [zero] * file_count)
     entry = tuple(column[0] for column in table)
     if entry != _NO_FILE:
         raise ValueError(f"region table file entry 0 is {entry!r:.80}, not no file")
-    index = message.file_index[:]
     if not index:
         return [[column[0]] * n for column in table]
     try:
@@ -441,17 +521,6 @@ def _files_from_pb(message: pb.RegionTable, n: int) -> list[list[Any]]:
         raise ValueError(
             f"region table file_index {max(index)} is out of range ({file_count} files)"
         ) from None
-
-
-def table_from_bytes(data: bytes) -> RegionTable:
-    """A serialized RegionTable (as :func:`snapshot_parts` makes it). Raises ValueError
-    when the bytes are not one or the table is malformed."""
-    message = pb.RegionTable()
-    try:
-        message.ParseFromString(data)
-    except Exception as exc:  # protobuf raises DecodeError, a bare Exception subclass
-        raise ValueError(f"not a serialized RegionTable: {exc}") from None
-    return table_from_pb(message)
 
 
 def table_page_size(host: Host) -> int:
