@@ -97,6 +97,16 @@ _PERMS_ANON_TYPE = {
     for k, b in _PERMS_BITS.items()
 }
 
+
+def _loads_code(bits: int) -> bool:
+    """Whether a file mapping with these perms bits is a segment the loader mapped:
+    executable and private. Every mapping of such a file is IMAGE."""
+    return bool(bits & _RAW_EXEC and not bits & _RAW_SHARED)
+
+
+# The same, as a mask over the 16 perms values (bit b: perms bits b load code).
+_LOADED_BITS = sum(1 << b for b in range(16) if _loads_code(b))
+
 _PSEUDO_KINDS = {
     "[heap]": RegionKind.HEAP,
     "[stack]": RegionKind.STACK,
@@ -131,8 +141,10 @@ def classify_path(text: str) -> tuple[str, bool, int]:
     return path, deleted, int(RegionKind.UNSPECIFIED)
 
 
-def _parse_rest(rest: bytes) -> tuple[int, int, str, bool, int]:
-    """``major:minor inode [path]`` -> (device, inode, path, deleted, kind)."""
+@lru_cache(maxsize=4096)
+def parse_rest(rest: bytes) -> tuple[int, int, str, bool, int]:
+    """``major:minor inode [path]`` -> (device, inode, path, deleted, kind). Cached:
+    every process of a host maps the same few shared objects."""
     match = _MAPS_REST.fullmatch(rest)
     assert match is not None  # _MAPS_LINE only lets through rests of this shape
     major, minor, inode, raw_path = match.groups()
@@ -206,14 +218,13 @@ def _parse_maps(data: bytes) -> RegionTable:
         rests += map(canonical_rests.setdefault, batch_rests, batch_rests)
     if not starts:
         return RegionTable()
-    facts = {rest: _parse_rest(rest) for rest in set(rests)}
+    facts = {rest: parse_rest(rest) for rest in set(rests)}
     # A file the loader mapped (an executable or shared object) has an executable
     # segment; every mapping of that file is IMAGE, other file mappings MAPPED.
     image_files = set()
     for rest, perm in set(zip(rests, perms, strict=True)):
         device, inode = facts[rest][:2]
-        bits = _PERMS_BITS[perm]
-        if inode and bits & _RAW_EXEC and not bits & _RAW_SHARED:
+        if inode and _loads_code(_PERMS_BITS[perm]):
             image_files.add((device, inode))
     file_type = {
         rest: (
@@ -263,13 +274,13 @@ def _table_from_scan(accel: Any, scan: tuple[Any, ...]) -> RegionTable:
     starts, ends, offsets, bits, rest_index, rests, rest_bits = scan
     if not starts:
         return RegionTable()
-    facts = [_parse_rest(rest) for rest in rests]
+    facts = [parse_rest(rest) for rest in rests]
     # A file the loader mapped (an executable or shared object) has an executable
     # segment; every mapping of that file is IMAGE, other file mappings MAPPED.
     image_files = {
         (f[0], f[1])
         for f, seen in zip(facts, rest_bits, strict=True)
-        if f[1] and any(seen >> b & 1 and b & _RAW_EXEC and not b & _RAW_SHARED for b in range(16))
+        if f[1] and seen & _LOADED_BITS
     }
     # None: no file behind it, the type follows from the perms.
     file_type = [

@@ -51,6 +51,7 @@ def profile(load: Workload, rounds: int) -> dict[str, float]:
 
         def parsed(d: bytes = data, parse: Callable[[bytes], Any] = parse) -> Any:
             linux.classify_path.cache_clear()
+            linux.parse_rest.cache_clear()
             return parse(d)
 
         out[f"parse {name}"] = _median_ms(rounds, parsed)

@@ -10,7 +10,7 @@ Method (printed under the table too):
   (fork, exec, read, exit: ``cat`` itself costs ~1 ms of that).
 * vmatlas is timed inside a resident worker process (bench.worker), as the agent and
   the server are resident: imports are paid once, before timing; caches that would
-  favour a repeat (the path classifier) are cleared before each round.
+  favour a repeat (the path classifier and the maps-line facts) are cleared before each round.
 * Peak memory is the ru_maxrss of a fresh process doing one capture, vmatlas and psutil
   each in their own.
 
@@ -841,7 +841,7 @@ formatting of procfs text included) of the vmatlas worker's work with the CPU ti
 the reference command (fork, exec and exit included), so that other work on a shared
 machine does not blur the ratio; every other row is wall time.
 vmatlas is timed in a resident worker process (as the agent is resident): imports are
-paid before timing, the path cache is cleared every round. Snapshot = read + parse +
+paid before timing, the path caches are cleared every round. Snapshot = read + parse +
 summary + encode + serialize (a header and the region table's bytes, as the agent sends
 them). Peak RSS: ru_maxrss of a fresh process doing one capture (vmatlas: capture+encode;
 psutil: memory_maps(grouped=False)).

@@ -29,6 +29,7 @@ def _fresh_caches() -> None:
     from vmatlas.agents import linux
 
     linux.classify_path.cache_clear()
+    linux.parse_rest.cache_clear()
 
 
 def op_snapshot(pid: int, residency: bool = False) -> dict[str, Any]:

@@ -894,7 +894,16 @@ static PyObject *tally(PyObject *self, PyObject *args) {
     if (!same_lengths(lists, nlists, &n)) Py_RETURN_NONE;
     int nkeys = nlists - 2;
     tally_t *seen = PyMem_Calloc(MAX_KEYS, sizeof(tally_t));
-    if (seen == NULL) return PyErr_NoMemory();
+    /* Open addressing over the distinct keys: slot -> index into seen, -1 when free. */
+    enum { SLOTS = 4 * MAX_KEYS };
+    int16_t *slots = PyMem_Malloc(SLOTS * sizeof(int16_t));
+    if (seen == NULL || slots == NULL) {
+        PyMem_Free(seen);
+        PyMem_Free(slots);
+        return PyErr_NoMemory();
+    }
+    memset(slots, 0xff, SLOTS * sizeof(int16_t));
+    size_t key_bytes = (size_t)nkeys * sizeof(long);
     int nseen = 0, last = -1;
     PyObject *out = NULL;
     for (Py_ssize_t i = 0; i < n; i++) {
@@ -904,12 +913,17 @@ static PyObject *tally(PyObject *self, PyObject *args) {
         for (int k = 0; k < nkeys; k++)
             if (small_at(lists[2 + k], i, &key[k]) < 0) goto none;
         int j = last;
-        if (j < 0 || memcmp(seen[j].key, key, sizeof key) != 0) {
-            for (j = 0; j < nseen && memcmp(seen[j].key, key, sizeof key) != 0; j++) {
-            }
-            if (j == nseen) {
+        if (j < 0 || memcmp(seen[j].key, key, key_bytes) != 0) {
+            uint64_t h = 1469598103934665603ULL;
+            for (int k = 0; k < nkeys; k++) h = (h ^ (uint64_t)key[k]) * 1099511628211ULL;
+            size_t slot = (size_t)(h ^ h >> 29) & (SLOTS - 1);
+            while ((j = slots[slot]) >= 0 && memcmp(seen[j].key, key, key_bytes) != 0)
+                slot = (slot + 1) & (SLOTS - 1);
+            if (j < 0) {
                 if (nseen == MAX_KEYS) goto none;
-                memcpy(seen[nseen++].key, key, sizeof key);
+                j = nseen++;
+                memcpy(seen[j].key, key, sizeof key);
+                slots[slot] = (int16_t)j;
             }
             last = j;
         }
@@ -948,6 +962,7 @@ fail:
     Py_CLEAR(out);
 done:
     PyMem_Free(seen);
+    PyMem_Free(slots);
     return out;
 }
 
@@ -1036,15 +1051,17 @@ fail:
     return NULL;
 }
 
-/* free_gaps(starts, ends, states, free_state, [range_min, range_max]) -> [(start, end)]
- * as summary.free_gaps computes them, or None. */
+/* free_gaps(starts, ends, states, free_state, [range_min, range_max][, totals])
+ *   -> [(start, end)] as summary.free_gaps computes them, or with a true ``totals``
+ *      (bytes of all gaps, bytes of the largest) without listing them; or None. */
 static PyObject *free_gaps(PyObject *self, PyObject *args) {
     (void)self;
     PyObject *lists[3];
     long free_state;
     PyObject *range_objs;
-    if (!PyArg_ParseTuple(args, "OOOlO", &lists[0], &lists[1], &lists[2], &free_state,
-                          &range_objs))
+    int totals = 0;
+    if (!PyArg_ParseTuple(args, "OOOlO|p", &lists[0], &lists[1], &lists[2], &free_state,
+                          &range_objs, &totals))
         return NULL;
     uint64_t range_min, range_max;
     /* Ranges that are not 64-bit unsigned: the pure loop handles them. */
@@ -1055,24 +1072,36 @@ static PyObject *free_gaps(PyObject *self, PyObject *args) {
     if (!same_lengths(lists, 3, &n)) Py_RETURN_NONE;
     PyObject *out = PyList_New(0);
     if (out == NULL) return NULL;
-    uint64_t cursor = range_min;
-    for (Py_ssize_t i = 0; i < n; i++) {
+    uint64_t cursor = range_min, total = 0, largest = 0;
+    for (Py_ssize_t i = 0; i <= n; i++) {
         uint64_t s, e;
-        long state;
-        if (small_at(lists[2], i, &state) < 0 || u64_at(lists[0], i, &s) < 0 ||
-            u64_at(lists[1], i, &e) < 0)
-            goto none;
-        if (state == free_state || e <= cursor) continue;
+        if (i < n) {
+            long state;
+            if (small_at(lists[2], i, &state) < 0 || u64_at(lists[0], i, &s) < 0 ||
+                u64_at(lists[1], i, &e) < 0)
+                goto none;
+            if (state == free_state || e <= cursor) continue;
+            if (s >= range_max) s = e = range_max; /* the gap up to the range's end */
+        } else {
+            s = e = range_max;
+        }
+        if (s > cursor) {
+            if (totals) {
+                if (total + (s - cursor) < total) goto none; /* beyond 64 bits */
+                total += s - cursor;
+                if (s - cursor > largest) largest = s - cursor;
+            } else if (append_new(out, Py_BuildValue("(KK)", (unsigned long long)cursor,
+                                                     (unsigned long long)s)) < 0) {
+                goto fail;
+            }
+        }
         if (s >= range_max) break;
-        if (s > cursor && append_new(out, Py_BuildValue("(KK)", (unsigned long long)cursor,
-                                                       (unsigned long long)s)) < 0)
-            goto fail;
         cursor = e;
     }
-    if (cursor < range_max &&
-        append_new(out, Py_BuildValue("(KK)", (unsigned long long)cursor,
-                                      (unsigned long long)range_max)) < 0)
-        goto fail;
+    if (totals) {
+        Py_DECREF(out);
+        return Py_BuildValue("(KK)", (unsigned long long)total, (unsigned long long)largest);
+    }
     return out;
 none:
     Py_DECREF(out);

@@ -72,6 +72,24 @@ def unusable_bytes(gap_start: int, gap_end: int, granularity: int) -> int:
     return min(gap_end - gap_start, -gap_start % granularity)
 
 
+def _totals(gaps: list[tuple[int, int]]) -> tuple[int, int]:
+    """(bytes of all the gaps, bytes of the largest)."""
+    sizes = [end - start for start, end in gaps]
+    return sum(sizes), max(sizes, default=0)
+
+
+def _free_totals(table: RegionTable, range_min: int, range_max: int) -> tuple[int, int]:
+    """:func:`_totals` of :func:`free_gaps`, natively without listing the gaps."""
+    accel = native.accel
+    if accel is not None:
+        found = accel.free_gaps(
+            table.start, table.end, table.state, FREE, [range_min, range_max], True
+        )
+        if found is not None:
+            return found  # type: ignore[no-any-return]
+    return _totals(free_gaps(table, range_min, range_max))
+
+
 def _guard_by_itself(state: int, type_: int, protection: int) -> bool:
     """The guard rule's test of a region's own attributes: a private reservation with
     no access and no PAGE_GUARD (that one is a guard whatever its neighbours)."""
@@ -209,11 +227,12 @@ def summarize(
         table, {(state, type_, protection) for state, _, type_, protection in tallied}
     )
 
-    gaps = free_gaps(table, range_min, range_max)
-    free = sum(end - start for start, end in gaps)
-    largest_free = max((end - start for start, end in gaps), default=0)
     unusable = 0
-    if allocation_granularity_bytes > page_size_bytes:
+    if allocation_granularity_bytes <= page_size_bytes:
+        free, largest_free = _free_totals(table, range_min, range_max)
+    else:
+        gaps = free_gaps(table, range_min, range_max)
+        free, largest_free = _totals(gaps)
         unusable = sum(
             unusable_bytes(start, end, allocation_granularity_bytes) for start, end in gaps
         )

@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from tests.conftest import PAGE, Planter
-from vmatlas import errors, native, wire
+from vmatlas import errors, native, summary, wire
 from vmatlas.agents.linux import LinuxReader, parse_maps, parse_smaps
 from vmatlas.model import (
     RESIDENCY_FIELDS,
@@ -332,7 +332,11 @@ def test_generated_tables_summarize_and_encode_the_same(table: RegionTable, page
     guards = same_on_both(lambda: guard_indices(table))
     if not isinstance(guards, tuple):  # what a summary counts is what the diff lists
         assert same_on_both(lambda: guard_count(table)) == len(guards)
-    same_on_both(lambda: free_gaps(table, 1 << 16, 1 << 47))
+    gaps = same_on_both(lambda: free_gaps(table, 1 << 16, 1 << 47))
+    if not isinstance(gaps, tuple):  # the totals a summary keeps are those of the gaps
+        sizes = [end - start for start, end in gaps]
+        totals = same_on_both(lambda: summary._free_totals(table, 1 << 16, 1 << 47))
+        assert totals == (sum(sizes), max(sizes, default=0))
     same_on_both(lambda: free_gaps(table, -1, 1 << 70))
     data = same_on_both(lambda: wire.table_to_bytes(table, page_size_bytes=page))
     if isinstance(data, bytes):
