@@ -11,8 +11,10 @@ drops it at the end, and prints one table:
   process (the server's side of ingest: one replica core), and the database's CPU
   seconds read from its backend processes;
 * audit: what ``AnalysisService.Audit`` reads for 1,000 hosts x 200 processes (hosts,
-  every current process's latest summary, the trend window's points), then the audit
-  itself, as the servicer does it.
+  every current process's latest summary as light rows, the points of the series that
+  move in the trend window), then the audit itself, as the servicer does it; and as
+  reference in the same run, the same audit from full model objects of every process
+  and every trend point of the window.
 
 Targets (issue): ingest at least 20,000 summaries/s per server core on PostgreSQL; the
 audit of 1,000 x 200 read from PostgreSQL within 1 s.
@@ -35,6 +37,7 @@ import psutil
 import psycopg
 
 from bench.fleet import _host, summary_item
+from vmatlas.audit import audit
 from vmatlas.model import ProcessOrder, ProcessSummary
 from vmatlas.policy import DEFAULT_POLICY
 from vmatlas.server.domain.analysis import TREND_MIN_MAP_COUNT, Analysis
@@ -197,6 +200,29 @@ def audit_reads(store: Store) -> tuple[float, float, int]:
     return read, time.perf_counter() - began, count
 
 
+def audit_everything(store: Store) -> tuple[float, float]:
+    """(seconds, 0): the reference: the same audit from full model objects of every
+    current process and every trend point of the window (the reads an audit made
+    before it read light rows and only the series that move)."""
+    began = time.perf_counter()
+    now = time.time()
+    hosts = [status.host for status in store.hosts()]
+    processes: dict[str, list[ProcessSummary]] = {}
+    for fleet_process in store.latest_summaries_all_hosts():
+        processes.setdefault(fleet_process.host_id, []).append(fleet_process.item)
+    series = store.map_count_series(now - DEFAULT_POLICY.trend.window_seconds, now)
+    history = {
+        (host_id, item.process.pid): series.get(
+            (host_id, item.process.pid, item.process.start_time), []
+        )
+        for host_id, items in processes.items()
+        for item in items
+        if item.summary.map_count >= TREND_MIN_MAP_COUNT
+    }
+    audit(hosts, processes, history, policy=DEFAULT_POLICY, now=now)
+    return time.perf_counter() - began, 0.0
+
+
 def audit_rows(store: Store) -> tuple[float, int]:
     """(seconds, rows): the same reads as raw rows from the database, before they
     become rows the audit reads: the database's and the driver's share of the audit."""
@@ -265,6 +291,8 @@ def main(argv: list[str] | None = None) -> int:
                 pg_read, pg_all, count = best(3, lambda: audit_reads(postgres))
                 sq_rows, rows = best(3, lambda: audit_rows(sqlite))
                 pg_rows, rows = best(3, lambda: audit_rows(postgres))
+                sq_ref, _ = best(3, lambda: audit_everything(sqlite))
+                pg_ref, _ = best(3, lambda: audit_everything(postgres))
             finally:
                 sqlite.close()
                 postgres.close()
@@ -276,6 +304,11 @@ def main(argv: list[str] | None = None) -> int:
         lines.append(
             f"{f'audit reads, {name}, PostgreSQL':<34} {pg_read:.3f} s reading, "
             f"{pg_all:.3f} s for the whole audit ({pg_read / sq_read:.2f}x SQLite's reading)"
+        )
+        lines.append(
+            f"{'  reference: from every summary':<34} PostgreSQL {pg_ref:.3f} s "
+            f"({pg_ref / pg_all:.1f}x), SQLite {sq_ref:.3f} s ({sq_ref / sq_all:.1f}x): full "
+            "model objects of every process and every trend point"
         )
         lines.append(
             f"{'  of which rows from the database':<34} PostgreSQL {pg_rows:.3f} s, SQLite "
