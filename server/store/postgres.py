@@ -485,9 +485,18 @@ class PostgresBackend:
                         q.dropped_push_count, h.access_denied_count
                       FROM hosts h LEFT JOIN push_sequences q ON q.host_id = h.host_id"""
 
+    # Every host's count in one pass over the current set: counting per host (above)
+    # visits each host's rows through the index, 0.4 s for 1,000 hosts of 200.
+    _HOSTS_SELECT = """SELECT h.facts::text, h.online, h.first_seen_time, h.last_seen_time,
+                         coalesce(c.count, 0), q.dropped_push_count, h.access_denied_count
+                       FROM hosts h LEFT JOIN push_sequences q ON q.host_id = h.host_id
+                         LEFT JOIN (SELECT host_id, count(*) AS count FROM processes
+                                    WHERE current GROUP BY host_id) c ON c.host_id = h.host_id
+                       ORDER BY h.host_id"""
+
     def host_rows(self, host_id: str | None) -> list[tuple[Any, ...]]:
         if host_id is None:
-            return self.read(self._HOST_SELECT + " ORDER BY h.host_id")
+            return self.read(self._HOSTS_SELECT)
         return self.read(self._HOST_SELECT + " WHERE h.host_id = %s", (host_id,))
 
     def current_rows(self, where: ProcessFilter, *, light: bool = False) -> list[tuple[Any, ...]]:
