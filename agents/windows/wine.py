@@ -47,7 +47,7 @@ MINGW_GCC = "x86_64-w64-mingw32-gcc"
 MINGW_GCC_32 = "i686-w64-mingw32-gcc"
 WINE = "wine"
 # Where distributions put the loaders when no `wine` command is on PATH (Debian's
-# wine64 package alone installs only these).
+# wine64 package alone installs only these); the second is the 32-bit one (wine32).
 WINE_LOADERS = ("/usr/lib/wine/wine64", "/usr/lib/wine/wine")
 WINESERVERS = ("/usr/lib/wine/wineserver64", "/usr/lib/wine/wineserver")
 WINE_INSTALL_HINT = "on Debian or Ubuntu, as root: apt-get install wine wine64"
@@ -112,8 +112,12 @@ def build_helper(
 
 
 def find_wine(wine: str = WINE, loaders: tuple[str, ...] = WINE_LOADERS) -> str | None:
-    """The Wine command: ``wine`` on PATH, else the distribution's loader itself."""
-    for candidate in (wine, *loaders):
+    """The command that runs a 64-bit Windows program as a process of its own: the
+    distribution's 64-bit loader (the first of ``loaders``), else ``wine``, else the
+    other loaders. Not ``wine`` first: once the 32-bit loader is installed, Debian's
+    ``wine`` is that loader, and it runs a 64-bit program as the child of a
+    ``start.exe`` of its own."""
+    for candidate in (*loaders[:1], wine, *loaders[1:]):
         path = shutil.which(candidate)
         if path is not None:
             return path
