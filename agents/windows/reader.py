@@ -87,9 +87,13 @@ _TYPES = {
     MEM_MAPPED: RegionType.MAPPED,
     MEM_PRIVATE: RegionType.PRIVATE,
 }
+# A 32-bit process's own range, as GetSystemInfo reports it to the process (highest
+# address + 1): its 2 GiB, or 4 GiB when large-address-aware, less the 64 KiB no-access
+# regions at either end. A 64-bit reader's walk can go past the top (WOW64's own
+# reservations, 64-bit modules), which is not the process's to allocate.
 _WOW64_ADDRESS_MIN = 0x10000
-_WOW64_ADDRESS_MAX = 1 << 31
-_WOW64_LARGE_ADDRESS_MAX = 1 << 32
+_WOW64_ADDRESS_MAX = 0x7FFF0000
+_WOW64_LARGE_ADDRESS_MAX = 0xFFFF0000
 _IMAGE_FILE_LARGE_ADDRESS_AWARE = 0x0020
 
 

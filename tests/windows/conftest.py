@@ -16,6 +16,7 @@ import pytest
 
 from vmatlas.agents.windows.wine import (
     MINGW_GCC,
+    MINGW_GCC_32,
     WINE_LOADERS,
     WineApi,
     find_wine,
@@ -137,6 +138,63 @@ def short_planter(
     if planted.process.poll() is None:
         planted.process.kill()
         planted.process.wait()
+
+
+@pytest.fixture(scope="session")
+def wow64_exes(tmp_path_factory: pytest.TempPathFactory) -> dict[bool, Path]:
+    """The planter built as a 32-bit program: without (False) and with (True) the
+    large-address-aware bit. Named apart from the 64-bit planter, so that the tests
+    that look for that one by name do not find these."""
+    if shutil.which(MINGW_GCC_32) is None:
+        require(
+            MINGW_GCC_32,
+            "run `sudo tools/system-deps`; on Debian or Ubuntu: apt-get install gcc-mingw-w64-i686",
+        )
+    out = tmp_path_factory.mktemp("wow64")
+    built = {}
+    for large in (False, True):
+        exe = out / f"wow64{'-laa' if large else ''}.exe"
+        command = [MINGW_GCC_32, "-O1", "-municode", "-o", str(exe), str(HERE / "planter.c")]
+        if large:
+            command.append("-Wl,--large-address-aware")
+        subprocess.run([*command, "-lpsapi"], check=True)
+        built[large] = exe
+    return built
+
+
+@pytest.fixture(scope="session")
+def wine32_env(wine_env: dict[str, str]) -> dict[str, str]:
+    """The session prefix's environment for Wine's 32-bit loader (Debian's wine32),
+    which runs 32-bit programs under WOW64 in that 64-bit prefix."""
+    loader = WINE_LOADERS[1]
+    if not os.access(loader, os.X_OK):
+        require(
+            f"Wine's 32-bit loader ({loader})",
+            "run `sudo tools/system-deps` (or `make test` as root); on Debian or Ubuntu that "
+            "is dpkg --add-architecture i386, apt-get update, apt-get install wine32:i386",
+            "VMATLAS_REQUIRE_WINE32",
+        )
+    return {**wine_env, "WINELOADER": loader}
+
+
+@pytest.fixture(scope="session")
+def wow64_planters(
+    wine_api: WineApi,
+    wine32_env: dict[str, str],
+    wow64_exes: dict[bool, Path],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[dict[bool, Planter]]:
+    """The 32-bit planters running, without and with large-address-aware."""
+    directory = tmp_path_factory.mktemp("wow64-views")
+    started: dict[bool, Planter] = {}
+    try:
+        for large, exe in wow64_exes.items():
+            view = directory / f"{exe.stem}.bin"
+            started[large] = start_planter(wine32_env["WINELOADER"], exe, wine32_env, view)
+        yield started
+    finally:
+        for planted in started.values():
+            planted.exit()
 
 
 @pytest.fixture(scope="session")

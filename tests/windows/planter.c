@@ -8,6 +8,9 @@
  *            GetMappedFileNameW's answer, or "-"), then "end"
  *   info  -> "info PAGESIZE GRANULARITY MINADDRESS MAXADDRESS" (GetSystemInfo, hex)
  *   small N -> N more separate 4 KiB allocations (each takes a 64 KiB granule); "ok"
+ *   carve -> reserves every other 16 MiB of each free region, leaving no free block of
+ *            32 MiB or more (for 32-bit programs: a 64-bit one's range is too large);
+ *            "ok N" with the number of reservations
  *   exit  -> ends the process
  * End of input ends the process too.
  */
@@ -64,6 +67,28 @@ static void walk(void)
                (unsigned long long)m->RegionSize, m->State, m->Protect, m->Type, name);
     }
     printf("end\n");
+    fflush(stdout);
+}
+
+#define CARVE 0x1000000
+
+static void carve(void)
+{
+    SYSTEM_INFO info;
+    MEMORY_BASIC_INFORMATION m;
+    unsigned count = 0;
+    GetSystemInfo(&info);
+    char *address = info.lpMinimumApplicationAddress;
+    while (address < (char *)info.lpMaximumApplicationAddress && VirtualQuery(address, &m, sizeof(m))) {
+        char *end = (char *)m.BaseAddress + m.RegionSize;
+        if (m.State == MEM_FREE) {
+            char *block = (char *)(((ULONG_PTR)m.BaseAddress + 0xFFFF) & ~(ULONG_PTR)0xFFFF);
+            for (; block + CARVE <= end; block += 2 * CARVE)
+                if (VirtualAlloc(block, CARVE, MEM_RESERVE, PAGE_NOACCESS)) count++;
+        }
+        address = end;
+    }
+    printf("ok %u\n", count);
     fflush(stdout);
 }
 
@@ -127,6 +152,7 @@ int wmain(int argc, WCHAR **argv)
             printf("ok\n");
             fflush(stdout);
         }
+        else if (!strncmp(line, "carve", 5)) carve();
         else if (!strncmp(line, "exit", 4)) ExitProcess(0);
     }
     return 0;

@@ -73,6 +73,16 @@ class Planter:
         answer = self.process.stdout.readline().strip()
         assert answer == "ok", answer
 
+    def carve(self) -> int:
+        """Reserves every other 16 MiB of each free region (a 32-bit program only);
+        returns how many reservations it made."""
+        assert self.process.stdin is not None and self.process.stdout is not None
+        self.process.stdin.write("carve\n")
+        self.process.stdin.flush()
+        word, count = self.process.stdout.readline().split()
+        assert word == "ok", (word, count)
+        return int(count)
+
     def exit(self) -> None:
         if self.process.poll() is None:
             assert self.process.stdin is not None

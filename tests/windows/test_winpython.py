@@ -21,10 +21,11 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import wait_for
+from vmatlas.agents.windows.win32 import MEM_FREE
 from vmatlas.agents.windows.wine import WineApi
 from vmatlas.client import Client
 from vmatlas.fleet import HostStatus
-from vmatlas.model import OperatingSystem, RegionState, RegionType
+from vmatlas.model import OperatingSystem, ProcessSummary, RegionState, RegionType
 from vmatlas.server.app import FleetServer, ServerConfig
 
 from .planting import Planter, assert_matches_walk, start_planter
@@ -203,6 +204,40 @@ def test_a_fresh_snapshot_equals_the_programs_own_walk(
     assert all(
         r.path[1:3] == ":\\" for r in rows if r.type in (RegionType.IMAGE, RegionType.MAPPED)
     )
+
+
+@pytest.mark.parametrize("large", [False, True], ids=["2GiB", "4GiB-large-address-aware"])
+def test_a_32_bit_program_is_read_over_its_own_range(
+    agents: dict[str, WindowsProcess],
+    client: Client,
+    wow64_planters: dict[bool, Planter],
+    large: bool,
+) -> None:
+    """A 64-bit agent reading a 32-bit (WOW64) program, as on Windows: the snapshot and
+    the pushed summary are over the program's own 2 GiB (4 GiB large-address-aware)."""
+    planter = wow64_planters[large]
+    _, _, low, high = planter.system_info()
+    before = planter.walk()
+    snapshot = client.snapshot(planter.windows_pid, host=FAST, include_free=True)
+    assert planter.walk() == before, "the planter's layout moved while it was read"
+    process = snapshot.process
+    assert process.pointer_bits == 32
+    assert (process.user_address_min, process.user_address_max) == (low, high + 1)
+    assert high + 1 == (0xFFFF0000 if large else 0x7FFF0000)
+    assert_matches_walk(snapshot, before)
+    free = [own.size for own in before if own.state == MEM_FREE]
+    assert (snapshot.summary.free_bytes, snapshot.summary.largest_free_bytes) == (
+        sum(free),
+        max(free),
+    )
+
+    def pushed() -> list[ProcessSummary]:
+        history = client.history(host=FAST, pid=planter.windows_pid).summaries
+        return [s for s in history if s.capture_time > snapshot.capture_time]
+
+    (latest, *_) = wait_for(pushed, timeout=60, what="a summary pushed after the snapshot")
+    assert latest.process.pointer_bits == 32
+    assert latest.summary == snapshot.summary
 
 
 def test_summaries_are_pushed_on_the_interval(
