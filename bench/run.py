@@ -11,7 +11,7 @@ Method (printed under the table too):
 * vmatlas is timed inside a resident worker process (bench.worker), as the agent and
   the server are resident: imports are paid once, before timing; caches that would
   favour a repeat (the path classifier and the maps-line facts) are cleared before each round.
-* Peak memory is the ru_maxrss of a fresh process doing one capture, vmatlas and psutil
+* Peak memory is the VmHWM of a fresh process doing one capture, vmatlas and psutil
   each in their own.
 
 No row is a pass/fail test: the command always exits 0 once the table is printed.
@@ -843,7 +843,7 @@ machine does not blur the ratio; every other row is wall time.
 vmatlas is timed in a resident worker process (as the agent is resident): imports are
 paid before timing, the path caches are cleared every round. Snapshot = read + parse +
 summary + encode + serialize (a header and the region table's bytes, as the agent sends
-them). Peak RSS: ru_maxrss of a fresh process doing one capture (vmatlas: capture+encode;
+them). Peak RSS: VmHWM of a fresh process doing one capture (vmatlas: capture+encode;
 psutil: memory_maps(grouped=False)).
 Server rows run `vmatlas server` as a subprocess (127.0.0.1:0, temporary data dir, rate
 limit raised). Via server: a real `vmatlas agent --server` streams to it; the client's

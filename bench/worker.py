@@ -5,14 +5,13 @@ JSON line on stdout: a resident process, as an agent or a server is, whose impor
 paid once. Each operation times only the work it names (time.perf_counter).
 
 ``python -m bench.worker peak-snapshot PID`` and ``peak-psutil PID`` run one capture in
-a fresh process and print its peak RSS (ru_maxrss), for the memory comparison.
+a fresh process and print its peak RSS (VmHWM), for the memory comparison.
 """
 
 from __future__ import annotations
 
 import gzip
 import json
-import resource
 import sys
 import time
 from collections.abc import Callable
@@ -23,6 +22,17 @@ import psutil
 
 def _rss_bytes() -> int:
     return psutil.Process().memory_info().rss
+
+
+def _peak_rss_bytes() -> int:
+    """This process's own peak RSS (VmHWM). Not ru_maxrss: Linux carries that across
+    exec from the process that forked it, so a child of a large parent (the benchmark
+    harness, tens of MiB by then) reports the parent's size, whatever it did itself."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
 
 
 def _fresh_caches() -> None:
@@ -237,7 +247,7 @@ def peak(kind: str, pid: int) -> None:
     else:
         before = _rss_bytes()
         assert psutil.Process(pid).memory_maps(grouped=False)
-    peak_bytes = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak_bytes = _peak_rss_bytes()
     print(json.dumps({"peak_bytes": peak_bytes, "before_bytes": before}), flush=True)
 
 
