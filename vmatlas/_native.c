@@ -805,7 +805,11 @@ static PyObject *take(PyObject *self, PyObject *args) {
         long k;
         if (small_at(index, i, &k) < 0 || k < 0) {
             Py_DECREF(out);
-            PyErr_SetString(PyExc_TypeError, "take: an index is not a small non-negative int");
+            /* An int too large for a list is past its end, as the pure path says. */
+            if (PyLong_Check(PyList_GET_ITEM(index, i)))
+                PyErr_SetString(PyExc_IndexError, "list index out of range");
+            else
+                PyErr_SetString(PyExc_TypeError, "take: an index is not an int");
             return NULL;
         }
         if (put_item(out, i, values, k) < 0) {

@@ -377,3 +377,15 @@ def test_serialized_tables_damaged_or_not_decode_the_same(data: bytes) -> None:
     except Exception:  # not a message at all: table_from_bytes said so above
         return
     same_on_both(lambda: wire.table_from_pb(message))
+
+
+@pytest.mark.parametrize("index", [[0, 3], [2**31], [2**32 - 1]])
+def test_an_index_past_the_end_is_refused_alike(index: list[int]) -> None:
+    # A wire table's file index is a uint32 from the agent: any of them may be past
+    # the end, and both paths must say so the same way.
+    column = ["a", "b", "c"]
+    assert same_on_both(lambda: wire._take(column, index)) == (
+        "raised",
+        "IndexError",
+        "list index out of range",
+    )
