@@ -84,12 +84,12 @@ class FleetCalls:
 def refused(target: str) -> bool:
     """Whether the server refuses a new client's call (it is draining, or gone). A new
     channel each time: a call on a connection the server is closing may be cancelled
-    instead, and is tried again."""
+    instead, or on a loaded machine outlast its deadline, and is tried again."""
     with FleetCalls(target) as calls:
         try:
             calls.stub.ListHosts(fleet_pb2.ListHostsRequest(), timeout=5)
         except grpc.RpcError as exc:
-            if exc.code() == grpc.StatusCode.CANCELLED:
+            if exc.code() in (grpc.StatusCode.CANCELLED, grpc.StatusCode.DEADLINE_EXCEEDED):
                 return False
             assert exc.code() == grpc.StatusCode.UNAVAILABLE, exc
             return True
