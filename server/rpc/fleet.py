@@ -18,7 +18,7 @@ from vmatlas.model import SnapshotView
 from vmatlas.security.auth import caller as current_caller
 from vmatlas.server.domain.fleet import Caller, FleetQueries
 from vmatlas.server.domain.hub import SnapshotRequest
-from vmatlas.v1 import fleet_pb2, fleet_pb2_grpc
+from vmatlas.v1 import fleet_pb2, fleet_pb2_grpc, replica_pb2
 
 SERVICE_NAME = fleet_pb2.DESCRIPTOR.services_by_name["FleetService"].full_name
 
@@ -35,7 +35,11 @@ def snapshot_view_from_pb(value: int) -> SnapshotView:
         raise errors.InvalidArgument(f"unknown snapshot view {value}") from None
 
 
-def snapshot_request_from_pb(request: fleet_pb2.GetHostSnapshotRequest) -> SnapshotRequest:
+def snapshot_request_from_pb(
+    request: fleet_pb2.GetHostSnapshotRequest | replica_pb2.TakeHostSnapshotRequest,
+) -> SnapshotRequest:
+    """The request's snapshot options, as a client asked for them or as a peer
+    forwarded them: both messages carry the same four fields."""
     return SnapshotRequest(
         pid=request.pid,
         include_free=request.include_free,

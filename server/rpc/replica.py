@@ -21,7 +21,7 @@ from vmatlas.grpcutil import channel_options, error_from_rpc, maps_errors
 from vmatlas.security.tokens import Role
 from vmatlas.server.domain.fleet import Caller, FleetQueries, HostSnapshot
 from vmatlas.server.domain.hub import Replica, SnapshotRequest
-from vmatlas.server.rpc.fleet import snapshot_view_from_pb, time_left
+from vmatlas.server.rpc.fleet import snapshot_request_from_pb, time_left
 from vmatlas.server.store import SnapshotRecord
 from vmatlas.v1 import replica_pb2, replica_pb2_grpc
 
@@ -70,12 +70,7 @@ class ReplicaServicer(replica_pb2_grpc.ReplicaServiceServicer):
         )
         found = await self.queries.held_snapshot_async(
             request.host_id,
-            SnapshotRequest(
-                pid=request.pid,
-                include_free=request.include_free,
-                include_residency=request.include_residency,
-                view=snapshot_view_from_pb(request.view),
-            ),
+            snapshot_request_from_pb(request),
             timeout_seconds=time_left(context),
         )
         if found is None:
