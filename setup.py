@@ -5,16 +5,25 @@ build leaves the pure-Python path, which gives the same results (setuptools' opt
 extension). VMATLAS_NO_NATIVE=1 makes a pure wheel, as Windows installs want.
 """
 
+import hashlib
 import os
 import sys
 
 from setuptools import Extension, setup
 
+SOURCE = "vmatlas/_native.c"
+# The build carries its source's digest, so that an extension left behind by an older
+# checkout is told apart from a current one (vmatlas/native.py) instead of failing deep
+# inside a call with a changed signature.
+with open(SOURCE, "rb") as source:
+    digest = hashlib.sha256(source.read()).hexdigest()
+
 native = [
     Extension(
         "vmatlas._native",
-        ["vmatlas/_native.c"],
+        [SOURCE],
         optional=True,
+        define_macros=[("VMATLAS_NATIVE_SOURCE_SHA256", f'"{digest}"')],
         extra_compile_args=[] if sys.platform == "win32" else ["-O2", "-std=c11", "-Wall"],
     )
 ]

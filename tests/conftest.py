@@ -263,8 +263,9 @@ def capture_path(request: pytest.FixtureRequest) -> Iterator[str]:
 
     if request.param == "native" and not native.available():
         message = (
-            "the C extension vmatlas._native is not built: `make install-dev` builds it "
-            "where a C compiler is present (and VMATLAS_NO_NATIVE is unset)"
+            f"the C extension vmatlas._native is not in use ({native.describe()}): "
+            "`make install-dev` builds it where a C compiler is present (and "
+            "VMATLAS_NO_NATIVE is unset)"
         )
         if os.environ.get("VMATLAS_REQUIRE_NATIVE"):
             pytest.fail(message)

@@ -1573,5 +1573,12 @@ static struct PyModuleDef module = {
 
 PyMODINIT_FUNC PyInit__native(void) {
     init_hex();
-    return PyModule_Create(&module);
+    PyObject *m = PyModule_Create(&module);
+#ifdef VMATLAS_NATIVE_SOURCE_SHA256
+    if (m != NULL && PyModule_AddStringConstant(m, "SOURCE_SHA256", VMATLAS_NATIVE_SOURCE_SHA256) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+#endif
+    return m;
 }

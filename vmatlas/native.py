@@ -9,17 +9,35 @@ Python, once, and handed to it as tables. Tests switch paths with :func:`use`.
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from types import ModuleType
 
-_built: ModuleType | None
-try:
-    _built = importlib.import_module("vmatlas._native")
-except ImportError:
-    _built = None
+_SOURCE = Path(__file__).with_name("_native.c")
+
+
+def _load() -> tuple[ModuleType | None, bool]:
+    """The built extension, or None; and whether one was found built from another
+    version of its source (a checkout updated without rebuilding: its calls would not
+    match their callers here). An installed package ships no source: nothing to check."""
+    try:
+        module = importlib.import_module("vmatlas._native")
+    except ImportError:
+        return None, False
+    try:
+        source = _SOURCE.read_bytes()
+    except OSError:
+        return module, False
+    if getattr(module, "SOURCE_SHA256", None) != hashlib.sha256(source).hexdigest():
+        return None, True
+    return module, False
+
+
+_built, _stale = _load()
 
 # The active accelerator, or None for the pure path; read at each call, not imported.
 accel: ModuleType | None = None if os.environ.get("VMATLAS_NO_NATIVE") else _built
@@ -34,6 +52,8 @@ def describe() -> str:
     """One line naming the active capture path, for ``vmatlas --version``."""
     if accel is not None:
         return "native capture (C extension)"
+    if _stale:
+        return "pure-Python capture (C extension out of date: rebuild it with make install-dev)"
     if _built is None:
         return "pure-Python capture (C extension not built)"
     return "pure-Python capture (VMATLAS_NO_NATIVE set)"
@@ -44,7 +64,8 @@ def use(native: bool) -> Iterator[None]:
     """Run the body on the native path (it must be built) or on the pure one."""
     global accel
     if native and _built is None:
-        raise RuntimeError("the vmatlas C extension is not built")
+        state = "out of date (make install-dev rebuilds it)" if _stale else "not built"
+        raise RuntimeError(f"the vmatlas C extension is {state}")
     saved = accel
     accel = _built if native else None
     try:

@@ -43,10 +43,28 @@ SETTINGS = settings(max_examples=100, deadline=None, suppress_health_check=[Heal
 @pytest.fixture(autouse=True)
 def built() -> None:
     if not native.available():
-        message = "the C extension vmatlas._native is not built: `make install-dev` builds it"
+        message = (
+            f"the C extension vmatlas._native is not in use ({native.describe()}): "
+            "`make install-dev` builds it"
+        )
         if os.environ.get("VMATLAS_REQUIRE_NATIVE"):
             pytest.fail(message)
         pytest.skip(message)
+
+
+def test_an_extension_built_from_other_source_is_not_used(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The one in use was built from the source beside it; an edit to that source
+    # without a rebuild sets it aside rather than calling it with other arguments.
+    assert native._load() == (native._built, False)
+    edited = tmp_path / "_native.c"
+    edited.write_bytes(native._SOURCE.read_bytes() + b"\n/* edited */\n")
+    monkeypatch.setattr(native, "_SOURCE", edited)
+    assert native._load() == (None, True)
+    # An installed package carries no source: the extension is taken as built.
+    monkeypatch.setattr(native, "_SOURCE", tmp_path / "absent.c")
+    assert native._load() == (native._built, False)
 
 
 def outcome(work: Callable[[], Any]) -> Any:
