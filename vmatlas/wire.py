@@ -221,6 +221,7 @@ _DEFLATE_LEVEL = 6
 # residency (a million regions) is about this size.
 INFLATE_MAX_BYTES = 256 * 1024 * 1024
 _DEFLATED_FIELD = pb.RegionTable.DESCRIPTOR.fields_by_name["deflated"].number
+_DEFLATED_TAG = bytes([_DEFLATED_FIELD << 3 | 2, 1])  # field 23 needs a two-byte tag
 
 
 def deflate_table(data: bytes) -> bytes:
@@ -229,25 +230,49 @@ def deflate_table(data: bytes) -> bytes:
     if len(data) > DEFLATE_MAX_BYTES:
         return data
     packed = zlib.compress(data, _DEFLATE_LEVEL)
-    out = b"".join((_varint(_DEFLATED_FIELD << 3 | 2), _varint(len(packed)), packed))
+    out = b"".join((_DEFLATED_TAG, _varint(len(packed)), packed))
     return out if len(out) < len(data) else data
 
 
-def _inflated(message: pb.RegionTable) -> pb.RegionTable:
-    """The plain table a deflated one carries. Raises ValueError when it does not
-    inflate, inflates beyond INFLATE_MAX_BYTES, is not a RegionTable, holds another
-    deflated table, or comes with plain columns beside it."""
-    if len(message.ListFields()) != 1:
-        raise ValueError("region table has both deflated bytes and plain columns")
+def _inflate(deflated: bytes) -> bytes:
+    """The serialized plain table that a deflated table's bytes hold. Raises ValueError
+    when they do not inflate, inflate beyond INFLATE_MAX_BYTES, or are cut short or
+    run on."""
     inflater = zlib.decompressobj()
     try:
-        data = inflater.decompress(message.deflated, INFLATE_MAX_BYTES)
+        data = inflater.decompress(deflated, INFLATE_MAX_BYTES)
     except zlib.error as exc:
         raise ValueError(f"region table's deflated bytes do not inflate: {exc}") from None
     if inflater.unconsumed_tail:
         raise ValueError(f"region table inflates beyond {INFLATE_MAX_BYTES >> 20} MiB")
     if not inflater.eof or inflater.unused_data:
         raise ValueError("region table's deflated bytes are cut short or run on")
+    return data
+
+
+def _deflated_only(data: bytes) -> bytes | None:
+    """The deflated bytes of a serialized table that is that one field and nothing
+    else (as :func:`deflate_table` writes it), or None for any other table."""
+    if not data.startswith(_DEFLATED_TAG):
+        return None
+    length, shift, at = 0, 0, len(_DEFLATED_TAG)
+    while at < len(data) and shift < 64:
+        byte = data[at]
+        length |= (byte & 0x7F) << shift
+        at += 1
+        if not byte & 0x80:
+            return data[at:] if at + length == len(data) else None
+        shift += 7
+    return None
+
+
+def _inflated(message: pb.RegionTable) -> pb.RegionTable:
+    """The plain table a deflated one carries. Raises ValueError as :func:`_inflate`
+    does, and when it is not a RegionTable, holds another deflated table, or comes
+    with plain columns beside it."""
+    if len(message.ListFields()) != 1:
+        raise ValueError("region table has both deflated bytes and plain columns")
+    data = _inflate(message.deflated)
     inner = pb.RegionTable()
     try:
         inner.ParseFromString(data)
@@ -369,9 +394,15 @@ def table_from_pb(message: pb.RegionTable) -> RegionTable:
 def table_from_bytes(data: bytes) -> RegionTable:
     """A serialized RegionTable (as :func:`snapshot_parts` makes it). Raises ValueError
     when the bytes are not one or the table is malformed."""
-    columns = native.accel.decode(data, _DECODE_SPEC) if native.accel is not None else None
-    if columns is not None:
-        return _table_from_columns(columns)
+    if native.accel is not None:
+        # A deflated table is inflated here and its plain bytes read natively: parsing
+        # it with upb first would read the table twice more.
+        deflated = _deflated_only(data)
+        columns = native.accel.decode(
+            data if deflated is None else _inflate(deflated), _DECODE_SPEC
+        )
+        if columns is not None:
+            return _table_from_columns(columns)
     message = pb.RegionTable()
     try:
         message.ParseFromString(data)
