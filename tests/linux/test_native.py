@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from tests.conftest import PAGE, Planter
 from vmatlas import errors, native, summary, wire
-from vmatlas.agents.linux import LinuxReader, parse_maps, parse_smaps
+from vmatlas.agents.linux import _SMAPS_KEYS_BYTES, LinuxReader, parse_maps, parse_smaps
 from vmatlas.model import (
     RESIDENCY_FIELDS,
     Host,
@@ -261,6 +261,18 @@ def streamed(text: str | bytes, procfs: Path) -> Any:
     return LinuxReader(str(procfs)).regions(1, residency=True)
 
 
+def scanned_as_read(data: bytes, tmp_path: Path) -> bool:
+    """Whether the native scan takes ``data`` as it reads it (not leaving it to the
+    whole-text parse, which would give the same table)."""
+    path = tmp_path / "scanned"
+    path.write_bytes(data)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return native._built.scan_smaps_fd(fd, _SMAPS_KEYS_BYTES) is not None  # type: ignore[union-attr]
+    finally:
+        os.close(fd)
+
+
 @SETTINGS
 @given(smaps_text())
 def test_generated_smaps_text_reads_the_same(text: str) -> None:
@@ -277,7 +289,9 @@ def test_smaps_streamed_through_the_buffer_reads_the_same(planter: Planter, tmp_
     assert len(smaps) > 1 << 20  # four times the reading buffer and more
     whole = same_on_both(lambda: parse_smaps(smaps))
     assert same_on_both(lambda: streamed(smaps, tmp_path)) == whole
+    assert scanned_as_read(smaps, tmp_path)
     long_line = smaps.replace(b"VmFlags:", b"VmFlags:" + b" rd" * 200_000, 1)
+    assert scanned_as_read(long_line, tmp_path)
     long_whole = same_on_both(lambda: parse_smaps(long_line))
     assert len(long_whole) == len(whole)
     assert same_on_both(lambda: streamed(long_line, tmp_path)) == long_whole
