@@ -17,7 +17,9 @@ architectures), without recommends:
   on that exact version). That undoes a security update of those packages until the
   mirror delivers its i386 build, so they are named, and the install is refused if apt
   would remove anything or move back anything else. Once the mirror has both builds,
-  ``apt-get upgrade`` moves both architectures up together.
+  ``apt-get upgrade`` moves both architectures up together. Moving back happens only
+  when ``VMATLAS_I386_ALLOW_DOWNGRADE=1`` is set (CI sets it on its throwaway machines);
+  otherwise the plan is printed and nothing installed.
 
 Exit status 0: installed, or nothing to do; 1: not installed, the reason on stderr.
 Run as root (``--dry-run`` does not need it).
@@ -25,6 +27,7 @@ Run as root (``--dry-run`` does not need it).
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -138,6 +141,13 @@ def main(arguments: list[str]) -> int:
         print("moving back to the version of their i386 builds:", *moves, file=sys.stderr)
     if dry_run:
         return 0
+    if moves and os.environ.get("VMATLAS_I386_ALLOW_DOWNGRADE") != "1":
+        print(
+            "not installed: that undoes security updates of the packages above until the "
+            "mirror has their i386 builds; set VMATLAS_I386_ALLOW_DOWNGRADE=1 to allow it",
+            file=sys.stderr,
+        )
+        return 1
     names = [move.split("=")[0] for move in moves]
     automatic = output("apt-mark", "showauto", *names).split() if names else []
     if subprocess.run(plan, stdout=subprocess.DEVNULL).returncode != 0:
