@@ -107,7 +107,6 @@ class Telemetry:
 _TIMED = frozenset(
     {
         "put_host",
-        "mark_online",
         "renew_hosts",
         "mark_offline",
         "put_summaries",

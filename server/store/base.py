@@ -105,9 +105,6 @@ class Store(Protocol):
     def put_host(self, host: Host, now: float) -> None:
         """Record (or update) a host's facts and mark it online, last seen ``now``."""
 
-    def mark_online(self, host_id: str, now: float) -> None:
-        """The host's agent is connected and was heard from at ``now``."""
-
     def mark_offline(self, host_id: str) -> None:
         """The host's agent is gone; its history stays."""
 
@@ -228,19 +225,16 @@ class Store(Protocol):
         close its stream. StoreConflict, naming the holder, when a live record holds
         the host for another agent instance (two agents with one host id)."""
 
-    def renew_host(self, held: HostOwnership, *, now: float, ttl_seconds: float) -> HostOwnership:
-        """Extend ``held`` to ``now + ttl_seconds``. StoreConflict when the host's
-        record is no longer ``held`` (another claim bumped the epoch, or it was
-        released): the caller has lost the host and must close its stream (fencing).
-        An expired record that nobody claimed since is renewed."""
-
     def renew_hosts(
         self, held: Sequence[HostOwnership], *, now: float, ttl_seconds: float
     ) -> list[HostOwnership | errors.StoreConflict]:
-        """:meth:`renew_host` of many hosts in one transaction (what a replica does each
-        heartbeat interval for the agents it holds), each host renewed also marked
-        online and last seen at ``now``: for each of ``held``, in order, the renewed
-        record or the StoreConflict :meth:`renew_host` would raise."""
+        """Extend each of ``held`` to ``now + ttl_seconds`` in one transaction (what a
+        replica does each heartbeat interval for the agents it holds), each host renewed
+        also marked online and last seen at ``now``. For each of ``held``, in order, the
+        renewed record, or a StoreConflict when the host's record is no longer that one
+        (another claim bumped the epoch, or it was released): the caller has lost the
+        host and must close its stream (fencing). An expired record that nobody claimed
+        since is renewed."""
 
     def release_host(self, held: HostOwnership) -> bool:
         """Give the host up (the stream ended) and mark it offline, in one transaction,

@@ -391,10 +391,6 @@ class LeaseRow:
     expires_time: float
 
 
-def _live(row: LeaseRow | None, now: float) -> bool:
-    return row is not None and bool(row.holder) and row.expires_time > now
-
-
 class Transaction(Protocol):
     """One write transaction of a backend: committed when the block that opened it
     ends without an exception, rolled back otherwise."""
@@ -519,25 +515,22 @@ class RuleStore:
         with self._tx() as tx:
             tx.upsert_host(host, host_json(host), now)
 
-    def mark_online(self, host_id: str, now: float) -> None:
-        with self._tx() as tx:
-            tx.set_online([host_id], now)
-
     def mark_offline(self, host_id: str) -> None:
         with self._tx() as tx:
             tx.set_offline(host_id)
 
     def mark_stale_offline(self, seen_before: float, now: float) -> list[str]:
-        owners = dict(leases_from(self.backend.read(self.backend.sql.lease_rows, (HOST_LEASE,))))
+        held = {host_id for host_id, owner in self.host_owners().items() if owner.live(now)}
         unseen = self.backend.read(self.backend.sql.unseen_hosts, (seen_before,))
-        candidates = [host_id for (host_id,) in unseen if not _live(owners.get(host_id), now)]
+        candidates = [host_id for (host_id,) in unseen if host_id not in held]
         marked = []
         for host_id in candidates:
             # Decided again under the lease row's lock: a claim may have come meanwhile.
             with self._tx() as tx:
-                if not _live(tx.lease(HOST_LEASE, host_id), now) and tx.set_offline_if_unseen(
-                    host_id, seen_before
-                ):
+                row = tx.lease(HOST_LEASE, host_id)
+                if (
+                    row is None or not self._ownership(host_id, row).live(now)
+                ) and tx.set_offline_if_unseen(host_id, seen_before):
                     marked.append(host_id)
         return marked
 
@@ -803,8 +796,7 @@ class RuleStore:
             row = tx.lease(HOST_LEASE, host_id)
             if (
                 row is not None
-                and row.holder
-                and row.expires_time > now
+                and self._ownership(host_id, row).live(now)
                 and row.instance_id != instance_id
             ):
                 raise errors.StoreConflict(
@@ -827,19 +819,6 @@ class RuleStore:
             f"host {held.host_id!r} is no longer held at epoch {held.epoch}"
             + (f": {holder} holds it" if holder else ": it was released")
         )
-
-    def renew_host(self, held: HostOwnership, *, now: float, ttl_seconds: float) -> HostOwnership:
-        with self._tx() as tx:
-            row = tx.lease(HOST_LEASE, held.host_id)
-            lost = self._lost(held, row)
-            if lost is not None:
-                raise lost
-            assert row is not None  # as _lost found
-            renewed = LeaseRow(
-                row.holder, row.address, row.instance_id, row.epoch, now + ttl_seconds
-            )
-            tx.set_lease(HOST_LEASE, held.host_id, renewed)
-        return self._ownership(held.host_id, renewed)
 
     def renew_hosts(
         self, held: Sequence[HostOwnership], *, now: float, ttl_seconds: float
@@ -865,8 +844,9 @@ class RuleStore:
     def release_host(self, held: HostOwnership) -> bool:
         with self._tx() as tx:
             row = tx.lease(HOST_LEASE, held.host_id)
-            if row is None or row.epoch != held.epoch or row.holder != held.replica_id:
+            if self._lost(held, row) is not None:
                 return False
+            assert row is not None  # as _lost found
             tx.set_lease(HOST_LEASE, held.host_id, LeaseRow("", "", "", row.epoch, 0.0))
             if tx.host_exists(held.host_id):
                 tx.set_offline(held.host_id)

@@ -62,7 +62,7 @@ def test_hosts_are_recorded_updated_and_sorted_by_code_point(store: Store) -> No
 
     store.mark_offline("a-host")
     assert not store.host("a-host").online
-    store.mark_online("a-host", 3000.0)
+    store.put_host(make_host("a-host", hostname="renamed"), 3000.0)  # its agent is back
     status = store.host("a-host")
     assert (status.online, status.first_seen_time, status.last_seen_time) == (True, 1000.0, 3000.0)
     with pytest.raises(errors.NotFound):
@@ -571,7 +571,8 @@ def test_host_ownership_claims_bump_the_epoch_and_fence_the_old_holder(store: St
         1,
         110.0,
     )
-    assert store.renew_host(first, now=105.0, ttl_seconds=10.0).expires_time == 115.0
+    [renewed] = store.renew_hosts([first], now=105.0, ttl_seconds=10.0)
+    assert isinstance(renewed, HostOwnership) and renewed.expires_time == 115.0
     # Another agent with the same host id is refused while the lease is live, and told who.
     with pytest.raises(errors.StoreConflict, match="r1"):
         store.claim_host(
@@ -587,8 +588,8 @@ def test_host_ownership_claims_bump_the_epoch_and_fence_the_old_holder(store: St
         ttl_seconds=10.0,
     )
     assert second.epoch == 2
-    with pytest.raises(errors.StoreConflict, match="epoch 1"):
-        store.renew_host(first, now=108.0, ttl_seconds=10.0)
+    [lost] = store.renew_hosts([first], now=108.0, ttl_seconds=10.0)
+    assert isinstance(lost, errors.StoreConflict) and "epoch 1" in str(lost)
     assert store.release_host(first) is False  # a stale release changes nothing
     assert store.host_owners()["h1"] == second
     # Once expired, another agent may claim the host id.
@@ -599,8 +600,8 @@ def test_host_ownership_claims_bump_the_epoch_and_fence_the_old_holder(store: St
     assert store.release_host(third) is True
     released = store.host_owners()["h1"]
     assert (released.replica_id, released.epoch, released.live(201.0)) == ("", 3, False)
-    with pytest.raises(errors.StoreConflict):
-        store.renew_host(third, now=202.0, ttl_seconds=10.0)
+    [lost] = store.renew_hosts([third], now=202.0, ttl_seconds=10.0)
+    assert isinstance(lost, errors.StoreConflict)
     assert (
         store.claim_host(
             "h1", replica_id="r1", address="a:1", instance_id="agent-9", now=203.0, ttl_seconds=1.0
@@ -661,6 +662,10 @@ def test_renewing_many_hosts_is_one_write_that_also_marks_them_seen(store: Store
         ("h2", True, 100.0),
         ("h3", False, 100.0),
     ]
+    # An expired record that nobody claimed since is renewed.
+    assert store.renew_hosts([first], now=200.0, ttl_seconds=10.0) == [
+        replace(first, expires_time=210.0)
+    ]
 
 
 def test_a_job_has_one_holder_and_is_taken_over_after_expiry(store: Store) -> None:
@@ -709,7 +714,7 @@ def test_of_many_at_once_exactly_one_takes_a_job(
 def test_hosts_whose_server_went_away_are_marked_offline(store: Store) -> None:
     for host_id in ("h1", "h2", "h3", "h4"):
         store.put_host(make_host(host_id), 100.0)
-    store.mark_online("h2", 150.0)  # heard from since
+    store.put_host(make_host("h2"), 150.0)  # heard from since
     store.claim_host(  # held by a live replica, though not heard from
         "h3", replica_id="r1", address="a:1", instance_id="agent-3", now=200.0, ttl_seconds=100.0
     )

@@ -111,7 +111,7 @@ def test_the_server_jobs_prune_mark_offline_and_make_partitions(store: Store) ->
     store.put_host(make_host("here"), clock.now - 100.0)
     for day in (7, 8, 9, 10):
         store.put_summaries("here", [make_item(process, day * DAY + 7200.0)], complete=False)
-    store.mark_online("here", clock.now - 1.0)
+    store.put_host(make_host("here"), clock.now - 1.0)
     jobs = SingletonJobs(
         store,
         "one",

@@ -79,7 +79,7 @@ def test_reads_go_on_while_a_write_waits(tmp_path: Path, reader: LinuxReader) ->
     store.put_host(host, 1000.0)
     other = sqlite3.connect(tmp_path / DATABASE_NAME, isolation_level=None)
     other.execute("BEGIN IMMEDIATE")  # holds the write lock: the store's writes wait
-    writing = threading.Thread(target=store.mark_online, args=(host.host_id, 2000.0))
+    writing = threading.Thread(target=store.put_host, args=(host, 2000.0))
     writing.start()
     try:
         threading.Event().wait(0.3)  # the write is waiting for the lock by now
