@@ -315,19 +315,13 @@ async def get_host(request: web.Request, principal: Principal) -> Any:
 async def get_processes(request: web.Request, principal: Principal) -> Any:
     order = ProcessOrder.parse(_text(request, "order", "regions"))
     host_id = _text(request, "host")
-    queries = request.app[SERVICES].queries
-
-    def listed() -> Any:
-        if host_id:
-            queries.host(host_id)  # NotFound for a host never seen
-        return queries.processes(
-            host_id=host_id,
-            name_contains=_text(request, "name"),
-            order=order,
-            limit=_query_int(request, "limit", 0, 0, MAX_LIMIT),
-        )
-
-    items = await _run(listed)
+    items = await _run(
+        request.app[SERVICES].queries.processes,  # NotFound for a host never seen
+        host_id=host_id,
+        name_contains=_text(request, "name"),
+        order=order,
+        limit=_query_int(request, "limit", 0, 0, MAX_LIMIT),
+    )
     return {"processes": [documents.fleet_process_document(item) for item in items]}
 
 
@@ -340,7 +334,7 @@ async def get_groups(request: web.Request, principal: Principal) -> Any:
     queries = request.app[SERVICES].queries
 
     def build() -> dict[str, Any]:
-        queries.host(host_id)  # NotFound for a host never seen
+        # NotFound for a host never seen
         return documents.groups_document(queries.processes(host_id=host_id), by)
 
     return await _run(build)

@@ -35,6 +35,7 @@ def test_bad_input_is_a_json_4xx(fleet: Fleet) -> None:
         f"{base}/hosts/{HOST_ID}/processes/99999999999/history": 400,
         f"{base}/hosts/nope": 404,
         f"{base}/hosts/nope/groups": 404,
+        f"{base}/processes?host=nope": 404,
         f"{base}/hosts/{HOST_ID}/groups?by=user": 400,
         f"{base}/processes?order=size": 400,
         f"{base}/processes?limit=-1": 400,
