@@ -28,7 +28,9 @@ instead of encoding the table again.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
@@ -245,12 +247,14 @@ class FleetQueries:
         storing the answer run on the hub's thread pool."""
         _require_pid(request.pid)
         timeout = self._timeout(timeout_seconds)
-        async with self.hub.serving():
-            with self.hub.telemetry.fresh_snapshot():
-                if self.hub.live_session(host_id) is None and self.peers is not None:
-                    return await self._forward(host_id, request, timeout, caller)
-                session = await self.hub.session(host_id)
-                return await self._take(session, request, timeout)
+        async with self._serving():
+            found = await self._held(host_id, request, timeout)
+            if found is not None:
+                return found
+            if self.peers is not None:
+                return await self._forward(host_id, request, timeout, caller)
+            # NotFound or Unavailable (or the agent connected just now).
+            return await self._take(await self.hub.session(host_id), request, timeout)
 
     async def held_snapshot_async(
         self, host_id: str, request: SnapshotRequest, *, timeout_seconds: float | None = None
@@ -259,12 +263,23 @@ class FleetQueries:
         connected here; None otherwise (never forwarded: this answers a forwarded
         request)."""
         _require_pid(request.pid)
+        async with self._serving():
+            return await self._held(host_id, request, self._timeout(timeout_seconds))
+
+    @contextlib.asynccontextmanager
+    async def _serving(self) -> AsyncIterator[None]:
+        """One fresh snapshot call: let finish when the hub stops, and timed."""
         async with self.hub.serving():
             with self.hub.telemetry.fresh_snapshot():
-                session = self.hub.live_session(host_id)
-                if session is None:
-                    return None
-                return await self._take(session, request, self._timeout(timeout_seconds))
+                yield
+
+    async def _held(
+        self, host_id: str, request: SnapshotRequest, timeout: float
+    ) -> HostSnapshot | None:
+        session = self.hub.live_session(host_id)
+        if session is None:
+            return None
+        return await self._take(session, request, timeout)
 
     async def _take(
         self, session: AgentSession, request: SnapshotRequest, timeout: float
