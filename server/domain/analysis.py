@@ -65,12 +65,12 @@ class Analysis:
             return selector, ""
         if isinstance(selector, StoredSnapshotId):
             host_id, record = self.store.get_snapshot(selector.snapshot_id)
-            stored = HostSnapshot(selector.snapshot_id, host_id, record)
+            stored = HostSnapshot.from_record(selector.snapshot_id, host_id, record)
         elif isinstance(selector, LatestSnapshot):
             if not selector.pid:
                 raise errors.InvalidArgument(f"{side}: pid must be given")
             snapshot_id, record = self.store.latest_snapshot(selector.host_id, selector.pid)
-            stored = HostSnapshot(snapshot_id, selector.host_id, record)
+            stored = HostSnapshot.from_record(snapshot_id, selector.host_id, record)
         else:
             raise errors.InvalidArgument(f"{side}: no snapshot selected")
         return stored.snapshot(), stored.snapshot_id

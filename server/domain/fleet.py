@@ -21,8 +21,10 @@ stripped at the front end the caller reached, as for a snapshot taken here.
 A fresh snapshot is decoded and checked once, by :func:`accept_snapshot`, as it
 arrives from the agent: the resulting :class:`HostSnapshot` is what is stored and
 what is answered. It keeps the region table also in the serialized form it was
-decoded from, so a front end that sends snapshots on as protobuf splices those bytes
-instead of encoding the table again.
+decoded from, and the header as the agent sent it, so a front end or a replica that
+sends snapshots on as protobuf splices those bytes instead of encoding them again; a
+forwarded snapshot arrives as those bytes and is decoded only where a front end needs
+the model (the web view), not to be sent on.
 """
 
 from __future__ import annotations
@@ -52,30 +54,50 @@ PEER_MEMORY_SECONDS = 3600.0
 
 @dataclass(frozen=True, slots=True)
 class HostSnapshot:
-    """A stored snapshot: its id, its host, and the snapshot itself.
+    """A stored snapshot: its id, its host, and the snapshot itself, in the forms in
+    hand.
 
-    ``record`` is the snapshot as the store keeps it (a header without regions and
-    the serialized region table). ``decoded`` is the whole snapshot when it is in hand
-    already (a fresh one was decoded on arrival); :meth:`snapshot` decodes a stored
-    one on demand."""
+    ``regions`` is the serialized region table (as stored, and as the agent sent it).
+    The header (the snapshot without regions) is kept as it came: decoded
+    (``parsed_header``: read from the store, or decoded from the agent's answer on
+    arrival) and serialized (``header_bytes``: as the agent, or the replica that
+    holds the host, sent it); one form is made from the other only when asked for.
+    ``decoded`` is the whole snapshot when it is in hand already (a fresh one was
+    decoded on arrival); :meth:`snapshot` decodes one on demand."""
 
     snapshot_id: str
     host_id: str
-    record: SnapshotRecord
+    regions: bytes = field(repr=False)
+    parsed_header: Snapshot | None = field(default=None, repr=False)
+    header_bytes: bytes = field(default=b"", compare=False, repr=False)
     decoded: Snapshot | None = field(default=None, compare=False, repr=False)
+
+    @classmethod
+    def from_record(cls, snapshot_id: str, host_id: str, record: SnapshotRecord) -> HostSnapshot:
+        """A snapshot as the store gave it."""
+        return cls(snapshot_id, host_id, record.regions, parsed_header=record.header)
+
+    def header(self) -> Snapshot:
+        """The snapshot without its regions (its region table is empty)."""
+        if self.parsed_header is not None:
+            return self.parsed_header
+        return wire.snapshot_header_from_bytes(self.header_bytes)
+
+    def serialized_header(self) -> bytes:
+        """The header as a serialized ``vmatlas.v1.Snapshot`` without regions."""
+        return self.header_bytes or wire.snapshot_header_bytes(self.header())
 
     def snapshot(self) -> Snapshot:
         """The whole snapshot, regions included."""
         if self.decoded is not None:
             return self.decoded
-        return replace(self.record.header, regions=wire.table_from_bytes(self.record.regions))
+        return replace(self.header(), regions=wire.table_from_bytes(self.regions))
 
     def serialized(self) -> bytes:
-        """The whole snapshot as one serialized ``vmatlas.v1.Snapshot``: the header
-        encoded, the region table spliced in as stored (not encoded again)."""
-        return wire.join_snapshot(
-            wire.snapshot_header_bytes(self.record.header), self.record.regions
-        )
+        """The whole snapshot as one serialized ``vmatlas.v1.Snapshot``: the header as
+        received (or encoded, for a stored one), the region table spliced in as
+        stored (not encoded again)."""
+        return wire.join_snapshot(self.serialized_header(), self.regions)
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,7 +217,7 @@ class FleetQueries:
     def stored_snapshot(self, snapshot_id: str) -> HostSnapshot:
         """A stored snapshot by id; NotFound when pruned or unknown."""
         host_id, record = self.store.get_snapshot(snapshot_id)
-        return HostSnapshot(snapshot_id, host_id, record)
+        return HostSnapshot.from_record(snapshot_id, host_id, record)
 
     def latest_snapshot(self, host_id: str, pid: int) -> HostSnapshot:
         """The newest stored snapshot of ``pid`` on ``host_id``; NotFound for an
@@ -203,7 +225,7 @@ class FleetQueries:
         _require_pid(pid)
         self.store.host(host_id)
         snapshot_id, record = self.store.latest_snapshot(host_id, pid)
-        return HostSnapshot(snapshot_id, host_id, record)
+        return HostSnapshot.from_record(snapshot_id, host_id, record)
 
     def fresh_snapshot(
         self,
@@ -375,7 +397,14 @@ class FleetQueries:
             header=replace(snapshot, regions=RegionTable()), regions=answer.regions
         )
         snapshot_id = self.store.put_snapshot(host_id, record)
-        return HostSnapshot(snapshot_id, host_id, record, decoded=snapshot)
+        return HostSnapshot(
+            snapshot_id,
+            host_id,
+            answer.regions,
+            parsed_header=record.header,
+            header_bytes=answer.header,
+            decoded=snapshot,
+        )
 
 
 def _ownership_text(owner: HostOwnership | None, now: float) -> str:

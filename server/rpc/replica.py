@@ -16,13 +16,12 @@ from typing import Any, TypeAlias
 
 import grpc
 
-from vmatlas import errors, wire
+from vmatlas import errors
 from vmatlas.grpcutil import channel_options, error_from_rpc, maps_errors
 from vmatlas.security.tokens import Role
 from vmatlas.server.domain.fleet import Caller, FleetQueries, HostSnapshot
 from vmatlas.server.domain.hub import Replica, SnapshotRequest
 from vmatlas.server.rpc.fleet import snapshot_request_from_pb, time_left
-from vmatlas.server.store import SnapshotRecord
 from vmatlas.v1 import replica_pb2, replica_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -47,7 +46,6 @@ def caller_from_pb(message: replica_pb2.ForwardedCaller) -> Caller:
 class ReplicaServicer(replica_pb2_grpc.ReplicaServiceServicer):
     def __init__(self, queries: FleetQueries):
         self.queries = queries
-        self.blocking = queries.hub.blocking
 
     @maps_errors
     async def TakeHostSnapshot(
@@ -75,11 +73,10 @@ class ReplicaServicer(replica_pb2_grpc.ReplicaServiceServicer):
         )
         if found is None:
             return replica_pb2.TakeHostSnapshotResponse(held=False)
-        header = await self.blocking(wire.snapshot_header_bytes, found.record.header)
         return replica_pb2.TakeHostSnapshotResponse(
             held=True,
-            snapshot_header=header,
-            regions=found.record.regions,
+            snapshot_header=found.serialized_header(),  # as the agent sent it
+            regions=found.regions,
             snapshot_id=found.snapshot_id,
         )
 
@@ -157,9 +154,12 @@ class ReplicaLinks:
             raise error from None
         if not response.held:
             return None
-        header = wire.snapshot_header_from_bytes(response.snapshot_header)
+        # Sent on as received; decoded only where a front end needs the model.
         return HostSnapshot(
-            response.snapshot_id, host_id, SnapshotRecord(header=header, regions=response.regions)
+            response.snapshot_id,
+            host_id,
+            response.regions,
+            header_bytes=response.snapshot_header,
         )
 
     async def close(self) -> None:

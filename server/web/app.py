@@ -366,19 +366,21 @@ async def get_latest_snapshot(request: web.Request, principal: Principal) -> Any
 @api(Role.INSPECTOR)
 async def post_fresh_snapshot(request: web.Request, principal: Principal) -> Any:
     host_id, pid = _host(request), _pid(request)
-    stored = await _run(
-        request.app[SERVICES].queries.fresh_snapshot,
-        host_id,
-        SnapshotRequest(pid),
-        caller=Caller(principal.name, principal.role),
-    )
-    header = stored.record.header
-    return {
-        "snapshot_id": stored.snapshot_id,
-        "host_id": stored.host_id,
-        "capture_time": header.capture_time,
-        "summary": documents.summary_document(header.summary),
-    }
+    queries = request.app[SERVICES].queries
+
+    def taken() -> dict[str, Any]:
+        stored = queries.fresh_snapshot(
+            host_id, SnapshotRequest(pid), caller=Caller(principal.name, principal.role)
+        )
+        header = stored.header()  # decoded here when the snapshot was forwarded
+        return {
+            "snapshot_id": stored.snapshot_id,
+            "host_id": stored.host_id,
+            "capture_time": header.capture_time,
+            "summary": documents.summary_document(header.summary),
+        }
+
+    return await _run(taken)
 
 
 @api(Role.INSPECTOR)

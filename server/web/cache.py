@@ -20,8 +20,8 @@ DEFAULT_MAX_BYTES = 64 * 1024 * 1024
 
 
 def snapshot_key(stored: HostSnapshot, with_regions: bool) -> tuple[object, ...]:
-    header = stored.record.header
-    digest = hashlib.blake2b(stored.record.regions, digest_size=16).digest()
+    header = stored.header()
+    digest = hashlib.blake2b(stored.regions, digest_size=16).digest()
     return (
         stored.snapshot_id,
         stored.host_id,

@@ -40,6 +40,8 @@ def test_fresh_snapshot_is_decoded_once_stored_and_answered(
     stored = server.queries.stored_snapshot(fresh.snapshot_id)
     assert stored.decoded is None and stored.snapshot() == fresh.snapshot()
     assert wire.snapshot_from_bytes(fresh.serialized()) == fresh.snapshot()
+    # The header goes on as the agent sent it, not encoded again.
+    assert fresh.header_bytes and fresh.serialized_header() is fresh.header_bytes
     assert client.stored_snapshot(fresh.snapshot_id) == fresh.snapshot()
     assert server.queries.latest_snapshot("domain", pid).snapshot_id == fresh.snapshot_id
     history = server.queries.history("domain", pid)

@@ -15,11 +15,14 @@ from dataclasses import replace
 import psycopg
 import pytest
 
-from vmatlas import errors
+from vmatlas import errors, wire
 from vmatlas.agents.linux import LinuxReader
 from vmatlas.agents.uplink import Uplink
 from vmatlas.client import Client
+from vmatlas.security.tokens import Role
 from vmatlas.server.app import FleetServer
+from vmatlas.server.domain.fleet import Caller
+from vmatlas.server.domain.hub import SnapshotRequest
 
 from .conftest import wait_for
 
@@ -64,6 +67,15 @@ def test_every_replica_answers_for_every_host_as_its_agent_would(
             stored = [c.stored_snapshot(ids[host][0]) for c in clients]
             assert all(s == stored[0] for s in stored)
             assert list(stored[0].regions) == list(direct.regions)
+        # A forwarded snapshot comes back as the holder's bytes, decoded only on demand.
+        forwarded = replicas[1].queries.fresh_snapshot(
+            "east", SnapshotRequest(pid), caller=Caller("test", Role.INSPECTOR)
+        )
+        assert forwarded.parsed_header is None and forwarded.decoded is None
+        assert forwarded.header().process == direct.process
+        assert list(wire.snapshot_from_bytes(forwarded.serialized()).regions) == list(
+            direct.regions
+        )
         # Diffs of what different replicas stored, and the audit, alike through each.
         planter.grow(50)  # type: ignore[attr-defined]
         _, later = clients[2].host_snapshot("east", pid)

@@ -17,7 +17,7 @@ def _stored(snapshot_id: str, regions: bytes, capture_time: float = 1.0) -> Host
         summary=Summary(),
         regions=RegionTable(),
     )
-    return HostSnapshot(snapshot_id, "h", SnapshotRecord(header, regions))
+    return HostSnapshot.from_record(snapshot_id, "h", SnapshotRecord(header, regions))
 
 
 def test_a_reused_id_is_another_key() -> None:
