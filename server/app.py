@@ -25,6 +25,7 @@ import grpc
 from grpc_health.v1._async import HealthServicer
 
 from vmatlas import defaults, errors
+from vmatlas.addresses import join_address, split_address
 from vmatlas.grpcutil import DEFAULT_GRACE_SECONDS, StopSignals, build_aio_server
 from vmatlas.metrics import DEFAULT_SETTINGS, MetricsSettings
 from vmatlas.security.auth import AsyncAuthInterceptor, AuthInterceptor
@@ -103,16 +104,25 @@ class ServerConfig:
     metrics: MetricsSettings = DEFAULT_SETTINGS
 
 
-def advertised_address(advertise: str, listen: str, port: int) -> str:
-    """Where other replicas reach a server listening on ``listen`` (bound to ``port``):
-    ``advertise`` when given (port 0 there means the bound port), otherwise the
-    listening address, with this machine's name for a wildcard host."""
-    host, _, wanted = (advertise or listen).rpartition(":")
-    if not host or not wanted.isdigit():
-        raise errors.InvalidArgument(f"--advertise {advertise!r}: use HOST:PORT")
-    if not advertise and host.strip("[]") in ("0.0.0.0", "::", ""):
+def advertised_parts(advertise: str, listen: str) -> tuple[str, int]:
+    """The host and port (0: the one bound) of where other replicas reach a server
+    listening on ``listen``: ``advertise`` when given, otherwise the listening
+    address, with this machine's name for a wildcard host. InvalidArgument when the
+    address is not HOST:PORT."""
+    try:
+        host, port = split_address(advertise or listen, port_zero=True)
+    except errors.InvalidArgument:
+        flag, value = ("--advertise", advertise) if advertise else ("--listen", listen)
+        raise errors.InvalidArgument(f"{flag} {value!r}: use HOST:PORT") from None
+    if not advertise and host in ("0.0.0.0", "::"):
         host = socket.getfqdn()
-    return f"{host}:{port if int(wanted) == 0 else wanted}"
+    return host, port
+
+
+def advertised_address(advertise: str, listen: str, port: int) -> str:
+    """:func:`advertised_parts` as HOST:PORT for a server bound to ``port``."""
+    host, wanted = advertised_parts(advertise, listen)
+    return join_address(host, wanted or port)
 
 
 class FleetServer:
@@ -129,7 +139,8 @@ class FleetServer:
         extra_services: Sequence[tuple[Any, Any, str]] = (),
     ):
         self.config = config
-        advertised_address(config.advertise, config.listen, 0)  # InvalidArgument early
+        # InvalidArgument before anything starts.
+        advertised_host, advertised_port = advertised_parts(config.advertise, config.listen)
         owned = store is None
         self.telemetry = Telemetry()
         inner: Store = (
@@ -147,7 +158,7 @@ class FleetServer:
         self._loop_thread.start()
         try:
             self.server, self.port, self.health = self._on_loop(self._build(extra_services))
-            address = advertised_address(config.advertise, config.listen, self.port)
+            address = join_address(advertised_host, advertised_port or self.port)
             self.hub.replica = Replica(replica_id=address, address=address)
             if config.http is not None:
                 try:
@@ -287,7 +298,8 @@ class FleetServer:
 
     @property
     def address(self) -> str:
-        return f"{self.config.listen.rsplit(':', 1)[0]}:{self.port}"
+        host, _ = split_address(self.config.listen, port_zero=True)
+        return join_address(host, self.port)
 
     @property
     def replica(self) -> Replica:

@@ -17,6 +17,7 @@ from vmatlas.grpcutil import is_loopback, status_of
         ("localhost:50551", True),
         ("[::1]:50550", True),
         ("::1", True),
+        ("127.0.0.1:0", True),  # a listening address, any port
         ("127.example.com:50550", False),  # a name that merely starts like one
         ("localhost.example.com:1", False),
         ("0.0.0.0:50550", False),

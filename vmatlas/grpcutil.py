@@ -23,7 +23,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from vmatlas import defaults, errors
-from vmatlas.addresses import is_ip
+from vmatlas.addresses import is_ip, split_address
 
 log = logging.getLogger(__name__)
 
@@ -308,8 +308,12 @@ def serve_until_signalled(
 def is_loopback(address: str) -> bool:
     """Whether a ``host:port`` address stays on this machine: ``localhost`` or a
     loopback IP (127.0.0.0/8, ::1), never a name that merely starts like one."""
-    bare = address.strip("[]")
-    host = bare if is_ip(bare) else address.rsplit(":", 1)[0].strip("[]")
+    host = address.strip("[]")
+    if not is_ip(host) and host != "localhost":  # else HOST:PORT
+        try:
+            host = split_address(address, port_zero=True)[0]
+        except errors.InvalidArgument:
+            return False
     if host == "localhost":
         return True
     try:

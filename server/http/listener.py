@@ -23,6 +23,7 @@ from typing import Any, Final, TypeVar
 from aiohttp import web
 
 from vmatlas import errors
+from vmatlas.addresses import join_address, split_address
 from vmatlas.security.tokens import TokenStore
 from vmatlas.server.http import DEFAULT_HTTP_LISTEN
 from vmatlas.server.http.access import TOKENS, access_middleware
@@ -99,18 +100,8 @@ def make_app(
     return app
 
 
-def split_address(address: str) -> tuple[str, int]:
-    """``HOST:PORT`` (``[::1]:PORT`` for IPv6) as its host and port; InvalidArgument
-    when it is not one."""
-    host, sep, port = address.rpartition(":")
-    host = host.strip("[]")
-    if not sep or not host or not port.isdigit() or int(port) > 65535:
-        raise errors.InvalidArgument(f"bad address {address!r}: expected HOST:PORT")
-    return host, int(port)
-
-
 def _bind(address: str) -> socket.socket:
-    host, port = split_address(address)
+    host, port = split_address(address, port_zero=True)
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
         family = infos[0][0]
@@ -152,9 +143,8 @@ class HttpListener:
 
     @property
     def url(self) -> str:
-        host = split_address(self.config.listen)[0]
-        host = f"[{host}]" if ":" in host else host
-        return f"{'https' if self._ssl else 'http'}://{host}:{self.port}/"
+        host = split_address(self.config.listen, port_zero=True)[0]
+        return f"{'https' if self._ssl else 'http'}://{join_address(host, self.port)}/"
 
     def start(self) -> HttpListener:
         self._thread.start()

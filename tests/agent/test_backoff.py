@@ -10,7 +10,7 @@ import statistics
 import pytest
 
 from vmatlas import errors
-from vmatlas.addresses import resolve_address, server_addresses
+from vmatlas.addresses import resolve_address, server_addresses, split_address
 from vmatlas.agents.uplink import backoff_delay
 
 SAMPLES = 20_000
@@ -66,6 +66,10 @@ def test_server_addresses_are_parsed_and_bad_ones_named() -> None:
     for bad in ("a.example", "a:0", "a:70000", "a:http", ":50550", "fd00::1:50550", "a:1,"):
         with pytest.raises(errors.InvalidArgument, match="bad server address"):
             server_addresses(bad)
+    # The same parser reads listening addresses, where port 0 means any free port.
+    assert split_address("[::1]:0", port_zero=True) == ("::1", 0)
+    with pytest.raises(errors.InvalidArgument):
+        split_address("::1:0", port_zero=True)
 
 
 def test_a_name_resolves_to_its_records_and_a_literal_to_itself() -> None:

@@ -28,6 +28,8 @@ def test_the_advertised_address_defaults_to_the_listening_one() -> None:
     )
     assert advertised_address("", "0.0.0.0:7000", 7000).endswith(":7000")
     assert not advertised_address("", "[::]:7000", 7000).startswith("[::]")
+    assert advertised_address("", "[::1]:0", 7001) == "[::1]:7001"
+    assert advertised_address("[fd00::1]:0", "127.0.0.1:0", 7002) == "[fd00::1]:7002"
     with pytest.raises(errors.InvalidArgument, match="HOST:PORT"):
         advertised_address("nowhere", "127.0.0.1:0", 1)
 

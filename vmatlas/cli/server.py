@@ -109,10 +109,11 @@ def http_config(args: argparse.Namespace, security: ServerSecurity) -> HttpConfi
     it needs TLS and tokens as gRPC does, unless ``--insecure``."""
     if (args.http or "off").strip().lower() in ("off", "none", "no", ""):
         return None
+    from vmatlas.addresses import split_address
     from vmatlas.security.options import check_exposure
-    from vmatlas.server.http.listener import HttpConfig, split_address
+    from vmatlas.server.http.listener import HttpConfig
 
-    split_address(args.http)  # InvalidArgument for anything but HOST:PORT
+    split_address(args.http, port_zero=True)  # InvalidArgument for anything but HOST:PORT
     check_exposure(args.http, security, bool(args.insecure))
     return HttpConfig(
         listen=args.http, tls_cert=args.tls_cert, tls_key=args.tls_key, tokens=security.tokens
