@@ -71,11 +71,19 @@ class HostSnapshot:
     parsed_header: Snapshot | None = field(default=None, repr=False)
     header_bytes: bytes = field(default=b"", compare=False, repr=False)
     decoded: Snapshot | None = field(default=None, compare=False, repr=False)
+    # The SHA-256 digest of ``regions`` when the store gave it (b"" otherwise).
+    regions_sha256: bytes = field(default=b"", compare=False, repr=False)
 
     @classmethod
     def from_record(cls, snapshot_id: str, host_id: str, record: SnapshotRecord) -> HostSnapshot:
         """A snapshot as the store gave it."""
-        return cls(snapshot_id, host_id, record.regions, parsed_header=record.header)
+        return cls(
+            snapshot_id,
+            host_id,
+            record.regions,
+            parsed_header=record.header,
+            regions_sha256=record.regions_sha256,
+        )
 
     def header(self) -> Snapshot:
         """The snapshot without its regions (its region table is empty)."""

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from vmatlas import errors
@@ -39,10 +39,13 @@ from vmatlas.model import Host, ProcessOrder, ProcessSummary, Snapshot
 @dataclass(frozen=True, slots=True)
 class SnapshotRecord:
     """A snapshot as the store takes and gives it: ``header`` is the snapshot without
-    regions (its region table is empty), ``regions`` the serialized region table."""
+    regions (its region table is empty), ``regions`` the serialized region table, and
+    ``regions_sha256`` the SHA-256 digest of ``regions`` the store keeps it under (set
+    on what the store gives; not read on what it takes)."""
 
     header: Snapshot
     regions: bytes
+    regions_sha256: bytes = field(default=b"", compare=False)
 
 
 @dataclass(frozen=True, slots=True)

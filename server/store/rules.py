@@ -256,7 +256,8 @@ class Statements:
               dropped_push_count = excluded.dropped_push_count"""
         snapshot = f"""
             SELECT p.host_id, p.facts{text}, s.capture_time, s.host_facts{text}, s.view,
-                   s.includes_free, s.includes_residency, r.zlib_data, s.id, {summary}
+                   s.includes_free, s.includes_residency, r.zlib_data, s.id,
+                   s.regions_sha256, {summary}
             FROM snapshots s
             JOIN processes p ON p.id = s.process_id
             JOIN region_tables r ON r.sha256 = s.regions_sha256"""
@@ -470,7 +471,7 @@ class Backend(Protocol):
     # for positional placeholders, a dict for named ones. The rows of
     # ``snapshot_by_id`` and ``latest_snapshot``: ``(host_id, process facts,
     # capture_time, host_facts, view, includes_free, includes_residency, compressed
-    # regions, id, *summary values)``; of ``summary_history``: ``(process facts,
+    # regions, id, regions_sha256, *summary values)``; of ``summary_history``: ``(process facts,
     # capture_time, *summary values)``; of ``snapshot_history``: ``(id, process facts,
     # capture_time, *summary values)``; of ``series_rows`` and ``trend_rows``:
     # ``(host_id, pid, start_time, capture_time, map_count)`` by capture time.
@@ -678,13 +679,15 @@ class RuleStore:
             host=host_from_json(row[3]),
             process=process_from_json(row[1]),
             capture_time=row[2],
-            summary=summary_from(row, 9),
+            summary=summary_from(row, 10),
             regions=RegionTable(),
             view=SnapshotView(row[4]),
             includes_free=bool(row[5]),
             includes_residency=bool(row[6]),
         )
-        return SnapshotRecord(header=header, regions=unpack_regions(row[7]))
+        return SnapshotRecord(
+            header=header, regions=unpack_regions(row[7]), regions_sha256=bytes(row[9])
+        )
 
     def get_snapshot(self, snapshot_id: str) -> tuple[str, SnapshotRecord]:
         try:

@@ -3,8 +3,10 @@ second person) costs a store read, not a decode, a build and an encode of 65,530
 regions.
 
 A stored snapshot never changes, but a store may give a pruned snapshot's id to a
-later one (SQLite reuses row ids): the key is the id together with a digest of what
-the store returned, so a reused id never answers with the old document.
+later one (SQLite reuses row ids): the key is the id together with the digest the
+store keeps the region table under, so a reused id never answers with the old
+document. (A snapshot the store did not give has no such digest: its table is
+hashed.)
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ DEFAULT_MAX_BYTES = 64 * 1024 * 1024
 
 def snapshot_key(stored: HostSnapshot, with_regions: bool) -> tuple[object, ...]:
     header = stored.header()
-    digest = hashlib.blake2b(stored.regions, digest_size=16).digest()
+    digest = stored.regions_sha256 or hashlib.sha256(stored.regions).digest()
     return (
         stored.snapshot_id,
         stored.host_id,

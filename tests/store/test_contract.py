@@ -3,6 +3,7 @@ every backend (see conftest.BACKENDS), after Teleport's backend test suite."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import threading
 from collections.abc import Callable
@@ -313,6 +314,10 @@ def test_snapshots_round_trip_and_share_region_tables(store: Store, reader: Linu
     assert first_id != second_id
     assert store.get_snapshot(first_id) == ("host-a", first)
     assert store.get_snapshot(second_id) == ("host-a", second)
+    # Each comes with the digest its region table is kept under.
+    digest = hashlib.sha256(first.regions).digest()
+    assert store.get_snapshot(second_id)[1].regions_sha256 == digest
+    assert store.latest_snapshot("host-a", first.header.process.pid)[1].regions_sha256 == digest
     pid = first.header.process.pid
     assert store.latest_snapshot("host-a", pid) == (second_id, second)
     assert len(region_tables(store)) == 1  # stored once, by content
