@@ -234,19 +234,20 @@ class AuthInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
         if principal is None or (principal is ANONYMOUS and identity is not None):
             host_id = identity.agent_host_id if identity else None
             replica_id = identity.replica_id if identity else None
-            if replica_id is not None:
-                principal = Principal(f"replica:{replica_id}", None, replica_id=replica_id)
+            certified = (
+                Principal(f"replica:{replica_id}", None, replica_id=replica_id)
+                if replica_id is not None
+                else Principal(f"agent:{host_id}", None, agent_host_id=host_id)
+                if host_id is not None
+                else None
+            )
+            if certified is not None:
+                principal = certified
                 denial = self._authorise(method, self.policy[method], principal)
                 if denial is not None:
                     return principal, denial
-            elif host_id is None:
-                if principal is None:
-                    return None, errors.Unauthenticated("a bearer token is required")
-            else:
-                principal = Principal(f"agent:{host_id}", None, agent_host_id=host_id)
-                denial = self._authorise(method, self.policy[method], principal)
-                if denial is not None:
-                    return principal, denial
+            elif principal is None:
+                return None, errors.Unauthenticated("a bearer token is required")
         assert principal is not None
         if self.rate_limiter is not None:
             key = principal.name if principal.verified else _peer_host(context)
