@@ -5,25 +5,26 @@ build leaves the pure-Python path, which gives the same results (setuptools' opt
 extension). VMATLAS_NO_NATIVE=1 makes a pure wheel, as Windows installs want.
 """
 
-import hashlib
 import os
 import sys
+import zlib
 
 from setuptools import Extension, setup
 
 SOURCE = "vmatlas/_native.c"
-# The build carries its source's digest, so that an extension left behind by an older
+# The build carries its source's CRC-32, so that an extension left behind by an older
 # checkout is told apart from a current one (vmatlas/native.py) instead of failing deep
-# inside a call with a changed signature.
+# inside a call with a changed signature. (A checksum, not a hash: hashlib would load
+# OpenSSL into every process that imports the loader, the agent included.)
 with open(SOURCE, "rb") as source:
-    digest = hashlib.sha256(source.read()).hexdigest()
+    checksum = f"{zlib.crc32(source.read()):08x}"
 
 native = [
     Extension(
         "vmatlas._native",
         [SOURCE],
         optional=True,
-        define_macros=[("VMATLAS_NATIVE_SOURCE_SHA256", f'"{digest}"')],
+        define_macros=[("VMATLAS_NATIVE_SOURCE_CRC32", f'"{checksum}"')],
         extra_compile_args=[] if sys.platform == "win32" else ["-O2", "-std=c11", "-Wall"],
     )
 ]

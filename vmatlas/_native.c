@@ -1574,8 +1574,8 @@ static struct PyModuleDef module = {
 PyMODINIT_FUNC PyInit__native(void) {
     init_hex();
     PyObject *m = PyModule_Create(&module);
-#ifdef VMATLAS_NATIVE_SOURCE_SHA256
-    if (m != NULL && PyModule_AddStringConstant(m, "SOURCE_SHA256", VMATLAS_NATIVE_SOURCE_SHA256) < 0) {
+#ifdef VMATLAS_NATIVE_SOURCE_CRC32
+    if (m != NULL && PyModule_AddStringConstant(m, "SOURCE_CRC32", VMATLAS_NATIVE_SOURCE_CRC32) < 0) {
         Py_DECREF(m);
         return NULL;
     }
