@@ -16,7 +16,7 @@ import fnmatch
 import math
 import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -85,8 +85,10 @@ class AuditedProcess(Protocol):
     def capture_time(self) -> float: ...
 
 
-# (host_id, pid) -> [(seconds since the epoch, map_count), ...] in any order.
-History = Mapping[tuple[str, int], Sequence[tuple[float, int]]]
+# [(seconds since the epoch, map_count), ...] in any order.
+Series = Sequence[tuple[float, int]]
+# (host_id, pid) -> the process's earlier map counts.
+History = Mapping[tuple[str, int], Series]
 
 
 class Severity(enum.IntEnum):
@@ -224,8 +226,10 @@ def group_of(host: Host, policy: Policy) -> str:
     return host.os.name.lower()
 
 
-def _limit(host: Host, item: AuditedProcess) -> int:
-    return item.summary.max_map_count or host.max_map_count
+def _application_name(process: ProcessFacts) -> str:
+    """What the audit calls the application a process runs: its executable, else its
+    name, else its pid."""
+    return process.executable or process.name or f"pid {process.pid}"
 
 
 # -- the audit ----------------------------------------------------------------------------
@@ -243,34 +247,12 @@ def audit(
     history = history or {}
     findings: list[Finding] = []
     by_id = {h.host_id: h for h in hosts}
+    by_host = _by_host(history)
     count = 0
-    # What no finding can come below, to pass most processes over with a look: a
-    # process under both (and not on Windows) gets none from _process_findings.
-    least_fraction = min(policy.map_count.warn_fraction, policy.map_count.critical_fraction)
-    least_single_pages = policy.single_page.min_count
-    # Without history a trend needs no more than the latest point.
-    trend_without_history = policy.trend.min_points <= 1
     for host in hosts:
-        windows = host.os == OperatingSystem.WINDOWS
-        host_limit = host.max_map_count
-        for item in processes.get(host.host_id, ()):
-            process = item.process
-            if process.address_space_empty:
-                continue
-            count += 1
-            s = item.summary
-            limit = s.max_map_count or host_limit
-            if (
-                windows
-                or (limit > 0 and s.map_count / limit >= least_fraction)
-                or s.single_page_region_count >= least_single_pages
-            ):
-                findings += _process_findings(host, item, policy)
-            series = history.get((host.host_id, process.pid))
-            if series or trend_without_history:
-                trend = _trend_finding(host, item, series or (), policy)
-                if trend is not None:
-                    findings.append(trend)
+        count += _audit_processes(
+            host, processes.get(host.host_id, ()), by_host.get(host.host_id, {}), policy, findings
+        )
     findings += _host_findings(hosts, policy)
     findings.sort(
         key=lambda f: (-f.severity, f.check, f.pointer_bits or 64, f.host_id, -f.value, f.pid)
@@ -281,67 +263,114 @@ def audit(
         process_count=count,
         findings=tuple(findings),
         applications=_applications(by_id, processes),
-        recommendations=_recommendations(hosts, processes, history, policy),
+        recommendations=_recommendations(hosts, processes, by_host, policy),
     )
 
 
-def _process_findings(host: Host, item: AuditedProcess, policy: Policy) -> list[Finding]:
-    out: list[Finding] = []
-    s = item.summary
-
-    def finding(
-        severity: Severity, check: Check, value: float, threshold: float, limit: float, message: str
-    ) -> Finding:
-        return _finding(host, item, severity, check, value, threshold, limit, message)
-
-    limit = _limit(host, item)
-    if limit > 0:
-        fraction = s.map_count / limit
-        rule = policy.map_count
-        severity = (
-            Severity.CRITICAL
-            if fraction >= rule.critical_fraction
-            else Severity.WARNING
-            if fraction >= rule.warn_fraction
-            else None
-        )
-        if severity is not None:
-            crossed = (
-                rule.critical_fraction if severity == Severity.CRITICAL else rule.warn_fraction
-            )
-            out.append(
-                finding(
-                    severity,
-                    Check.MAP_COUNT,
-                    s.map_count,
-                    round(crossed * limit),
-                    limit,
-                    f"{s.map_count:,} maps, {100 * fraction:.0f}% of vm.max_map_count "
-                    f"{limit:,}: find the growing class with `vmatlas diff`, or raise "
-                    f"vm.max_map_count on {host.host_id} (see the recommendation)",
-                )
-            )
-    rule_pages = policy.single_page
-    if (
-        s.single_page_region_count >= rule_pages.min_count
-        and s.region_count
-        and s.single_page_region_count / s.region_count >= rule_pages.min_fraction
-    ):
-        out.append(
-            finding(
-                Severity.WARNING,
-                Check.SINGLE_PAGE_STORM,
-                s.single_page_region_count,
-                rule_pages.min_count,
-                s.region_count,
-                f"{s.single_page_region_count:,} of {s.region_count:,} regions are single "
-                f"pages ({s.guard_region_count:,} guards): a guard-page allocator or malloc "
-                "debugger (Electric Fence, page heap, ASan) is likely on; turn it off",
-            )
-        )
-    if host.os == OperatingSystem.WINDOWS:
-        out += _windows_findings(host, item, policy)
+def _by_host(history: History) -> dict[str, dict[int, Series]]:
+    """``history`` as host id -> pid -> series."""
+    out: dict[str, dict[int, Series]] = {}
+    for (host_id, pid), series in history.items():
+        out.setdefault(host_id, {})[pid] = series
     return out
+
+
+def _audit_processes(
+    host: Host,
+    items: Iterable[AuditedProcess],
+    history: Mapping[int, Series],
+    policy: Policy,
+    out: list[Finding],
+) -> int:
+    """Add the findings of each of the host's processes to ``out`` (``history`` holds
+    their earlier map counts by pid); return how many have an address space (the
+    others are not audited).
+
+    Every check on a process is here. The audit runs this over every process of the
+    fleet and most cross no threshold, so each check's test comes first, in this loop
+    (a comparison or two), and a finding is made, by a call, only where one fires."""
+    map_rule, page_rule = policy.map_count, policy.single_page
+    min_points = policy.trend.min_points
+    windows = host.os == OperatingSystem.WINDOWS
+    count = 0
+    for item in items:
+        process = item.process
+        if process.address_space_empty:
+            continue
+        count += 1
+        s = item.summary
+        # Its own vm.max_map_count where the summary has it, else the host's.
+        limit = s.max_map_count or host.max_map_count
+        if limit > 0:
+            fraction = s.map_count / limit
+            if fraction >= map_rule.critical_fraction:
+                out.append(
+                    _map_count_finding(
+                        host, item, Severity.CRITICAL, map_rule.critical_fraction, fraction, limit
+                    )
+                )
+            elif fraction >= map_rule.warn_fraction:
+                out.append(
+                    _map_count_finding(
+                        host, item, Severity.WARNING, map_rule.warn_fraction, fraction, limit
+                    )
+                )
+        if (
+            s.single_page_region_count >= page_rule.min_count
+            and s.region_count
+            and s.single_page_region_count / s.region_count >= page_rule.min_fraction
+        ):
+            out.append(_single_page_finding(host, item, policy))
+        if windows:
+            out += _windows_findings(host, item, policy)
+        # The series and the latest summary: too few points whatever the window (most
+        # processes have no history) is no trend.
+        series = history.get(process.pid) or ()
+        if len(series) + 1 >= min_points:
+            trend = _trend_finding(host, item, series, limit, policy)
+            if trend is not None:
+                out.append(trend)
+    return count
+
+
+def _map_count_finding(
+    host: Host,
+    item: AuditedProcess,
+    severity: Severity,
+    crossed: float,
+    fraction: float,
+    limit: int,
+) -> Finding:
+    """``crossed``: the fraction of ``limit`` whose rule gives ``severity``."""
+    count = item.summary.map_count
+    return _finding(
+        host,
+        item,
+        severity,
+        Check.MAP_COUNT,
+        count,
+        round(crossed * limit),
+        limit,
+        f"{count:,} maps, {100 * fraction:.0f}% of vm.max_map_count {limit:,}: find the "
+        "growing class with `vmatlas diff`, or raise vm.max_map_count on "
+        f"{host.host_id} (see the recommendation)",
+    )
+
+
+def _single_page_finding(host: Host, item: AuditedProcess, policy: Policy) -> Finding:
+    s, rule = item.summary, policy.single_page
+    return _finding(
+        host,
+        item,
+        Severity.WARNING,
+        Check.SINGLE_PAGE_STORM,
+        s.single_page_region_count,
+        rule.min_count,
+        s.region_count,
+        f"{s.single_page_region_count:,} of {s.region_count:,} regions are single "
+        f"pages ({s.guard_region_count:,} guards): a guard-page allocator or malloc "
+        "debugger (Electric Fence, page heap, ASan) is likely on; turn it off",
+    )
 
 
 def _finding(
@@ -427,12 +456,11 @@ def _windows_findings(host: Host, item: AuditedProcess, policy: Policy) -> list[
 
 
 def _trend_finding(
-    host: Host, item: AuditedProcess, series: Sequence[tuple[float, int]], policy: Policy
+    host: Host, item: AuditedProcess, series: Series, limit: int, policy: Policy
 ) -> Finding | None:
+    """The trend of ``series`` and the latest summary towards ``limit``; the caller has
+    checked there are enough points before the window is applied."""
     rule = policy.trend
-    if len(series) + 1 < rule.min_points:
-        return None  # too few points whatever the window (most processes: no history)
-    limit = _limit(host, item)
     if limit <= 0:
         return None
     latest_time, latest = item.capture_time, item.summary.map_count
@@ -529,9 +557,10 @@ def _host_findings(hosts: Sequence[Host], policy: Policy) -> list[Finding]:
 def _applications(
     hosts: Mapping[str, Host], processes: Mapping[str, Sequence[AuditedProcess]]
 ) -> tuple[Application, ...]:
-    # One pass, a running tally per executable: [instances, host ids, sum, min, max,
-    # peak host id, peak pid]. The peak is the first instance with the largest (map
-    # count, host id).
+    # One pass, a running tally per executable: [instances, hosts, sum, min, max, peak
+    # host id, peak pid, last host id]. The peak is the first instance with the largest
+    # (map count, host id). A host's processes come together, so an instance on another
+    # host than the last one is on a new host.
     tally: dict[str, list[Any]] = {}
     for host_id, items in processes.items():
         if host_id not in hosts:
@@ -541,21 +570,15 @@ def _applications(
             if process.address_space_empty:
                 continue
             count = item.summary.map_count
-            exe = process.executable or process.name or f"pid {process.pid}"
+            exe = _application_name(process)
             entry = tally.get(exe)
             if entry is None:
-                tally[exe] = [
-                    1,
-                    {host_id},
-                    count,
-                    count,
-                    count,
-                    host_id,
-                    process.pid,
-                ]
+                tally[exe] = [1, 1, count, count, count, host_id, process.pid, host_id]
                 continue
             entry[0] += 1
-            entry[1].add(host_id)
+            if host_id != entry[7]:
+                entry[1] += 1
+                entry[7] = host_id
             entry[2] += count
             if count < entry[3]:
                 entry[3] = count
@@ -565,14 +588,23 @@ def _applications(
         Application(
             executable=exe,
             instances=instances,
-            host_count=len(host_ids),
+            host_count=host_count,
             map_count_max=highest,
             map_count_mean=total / instances,
             map_count_min=lowest,
             peak_host_id=peak_host,
             peak_pid=peak_pid,
         )
-        for exe, (instances, host_ids, total, lowest, highest, peak_host, peak_pid) in tally.items()
+        for exe, (
+            instances,
+            host_count,
+            total,
+            lowest,
+            highest,
+            peak_host,
+            peak_pid,
+            _,
+        ) in tally.items()
     ]
     apps.sort(key=lambda a: (-a.map_count_max, a.executable))
     return tuple(apps)
@@ -581,7 +613,7 @@ def _applications(
 def _recommendations(
     hosts: Sequence[Host],
     processes: Mapping[str, Sequence[AuditedProcess]],
-    history: History,
+    by_host: Mapping[str, Mapping[int, Series]],
     policy: Policy,
 ) -> tuple[Recommendation, ...]:
     rule = policy.recommend
@@ -593,10 +625,11 @@ def _recommendations(
     for name, members in sorted(groups.items()):
         peak, peak_process, peak_host = 0, "", ""
         for h in members:
+            history = by_host.get(h.host_id)
             for item in processes.get(h.host_id, ()):
                 highest = item.summary.map_count
                 if history:
-                    series = history.get((h.host_id, item.process.pid))
+                    series = history.get(item.process.pid)
                     if series:
                         highest = max(highest, *(n for _, n in series))
                 if highest > peak:

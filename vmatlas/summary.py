@@ -4,8 +4,10 @@ lists and alerts use. The agent, the server and the client all call :func:`summa
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterator
 from itertools import compress
 from operator import sub
+from types import ModuleType
 from typing import Any
 
 from vmatlas import native
@@ -118,44 +120,84 @@ def guard_count(table: RegionTable, keys: set[tuple[int, int, int]] | None = Non
     has them, are the distinct (state, type, protection) of the table's regions."""
     # The two kinds do not overlap: a reservation guard has no PAGE_GUARD bit.
     protections = None if keys is None else {key[2] for key in keys}
-    reservations: int = _reservation_guards(table, keys, count=True)
-    return len(_page_guards(table.protection, protections)) + reservations
+    return _page_guard_count(table.protection, protections) + _reservation_guard_count(table, keys)
 
 
-def _page_guards(protections: list[int], distinct: set[int] | None = None) -> list[int]:
-    guard_protections = {
-        p for p in (set(protections) if distinct is None else distinct) if p & GUARD
-    }
+def _guard_protections(protections: list[int], distinct: set[int] | None) -> set[int]:
+    """The protections with the PAGE_GUARD bit among ``protections`` (``distinct``:
+    the distinct ones, where the caller has them)."""
+    return {p for p in (set(protections) if distinct is None else distinct) if p & GUARD}
+
+
+def _page_guards(protections: list[int]) -> list[int]:
+    guard_protections = _guard_protections(protections, None)
     if not guard_protections:
         return []
     return [i for i, p in enumerate(protections) if p in guard_protections]
 
 
-def _reservation_guards(
-    table: RegionTable, keys: set[tuple[int, int, int]] | None = None, *, count: bool = False
-) -> Any:
-    """Indices (or with ``count``, the number) of the small reservations the guard rule
-    names, directly below memory."""
+def _page_guard_count(protections: list[int], distinct: set[int] | None) -> int:
+    """``len(_page_guards(protections))``, without listing them."""
+    guard_protections = _guard_protections(protections, distinct)
+    if not guard_protections:
+        return 0
+    return sum(map(guard_protections.__contains__, protections))
+
+
+def _reservation_guards(table: RegionTable) -> list[int]:
+    """Indices of the small reservations the guard rule names, directly below memory."""
+    accel = native.accel
+    if accel is not None:
+        walk = _guard_walk(accel, table, None)
+        if walk is None:
+            return []
+        found = accel.followed_by(*walk)
+        if found is not None:
+            return found  # type: ignore[no-any-return]
+    return list(_reservation_guards_pure(table))
+
+
+def _reservation_guard_count(table: RegionTable, keys: set[tuple[int, int, int]] | None) -> int:
+    """``len(_reservation_guards(table))``, without listing them; ``keys`` as for
+    :func:`guard_count`."""
+    accel = native.accel
+    if accel is not None:
+        walk = _guard_walk(accel, table, keys)
+        if walk is None:
+            return 0
+        found = accel.followed_by(*walk, True)
+        if found is not None:
+            return found  # type: ignore[no-any-return]
+    return sum(1 for _ in _reservation_guards_pure(table))
+
+
+def _guard_walk(
+    accel: ModuleType, table: RegionTable, keys: set[tuple[int, int, int]] | None
+) -> tuple[Any, ...] | None:
+    """The arguments of the native walk (``followed_by``) for the reservation guards,
+    or None where no region can be one: nothing to walk. The rule is decided here for
+    each distinct (state, type, protection) (``keys``, else tallied); the loop over the
+    regions, with their sizes and neighbours, runs in C."""
+    if keys is None:
+        keys = set(
+            accel.tally(table.start, table.end, 0, table.state, table.type, table.protection) or ()
+        )
+    own = frozenset(key for key in keys if _guard_by_itself(*key))
+    if not own:
+        return None
+    return (
+        table.start, table.end, table.state, table.type, table.protection,
+        own, GUARD_MAX_BYTES, GUARD_NEXT_STATES,
+    )  # fmt: skip
+
+
+def _reservation_guards_pure(table: RegionTable) -> Iterator[int]:
+    """:func:`_reservation_guards` in Python."""
     protections, states = table.protection, table.state
     starts, ends, types = table.start, table.end, table.type
     n = len(table)
-    accel = native.accel
-    if accel is not None:
-        # The rule is decided here for each distinct (state, type, protection); the
-        # loop over the regions, with their sizes and neighbours, runs in C.
-        if keys is None:
-            keys = set(accel.tally(starts, ends, 0, states, types, protections) or ())
-        own = frozenset(key for key in keys if _guard_by_itself(*key))
-        if not own:  # no region can be one: nothing to walk
-            return 0 if count else []
-        found = accel.followed_by(
-            starts, ends, states, types, protections, own, GUARD_MAX_BYTES, GUARD_NEXT_STATES,
-            count,
-        )  # fmt: skip
-        if found is not None:
-            return found
     # Reservations are rare enough to look at one by one.
-    indices = [
+    return (
         i
         for i in compress(range(n), map(RESERVED.__eq__, states))
         if _guard_by_itself(states[i], types[i], protections[i])
@@ -163,8 +205,7 @@ def _reservation_guards(
         and i + 1 < n
         and starts[i + 1] == ends[i]
         and states[i + 1] in GUARD_NEXT_STATES
-    ]
-    return len(indices) if count else indices
+    )
 
 
 _COUNTS = ("region_count", "committed", "reserved", "gate_count", "single_page")
