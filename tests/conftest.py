@@ -285,10 +285,21 @@ def cgroup2_mount() -> Path | None:
 @pytest.fixture
 def cgroups() -> Iterator[Callable[[str, int], None]]:
     """``place(relative_path, pid)``: make a cgroup under a test-owned root and move the
-    pid into it. Everything is moved back and removed afterwards."""
+    pid into it. Everything is moved back and removed afterwards. Skips without root or a
+    writable cgroup v2 hierarchy, unless VMATLAS_REQUIRE_CGROUPS is set (CI sets it):
+    then that is a failure."""
     mount = cgroup2_mount()
     if os.geteuid() != 0 or mount is None or not os.access(mount, os.W_OK):
-        pytest.skip("needs root and a writable cgroup v2 hierarchy to make cgroups")
+        if os.geteuid() != 0:
+            why = "not running as root"
+        elif mount is None:
+            why = "no cgroup2 hierarchy is mounted"
+        else:
+            why = f"the cgroup2 hierarchy at {mount} is not writable"
+        message = f"making cgroups needs root and a writable cgroup v2 hierarchy ({why})"
+        if os.environ.get("VMATLAS_REQUIRE_CGROUPS"):
+            pytest.fail(f"{message} (VMATLAS_REQUIRE_CGROUPS is set)")
+        pytest.skip(message)
     root = mount / f"vmatlas-test-{uuid.uuid4().hex[:12]}"
     root.mkdir()
     moved: list[tuple[int, Path]] = []
