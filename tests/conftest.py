@@ -1,6 +1,7 @@
 """Fixtures shared by every test: real child processes that plant address-space
 layouts (tests/linux/planter.c, built once per session with the system C compiler),
-and databases of their own on the real PostgreSQL server."""
+databases of their own on the real PostgreSQL server, and in-process fleet servers on
+loopback ports with uplinks that use the real Linux reader."""
 
 from __future__ import annotations
 
@@ -13,12 +14,20 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
+if TYPE_CHECKING:
+    from vmatlas.agents.linux import LinuxReader
+    from vmatlas.agents.uplink import Uplink
+    from vmatlas.server.app import FleetServer
+
 HERE = Path(__file__).parent
 PAGE = os.sysconf("SC_PAGE_SIZE")
+# Heartbeat windows short enough for tests.
+HEARTBEAT_SECONDS = 0.2
+OFFLINE_AFTER_SECONDS = 1.0
 
 
 def spaced_table(n: int, page: int = 4096) -> Any:
@@ -248,6 +257,62 @@ def make_postgres_url(postgres_run_database: str) -> Iterator[Callable[[], str]]
 def postgres_url(make_postgres_url: Callable[[], str]) -> str:
     """The URL of a fresh, empty PostgreSQL store of this test's own."""
     return make_postgres_url()
+
+
+@pytest.fixture(scope="session")
+def reader() -> LinuxReader:
+    from vmatlas.agents.linux import LinuxReader
+
+    return LinuxReader()
+
+
+@pytest.fixture
+def make_server(tmp_path: Path) -> Iterator[Callable[..., FleetServer]]:
+    """``make(**overrides)``: start a fleet server on a loopback port with a fresh data
+    directory and short heartbeat windows; every one is stopped afterwards."""
+    from vmatlas.server.app import FleetServer, ServerConfig
+
+    servers: list[FleetServer] = []
+
+    def make(**overrides: Any) -> FleetServer:
+        values: dict[str, Any] = {
+            "listen": "127.0.0.1:0",
+            "data_dir": str(tmp_path / "data"),
+            "heartbeat_seconds": HEARTBEAT_SECONDS,
+            "offline_after_seconds": OFFLINE_AFTER_SECONDS,
+            "agent_timeout_seconds": 5.0,
+            "retain_seconds": 0.0,
+            "max_agents": 80,
+        }
+        values.update(overrides)
+        server = FleetServer(ServerConfig(**values)).start()
+        servers.append(server)
+        return server
+
+    yield make
+    for server in servers:
+        server.stop(0.5)
+
+
+@pytest.fixture
+def make_uplink(reader: LinuxReader) -> Iterator[Callable[..., Uplink]]:
+    """``make(target, host_id, **options)``: start an uplink to ``target`` reading with
+    ``reader`` unless the options name another; every one is stopped afterwards."""
+    from vmatlas.agents.uplink import Uplink
+
+    uplinks: list[Uplink] = []
+
+    def make(target: str, host_id: str, **options: Any) -> Uplink:
+        source = options.pop("reader", reader)
+        values: dict[str, Any] = {"interval_seconds": 60.0, "backoff_max_seconds": 0.5}
+        values.update(options)
+        uplink = Uplink(source, target, host_id=host_id, **values)
+        uplinks.append(uplink.start())
+        return uplink
+
+    yield make
+    for uplink in uplinks:
+        uplink.stop()
 
 
 def pytest_report_header() -> str:

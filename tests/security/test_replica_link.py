@@ -4,8 +4,7 @@ a forwarded fresh snapshot arrives whole, and the caller's role holds across it.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Callable
 
 import grpc
 import pytest
@@ -20,52 +19,8 @@ from vmatlas.security import certs, tls
 from vmatlas.security.options import security_namespace, server_security
 from vmatlas.security.policy import SERVER_POLICY
 from vmatlas.security.tokens import Role
-from vmatlas.server.app import FleetServer, ServerConfig
+from vmatlas.server.app import FleetServer
 from vmatlas.v1 import replica_pb2, replica_pb2_grpc
-
-
-@pytest.fixture
-def make_server(tmp_path: Any) -> Iterator[Callable[..., FleetServer]]:
-    servers: list[FleetServer] = []
-
-    def make(**values: Any) -> FleetServer:
-        config = ServerConfig(
-            listen="127.0.0.1:0",
-            data_dir=str(tmp_path / "data"),
-            heartbeat_seconds=0.2,
-            offline_after_seconds=1.0,
-            agent_timeout_seconds=10.0,
-            retain_seconds=0.0,
-            **values,
-        )
-        servers.append(FleetServer(config).start())
-        return servers[-1]
-
-    yield make
-    for server in servers:
-        server.stop(0.5)
-
-
-@pytest.fixture
-def make_uplink() -> Iterator[Callable[..., Uplink]]:
-    uplinks: list[Uplink] = []
-    reader = LinuxReader()
-
-    def make(target: str, host_id: str, **options: Any) -> Uplink:
-        uplink = Uplink(
-            reader,
-            target,
-            host_id=host_id,
-            interval_seconds=60.0,
-            backoff_max_seconds=0.5,
-            **options,
-        )
-        uplinks.append(uplink.start())
-        return uplink
-
-    yield make
-    for uplink in uplinks:
-        uplink.stop()
 
 
 def _replica(pki: Pki, name: str) -> certs.Issued:

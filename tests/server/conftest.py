@@ -1,7 +1,6 @@
-"""Fixtures for the fleet server tests: an in-process server on a loopback port with a
-fresh data directory and heartbeat windows short enough for tests, uplinks that use
-the real Linux reader, a hand-driven agent stream for misbehaving agents, and
-``vmatlas`` commands as child processes."""
+"""Fixtures for the fleet server tests: a server and a client on it (from
+``make_server`` in tests/conftest.py, shared with the other suites), a hand-driven agent
+stream for misbehaving agents, and ``vmatlas`` commands as child processes."""
 
 from __future__ import annotations
 
@@ -15,52 +14,20 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import grpc
 import pytest
 
-# Re-exported: the server tests import it from here.
+# Re-exported: the server tests import them from here.
+from tests.conftest import HEARTBEAT_SECONDS as HEARTBEAT_SECONDS
+from tests.conftest import OFFLINE_AFTER_SECONDS as OFFLINE_AFTER_SECONDS
 from tests.conftest import wait_for as wait_for
 from vmatlas import wire
 from vmatlas.agents.linux import LinuxReader
-from vmatlas.agents.uplink import Uplink
 from vmatlas.client import Client
 from vmatlas.model import Host
-from vmatlas.server.app import FleetServer, ServerConfig
+from vmatlas.server.app import FleetServer
 from vmatlas.v1 import hub_pb2, hub_pb2_grpc
-
-HEARTBEAT_SECONDS = 0.2
-OFFLINE_AFTER_SECONDS = 1.0
-
-
-@pytest.fixture(scope="session")
-def reader() -> LinuxReader:
-    return LinuxReader()
-
-
-@pytest.fixture
-def make_server(tmp_path: Path) -> Iterator[Callable[..., FleetServer]]:
-    servers: list[FleetServer] = []
-
-    def make(**overrides: Any) -> FleetServer:
-        values: dict[str, Any] = {
-            "listen": "127.0.0.1:0",
-            "data_dir": str(tmp_path / "data"),
-            "heartbeat_seconds": HEARTBEAT_SECONDS,
-            "offline_after_seconds": OFFLINE_AFTER_SECONDS,
-            "agent_timeout_seconds": 5.0,
-            "retain_seconds": 0.0,
-            "max_agents": 80,
-        }
-        values.update(overrides)
-        server = FleetServer(ServerConfig(**values)).start()
-        servers.append(server)
-        return server
-
-    yield make
-    for server in servers:
-        server.stop(0.5)
 
 
 @pytest.fixture
@@ -72,23 +39,6 @@ def server(make_server: Callable[..., FleetServer]) -> FleetServer:
 def client(server: FleetServer) -> Iterator[Client]:
     with Client(server.address, timeout=15.0) as c:
         yield c
-
-
-@pytest.fixture
-def make_uplink(reader: LinuxReader) -> Iterator[Callable[..., Uplink]]:
-    uplinks: list[Uplink] = []
-
-    def make(target: str, host_id: str, **options: Any) -> Uplink:
-        source = options.pop("reader", reader)
-        values: dict[str, Any] = {"interval_seconds": 60.0, "backoff_max_seconds": 0.5}
-        values.update(options)
-        uplink = Uplink(source, target, host_id=host_id, **values)
-        uplinks.append(uplink.start())
-        return uplink
-
-    yield make
-    for uplink in uplinks:
-        uplink.stop()
 
 
 class RawAgent:

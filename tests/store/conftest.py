@@ -17,11 +17,6 @@ from vmatlas.server.store import Store, open_store
 BACKENDS = ("sqlite", "postgresql")
 
 
-@pytest.fixture(scope="session")
-def reader() -> LinuxReader:
-    return LinuxReader()
-
-
 @pytest.fixture(params=BACKENDS)
 def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
