@@ -1,7 +1,8 @@
 """Fixtures shared by every test: real child processes that plant address-space
 layouts (tests/linux/planter.c, built once per session with the system C compiler),
-databases of their own on the real PostgreSQL server, and in-process fleet servers on
-loopback ports with uplinks that use the real Linux reader."""
+databases of their own on the real PostgreSQL server, in-process fleet servers on
+loopback ports with uplinks that use the real Linux reader, and headless Chromium for the
+browser tests with the folder their screenshots go to."""
 
 from __future__ import annotations
 
@@ -313,6 +314,35 @@ def make_uplink(reader: LinuxReader) -> Iterator[Callable[..., Uplink]]:
     yield make
     for uplink in uplinks:
         uplink.stop()
+
+
+@pytest.fixture
+def browser(tmp_path: Path) -> Iterator[Any]:
+    """A fresh headless Chromium (tests/browser.py), quit after; skips without it
+    unless VMATLAS_REQUIRE_CHROMIUM is set."""
+    from tests.browser import chromium
+
+    yield from chromium(tmp_path)
+
+
+_SCREENSHOTS: list[Path] = []
+
+
+@pytest.fixture(scope="session")
+def screenshot_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where the browser tests save a screenshot of each page ($VMATLAS_ARTIFACT_DIR, or
+    a temporary directory); printed at the end of the run."""
+    root = os.environ.get("VMATLAS_ARTIFACT_DIR")
+    path = Path(root) / "web-screenshots" if root else tmp_path_factory.mktemp("web-screenshots")
+    path.mkdir(parents=True, exist_ok=True)
+    _SCREENSHOTS.append(path)
+    return path
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    for path in _SCREENSHOTS:
+        shots = sorted(p.name for p in path.glob("*.png"))
+        terminalreporter.write_line(f"web view screenshots ({len(shots)}): {path}")
 
 
 def pytest_report_header() -> str:

@@ -4,7 +4,6 @@ pushing every second) and a planted child, and the web routes on a loopback HTTP
 from __future__ import annotations
 
 import json
-import os
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -138,80 +137,3 @@ def secured_fleet(planter: Planter, tmp_path: Path) -> Iterator[Fleet]:
     f.tokens = tokens
     yield f
     _stop(f)
-
-
-CHROMIUM = "/usr/bin/chromium"
-CHROMEDRIVER = "/usr/bin/chromedriver"
-CHROMIUM_FLAGS = (
-    "--headless=new",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--window-size=1400,1000",
-)
-
-
-def require_chromium() -> None:
-    """Skip without Debian's chromium and chromium-driver, unless CI requires them."""
-    missing = [p for p in (CHROMIUM, CHROMEDRIVER) if not Path(p).exists()]
-    try:
-        import selenium  # noqa: F401
-    except ImportError:
-        missing.append("selenium (pip install -e '.[test]')")
-    if not missing:
-        return
-    message = f"missing {', '.join(missing)} (tools/system-deps installs chromium)"
-    if os.environ.get("VMATLAS_REQUIRE_CHROMIUM"):
-        pytest.fail(f"{message} (VMATLAS_REQUIRE_CHROMIUM is set)")
-    pytest.skip(message)
-
-
-def new_browser(user_data_dir: Path) -> Any:
-    """Headless Debian Chromium through chromedriver, with a fresh profile and nothing
-    fetched from the network (no driver or browser download either)."""
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in CHROMIUM_FLAGS:
-        options.add_argument(flag)
-    options.add_argument(f"--user-data-dir={user_data_dir}")
-    return webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
-
-
-def chromium(tmp_path: Path) -> Iterator[Any]:
-    """The body of a ``browser`` fixture: a fresh headless Chromium, quit after."""
-    require_chromium()
-    driver = new_browser(tmp_path / "chromium-profile")
-    driver.set_page_load_timeout(60)
-    yield driver
-    driver.quit()
-
-
-@pytest.fixture
-def browser(tmp_path: Path) -> Iterator[Any]:
-    yield from chromium(tmp_path)
-
-
-@pytest.fixture(scope="session")
-def screenshot_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Where the browser tests save a screenshot of each page ($VMATLAS_ARTIFACT_DIR, or
-    a temporary directory); printed at the end of the run."""
-    root = os.environ.get("VMATLAS_ARTIFACT_DIR")
-    path = Path(root) / "web-screenshots" if root else tmp_path_factory.mktemp("web-screenshots")
-    path.mkdir(parents=True, exist_ok=True)
-    _SCREENSHOTS.append(path)
-    return path
-
-
-_SCREENSHOTS: list[Path] = []
-
-
-def pytest_terminal_summary(terminalreporter: Any) -> None:
-    for path in _SCREENSHOTS:
-        shots = sorted(p.name for p in path.glob("*.png"))
-        terminalreporter.write_line(f"web view screenshots ({len(shots)}): {path}")

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from tests.browser import point_in
 from tests.conftest import wait_for
 from tests.web.conftest import HOST_ID, PLANTED_REGIONS, Fleet, Response, request
 from vmatlas.security.redact import _ADDRESS_TEXT
@@ -233,19 +234,6 @@ def test_pages_run_no_inline_script(fleet: Fleet, path: str) -> None:
     assert not re.search(rb"<script(?![^>]*\bsrc=)", r.body)
 
 
-def _point_in(browser: Any, canvas: Any, point: list[float]) -> tuple[int, int]:
-    """A point in a canvas's own pixels as an offset from its centre in CSS pixels (what
-    ActionChains moves by)."""
-    width, height, css_width, css_height = browser.execute_script(
-        "const c = arguments[0], r = c.getBoundingClientRect();"
-        "return [c.width, c.height, r.width, r.height];",
-        canvas,
-    )
-    x = point[0] * css_width / width - css_width / 2
-    y = point[1] * css_height / height - css_height / 2
-    return round(x), round(y)
-
-
 def test_hovering_shows_a_regions_row_and_clicking_selects_it(fleet: Fleet, browser: Any) -> None:
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
@@ -263,7 +251,7 @@ def test_hovering_shows_a_regions_row_and_clicking_selects_it(fleet: Fleet, brow
             canvas = browser.find_element(By.ID, canvas_id)
             browser.execute_script("arguments[0].scrollIntoView({block: 'center'})", canvas)
             point = browser.execute_script(f"return window.vmatlasPicture.{where}({index})")
-            x, y = _point_in(browser, canvas, point)
+            x, y = point_in(browser, canvas, point)
             ActionChains(browser).move_to_element_with_offset(canvas, x, y).perform()
             wait_for(
                 lambda i=str(index): tip.is_displayed() and tip.get_attribute("data-region") == i,

@@ -7,7 +7,6 @@ colour of the very pixels where the page says each planted region is drawn."""
 from __future__ import annotations
 
 import json
-import os
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,8 +14,9 @@ from typing import Any
 
 import pytest
 
+from tests.browser import point_in
 from tests.conftest import wait_for
-from tests.web.conftest import chromium, request
+from tests.web.conftest import request
 from vmatlas.agents.uplink import Uplink
 from vmatlas.agents.windows import WindowsReader
 from vmatlas.agents.windows.wine import WineApi
@@ -61,11 +61,6 @@ def agent(server: FleetServer, wine_api: WineApi) -> Iterator[Uplink]:
     uplink.stop()
 
 
-@pytest.fixture
-def browser(tmp_path: Path) -> Iterator[Any]:
-    yield from chromium(tmp_path)
-
-
 def _pixel(browser: Any, canvas_id: str, point: list[float]) -> str:
     colour: str = browser.execute_script(
         "const c = document.getElementById(arguments[0]);"
@@ -90,7 +85,7 @@ def test_the_picture_shows_reserved_committed_and_unusable_slivers(
     agent: Uplink,
     planter: Planter,
     browser: Any,
-    tmp_path: Path,
+    screenshot_dir: Path,
 ) -> None:
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
@@ -133,11 +128,9 @@ def test_the_picture_shows_reserved_committed_and_unusable_slivers(
     )
     assert browser.find_element(By.TAG_NAME, "body").get_attribute("data-loaded") == "process"
     assert browser.find_element(By.ID, "pid").text == str(pid)
-    shots = Path(os.environ.get("VMATLAS_ARTIFACT_DIR") or tmp_path) / "web-screenshots"
-    shots.mkdir(parents=True, exist_ok=True)
     browser.set_window_size(1400, 2200)
     browser.save_screenshot(
-        str(shots / f"windows-process-{'free' if include_free else 'gaps'}.png")
+        str(screenshot_dir / f"windows-process-{'free' if include_free else 'gaps'}.png")
     )
     browser.set_window_size(1400, 1000)
 
@@ -175,13 +168,8 @@ def test_the_picture_shows_reserved_committed_and_unusable_slivers(
     # unusable bytes before it.
     browser.execute_script("arguments[0].scrollIntoView({block: 'center'})", grid)
     point = browser.execute_script(f"return window.vmatlasPicture.sliverCell({after})")
-    width, css_width = browser.execute_script(
-        "return [arguments[0].width, arguments[0].getBoundingClientRect().width]", grid
-    )
-    ratio = css_width / width
-    ActionChains(browser).move_to_element_with_offset(
-        grid, round(point[0] * ratio - css_width / 2), round(point[1] * ratio - css_width / 2)
-    ).perform()
+    x, y = point_in(browser, grid, point)
+    ActionChains(browser).move_to_element_with_offset(grid, x, y).perform()
     tip = browser.find_element(By.ID, "picture-tip")
     wait_for(lambda: tip.get_attribute("data-region") == str(after), what="the sliver's tip")
     assert "(60.0 KiB unusable)" in tip.text, tip.text
