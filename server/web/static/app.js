@@ -303,7 +303,6 @@
         { key: "ratio", label: "most of the limit", num: true, value: (g) => g.map_count_ratio_max, cell: (g) => (status.max_map_count ? fmtPct(g.map_count_ratio_max) : "-") },
         { key: "committed", label: "committed", num: true, value: (g) => g.committed_bytes, cell: (g) => fmtBytes(g.committed_bytes) },
       ], doc.groups, { attrs: { id: "groups", "data-by": key }, sortKey: "maps", desc: true }));
-      document.body.dataset.groups = key;
     }
     main.append(
       h("h2", { text: "Processes" }),
@@ -595,7 +594,7 @@
     for (let i = 0; i < n; i++) {
       const gap = r.gap_before[i];
       if (!gap) continue;
-      const w = gapWidth(gap), row = Math.floor(gapPos[i] / W), x = gapPos[i] - row * W;
+      const w = gapWidths[i], row = Math.floor(gapPos[i] / W), x = gapPos[i] - row * W;
       if (w >= 30 && x + w <= W) s.fillText(gapLabel(gap), x + 2, row * ROW + ROW / 2);
     }
 
