@@ -281,8 +281,15 @@ def _group_by(browser: Any, by: str) -> None:
     from selenium.webdriver.support.select import Select
 
     Select(browser.find_element(By.ID, "group-by")).select_by_value(by)
+    # Read in one script: the table is replaced when the groups arrive, so an element
+    # found first could be stale by the time its attribute is read.
     wait_for(
-        lambda: browser.find_element(By.ID, "groups").get_attribute("data-by") == by,
+        lambda: (
+            browser.execute_script(
+                "const g = document.getElementById('groups'); return g && g.dataset.by"
+            )
+            == by
+        ),
         what=f"the groups by {by}",
     )
 
