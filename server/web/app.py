@@ -95,8 +95,8 @@ DOCUMENTS: Final = web.AppKey("vmatlas_snapshot_documents", EncodedDocuments)
 
 @dataclass(frozen=True, slots=True)
 class Encoded:
-    """A document a handler returns already encoded as JSON (for callers who see
-    addresses: a viewer's copy is decoded and scrubbed like any other)."""
+    """A document a handler returns already encoded as JSON, sent as it is: only
+    ``_snapshot_document`` builds one, and only for a caller who sees addresses."""
 
     body: bytes
 
@@ -172,13 +172,11 @@ def api(role: Role) -> Callable[[Callable[..., Awaitable[Any]]], Handler]:
                     log.error("web API %s failed: %s", request.path, exc)
                 return json_error(status, str(exc))
             if isinstance(document, Encoded):
-                if principal.sees_addresses:
-                    return web.Response(
-                        body=document.body,
-                        content_type="application/json",
-                        headers={"Cache-Control": "no-store"},
-                    )
-                document = json.loads(document.body)
+                return web.Response(
+                    body=document.body,
+                    content_type="application/json",
+                    headers={"Cache-Control": "no-store"},
+                )
             if not principal.sees_addresses:
                 document = documents.strip_for_viewer(document)
             return web.json_response(
@@ -360,7 +358,7 @@ async def get_latest_snapshot(request: web.Request, principal: Principal) -> Any
     host_id, pid = _host(request), _pid(request)
     with_regions = _bool(request, "regions", True)
     stored = await _run(request.app[SERVICES].queries.latest_snapshot, host_id, pid)
-    return await _run(_snapshot_document, request.app[DOCUMENTS], stored, with_regions)
+    return await _run(_snapshot_document, request.app[DOCUMENTS], stored, with_regions, principal)
 
 
 @api(Role.INSPECTOR)
@@ -390,13 +388,16 @@ async def get_stored_snapshot(request: web.Request, principal: Principal) -> Any
         raise errors.InvalidArgument("snapshot_id: at most 256 characters, no NUL")
     with_regions = _bool(request, "regions", True)
     stored = await _run(request.app[SERVICES].queries.stored_snapshot, snapshot_id)
-    return await _run(_snapshot_document, request.app[DOCUMENTS], stored, with_regions)
+    return await _run(_snapshot_document, request.app[DOCUMENTS], stored, with_regions, principal)
 
 
 def _snapshot_document(
-    cache: EncodedDocuments, stored: HostSnapshot, with_regions: bool
+    cache: EncodedDocuments, stored: HostSnapshot, with_regions: bool, principal: Principal
 ) -> Encoded:
-    """The snapshot's document, encoded once for every later request of it."""
+    """The snapshot's document, encoded once for every later request of it. It is sent
+    unscrubbed, so a caller who may not see addresses is refused."""
+    if not principal.sees_addresses:
+        raise errors.AccessDenied(f"a snapshot's document needs the {Role.INSPECTOR} role")
     key = snapshot_key(stored, with_regions)
     body = cache.get(key)
     if body is None:

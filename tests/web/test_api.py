@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
+import json
+
+import pytest
+
 from tests.web.conftest import HOST_ID, PLANTED_REGIONS, Fleet, request
+from vmatlas import errors
+from vmatlas.security.auth import Principal
+from vmatlas.security.tokens import Role
+from vmatlas.server.domain.hub import SnapshotRequest
 
 
 def test_smoke(fleet: Fleet) -> None:
@@ -114,3 +122,22 @@ def test_without_tokens_only_loopback_names_are_served(fleet: Fleet) -> None:
     r = request(f"{fleet.url}/api/v1/hosts", headers={"Host": "attacker.example"})
     assert r.status == 403
     assert request(f"{fleet.url}/api/v1/hosts", headers={"Host": "localhost"}).status == 200
+
+
+def test_the_snapshot_document_is_built_for_no_caller_who_cannot_see_addresses(
+    fleet: Fleet,
+) -> None:
+    from vmatlas.server.web.app import _snapshot_document
+    from vmatlas.server.web.cache import EncodedDocuments
+
+    # It is sent as encoded, unscrubbed: the one place that builds it refuses a viewer
+    # even where a handler's own role check would let one through.
+    stored = fleet.server.queries.fresh_snapshot(
+        HOST_ID, SnapshotRequest(fleet.pid), timeout_seconds=30.0
+    )
+    cache = EncodedDocuments()
+    with pytest.raises(errors.AccessDenied):
+        _snapshot_document(cache, stored, True, Principal("someone", Role.VIEWER))
+    assert len(cache) == 0
+    encoded = _snapshot_document(cache, stored, True, Principal("someone", Role.INSPECTOR))
+    assert json.loads(encoded.body)["regions"]["start"][0].startswith("0x")
