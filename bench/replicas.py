@@ -156,8 +156,10 @@ def forwarded_snapshot(url: str, rounds: int, regions: int) -> dict[str, Any]:
         with Client(holder) as near, Client(other) as far:
             for client in (near, far):  # connect, store the region table once: untimed
                 client.snapshot(pid, host=HOST_ID, fresh=True)
+            pairs = [(near, direct), (far, forwarded)]
             for _ in range(rounds):
-                for client, times in ((near, direct), (far, forwarded)):
+                pairs.reverse()  # holder first, then the other first: neither always leads
+                for client, times in pairs:
                     start = time.perf_counter()
                     snapshot = client.snapshot(pid, host=HOST_ID, fresh=True)
                     times.append(time.perf_counter() - start)

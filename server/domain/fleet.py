@@ -324,11 +324,11 @@ class FleetQueries:
         other replica an ownership record names (at once: only one can hold the
         host). Unavailable, saying why, when none does."""
         assert self.peers is not None
-        await self.hub.blocking(self.store.host, host_id)  # NotFound for an unknown host
-        owners = await self.hub.blocking(self.store.host_owners)
+        # One read of one row on the way to the holder (NotFound for an unknown host);
+        # every host's record only when that one does not lead to it.
+        owner = await self.hub.blocking(self.store.host_owner, host_id)
         now = self.hub.clock()
         me = self.hub.replica.replica_id
-        owner = owners.get(host_id)
         asked: list[str] = []
         why = _ownership_text(owner, now)
         if owner is not None and owner.live(now) and owner.replica_id != me and owner.address:
@@ -343,6 +343,7 @@ class FleetQueries:
                     return found
                 why = f"its holder {owner.replica_id} at {owner.address} no longer holds it"
             asked.append(owner.address)
+        owners = await self.hub.blocking(self.store.host_owners)
         others = sorted(
             {
                 o.address

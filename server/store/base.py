@@ -245,6 +245,11 @@ class Store(Protocol):
         newer claim holds the host, and it stays online) and return False. The epoch
         stays, so later claims still go above it."""
 
+    def host_owner(self, host_id: str) -> HostOwnership | None:
+        """The host's latest ownership record, live or not, as :meth:`host_owners`
+        gives it; None when it never had one. NotFound for an unknown host. One read
+        of one host: what forwarding a fresh snapshot asks first."""
+
     def host_owners(self) -> dict[str, HostOwnership]:
         """Every host's latest ownership record, live or expired (see
         :meth:`HostOwnership.live`), released ones included with an empty replica."""

@@ -302,6 +302,14 @@ class Statements:
             SELECT l.host_id, l.pid, l.start_time, x.capture_time, x.map_count
               FROM points x JOIN changing USING (process_id) JOIN latest l USING (process_id)
              ORDER BY x.capture_time"""
+        # A host's ownership record beside its row: NULLs when it never had one.
+        self.host_lease_columns = "o.holder, o.address, o.instance_id, o.epoch, o.expires_time"
+        self.host_lease_join = (
+            f"LEFT JOIN leases o ON o.kind = '{HOST_LEASE}' AND o.name = h.host_id AND o.epoch > 0"
+        )
+        self.host_lease = f"""
+            SELECT {self.host_lease_columns} FROM hosts h {self.host_lease_join}
+            WHERE h.host_id = {p}"""
         self.lease_rows = f"""
             SELECT name, holder, address, instance_id, epoch, expires_time FROM leases
             WHERE kind = {p} AND epoch > 0 ORDER BY name"""
@@ -854,6 +862,13 @@ class RuleStore:
             if tx.host_exists(held.host_id):
                 tx.set_offline(held.host_id)
         return True
+
+    def host_owner(self, host_id: str) -> HostOwnership | None:
+        rows = self.backend.read(self.backend.sql.host_lease, (host_id,))
+        if not rows:
+            raise errors.NotFound(f"no host {host_id!r}")
+        holder = rows[0]
+        return None if holder[0] is None else self._ownership(host_id, LeaseRow(*holder))
 
     def host_owners(self) -> dict[str, HostOwnership]:
         return {

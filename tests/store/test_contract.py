@@ -616,6 +616,26 @@ def test_host_ownership_claims_bump_the_epoch_and_fence_the_old_holder(store: St
     assert list(store.host_owners()) == ["h1"]
 
 
+def test_one_hosts_ownership_record_is_read_alone(store: Store) -> None:
+    store.put_host(make_host("h1"), 100.0)
+    store.put_host(make_host("h2"), 100.0)
+    with pytest.raises(errors.NotFound, match="h3"):
+        store.host_owner("h3")
+    assert store.host_owner("h1") is None  # known, never claimed
+    first = store.claim_host(
+        "h1", replica_id="r1", address="a:1", instance_id="agent-1", now=100.0, ttl_seconds=10.0
+    )
+    store.claim_host(
+        "h2", replica_id="r2", address="b:1", instance_id="agent-2", now=100.0, ttl_seconds=10.0
+    )
+    assert store.host_owner("h1") == first == store.host_owners()["h1"]
+    assert store.release_host(first)
+    released = store.host_owner("h1")
+    assert released is not None and (released.replica_id, released.epoch) == ("", 1)
+    assert released == store.host_owners()["h1"]
+    assert store.host_owner("h2") == store.host_owners()["h2"]
+
+
 def test_releasing_a_host_marks_it_offline_unless_a_newer_claim_holds_it(store: Store) -> None:
     store.put_host(make_host("h1"), 100.0)
     first = store.claim_host(
