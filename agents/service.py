@@ -53,15 +53,15 @@ class AgentServicer(Agent, agent_pb2_grpc.AgentServiceServicer):
         return response
 
     @maps_errors
-    def GetSnapshot(
+    def GetSnapshot(  # type: ignore[override]  # the response's bytes, see add_to_server
         self, request: agent_pb2.GetSnapshotRequest, context: grpc.ServicerContext
-    ) -> agent_pb2.GetSnapshotResponse:
+    ) -> wire.Serialized:
+        """The response as bytes (registered by :func:`add_to_server`): a large region
+        table is written once, natively, not parsed into a message and written again."""
         snapshot = self.snapshot(
             request.pid, request.include_free, request.include_residency, request.view
         )
-        response = agent_pb2.GetSnapshotResponse()
-        wire.snapshot_to_pb(snapshot, response.snapshot)
-        return response
+        return wire.snapshot_response(snapshot)
 
     @maps_stream_errors
     def WatchProcess(
@@ -105,3 +105,32 @@ class AgentServicer(Agent, agent_pb2_grpc.AgentServiceServicer):
                     next_tick = now + interval
             last_count = item.summary.region_count
             time.sleep(poll)
+
+
+def add_to_server(servicer: AgentServicer, server: grpc.Server) -> None:
+    """``agent_pb2_grpc.add_AgentServiceServicer_to_server``, except that GetSnapshot's
+    answer is sent as the bytes it already is (:func:`vmatlas.wire.serialize_response`)."""
+    handlers = {
+        "GetHost": grpc.unary_unary_rpc_method_handler(
+            servicer.GetHost,
+            request_deserializer=agent_pb2.GetHostRequest.FromString,
+            response_serializer=agent_pb2.GetHostResponse.SerializeToString,
+        ),
+        "ListProcesses": grpc.unary_unary_rpc_method_handler(
+            servicer.ListProcesses,
+            request_deserializer=agent_pb2.ListProcessesRequest.FromString,
+            response_serializer=agent_pb2.ListProcessesResponse.SerializeToString,
+        ),
+        "GetSnapshot": grpc.unary_unary_rpc_method_handler(
+            servicer.GetSnapshot,
+            request_deserializer=agent_pb2.GetSnapshotRequest.FromString,
+            response_serializer=wire.serialize_response,
+        ),
+        "WatchProcess": grpc.unary_stream_rpc_method_handler(
+            servicer.WatchProcess,
+            request_deserializer=agent_pb2.WatchProcessRequest.FromString,
+            response_serializer=agent_pb2.WatchProcessResponse.SerializeToString,
+        ),
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
+    server.add_registered_method_handlers(SERVICE_NAME, handlers)

@@ -59,6 +59,13 @@ __all__ = [
 ]
 
 
+_GET_SNAPSHOT_PATH = "/{}/{}".format(
+    *agent_pb2.DESCRIPTOR.services_by_name["AgentService"]
+    .methods_by_name["GetSnapshot"]
+    .full_name.rsplit(".", 1)
+)
+
+
 class ProcessList(list[ProcessSummary]):
     """Process summaries, plus the host they came from and how many were unreadable."""
 
@@ -104,6 +111,13 @@ class Client:
         else:
             self._channel = grpc.secure_channel(target, credentials, options=channel_options())
         self._agent = agent_pb2_grpc.AgentServiceStub(self._channel)
+        # GetSnapshot's answer arrives as bytes, read by wire.snapshot_from_response_bytes:
+        # the region table is decoded from them directly, not parsed into messages first.
+        self._get_snapshot_bytes = self._channel.unary_unary(
+            _GET_SNAPSHOT_PATH,
+            request_serializer=agent_pb2.GetSnapshotRequest.SerializeToString,
+            _registered_method=True,
+        )
         self._fleet = fleet_pb2_grpc.FleetServiceStub(self._channel)
         self._analysis = analysis_pb2_grpc.AnalysisServiceStub(self._channel)
 
@@ -203,8 +217,11 @@ class Client:
             include_residency=include_residency,
             view=int(view),  # type: ignore[arg-type]
         )
-        response = self._call(self._agent.GetSnapshot, request)
-        return wire.snapshot_from_pb(response.snapshot)
+        data = self._call(self._get_snapshot_bytes, request)
+        try:
+            return wire.snapshot_from_response_bytes(data)
+        except ValueError as exc:
+            raise errors.Error(f"{self.target} answered a malformed snapshot: {exc}") from None
 
     def watch(
         self, pid: int, *, interval: float = 5.0, poll: float = 0.5

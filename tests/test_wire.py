@@ -19,6 +19,7 @@ from vmatlas.model import (
     RegionType,
     SnapshotView,
 )
+from vmatlas.v1 import agent_pb2
 from vmatlas.v1 import snapshot_pb2 as pb
 
 # Every test here runs over both capture paths: the C loops and the pure-Python ones.
@@ -58,6 +59,45 @@ def test_snapshot_round_trips_through_bytes(planter: Planter) -> None:
         data = wire.snapshot_to_pb(snap).SerializeToString()
         back = wire.snapshot_from_pb(pb.Snapshot.FromString(data))
         assert back == snap
+
+
+def test_snapshot_bytes_read_as_protobuf_reads_them(planter: Planter) -> None:
+    """The region table is split out of a serialized snapshot and read on its own; the
+    result equals protobuf's reading of the whole, whatever the field order."""
+    planter.reserve(3)
+    planter.map(5)
+    for options in ({}, {"include_free": True}, {"include_residency": True}):
+        snap = LinuxReader().snapshot(planter.pid, **options)
+        in_order = wire.snapshot_to_pb(snap).SerializeToString()
+        joined = wire.join_snapshot(*wire.snapshot_parts(snap))
+        for data in (in_order, joined):
+            assert wire.snapshot_from_bytes(data) == snap
+        response = wire.snapshot_response(snap)
+        assert response.parse() == agent_pb2.GetSnapshotResponse(snapshot=wire.snapshot_to_pb(snap))
+        assert wire.snapshot_from_response_bytes(response.data) == snap
+        assert wire.snapshot_from_response_bytes(response.parse().SerializeToString()) == snap
+
+
+def test_snapshot_bytes_of_other_shapes_are_read_by_protobuf() -> None:
+    """Bytes the splitting does not take (a region table sent in two parts, which
+    protobuf merges; a truncated field) are left to protobuf: the same snapshot, or
+    the same refusal."""
+    snap = LinuxReader().snapshot(os.getpid())
+    header, regions = wire.snapshot_parts(snap)
+    table = wire.table_to_pb(snap.regions, page_size_bytes=snap.host.page_size_bytes)
+    first, second = pb.RegionTable(), pb.RegionTable()
+    first.start_delta_pages.extend(table.start_delta_pages)
+    second.CopyFrom(table)
+    second.ClearField("start_delta_pages")
+    twice = wire.join_snapshot(header, first.SerializeToString()) + wire.join_snapshot(
+        b"", second.SerializeToString()
+    )
+    assert wire.snapshot_from_bytes(twice) == snap
+    whole = wire.join_snapshot(header, regions)
+    with pytest.raises(ValueError, match="not a serialized Snapshot"):
+        wire.snapshot_from_bytes(whole[:-1])
+    with pytest.raises(ValueError, match="not a serialized GetSnapshotResponse"):
+        wire.snapshot_from_response_bytes(wire.snapshot_response(snap).data[:-1])
 
 
 def test_wire_is_smaller_than_the_maps_text() -> None:

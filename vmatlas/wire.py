@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import zlib
+from dataclasses import replace
 from itertools import accumulate, chain, repeat
 from operator import add, attrgetter, lshift, rshift, sub
 from typing import Any
@@ -203,12 +204,17 @@ def table_to_bytes(table: RegionTable, *, page_size_bytes: int = DEFAULT_PAGE_SI
     """The serialized RegionTable of ``table`` as it travels: :func:`table_to_pb`'s
     bytes (written by the native encoder where it can, without building the message),
     deflated when the table is small (:func:`deflate_table`)."""
-    page = page_size_bytes
+    return deflate_table(_plain_table_bytes(table, page_size_bytes))
+
+
+def _plain_table_bytes(table: RegionTable, page: int) -> bytes:
+    """:func:`table_to_pb`'s serialized bytes, written by the native encoder where it
+    can. Raises ValueError as table_to_pb does."""
     if len(table.start) and page > 0 and not page & (page - 1):
         data = _table_bytes_native(table, page)
         if data is not None:
-            return deflate_table(data)
-    return deflate_table(table_to_pb(table, page_size_bytes=page).SerializeToString())
+            return data
+    return table_to_pb(table, page_size_bytes=page).SerializeToString()
 
 
 # Plain tables up to this size travel deflated: an ordinary process's few hundred
@@ -234,7 +240,7 @@ def deflate_table(data: bytes) -> bytes:
     return out if len(out) < len(data) else data
 
 
-def _inflate(deflated: bytes) -> bytes:
+def _inflate(deflated: bytes | memoryview) -> bytes:
     """The serialized plain table that a deflated table's bytes hold. Raises ValueError
     when they do not inflate, inflate beyond INFLATE_MAX_BYTES, or are cut short or
     run on."""
@@ -250,20 +256,16 @@ def _inflate(deflated: bytes) -> bytes:
     return data
 
 
-def _deflated_only(data: bytes) -> bytes | None:
+def _deflated_only(data: bytes | memoryview) -> bytes | memoryview | None:
     """The deflated bytes of a serialized table that is that one field and nothing
     else (as :func:`deflate_table` writes it), or None for any other table."""
-    if not data.startswith(_DEFLATED_TAG):
+    if bytes(data[: len(_DEFLATED_TAG)]) != _DEFLATED_TAG:
         return None
-    length, shift, at = 0, 0, len(_DEFLATED_TAG)
-    while at < len(data) and shift < 64:
-        byte = data[at]
-        length |= (byte & 0x7F) << shift
-        at += 1
-        if not byte & 0x80:
-            return data[at:] if at + length == len(data) else None
-        shift += 7
-    return None
+    found = _varint_at(data, len(_DEFLATED_TAG))
+    if found is None:
+        return None
+    length, at = found
+    return data[at:] if at + length == len(data) else None
 
 
 def _inflated(message: pb.RegionTable) -> pb.RegionTable:
@@ -391,7 +393,7 @@ def table_from_pb(message: pb.RegionTable) -> RegionTable:
     return _table_from_columns(_columns_of(message))
 
 
-def table_from_bytes(data: bytes) -> RegionTable:
+def table_from_bytes(data: bytes | memoryview) -> RegionTable:
     """A serialized RegionTable (as :func:`snapshot_parts` makes it). Raises ValueError
     when the bytes are not one or the table is malformed."""
     if native.accel is not None:
@@ -405,7 +407,7 @@ def table_from_bytes(data: bytes) -> RegionTable:
             return _table_from_columns(columns)
     message = pb.RegionTable()
     try:
-        message.ParseFromString(data)
+        message.ParseFromString(bytes(data))
     except Exception as exc:  # protobuf raises DecodeError, a bare Exception subclass
         raise ValueError(f"not a serialized RegionTable: {exc}") from None
     return table_from_pb(message)
@@ -616,6 +618,65 @@ _REGIONS_FIELD = pb.Snapshot.DESCRIPTOR.fields_by_name["regions"].number
 _REGIONS_TAG = bytes([(_REGIONS_FIELD << 3) | 2])  # length-delimited
 
 
+def _varint_at(data: bytes | memoryview, at: int) -> tuple[int, int] | None:
+    """The varint at ``data[at]`` and the offset after it; None where it is cut short
+    or runs past 64 bits."""
+    value, shift, size = 0, 0, len(data)
+    while at < size and shift < 64:
+        byte = data[at]
+        value |= (byte & 0x7F) << shift
+        at += 1
+        if not byte & 0x80:
+            return value, at
+        shift += 7
+    return None
+
+
+def _one_field(data: bytes | memoryview, number: int) -> tuple[bytes, memoryview] | None:
+    """``(rest, payload)``: the serialized message ``data`` without its length-delimited
+    field ``number``, and that field's bytes (a view, not a copy). None where the field
+    is missing or repeated, or the fields are not well formed: a protobuf parser then
+    reads ``data`` and says what is wrong. Only the top level is walked (a few fields)."""
+    found: tuple[int, int, int] | None = None
+    at, size = 0, len(data)
+    while at < size:
+        start = at
+        tag = _varint_at(data, at)
+        if tag is None:
+            return None
+        key, at = tag
+        wire_type = key & 7
+        if key >> 3 == 0:
+            return None
+        if wire_type == 0:
+            value = _varint_at(data, at)
+            if value is None:
+                return None
+            at = value[1]
+        elif wire_type in (1, 5):
+            at += 8 if wire_type == 1 else 4
+        elif wire_type == 2:
+            length = _varint_at(data, at)
+            if length is None:
+                return None
+            payload, at = length[1], length[1] + length[0]
+            if key >> 3 == number:
+                if found is not None:
+                    return None
+                found = (start, payload, at)
+        else:  # groups
+            return None
+        if key >> 3 == number and wire_type != 2:
+            return None
+        if at > size:
+            return None
+    if found is None:
+        return None
+    start, payload, end = found
+    view = memoryview(data)
+    return b"".join((view[:start], view[end:])), view[payload:end]
+
+
 def _varint(n: int) -> bytes:
     out = bytearray()
     while True:
@@ -633,6 +694,49 @@ def snapshot_parts(snapshot: Snapshot) -> tuple[bytes, bytes]:
     serialized RegionTable."""
     regions = table_to_bytes(snapshot.regions, page_size_bytes=table_page_size(snapshot.host))
     return snapshot_header_bytes(snapshot), regions
+
+
+class Serialized:
+    """A response already in wire bytes, of type ``message_class``: a servicer answers
+    one where writing the bytes directly costs less than building the message (a large
+    region table); the method is registered with :func:`serialize_response` as its
+    serializer. :meth:`parse` gives the message, for whatever must look inside."""
+
+    __slots__ = ("data", "message_class")
+
+    def __init__(self, message_class: type[Any], data: bytes):
+        self.message_class = message_class
+        self.data = data
+
+    def parse(self) -> Any:
+        return self.message_class.FromString(self.data)
+
+
+def serialize_response(response: Any) -> bytes:
+    """The wire bytes of a response message or of a :class:`Serialized` one."""
+    if isinstance(response, Serialized):
+        return response.data
+    return response.SerializeToString()  # type: ignore[no-any-return]
+
+
+_RESPONSE_SNAPSHOT_FIELD = agent_pb2.GetSnapshotResponse.DESCRIPTOR.fields_by_name[
+    "snapshot"
+].number
+_RESPONSE_SNAPSHOT_TAG = bytes([_RESPONSE_SNAPSHOT_FIELD << 3 | 2])
+
+
+def snapshot_response(snapshot: Snapshot) -> Serialized:
+    """The ``GetSnapshotResponse`` of ``snapshot``, serialized: the header by protobuf,
+    the region table as :func:`table_to_pb` writes it (natively where it can), joined
+    into the response's bytes without a message ever holding the table."""
+    regions = _plain_table_bytes(snapshot.regions, table_page_size(snapshot.host))
+    header = snapshot_header_bytes(snapshot)
+    regions_length = _varint(len(regions))
+    size = len(header) + len(_REGIONS_TAG) + len(regions_length) + len(regions)
+    data = b"".join(
+        (_RESPONSE_SNAPSHOT_TAG, _varint(size), header, _REGIONS_TAG, regions_length, regions)
+    )
+    return Serialized(agent_pb2.GetSnapshotResponse, data)
 
 
 def snapshot_header_bytes(snapshot: Snapshot) -> bytes:
@@ -665,14 +769,36 @@ def snapshot_header_from_bytes(header: bytes) -> Snapshot:
     return snapshot_from_pb(message)
 
 
-def snapshot_from_bytes(data: bytes) -> Snapshot:
-    """A full serialized Snapshot. Raises ValueError when malformed."""
+def snapshot_from_bytes(data: bytes | memoryview) -> Snapshot:
+    """A full serialized Snapshot. Raises ValueError when malformed.
+
+    The region table is read from its own bytes (natively where the extension is
+    built), never parsed into a message and written out again first; the small rest is
+    parsed by protobuf."""
+    split = _one_field(data, _REGIONS_FIELD)
+    if split is not None:
+        header, regions = split
+        return replace(snapshot_header_from_bytes(header), regions=table_from_bytes(regions))
     message = pb.Snapshot()
     try:
-        message.ParseFromString(data)
+        message.ParseFromString(bytes(data))
     except Exception as exc:
         raise ValueError(f"not a serialized Snapshot: {exc}") from None
     return snapshot_from_pb(message)
+
+
+def snapshot_from_response_bytes(data: bytes) -> Snapshot:
+    """The snapshot of a serialized ``GetSnapshotResponse``, read as
+    :func:`snapshot_from_bytes` reads one. Raises ValueError when malformed."""
+    split = _one_field(data, _RESPONSE_SNAPSHOT_FIELD)
+    if split is not None and not split[0]:
+        return snapshot_from_bytes(split[1])
+    response = agent_pb2.GetSnapshotResponse()
+    try:
+        response.ParseFromString(data)
+    except Exception as exc:  # protobuf raises DecodeError, a bare Exception subclass
+        raise ValueError(f"not a serialized GetSnapshotResponse: {exc}") from None
+    return snapshot_from_pb(response.snapshot)
 
 
 # -- fleet -----------------------------------------------------------------------------

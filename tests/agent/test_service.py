@@ -18,11 +18,10 @@ from tests.conftest import PAGE, Planter
 from tests.linux.test_reader import unprivileged
 from vmatlas import errors
 from vmatlas.agents.linux import LinuxReader
-from vmatlas.agents.service import MAX_WATCHES, SERVICE_NAME, AgentServicer
+from vmatlas.agents.service import MAX_WATCHES, SERVICE_NAME, AgentServicer, add_to_server
 from vmatlas.client import Client
 from vmatlas.grpcutil import build_server
 from vmatlas.model import Region, Residency, SnapshotView
-from vmatlas.v1 import agent_pb2_grpc
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +29,7 @@ def agent() -> Iterator[str]:
     server, port, _health = build_server(
         services=[
             (
-                agent_pb2_grpc.add_AgentServiceServicer_to_server,
+                add_to_server,
                 AgentServicer(LinuxReader(host_id="test-host")),
                 SERVICE_NAME,
             )

@@ -13,13 +13,12 @@ import grpc
 import pytest
 
 from vmatlas.agents.linux import LinuxReader
-from vmatlas.agents.service import SERVICE_NAME, AgentServicer
+from vmatlas.agents.service import SERVICE_NAME, AgentServicer, add_to_server
 from vmatlas.grpcutil import build_server
 from vmatlas.security import certs
 from vmatlas.security.options import security_namespace, server_security
 from vmatlas.security.policy import AGENT_POLICY
 from vmatlas.security.tokens import Role, add_token
-from vmatlas.v1 import agent_pb2_grpc
 
 
 @dataclass(frozen=True)
@@ -78,7 +77,7 @@ def serve_agent(pki: Pki) -> Iterator[ServeAgent]:
         server, port, _ = build_server(
             services=[
                 (
-                    agent_pb2_grpc.add_AgentServiceServicer_to_server,
+                    add_to_server,
                     AgentServicer(LinuxReader(host_id="secured")),
                     SERVICE_NAME,
                 )

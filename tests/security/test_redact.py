@@ -26,6 +26,16 @@ def test_strip_addresses_leaves_the_summary_and_no_layout() -> None:
     assert len(wire.snapshot_from_pb(response.snapshot).regions) == 0
 
 
+def test_a_response_still_in_bytes_is_stripped_as_its_message() -> None:
+    snapshot = LinuxReader().snapshot(os.getpid())
+    as_message = agent_pb2.GetSnapshotResponse()
+    wire.snapshot_to_pb(snapshot, as_message.snapshot)
+    stripped = redact.strip_addresses(wire.snapshot_response(snapshot))
+    assert isinstance(stripped, agent_pb2.GetSnapshotResponse)
+    assert redact.address_fields_set(stripped) == []
+    assert stripped == redact.strip_addresses(as_message)
+
+
 def test_messages_without_addresses_are_untouched() -> None:
     response = agent_pb2.ListProcessesResponse(access_denied_count=3)
     wire.process_summary_to_pb(LinuxReader().process_summary(os.getpid()), response.processes.add())

@@ -13,7 +13,7 @@ import pytest
 from tests.security.conftest import Pki, tls_options
 from vmatlas import errors
 from vmatlas.agents.linux import LinuxReader
-from vmatlas.agents.service import SERVICE_NAME, AgentServicer
+from vmatlas.agents.service import SERVICE_NAME, AgentServicer, add_to_server
 from vmatlas.client import Client
 from vmatlas.grpcutil import build_server, maps_errors
 from vmatlas.security import auth, certs, tls
@@ -98,7 +98,7 @@ def recording_server(pki: Pki) -> Any:
     )
     servicer = _Recording()
     server, port, _ = build_server(
-        services=[(agent_pb2_grpc.add_AgentServiceServicer_to_server, servicer, SERVICE_NAME)],
+        services=[(add_to_server, servicer, SERVICE_NAME)],
         address="127.0.0.1:0",
         credentials=security.credentials,
         interceptors=security.interceptors,

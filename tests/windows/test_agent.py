@@ -12,12 +12,11 @@ import pytest
 
 from tests.windows.planting import Planter
 from vmatlas.agents.linux import LinuxReader
-from vmatlas.agents.service import SERVICE_NAME, AgentServicer
+from vmatlas.agents.service import SERVICE_NAME, AgentServicer, add_to_server
 from vmatlas.agents.windows.wine import WineView
 from vmatlas.client import Client
 from vmatlas.grpcutil import build_server
 from vmatlas.model import OperatingSystem, RegionState, SnapshotView
-from vmatlas.v1 import agent_pb2_grpc
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +24,7 @@ def client(wine_env: dict[str, str]) -> Iterator[Client]:
     view = WineView(wine_env["WINEPREFIX"], cache_dir=wine_env["XDG_CACHE_HOME"])
     servicer = AgentServicer(LinuxReader(host_id="wine-host"), windows_view=view)
     server, port, _ = build_server(
-        services=[(agent_pb2_grpc.add_AgentServiceServicer_to_server, servicer, SERVICE_NAME)],
+        services=[(add_to_server, servicer, SERVICE_NAME)],
         address="127.0.0.1:0",
     )
     server.start()

@@ -183,18 +183,17 @@ def run(args: argparse.Namespace) -> int:
     if not args.metrics:
         _load_grpc_without_python_ssl()
     from vmatlas.agents import default_reader, windows_view
-    from vmatlas.agents.service import SERVICE_NAME, AgentServicer
+    from vmatlas.agents.service import SERVICE_NAME, AgentServicer, add_to_server
     from vmatlas.grpcutil import StopSignals, build_server, serve_until_signalled
     from vmatlas.security.options import server_security
     from vmatlas.security.policy import AGENT_POLICY
-    from vmatlas.v1 import agent_pb2_grpc
 
     listen = args.listen or DEFAULT_LISTEN
     security = server_security(args, AGENT_POLICY, listen=listen)
     reader = default_reader(args.host_id)
     servicer = AgentServicer(reader, windows_view=windows_view(args.host_id))
     server, port, health = build_server(
-        services=[(agent_pb2_grpc.add_AgentServiceServicer_to_server, servicer, SERVICE_NAME)],
+        services=[(add_to_server, servicer, SERVICE_NAME)],
         address=listen,
         credentials=security.credentials,
         interceptors=security.interceptors,

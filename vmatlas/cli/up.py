@@ -107,12 +107,11 @@ def _show(fleet: FleetServer, out: TextIO, stop: threading.Event, refresh: float
 def run(args: argparse.Namespace) -> int:
     from vmatlas.agents import default_reader, windows_view
     from vmatlas.agents.service import SERVICE_NAME as AGENT_SERVICE
-    from vmatlas.agents.service import AgentServicer
+    from vmatlas.agents.service import AgentServicer, add_to_server
     from vmatlas.agents.uplink import Uplink
     from vmatlas.grpcutil import StopSignals
     from vmatlas.security.options import uplink_credentials
     from vmatlas.server.app import FleetServer
-    from vmatlas.v1 import agent_pb2_grpc
 
     config = config_from_args(args)
     # With TLS the local agent dials its own server like any agent: trusting the fleet
@@ -130,7 +129,7 @@ def run(args: argparse.Namespace) -> int:
     signals = StopSignals()
     fleet = FleetServer(
         config,
-        extra_services=[(agent_pb2_grpc.add_AgentServiceServicer_to_server, agent, AGENT_SERVICE)],
+        extra_services=[(add_to_server, agent, AGENT_SERVICE)],
     ).start()
     host = fleet.address.rsplit(":", 1)[0]
     dial = "127.0.0.1" if host in ("0.0.0.0", "[::]", "::", "") else host

@@ -19,6 +19,8 @@ from typing import Any
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
+from vmatlas.wire import Serialized
+
 # Messages that are a layout as a whole: a viewer gets them empty. (A RegionTable's
 # starts, ends and the gaps between them are the layout; its paths and sizes in order
 # still locate libraries relative to each other.)
@@ -75,8 +77,13 @@ def _search(descriptor: Any, seen: frozenset[str]) -> bool:
     return False
 
 
-def strip_addresses(message: Message) -> Message:
-    """Remove every address from ``message`` in place (and return it)."""
+def strip_addresses(response: Message | Serialized) -> Message:
+    """Remove every address from ``response`` in place (and return it); a response
+    still in its wire bytes is parsed first, and the stripped message returned."""
+    return _strip(response.parse() if isinstance(response, Serialized) else response)
+
+
+def _strip(message: Message) -> Message:
     descriptor = message.DESCRIPTOR
     if not _may_hold_addresses(descriptor):
         return message
@@ -96,12 +103,12 @@ def strip_addresses(message: Message) -> Message:
                 value_field = field.message_type.fields_by_name["value"]
                 if _is_message(value_field):
                     for item in value.values():
-                        strip_addresses(item)
+                        _strip(item)
             elif field.is_repeated:
                 for item in value:
-                    strip_addresses(item)
+                    _strip(item)
             else:
-                strip_addresses(value)
+                _strip(value)
     return message
 
 
