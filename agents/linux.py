@@ -591,14 +591,34 @@ class LinuxReader:
 
     def regions(self, pid: int, *, residency: bool = False, name: str | None = None) -> RegionTable:
         """The regions of ``pid``. Raises NoSuchProcess or AccessDenied."""
-        if residency and native.accel is not None:
-            table = self._streamed_smaps(pid, name)
+        if native.accel is not None:
+            table = self._streamed_smaps(pid, name) if residency else self._streamed_maps(pid, name)
             if table is not None:
                 return table
         text = self._read_bytes(pid, "smaps" if residency else "maps", name)
         if not text and not os.path.exists(self._path(pid, "stat")):
             raise errors.NoSuchProcess(pid=pid, name=name)
         return parse_smaps(text) if residency else parse_maps(text)
+
+    def _streamed_maps(self, pid: int, name: str | None) -> RegionTable | None:
+        """maps scanned natively while the kernel is still writing the rest of it (on
+        a thread of the extension's own); None where it is empty (a process that is
+        gone, or a kernel thread: the whole-text path decides which)."""
+        accel = native.accel
+        assert accel is not None
+        if not hasattr(accel, "scan_maps_fd"):  # Windows builds read no procfs
+            return None
+        try:
+            fd = os.open(self._path(pid, "maps"), os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                with _gc_paused():
+                    scan = accel.scan_maps_fd(fd)
+                    return None if scan is None else _table_from_scan(accel, scan)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            self._raise_for(exc, pid, name)
+            raise  # unreachable: _raise_for always raises
 
     def _streamed_smaps(self, pid: int, name: str | None) -> RegionTable | None:
         """smaps scanned natively as it is read, never held whole (tens of megabytes

@@ -17,6 +17,8 @@
 #include <string.h>
 #include <errno.h>
 #ifndef _WIN32
+#include <pthread.h>
+#include <stdlib.h>
 #include <unistd.h>
 #endif
 
@@ -198,13 +200,16 @@ static int intern_grow(intern_t *t) {
     return 0;
 }
 
-/* The index of rest [p, p+n), numbering a new one t->count. -1 on error. */
-static int64_t intern(intern_t *t, const char *p, Py_ssize_t n, int *is_new) {
+/* The index of rest [p, p+n), numbering a new one t->count, and its slot (valid until
+ * the next call), whose p the caller may point at a lasting copy. -1 on error. */
+static int64_t intern(intern_t *t, const char *p, Py_ssize_t n, int *is_new, slot_t **slot) {
     if ((t->count + 1) * 2 > t->cap && intern_grow(t) < 0) return -1;
     size_t j = hash_bytes(p, n) & (t->cap - 1);
+    *slot = NULL;
     while (t->slots[j].used) {
         if (t->slots[j].n == n && memcmp(t->slots[j].p, p, (size_t)n) == 0) {
             *is_new = 0;
+            *slot = &t->slots[j];
             return t->slots[j].index;
         }
         j = (j + 1) & (t->cap - 1);
@@ -214,6 +219,7 @@ static int64_t intern(intern_t *t, const char *p, Py_ssize_t n, int *is_new) {
     t->slots[j].n = n;
     t->slots[j].index = (uint32_t)t->count;
     *is_new = 1;
+    *slot = &t->slots[j];
     return (int64_t)t->count++;
 }
 
@@ -236,6 +242,147 @@ static PyObject *number(const char *p, Py_ssize_t n, uint64_t v, int big) {
     return big ? hex_int(p, n) : PyLong_FromUnsignedLongLong(v);
 }
 
+/* The maps scanner: fed one line at a time (no '\n'), so that the same loop reads a
+ * whole text in memory (scan_maps) or a file as it is read (scan_maps_fd). A distinct
+ * rest is looked up by the bytes object handed out for it, never by the text: the
+ * text need not outlive its line. */
+typedef struct {
+    buf_t starts, ends, offsets; /* PyObject * each, owned */
+    buf_t bits, index;
+    PyObject *rests;
+    intern_t table;
+    uint16_t *masks;
+    size_t masks_cap;
+    const char *last_rest; /* the previous line's rest (inside its bytes in rests) */
+    Py_ssize_t last_n;
+    uint32_t last_index;
+    PyObject *last_end; /* borrowed: the previous region's end */
+    uint64_t last_end_v;
+} maps_scan_t;
+
+static int maps_scan_init(maps_scan_t *st, size_t lines) {
+    memset(st, 0, sizeof *st);
+    st->last_n = -1;
+    st->rests = PyList_New(0);
+    if (st->rests == NULL) return -1;
+    size_t objects = lines * sizeof(PyObject *);
+    if (buf_reserve(&st->starts, objects) < 0 || buf_reserve(&st->ends, objects) < 0 ||
+        buf_reserve(&st->offsets, objects) < 0 || buf_reserve(&st->bits, lines) < 0 ||
+        buf_reserve(&st->index, lines * 4) < 0)
+        return -1;
+    return 0;
+}
+
+/* Append a new reference (stolen; NULL: the error of making it) to a buffer of them. */
+static int put_object(buf_t *b, PyObject *v) {
+    if (v == NULL) return -1;
+    if (buf_put(b, &v, sizeof v) < 0) {
+        Py_DECREF(v);
+        return -1;
+    }
+    return 0;
+}
+
+static int maps_scan_line(maps_scan_t *st, const char *p, const char *e) {
+    maps_line_t m;
+    if (!match_maps_line(p, e, &m)) return 0;
+    PyObject *start;
+    /* Regions often abut: the start is the int the end before it was. */
+    if (st->last_end != NULL && !m.big && m.start_v == st->last_end_v)
+        start = Py_NewRef(st->last_end);
+    else
+        start = number(m.start, m.start_n, m.start_v, m.big);
+    if (put_object(&st->starts, start) < 0) return -1;
+    PyObject *end = number(m.end, m.end_n, m.end_v, m.big);
+    if (put_object(&st->ends, end) < 0) return -1;
+    st->last_end = m.big ? NULL : end;
+    st->last_end_v = m.end_v;
+    if (put_object(&st->offsets, number(m.offset, m.offset_n, m.offset_v, m.big)) < 0) return -1;
+    char bits = (char)m.bits;
+    if (buf_put(&st->bits, &bits, 1) < 0) return -1;
+    uint32_t k;
+    if (st->last_n == m.rest_n && memcmp(st->last_rest, m.rest, (size_t)m.rest_n) == 0) {
+        k = st->last_index; /* the common case: the line before had the same rest */
+    } else {
+        int is_new;
+        slot_t *slot;
+        int64_t found = intern(&st->table, m.rest, m.rest_n, &is_new, &slot);
+        if (found < 0) return -1;
+        k = (uint32_t)found;
+        if (is_new) {
+            PyObject *rest = PyBytes_FromStringAndSize(m.rest, m.rest_n);
+            if (append_new(st->rests, rest) < 0) return -1;
+            slot->p = PyBytes_AS_STRING(rest); /* the list keeps it */
+            if (k >= st->masks_cap) {
+                size_t cap = st->masks_cap ? st->masks_cap * 2 : 64;
+                uint16_t *grown = PyMem_Realloc(st->masks, cap * sizeof(uint16_t));
+                if (grown == NULL) {
+                    PyErr_NoMemory();
+                    return -1;
+                }
+                memset(grown + st->masks_cap, 0, (cap - st->masks_cap) * sizeof(uint16_t));
+                st->masks = grown;
+                st->masks_cap = cap;
+            }
+        }
+        st->last_rest = slot->p;
+        st->last_n = m.rest_n;
+        st->last_index = k;
+    }
+    st->masks[k] |= (uint16_t)(1u << m.bits);
+    return buf_put(&st->index, &k, 4);
+}
+
+/* A list of the references in ``b``, which it takes over. */
+static PyObject *list_of(buf_t *b) {
+    Py_ssize_t n = (Py_ssize_t)(b->len / sizeof(PyObject *));
+    PyObject *list = PyList_New(n);
+    if (list == NULL) return NULL;
+    PyObject **items = (PyObject **)b->data;
+    for (Py_ssize_t i = 0; i < n; i++) PyList_SET_ITEM(list, i, items[i]);
+    b->len = 0;
+    return list;
+}
+
+static PyObject *maps_scan_result(maps_scan_t *st) {
+    PyObject *starts = list_of(&st->starts), *ends = list_of(&st->ends),
+             *offsets = list_of(&st->offsets), *rest_bits = NULL, *result = NULL;
+    if (starts == NULL || ends == NULL || offsets == NULL) goto done;
+    rest_bits = PyList_New((Py_ssize_t)st->table.count);
+    if (rest_bits == NULL) goto done;
+    for (size_t i = 0; i < st->table.count; i++) {
+        PyObject *v = PyLong_FromLong(st->masks[i]);
+        if (v == NULL) goto done;
+        PyList_SET_ITEM(rest_bits, (Py_ssize_t)i, v);
+    }
+    result = Py_BuildValue("(OOOy#y#OO)", starts, ends, offsets, st->bits.data ? st->bits.data : "",
+                           (Py_ssize_t)st->bits.len, st->index.data ? st->index.data : "",
+                           (Py_ssize_t)st->index.len, st->rests, rest_bits);
+done:
+    Py_XDECREF(starts);
+    Py_XDECREF(ends);
+    Py_XDECREF(offsets);
+    Py_XDECREF(rest_bits);
+    return result;
+}
+
+static void drop_objects(buf_t *b) {
+    PyObject **items = (PyObject **)b->data;
+    for (size_t i = 0; i < b->len / sizeof(PyObject *); i++) Py_DECREF(items[i]);
+    buf_free(b);
+}
+
+static void maps_scan_free(maps_scan_t *st) {
+    drop_objects(&st->starts);
+    drop_objects(&st->ends);
+    drop_objects(&st->offsets);
+    buf_free(&st->bits);
+    buf_free(&st->index);
+    Py_CLEAR(st->rests);
+    PyMem_Free(st->table.slots);
+    PyMem_Free(st->masks);
+}
+
 static PyObject *scan_maps(PyObject *self, PyObject *arg) {
     (void)self;
     if (!PyBytes_Check(arg)) {
@@ -244,107 +391,228 @@ static PyObject *scan_maps(PyObject *self, PyObject *arg) {
     }
     const char *data = PyBytes_AS_STRING(arg);
     const char *stop = data + PyBytes_GET_SIZE(arg);
-    /* At most one region a line: the columns are made that long, then cut. */
-    Py_ssize_t lines = 1;
+    /* At most one region a line: room for that many is made at once. */
+    size_t lines = 1;
     for (const char *p = data; (p = memchr(p, '\n', (size_t)(stop - p))) != NULL; p++) lines++;
-    PyObject *starts = PyList_New(lines), *ends = PyList_New(lines),
-             *offsets = PyList_New(lines);
-    PyObject *rests = PyList_New(0), *rest_bits = NULL, *result = NULL;
-    buf_t bits = {0}, index = {0};
-    intern_t table = {0};
-    uint16_t *masks = NULL;
-    size_t masks_cap = 0;
-    const char *last_rest = NULL;
-    Py_ssize_t last_n = -1, n = 0;
-    uint32_t last_index = 0;
-    PyObject *last_end = NULL; /* borrowed: the previous region's end */
-    uint64_t last_end_v = 0;
-    if (!starts || !ends || !offsets || !rests) goto done;
-    if (buf_reserve(&bits, (size_t)lines) < 0 || buf_reserve(&index, (size_t)lines * 4) < 0)
-        goto done;
+    maps_scan_t st;
+    PyObject *result = NULL;
+    if (maps_scan_init(&st, lines) < 0) goto done;
     for (const char *p = data; p < stop;) {
         const char *e = memchr(p, '\n', (size_t)(stop - p));
         if (e == NULL) e = stop;
-        maps_line_t m;
-        if (match_maps_line(p, e, &m)) {
-            PyObject *start;
-            /* Regions often abut: the start is the int the end before it was. */
-            if (last_end != NULL && !m.big && m.start_v == last_end_v) {
-                start = Py_NewRef(last_end);
-            } else {
-                start = number(m.start, m.start_n, m.start_v, m.big);
-                if (start == NULL) goto done;
-            }
-            PyList_SET_ITEM(starts, n, start);
-            PyObject *end = number(m.end, m.end_n, m.end_v, m.big);
-            if (end == NULL) goto done;
-            PyList_SET_ITEM(ends, n, end);
-            last_end = m.big ? NULL : end;
-            last_end_v = m.end_v;
-            PyObject *offset = number(m.offset, m.offset_n, m.offset_v, m.big);
-            if (offset == NULL) goto done;
-            PyList_SET_ITEM(offsets, n, offset);
-            n++;
-            bits.data[bits.len++] = (char)m.bits;
-            uint32_t k;
-            if (last_n == m.rest_n && memcmp(last_rest, m.rest, (size_t)m.rest_n) == 0) {
-                k = last_index; /* the common case: the line before had the same rest */
-            } else {
-                int is_new;
-                int64_t found = intern(&table, m.rest, m.rest_n, &is_new);
-                if (found < 0) goto done;
-                k = (uint32_t)found;
-                if (is_new) {
-                    if (append_new(rests, PyBytes_FromStringAndSize(m.rest, m.rest_n)) < 0)
-                        goto done;
-                    if (k >= masks_cap) {
-                        size_t cap = masks_cap ? masks_cap * 2 : 64;
-                        uint16_t *grown = PyMem_Realloc(masks, cap * sizeof(uint16_t));
-                        if (grown == NULL) {
-                            PyErr_NoMemory();
-                            goto done;
-                        }
-                        memset(grown + masks_cap, 0, (cap - masks_cap) * sizeof(uint16_t));
-                        masks = grown;
-                        masks_cap = cap;
-                    }
-                }
-                last_rest = m.rest;
-                last_n = m.rest_n;
-                last_index = k;
-            }
-            masks[k] |= (uint16_t)(1u << m.bits);
-            memcpy(index.data + index.len, &k, 4);
-            index.len += 4;
-        }
+        if (maps_scan_line(&st, p, e) < 0) goto done;
         p = e + 1;
     }
-    /* The unused tail slots are NULL; cutting them off the lists drops nothing. */
-    if (PyList_SetSlice(starts, n, lines, NULL) < 0 || PyList_SetSlice(ends, n, lines, NULL) < 0 ||
-        PyList_SetSlice(offsets, n, lines, NULL) < 0)
-        goto done;
-    rest_bits = PyList_New((Py_ssize_t)table.count);
-    if (rest_bits == NULL) goto done;
-    for (size_t i = 0; i < table.count; i++) {
-        PyObject *v = PyLong_FromLong(masks[i]);
-        if (v == NULL) goto done;
-        PyList_SET_ITEM(rest_bits, (Py_ssize_t)i, v);
-    }
-    result = Py_BuildValue("(OOOy#y#OO)", starts, ends, offsets, bits.data ? bits.data : "",
-                           (Py_ssize_t)bits.len, index.data ? index.data : "",
-                           (Py_ssize_t)index.len, rests, rest_bits);
+    result = maps_scan_result(&st);
 done:
-    Py_XDECREF(starts);
-    Py_XDECREF(ends);
-    Py_XDECREF(offsets);
-    Py_XDECREF(rests);
-    Py_XDECREF(rest_bits);
-    buf_free(&bits);
-    buf_free(&index);
-    PyMem_Free(table.slots);
-    PyMem_Free(masks);
+    maps_scan_free(&st);
     return result;
 }
+
+#ifndef _WIN32
+/* -- maps read and scanned at once ----------------------------------------------------
+ * Reading a large process's maps is the kernel formatting it a page per read() call:
+ * most of a capture's time. scan_maps_fd scans the text while the rest is still being
+ * read, by a thread of its own that never touches Python. */
+
+#define FEED_CHUNK (64 * 1024)
+
+typedef struct feed_chunk {
+    struct feed_chunk *next;
+    size_t len;
+    char data[FEED_CHUNK];
+} feed_chunk_t;
+
+typedef struct {
+    int fd;
+    pthread_mutex_t lock;
+    pthread_cond_t ready;
+    feed_chunk_t *head, *tail; /* read and not yet scanned, in order */
+    int done, error;           /* error: the errno of a failed read, or 0 */
+    int stop;                  /* the scanner gave up: read no further */
+} feed_t;
+
+/* Fill ``c`` from ``fd`` to FEED_CHUNK bytes or the end of the file (*eof). 0, or the
+ * errno of a failed read. Needs no GIL. */
+static int fill_chunk(int fd, feed_chunk_t *c, int *eof) {
+    while (c->len < FEED_CHUNK) {
+        ssize_t got = read(fd, c->data + c->len, FEED_CHUNK - c->len);
+        if (got < 0) {
+            if (errno == EINTR) continue;
+            return errno;
+        }
+        if (got == 0) {
+            *eof = 1;
+            return 0;
+        }
+        c->len += (size_t)got;
+    }
+    return 0;
+}
+
+static feed_chunk_t *new_chunk(void) {
+    feed_chunk_t *c = malloc(sizeof *c);
+    if (c != NULL) {
+        c->next = NULL;
+        c->len = 0;
+    }
+    return c;
+}
+
+/* The reading thread: chunk after chunk, handed over in order, to the end. */
+static void *feed_run(void *arg) {
+    feed_t *f = arg;
+    for (;;) {
+        feed_chunk_t *c = new_chunk();
+        int eof = 0, error = c == NULL ? ENOMEM : fill_chunk(f->fd, c, &eof);
+        pthread_mutex_lock(&f->lock);
+        if (c != NULL && c->len) {
+            if (f->tail != NULL)
+                f->tail->next = c;
+            else
+                f->head = c;
+            f->tail = c;
+        } else {
+            free(c);
+        }
+        if (error || eof) {
+            f->done = 1;
+            f->error = error;
+        }
+        int finished = f->done || f->stop;
+        pthread_cond_signal(&f->ready);
+        pthread_mutex_unlock(&f->lock);
+        if (finished) return NULL;
+    }
+}
+
+/* Scan the whole lines of ``c``; a line it leaves unfinished waits in ``carry``. */
+static int scan_chunk(maps_scan_t *st, buf_t *carry, const feed_chunk_t *c) {
+    const char *p = c->data, *stop = c->data + c->len, *e;
+    if (carry->len) {
+        e = memchr(p, '\n', (size_t)(stop - p));
+        if (e == NULL) return buf_put(carry, p, (size_t)(stop - p));
+        if (buf_put(carry, p, (size_t)(e - p)) < 0) return -1;
+        if (maps_scan_line(st, carry->data, carry->data + carry->len) < 0) return -1;
+        carry->len = 0;
+        p = e + 1;
+    }
+    while ((e = memchr(p, '\n', (size_t)(stop - p))) != NULL) {
+        if (maps_scan_line(st, p, e) < 0) return -1;
+        p = e + 1;
+    }
+    return buf_put(carry, p, (size_t)(stop - p));
+}
+
+/* scan_maps_fd(fd: int) -> scan_maps' tuple | None
+ * scan_maps of the file's text, read to its end; None when it is empty. The first
+ * chunk is read here (most processes' maps end within it); a longer text is read on
+ * by a thread while this one scans. Raises OSError as os.read does. */
+static PyObject *scan_maps_fd(PyObject *self, PyObject *arg) {
+    (void)self;
+    int fd;
+    if (!PyArg_Parse(arg, "i", &fd)) return NULL;
+    maps_scan_t st;
+    feed_t feed = {.fd = fd};
+    buf_t carry = {0};
+    pthread_t reader;
+    int started = 0, eof = 0, error, seen_any;
+    PyObject *result = NULL;
+    if (maps_scan_init(&st, 0) < 0) return NULL;
+    feed_chunk_t *c = new_chunk();
+    if (c == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    error = fill_chunk(fd, c, &eof);
+    Py_END_ALLOW_THREADS
+    if (error) {
+        errno = error;
+        PyErr_SetFromErrno(PyExc_OSError);
+        goto done;
+    }
+    seen_any = c->len > 0;
+    if (!eof) {
+        pthread_mutex_init(&feed.lock, NULL);
+        pthread_cond_init(&feed.ready, NULL);
+        if (pthread_create(&reader, NULL, feed_run, &feed) == 0) {
+            started = 1;
+        } else {
+            pthread_mutex_destroy(&feed.lock);
+            pthread_cond_destroy(&feed.ready);
+            /* No thread: the rest is read here, then scanned. */
+            Py_BEGIN_ALLOW_THREADS
+            while (!eof && !error) {
+                feed_chunk_t *next = new_chunk();
+                error = next == NULL ? ENOMEM : fill_chunk(fd, next, &eof);
+                if (next != NULL && next->len) {
+                    if (feed.tail != NULL)
+                        feed.tail->next = next;
+                    else
+                        feed.head = next;
+                    feed.tail = next;
+                } else {
+                    free(next);
+                }
+            }
+            Py_END_ALLOW_THREADS
+            feed.done = 1;
+            feed.error = error;
+        }
+    }
+    for (;;) {
+        if (scan_chunk(&st, &carry, c) < 0) goto done;
+        free(c);
+        c = NULL;
+        if (eof) break; /* the first chunk was all */
+        Py_BEGIN_ALLOW_THREADS
+        if (started) {
+            pthread_mutex_lock(&feed.lock);
+            while (feed.head == NULL && !feed.done) pthread_cond_wait(&feed.ready, &feed.lock);
+        }
+        c = feed.head;
+        if (c != NULL) {
+            feed.head = c->next;
+            if (feed.head == NULL) feed.tail = NULL;
+        }
+        error = feed.error;
+        if (started) pthread_mutex_unlock(&feed.lock);
+        Py_END_ALLOW_THREADS
+        if (c == NULL) {
+            if (error) {
+                errno = error;
+                PyErr_SetFromErrno(PyExc_OSError);
+                goto done;
+            }
+            break;
+        }
+    }
+    /* A last line without its '\n'. */
+    if (carry.len && maps_scan_line(&st, carry.data, carry.data + carry.len) < 0) goto done;
+    result = seen_any ? maps_scan_result(&st) : Py_NewRef(Py_None);
+done:
+    if (started) {
+        Py_BEGIN_ALLOW_THREADS
+        pthread_mutex_lock(&feed.lock);
+        feed.stop = 1;
+        pthread_mutex_unlock(&feed.lock);
+        pthread_join(reader, NULL);
+        Py_END_ALLOW_THREADS
+        pthread_mutex_destroy(&feed.lock);
+        pthread_cond_destroy(&feed.ready);
+    }
+    free(c);
+    while (feed.head != NULL) {
+        feed_chunk_t *next = feed.head->next;
+        free(feed.head);
+        feed.head = next;
+    }
+    buf_free(&carry);
+    maps_scan_free(&st);
+    return result;
+}
+#endif
 
 /* -- gathering ------------------------------------------------------------------------ */
 
@@ -1549,6 +1817,9 @@ static PyObject *decode(PyObject *self, PyObject *args) {
 
 static PyMethodDef methods[] = {
     {"scan_maps", scan_maps, METH_O, "Scan maps text into columns."},
+#ifndef _WIN32
+    {"scan_maps_fd", scan_maps_fd, METH_O, "Scan a maps file into columns as it is read."},
+#endif
     {"scan_smaps", scan_smaps, METH_VARARGS, "Scan regular smaps text into columns."},
 #ifndef _WIN32
     {"scan_smaps_fd", scan_smaps_fd, METH_VARARGS, "Scan a regular smaps file into columns."},

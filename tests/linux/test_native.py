@@ -221,12 +221,46 @@ MAPS_TEXT = st.lists(maps_line().flatmap(damaged), max_size=12).map(
 ) | st.binary(max_size=200)
 
 
+def streamed_maps(text: str | bytes, procfs: Path) -> Any:
+    """The reader's table of ``text`` as the maps file of pid 1 under ``procfs`` (the
+    native path scans it as it reads it)."""
+    data = text.encode("utf-8", "surrogateescape") if isinstance(text, str) else text
+    (procfs / "1").mkdir(exist_ok=True)
+    (procfs / "1" / "stat").write_text("1 (x) S 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 1 0 0\n")
+    (procfs / "1" / "maps").write_bytes(data)
+    return LinuxReader(str(procfs)).regions(1)
+
+
 @SETTINGS
 @given(MAPS_TEXT, st.booleans())
 def test_generated_maps_text_reads_the_same(text: str | bytes, newline: bool) -> None:
     if newline:
         text = text + (b"\n" if isinstance(text, bytes) else "\n")
-    same_on_both(lambda: parse_maps(text))
+    whole = same_on_both(lambda: parse_maps(text))
+    with tempfile.TemporaryDirectory() as procfs:
+        assert same_on_both(lambda: streamed_maps(text, Path(procfs))) == whole
+
+
+def test_maps_scanned_as_read_reads_the_same(planter: Planter, tmp_path: Path) -> None:
+    """A large process's maps (read on by the extension's thread while it scans), a
+    line longer than what it reads at once, and the text cut anywhere near the seams:
+    the table of the whole text, on both paths."""
+    planter.grow(3000)
+    maps = Path(f"/proc/{planter.pid}/maps").read_bytes()
+    assert len(maps) > 2 * 64 * 1024  # several of the scan's reads
+    whole = same_on_both(lambda: parse_maps(maps))
+    assert same_on_both(lambda: streamed_maps(maps, tmp_path)) == whole
+    assert len(whole) > 3000
+    seam = 64 * 1024
+    long_line = maps[: seam - 10] + b"/a" * seam + maps[seam - 10 :]
+    assert same_on_both(lambda: streamed_maps(long_line, tmp_path)) == outcome(
+        lambda: parse_maps(long_line)
+    )
+    for cut in (1, 2, seam - 1, seam, seam + 1, len(maps) // 2, len(maps) - seam):
+        for text in (maps[:cut], maps[:-cut]):
+            assert same_on_both(lambda t=text: streamed_maps(t, tmp_path)) == outcome(
+                lambda t=text: parse_maps(t)
+            )
 
 
 SMAPS_FIELDS = ["Size", "Rss", "Pss", "Shared_Clean", "Private_Dirty", "Swap", "Locked"]
