@@ -1660,6 +1660,10 @@ static int get_varint(const uint8_t **p, const uint8_t *end, uint64_t *v) {
 
 /* The value of one varint of a numeric kind as a Python object (new reference), or
  * NULL with *unsupported set where upb's reading of it might differ. */
+/* The ints 0 .. SMALL_INTS-1, made once: most values of an enum or a small column. */
+#define SMALL_INTS 256
+static PyObject *small_ints[SMALL_INTS];
+
 static PyObject *decoded_value(int kind, uint64_t v, int *unsupported) {
     if (kind == D_BOOL) {
         if (v > 1) goto unsupported;
@@ -1670,6 +1674,28 @@ static PyObject *decoded_value(int kind, uint64_t v, int *unsupported) {
 unsupported:
     *unsupported = 1;
     return NULL;
+}
+
+/* Make ``list`` ``size`` long, the new slots NULL (to be filled before it is used). */
+static int grow_list(PyObject *list, Py_ssize_t size) {
+    PyListObject *l = (PyListObject *)list;
+    Py_ssize_t old = PyList_GET_SIZE(list);
+    if (size > l->allocated) {
+        if ((size_t)size > PY_SSIZE_T_MAX / sizeof(PyObject *)) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        PyObject **items = PyMem_Realloc(l->ob_item, (size_t)size * sizeof(PyObject *));
+        if (items == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        l->ob_item = items;
+        l->allocated = size;
+    }
+    for (Py_ssize_t i = old; i < size; i++) l->ob_item[i] = NULL;
+    Py_SET_SIZE(l, size);
+    return 0;
 }
 
 /* The list under ``name`` in ``out``, made empty where missing (borrowed). */
@@ -1768,21 +1794,44 @@ static int decode_into(const uint8_t *p, const uint8_t *end, PyObject *spec, PyO
             goto bad;
         }
         const uint8_t *limit = stop ? stop : end;
+        /* The list grows once by the run's count of values (its bytes without the
+         * continuation bit: a malformed run is refused below, before any is used). */
+        Py_ssize_t count = 1, at = PyList_GET_SIZE(list);
+        if (stop) {
+            count = 0;
+            for (const uint8_t *q = p; q < stop; q++) count += !(*q & 0x80);
+        }
+        if (count && grow_list(list, at + count) < 0) return -1;
         PyObject *last = NULL; /* borrowed from the list: repeated values share an int */
         uint64_t last_v = 0;
+        Py_ssize_t i = at;
         for (int first = 1; stop ? p < stop : first; first = 0) {
-            if (get_varint(&p, limit, &v) < 0) goto bad;
+            if (p < limit && *p < 0x80) /* one byte: most values of a packed column */
+                v = *p++;
+            else if (get_varint(&p, limit, &v) < 0)
+                goto bad_run;
+            if (i >= at + count) goto bad_run;
             PyObject *value;
             if (last != NULL && v == last_v) {
                 value = Py_NewRef(last);
+            } else if (v < SMALL_INTS && kind != D_BOOL) { /* in range of every int kind */
+                value = Py_NewRef(small_ints[v]);
             } else {
                 value = decoded_value(kind, v, unsupported);
-                if (value == NULL) return *unsupported ? 0 : -1;
+                if (value == NULL) {
+                    if (PyList_SetSlice(list, i, at + count, NULL) < 0) return -1;
+                    return *unsupported ? 0 : -1;
+                }
             }
-            if (append_new(list, value) < 0) return -1;
-            last = PyList_GET_ITEM(list, PyList_GET_SIZE(list) - 1);
+            PyList_SET_ITEM(list, i++, value);
+            last = value;
             last_v = v;
         }
+        if (i != at + count) goto bad_run;
+        continue;
+    bad_run:
+        if (PyList_SetSlice(list, i, at + count, NULL) < 0) return -1;
+        goto bad;
     }
     return 0;
 bad:
@@ -1844,6 +1893,8 @@ static struct PyModuleDef module = {
 
 PyMODINIT_FUNC PyInit__native(void) {
     init_hex();
+    for (int i = 0; i < SMALL_INTS; i++)
+        if (small_ints[i] == NULL && (small_ints[i] = PyLong_FromLong(i)) == NULL) return NULL;
     PyObject *m = PyModule_Create(&module);
 #ifdef VMATLAS_NATIVE_SOURCE_CRC32
     if (m != NULL && PyModule_AddStringConstant(m, "SOURCE_CRC32", VMATLAS_NATIVE_SOURCE_CRC32) < 0) {
