@@ -175,7 +175,7 @@ def parse_maps(text: str | bytes) -> RegionTable:
     with _gc_paused():
         accel = native.accel
         if accel is not None:
-            return _table_from_scan(accel, accel.scan_maps(bytes(data)))
+            return _table_from_scan(accel, accel.scan_maps(bytes(data), *_SCAN_DECISIONS))
         return _parse_maps(data)
 
 
@@ -268,13 +268,19 @@ _ANON_TYPE_BY_BITS = [_PERMS_ANON_TYPE[k] for k in sorted(_PERMS_BITS, key=_PERM
 _BITS = list(range(16))
 
 
+# What the native scan spreads over the regions as it reads them: the state and the
+# protection of each perms value, and each distinct rest's parse_rest facts.
+_SCAN_DECISIONS = ((_STATE_BY_BITS, _BITS), parse_rest, 5)
+
+
 def _table_from_scan(accel: Any, scan: tuple[Any, ...]) -> RegionTable:
     """The RegionTable of a native maps scan: the same decisions as _parse_maps (taken
     here, once per distinct rest or perms value), spread over the regions in C."""
-    starts, ends, offsets, bits, rest_index, rests, rest_bits = scan
+    starts, ends, offsets, bits, rest_index, _, rest_bits, by_bits, by_rest, facts = scan
     if not starts:
         return RegionTable()
-    facts = [parse_rest(rest) for rest in rests]
+    state, protection = by_bits
+    device, inode, path, deleted, kind = by_rest
     # A file the loader mapped (an executable or shared object) has an executable
     # segment; every mapping of that file is IMAGE, other file mappings MAPPED.
     image_files = {
@@ -291,24 +297,19 @@ def _table_from_scan(accel: Any, scan: tuple[Any, ...]) -> RegionTable:
         )
         for f in facts
     ]
-
-    def column(k: int) -> list[Any]:
-        return accel.gather([f[k] for f in facts], rest_index, 4)  # type: ignore[no-any-return]
-
-    protection = accel.gather(_BITS, bits, 1)
     return RegionTable(
         start=starts,
         end=ends,
-        state=accel.gather(_STATE_BY_BITS, bits, 1),
+        state=state,
         type=accel.gather_either(file_type, rest_index, 4, _ANON_TYPE_BY_BITS, bits, 1),
         protection=protection,
         protection_raw=list(protection),
-        kind=column(4),
-        path=column(2),
+        kind=kind,
+        path=path,
         offset=offsets,
-        device=column(0),
-        inode=column(1),
-        deleted=column(3),
+        device=device,
+        inode=inode,
+        deleted=deleted,
     )
 
 
@@ -333,7 +334,7 @@ def parse_smaps(text: str | bytes) -> RegionTable:
 
 def _table_from_smaps_scan(accel: Any, scan: tuple[bytes, list[Any]]) -> RegionTable:
     headers, columns = scan
-    table = _table_from_scan(accel, accel.scan_maps(headers))
+    table = _table_from_scan(accel, accel.scan_maps(headers, *_SCAN_DECISIONS))
     n = len(table)
     found = dict(zip(_SMAPS_KEYS.values(), columns, strict=True))
     table.residency = {
@@ -612,7 +613,7 @@ class LinuxReader:
             fd = os.open(self._path(pid, "maps"), os.O_RDONLY | os.O_CLOEXEC)
             try:
                 with _gc_paused():
-                    scan = accel.scan_maps_fd(fd)
+                    scan = accel.scan_maps_fd(fd, *_SCAN_DECISIONS)
                     return None if scan is None else _table_from_scan(accel, scan)
             finally:
                 os.close(fd)

@@ -230,13 +230,19 @@ static int append_new(PyObject *list, PyObject *item) {
     return rc;
 }
 
-/* scan_maps(data: bytes) -> (starts, ends, offsets, bits, rest_index, rests, rest_bits)
+/* scan_maps(data: bytes, by_bits: tuple, facts_of, fact_count: int)
+ *   -> (starts, ends, offsets, bits, rest_index, rests, rest_bits, bit_columns,
+ *       fact_columns, facts)
  *
  * Every line of ``data`` that matches the maps grammar, in order (other lines are
  * skipped, as re.findall skips them): start, end and offset as ints; the perms as one
  * byte of bits per region; the rest of the line as an index (uint32, native order)
  * into ``rests``, its distinct values in order of first use; and for each rest the set
- * of perms bits it appears with, as a 16-bit mask. */
+ * of perms bits it appears with, as a 16-bit mask. Besides, the columns the caller's
+ * decisions give: for each list of ``by_bits`` (16 values, by perms bits) a column of
+ * its value for each line's perms; and ``facts_of(rest)``, called once for each
+ * distinct rest as it is first seen (``facts``, in rest order), a tuple of
+ * ``fact_count`` values, each a column of its value for each line's rest. */
 /* The int of a scanned number: from its value, or from its text when over 64 bits. */
 static PyObject *number(const char *p, Py_ssize_t n, uint64_t v, int big) {
     return big ? hex_int(p, n) : PyLong_FromUnsignedLongLong(v);
@@ -258,7 +264,45 @@ typedef struct {
     uint32_t last_index;
     PyObject *last_end; /* borrowed: the previous region's end */
     uint64_t last_end_v;
+    PyObject *by_bits;            /* tuple of lists of 16 values (borrowed) */
+    PyObject *facts_of;           /* rest -> tuple of fact_count values (borrowed) */
+    Py_ssize_t fact_count;
+    PyObject *facts;              /* per rest: its tuple of facts */
+    PyObject *last_facts;         /* borrowed: the previous line's */
+    buf_t *bit_columns, *fact_columns; /* PyObject * each, owned */
 } maps_scan_t;
+
+/* Parse the caller's decision arguments into ``st`` (after maps_scan_init). */
+static int maps_scan_decisions(maps_scan_t *st, PyObject *by_bits, PyObject *facts_of,
+                               Py_ssize_t fact_count) {
+    if (!PyTuple_Check(by_bits) || !PyCallable_Check(facts_of) || fact_count < 0) {
+        PyErr_SetString(PyExc_TypeError, "scan_maps wants (tuple, callable, count)");
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(by_bits); i++) {
+        PyObject *table = PyTuple_GET_ITEM(by_bits, i);
+        if (!PyList_Check(table) || PyList_GET_SIZE(table) != 16) {
+            PyErr_SetString(PyExc_TypeError, "a by_bits table is a list of 16 values");
+            return -1;
+        }
+    }
+    st->by_bits = by_bits;
+    st->facts_of = facts_of;
+    st->fact_count = fact_count;
+    st->facts = PyList_New(0);
+    st->bit_columns = PyMem_Calloc((size_t)PyTuple_GET_SIZE(by_bits) + 1, sizeof(buf_t));
+    st->fact_columns = PyMem_Calloc((size_t)fact_count + 1, sizeof(buf_t));
+    if (st->facts == NULL || st->bit_columns == NULL || st->fact_columns == NULL) {
+        if (!PyErr_Occurred()) PyErr_NoMemory();
+        return -1;
+    }
+    size_t objects = st->starts.cap; /* the room made for the lines, if counted */
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(by_bits); i++)
+        if (buf_reserve(&st->bit_columns[i], objects) < 0) return -1;
+    for (Py_ssize_t i = 0; i < fact_count; i++)
+        if (buf_reserve(&st->fact_columns[i], objects) < 0) return -1;
+    return 0;
+}
 
 static int maps_scan_init(maps_scan_t *st, size_t lines) {
     memset(st, 0, sizeof *st);
@@ -271,6 +315,18 @@ static int maps_scan_init(maps_scan_t *st, size_t lines) {
         buf_reserve(&st->index, lines * 4) < 0)
         return -1;
     return 0;
+}
+
+/* The facts of a new rest, from the caller's function. */
+static int maps_scan_new_facts(maps_scan_t *st, PyObject *rest) {
+    PyObject *facts = PyObject_CallOneArg(st->facts_of, rest);
+    if (facts == NULL) return -1;
+    if (!PyTuple_Check(facts) || PyTuple_GET_SIZE(facts) != st->fact_count) {
+        Py_DECREF(facts);
+        PyErr_SetString(PyExc_TypeError, "facts_of must give a tuple of fact_count values");
+        return -1;
+    }
+    return append_new(st->facts, facts);
 }
 
 /* Append a new reference (stolen; NULL: the error of making it) to a buffer of them. */
@@ -300,6 +356,11 @@ static int maps_scan_line(maps_scan_t *st, const char *p, const char *e) {
     if (put_object(&st->offsets, number(m.offset, m.offset_n, m.offset_v, m.big)) < 0) return -1;
     char bits = (char)m.bits;
     if (buf_put(&st->bits, &bits, 1) < 0) return -1;
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(st->by_bits); i++) {
+        PyObject *table = PyTuple_GET_ITEM(st->by_bits, i);
+        if (put_object(&st->bit_columns[i], Py_NewRef(PyList_GET_ITEM(table, m.bits))) < 0)
+            return -1;
+    }
     uint32_t k;
     if (st->last_n == m.rest_n && memcmp(st->last_rest, m.rest, (size_t)m.rest_n) == 0) {
         k = st->last_index; /* the common case: the line before had the same rest */
@@ -313,6 +374,7 @@ static int maps_scan_line(maps_scan_t *st, const char *p, const char *e) {
             PyObject *rest = PyBytes_FromStringAndSize(m.rest, m.rest_n);
             if (append_new(st->rests, rest) < 0) return -1;
             slot->p = PyBytes_AS_STRING(rest); /* the list keeps it */
+            if (maps_scan_new_facts(st, rest) < 0) return -1;
             if (k >= st->masks_cap) {
                 size_t cap = st->masks_cap ? st->masks_cap * 2 : 64;
                 uint16_t *grown = PyMem_Realloc(st->masks, cap * sizeof(uint16_t));
@@ -328,26 +390,49 @@ static int maps_scan_line(maps_scan_t *st, const char *p, const char *e) {
         st->last_rest = slot->p;
         st->last_n = m.rest_n;
         st->last_index = k;
+        st->last_facts = PyList_GET_ITEM(st->facts, k);
+    }
+    for (Py_ssize_t i = 0; i < st->fact_count; i++) {
+        PyObject *fact = PyTuple_GET_ITEM(st->last_facts, i);
+        if (put_object(&st->fact_columns[i], Py_NewRef(fact)) < 0) return -1;
     }
     st->masks[k] |= (uint16_t)(1u << m.bits);
     return buf_put(&st->index, &k, 4);
 }
 
-/* A list of the references in ``b``, which it takes over. */
+/* A list of the references in ``b``: the list takes the buffer itself as its items
+ * (both are PyMem memory), so nothing is copied nor faulted in again. */
 static PyObject *list_of(buf_t *b) {
-    Py_ssize_t n = (Py_ssize_t)(b->len / sizeof(PyObject *));
-    PyObject *list = PyList_New(n);
-    if (list == NULL) return NULL;
-    PyObject **items = (PyObject **)b->data;
-    for (Py_ssize_t i = 0; i < n; i++) PyList_SET_ITEM(list, i, items[i]);
-    b->len = 0;
+    PyObject *list = PyList_New(0);
+    if (list == NULL || b->data == NULL) return list;
+    PyListObject *l = (PyListObject *)list;
+    l->ob_item = (PyObject **)b->data;
+    l->allocated = (Py_ssize_t)(b->cap / sizeof(PyObject *));
+    Py_SET_SIZE(l, (Py_ssize_t)(b->len / sizeof(PyObject *)));
+    b->data = NULL;
+    b->len = b->cap = 0;
     return list;
+}
+
+/* A tuple of the lists of ``count`` buffers of references, which it takes over. */
+static PyObject *lists_of(buf_t *columns, Py_ssize_t count) {
+    PyObject *out = PyTuple_New(count);
+    for (Py_ssize_t i = 0; out != NULL && i < count; i++) {
+        PyObject *list = list_of(&columns[i]);
+        if (list == NULL) Py_CLEAR(out);
+        else PyTuple_SET_ITEM(out, i, list);
+    }
+    return out;
 }
 
 static PyObject *maps_scan_result(maps_scan_t *st) {
     PyObject *starts = list_of(&st->starts), *ends = list_of(&st->ends),
-             *offsets = list_of(&st->offsets), *rest_bits = NULL, *result = NULL;
-    if (starts == NULL || ends == NULL || offsets == NULL) goto done;
+             *offsets = list_of(&st->offsets), *rest_bits = NULL, *result = NULL,
+             *bit_columns = lists_of(st->bit_columns, PyTuple_GET_SIZE(st->by_bits)),
+             *fact_columns = lists_of(st->fact_columns, st->fact_count);
+    if (starts == NULL || ends == NULL || offsets == NULL || bit_columns == NULL ||
+        fact_columns == NULL)
+        goto done;
     rest_bits = PyList_New((Py_ssize_t)st->table.count);
     if (rest_bits == NULL) goto done;
     for (size_t i = 0; i < st->table.count; i++) {
@@ -355,14 +440,17 @@ static PyObject *maps_scan_result(maps_scan_t *st) {
         if (v == NULL) goto done;
         PyList_SET_ITEM(rest_bits, (Py_ssize_t)i, v);
     }
-    result = Py_BuildValue("(OOOy#y#OO)", starts, ends, offsets, st->bits.data ? st->bits.data : "",
-                           (Py_ssize_t)st->bits.len, st->index.data ? st->index.data : "",
-                           (Py_ssize_t)st->index.len, st->rests, rest_bits);
+    result = Py_BuildValue("(OOOy#y#OOOOO)", starts, ends, offsets,
+                           st->bits.data ? st->bits.data : "", (Py_ssize_t)st->bits.len,
+                           st->index.data ? st->index.data : "", (Py_ssize_t)st->index.len,
+                           st->rests, rest_bits, bit_columns, fact_columns, st->facts);
 done:
     Py_XDECREF(starts);
     Py_XDECREF(ends);
     Py_XDECREF(offsets);
     Py_XDECREF(rest_bits);
+    Py_XDECREF(bit_columns);
+    Py_XDECREF(fact_columns);
     return result;
 }
 
@@ -376,6 +464,14 @@ static void maps_scan_free(maps_scan_t *st) {
     drop_objects(&st->starts);
     drop_objects(&st->ends);
     drop_objects(&st->offsets);
+    if (st->bit_columns != NULL)
+        for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(st->by_bits); i++)
+            drop_objects(&st->bit_columns[i]);
+    if (st->fact_columns != NULL)
+        for (Py_ssize_t i = 0; i < st->fact_count; i++) drop_objects(&st->fact_columns[i]);
+    PyMem_Free(st->bit_columns);
+    PyMem_Free(st->fact_columns);
+    Py_CLEAR(st->facts);
     buf_free(&st->bits);
     buf_free(&st->index);
     Py_CLEAR(st->rests);
@@ -383,20 +479,22 @@ static void maps_scan_free(maps_scan_t *st) {
     PyMem_Free(st->masks);
 }
 
-static PyObject *scan_maps(PyObject *self, PyObject *arg) {
+static PyObject *scan_maps(PyObject *self, PyObject *args) {
     (void)self;
-    if (!PyBytes_Check(arg)) {
-        PyErr_SetString(PyExc_TypeError, "scan_maps wants bytes");
+    PyObject *text, *by_bits, *facts_of;
+    Py_ssize_t fact_count;
+    if (!PyArg_ParseTuple(args, "O!OOn", &PyBytes_Type, &text, &by_bits, &facts_of, &fact_count))
         return NULL;
-    }
-    const char *data = PyBytes_AS_STRING(arg);
-    const char *stop = data + PyBytes_GET_SIZE(arg);
+    const char *data = PyBytes_AS_STRING(text);
+    const char *stop = data + PyBytes_GET_SIZE(text);
     /* At most one region a line: room for that many is made at once. */
     size_t lines = 1;
     for (const char *p = data; (p = memchr(p, '\n', (size_t)(stop - p))) != NULL; p++) lines++;
     maps_scan_t st;
     PyObject *result = NULL;
-    if (maps_scan_init(&st, lines) < 0) goto done;
+    if (maps_scan_init(&st, lines) < 0 ||
+        maps_scan_decisions(&st, by_bits, facts_of, fact_count) < 0)
+        goto done;
     for (const char *p = data; p < stop;) {
         const char *e = memchr(p, '\n', (size_t)(stop - p));
         if (e == NULL) e = stop;
@@ -428,6 +526,7 @@ typedef struct {
     pthread_mutex_t lock;
     pthread_cond_t ready;
     feed_chunk_t *head, *tail; /* read and not yet scanned, in order */
+    feed_chunk_t *spare;       /* scanned, to be read into again (no new pages) */
     int done, error;           /* error: the errno of a failed read, or 0 */
     int stop;                  /* the scanner gave up: read no further */
 } feed_t;
@@ -459,11 +558,19 @@ static feed_chunk_t *new_chunk(void) {
     return c;
 }
 
+static void free_chunks(feed_chunk_t *c) {
+    while (c != NULL) {
+        feed_chunk_t *next = c->next;
+        free(c);
+        c = next;
+    }
+}
+
 /* The reading thread: chunk after chunk, handed over in order, to the end. */
 static void *feed_run(void *arg) {
     feed_t *f = arg;
+    feed_chunk_t *c = new_chunk();
     for (;;) {
-        feed_chunk_t *c = new_chunk();
         int eof = 0, error = c == NULL ? ENOMEM : fill_chunk(f->fd, c, &eof);
         pthread_mutex_lock(&f->lock);
         if (c != NULL && c->len) {
@@ -481,8 +588,15 @@ static void *feed_run(void *arg) {
         }
         int finished = f->done || f->stop;
         pthread_cond_signal(&f->ready);
+        c = f->spare;
+        if (c != NULL && !finished) {
+            f->spare = c->next;
+            c->next = NULL;
+            c->len = 0;
+        }
         pthread_mutex_unlock(&f->lock);
         if (finished) return NULL;
+        if (c == NULL) c = new_chunk();
     }
 }
 
@@ -504,21 +618,26 @@ static int scan_chunk(maps_scan_t *st, buf_t *carry, const feed_chunk_t *c) {
     return buf_put(carry, p, (size_t)(stop - p));
 }
 
-/* scan_maps_fd(fd: int) -> scan_maps' tuple | None
+/* scan_maps_fd(fd: int, by_bits, facts_of, fact_count) -> scan_maps' tuple | None
  * scan_maps of the file's text, read to its end; None when it is empty. The first
  * chunk is read here (most processes' maps end within it); a longer text is read on
  * by a thread while this one scans. Raises OSError as os.read does. */
-static PyObject *scan_maps_fd(PyObject *self, PyObject *arg) {
+static PyObject *scan_maps_fd(PyObject *self, PyObject *args) {
     (void)self;
     int fd;
-    if (!PyArg_Parse(arg, "i", &fd)) return NULL;
+    PyObject *by_bits, *facts_of;
+    Py_ssize_t fact_count;
+    if (!PyArg_ParseTuple(args, "iOOn", &fd, &by_bits, &facts_of, &fact_count)) return NULL;
     maps_scan_t st;
     feed_t feed = {.fd = fd};
     buf_t carry = {0};
     pthread_t reader;
     int started = 0, eof = 0, error, seen_any;
     PyObject *result = NULL;
-    if (maps_scan_init(&st, 0) < 0) return NULL;
+    if (maps_scan_init(&st, 0) < 0 || maps_scan_decisions(&st, by_bits, facts_of, fact_count) < 0) {
+        maps_scan_free(&st);
+        return NULL;
+    }
     feed_chunk_t *c = new_chunk();
     if (c == NULL) {
         PyErr_NoMemory();
@@ -563,13 +682,15 @@ static PyObject *scan_maps_fd(PyObject *self, PyObject *arg) {
     }
     for (;;) {
         if (scan_chunk(&st, &carry, c) < 0) goto done;
-        free(c);
-        c = NULL;
         if (eof) break; /* the first chunk was all */
         Py_BEGIN_ALLOW_THREADS
         if (started) {
             pthread_mutex_lock(&feed.lock);
+            c->next = feed.spare; /* read into again: its pages are already there */
+            feed.spare = c;
             while (feed.head == NULL && !feed.done) pthread_cond_wait(&feed.ready, &feed.lock);
+        } else {
+            free(c);
         }
         c = feed.head;
         if (c != NULL) {
@@ -603,11 +724,8 @@ done:
         pthread_cond_destroy(&feed.ready);
     }
     free(c);
-    while (feed.head != NULL) {
-        feed_chunk_t *next = feed.head->next;
-        free(feed.head);
-        feed.head = next;
-    }
+    free_chunks(feed.head);
+    free_chunks(feed.spare);
     buf_free(&carry);
     maps_scan_free(&st);
     return result;
@@ -1865,9 +1983,9 @@ static PyObject *decode(PyObject *self, PyObject *args) {
 }
 
 static PyMethodDef methods[] = {
-    {"scan_maps", scan_maps, METH_O, "Scan maps text into columns."},
+    {"scan_maps", scan_maps, METH_VARARGS, "Scan maps text into columns."},
 #ifndef _WIN32
-    {"scan_maps_fd", scan_maps_fd, METH_O, "Scan a maps file into columns as it is read."},
+    {"scan_maps_fd", scan_maps_fd, METH_VARARGS, "Scan a maps file into columns as it is read."},
 #endif
     {"scan_smaps", scan_smaps, METH_VARARGS, "Scan regular smaps text into columns."},
 #ifndef _WIN32

@@ -19,7 +19,13 @@ from hypothesis import strategies as st
 
 from tests.conftest import PAGE, Planter
 from vmatlas import errors, native, summary, wire
-from vmatlas.agents.linux import _SMAPS_KEYS_BYTES, LinuxReader, parse_maps, parse_smaps
+from vmatlas.agents.linux import (
+    _SCAN_DECISIONS,
+    _SMAPS_KEYS_BYTES,
+    LinuxReader,
+    parse_maps,
+    parse_smaps,
+)
 from vmatlas.model import (
     RESIDENCY_FIELDS,
     Host,
@@ -239,6 +245,28 @@ def test_generated_maps_text_reads_the_same(text: str | bytes, newline: bool) ->
     whole = same_on_both(lambda: parse_maps(text))
     with tempfile.TemporaryDirectory() as procfs:
         assert same_on_both(lambda: streamed_maps(text, Path(procfs))) == whole
+
+
+def test_a_decision_that_raises_stops_the_scan_as_read(planter: Planter) -> None:
+    """An exception from the caller's facts (here on the first rest, while the rest of
+    a large maps is still being read) ends the scan with that exception; the reading
+    thread is gone and the next scan reads the whole file."""
+    planter.grow(3000)
+    path = f"/proc/{planter.pid}/maps"
+
+    def refuse(rest: bytes) -> tuple[Any, ...]:
+        raise LookupError(rest)
+
+    by_bits, _, count = _SCAN_DECISIONS
+    for facts_of, error in ((refuse, LookupError), (lambda rest: (1,), TypeError)):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            with pytest.raises(error):
+                native._built.scan_maps_fd(fd, by_bits, facts_of, count)  # type: ignore[union-attr]
+        finally:
+            os.close(fd)
+    with native.use(True):
+        assert len(LinuxReader().regions(planter.pid)) > 3000
 
 
 def test_maps_scanned_as_read_reads_the_same(planter: Planter, tmp_path: Path) -> None:
