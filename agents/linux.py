@@ -590,9 +590,21 @@ class LinuxReader:
             return 64
         return 32 if header[:4] == b"\x7fELF" and header[4:5] == b"\x01" else 64
 
-    def regions(self, pid: int, *, residency: bool = False, name: str | None = None) -> RegionTable:
-        """The regions of ``pid``. Raises NoSuchProcess or AccessDenied."""
-        if native.accel is not None:
+    def regions(
+        self,
+        pid: int,
+        *,
+        residency: bool = False,
+        name: str | None = None,
+        read_ahead: bool = True,
+    ) -> RegionTable:
+        """The regions of ``pid``. Raises NoSuchProcess or AccessDenied.
+
+        ``read_ahead``: on the native path, maps is scanned while a thread reads the
+        rest of it: a large process's snapshot comes sooner for a little more CPU.
+        Summaries, read for every process in turn, where CPU counts and the wait for
+        one process does not, go without."""
+        if native.accel is not None and (residency or read_ahead):
             table = self._streamed_smaps(pid, name) if residency else self._streamed_maps(pid, name)
             if table is not None:
                 return table
@@ -663,7 +675,7 @@ class LinuxReader:
     def process_summary(self, pid: int, host: Host | None = None) -> ProcessSummary:
         host = host or self.host()
         process = self.process(pid, host)
-        table = self.regions(pid, name=process.name)
+        table = self.regions(pid, name=process.name, read_ahead=False)
         return ProcessSummary(
             process=process,
             summary=summarize_process(table, host, process),
