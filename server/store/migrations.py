@@ -128,6 +128,27 @@ CREATE TABLE leases (
 );
 """,
     ),
+    Migration(
+        3,
+        "processes: the facts an audit reads as columns, filled from the stored facts",
+        # Adding a column with a constant default rewrites nothing; the backfill then
+        # rewrites each process row once. The summaries (partitioned) are not touched.
+        """
+ALTER TABLE processes
+  ADD COLUMN executable text NOT NULL DEFAULT '',
+  ADD COLUMN pointer_bits integer NOT NULL DEFAULT 64,
+  ADD COLUMN address_space_empty boolean NOT NULL DEFAULT false,
+  ADD COLUMN container_id text NOT NULL DEFAULT '',
+  ADD COLUMN pod_uid text NOT NULL DEFAULT '';
+-- Facts written before a field existed keep the column's default (the model's).
+UPDATE processes SET
+  executable = coalesce(facts->>'executable', ''),
+  pointer_bits = coalesce((facts->>'pointer_bits')::integer, 64),
+  address_space_empty = coalesce((facts->>'address_space_empty')::boolean, false),
+  container_id = coalesce(facts->>'container_id', ''),
+  pod_uid = coalesce(facts->>'pod_uid', '');
+""",
+    ),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version

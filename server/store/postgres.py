@@ -42,7 +42,8 @@ from vmatlas.model import Host
 from vmatlas.server.store.base import ProcessFilter
 from vmatlas.server.store.migrations import LATEST_VERSION, MIGRATIONS
 from vmatlas.server.store.rules import (
-    LIGHT_FACTS,
+    PROCESS_FACT_COLUMNS,
+    PROCESS_FACT_NAMES,
     SUMMARY_COLUMNS,
     Dialect,
     LeaseRow,
@@ -67,9 +68,22 @@ POOL_MAX = 16
 POOL_TIMEOUT_SECONDS = 10.0
 
 _COLUMNS = ", ".join(SUMMARY_COLUMNS)
-_STAGING_COLUMNS = ("pid", "start_time", "name", "facts", "capture_time", *SUMMARY_COLUMNS)
+_FACT_COLUMNS = ", ".join(PROCESS_FACT_NAMES)
+_STAGING_COLUMNS = (
+    "pid",
+    "start_time",
+    "name",
+    "facts",
+    *PROCESS_FACT_NAMES,
+    "capture_time",
+    *SUMMARY_COLUMNS,
+)
 _STAGING_TYPES = ", ".join(
-    f"{c} {'double precision' if c == 'headroom_fraction' else 'bigint'}" for c in SUMMARY_COLUMNS
+    [f"{name} {kind}" for name, kind in PROCESS_FACT_COLUMNS]
+    + [
+        f"{c} {'double precision' if c == 'headroom_fraction' else 'bigint'}"
+        for c in SUMMARY_COLUMNS
+    ]
 )
 # Each connection's own staging table for COPY; emptied by every commit.
 _STAGING_DDL = f"""
@@ -78,7 +92,6 @@ CREATE TEMP TABLE IF NOT EXISTS push_staging (
   capture_time double precision, {_STAGING_TYPES}
 ) ON COMMIT DELETE ROWS"""
 
-_PG_TYPES = {bool: "boolean", int: "bigint", str: "text"}
 # A process row holds its latest summary.
 _SQL = Statements(
     Dialect(
@@ -90,11 +103,6 @@ _SQL = Statements(
         current_from="FROM processes p",
         latest="p",
         latest_time="p.latest_capture_time",
-        light_facts={
-            name: f"coalesce((p.facts->>'{name}')::{_PG_TYPES[type(default)]}, "
-            f"{sql.quote(default)})"
-            for name, default in LIGHT_FACTS.items()
-        },
     )
 )
 
@@ -191,13 +199,15 @@ _LATEST = ", ".join(
     f"{c} = CASE WHEN {_NEWER} THEN processes.{c} ELSE excluded.{c} END"
     for c in ("latest_capture_time", *SUMMARY_COLUMNS)
 )
+_SET_FACTS = ", ".join(f"{c} = excluded.{c}" for c in ("name", "facts", *PROCESS_FACT_NAMES))
 _UPSERT_PROCESSES = f"""
-    INSERT INTO processes (host_id, pid, start_time, name, facts, current,
+    INSERT INTO processes (host_id, pid, start_time, name, facts, {_FACT_COLUMNS}, current,
                            latest_capture_time, {_COLUMNS})
-    SELECT %(host_id)s, pid, start_time, name, facts, true, capture_time, {_COLUMNS}
+    SELECT %(host_id)s, pid, start_time, name, facts, {_FACT_COLUMNS}, true, capture_time,
+           {_COLUMNS}
     FROM push_staging
     ON CONFLICT (host_id, pid, start_time) DO UPDATE SET
-      name = excluded.name, facts = excluded.facts, current = true, {_LATEST}"""
+      {_SET_FACTS}, current = true, {_LATEST}"""
 
 
 class _Transaction:
@@ -276,7 +286,15 @@ class _Transaction:
             with cur.copy(copy_sql.encode()) as copy:
                 for r in rows:
                     copy.write_row(
-                        (r.pid, r.start_time, r.name, r.facts, r.capture_time, *r.values)
+                        (
+                            r.pid,
+                            r.start_time,
+                            r.name,
+                            r.facts,
+                            *r.fact_values,
+                            r.capture_time,
+                            *r.values,
+                        )
                     )
             params = {"host_id": host_id}
             cur.execute(self._UPSERT_PROCESSES.encode(), params)
@@ -297,13 +315,13 @@ class _Transaction:
         )
 
     def add_snapshot(self, host_id: str, row: SnapshotRow) -> int:
+        facts = ", ".join(["%s"] * len(PROCESS_FACT_NAMES))
         (process_id,) = self.conn.execute(
-            """INSERT INTO processes (host_id, pid, start_time, name, facts)
-               VALUES (%s, %s, %s, %s, %s::jsonb)
-               ON CONFLICT (host_id, pid, start_time) DO UPDATE SET
-                 name = excluded.name, facts = excluded.facts
-               RETURNING id""",
-            (host_id, row.pid, row.start_time, row.name, row.facts),
+            f"""INSERT INTO processes (host_id, pid, start_time, name, facts, {_FACT_COLUMNS})
+                VALUES (%s, %s, %s, %s, %s::jsonb, {facts})
+                ON CONFLICT (host_id, pid, start_time) DO UPDATE SET {_SET_FACTS}
+                RETURNING id""".encode(),
+            (host_id, row.pid, row.start_time, row.name, row.facts, *row.fact_values),
         ).fetchone() or (None,)
         placeholders = ", ".join(["%s"] * (7 + len(SUMMARY_COLUMNS)))
         inserted = self.conn.execute(

@@ -86,24 +86,21 @@ def process_from_json(text: str) -> Process:
     return Process(**values)
 
 
-# What an audit reads of a process, and what a light read of the current set gives;
-# the backends read pid, name and start time from their own columns and the others
-# from the stored facts (the default where the facts predate the field).
-LIGHT_PROCESS_FIELDS = (
-    "pid",
-    "name",
-    "executable",
-    "start_time",
-    "pointer_bits",
-    "address_space_empty",
-    "container_id",
-    "pod_uid",
+# The process facts an audit reads besides pid, name and start time: columns of the
+# process row as well as part of its stored facts, written with them on every write of
+# the row, so that a light read of the current set reads columns, not JSON. (name,
+# PostgreSQL type); SQLite keeps booleans as integers.
+PROCESS_FACT_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("executable", "text"),
+    ("pointer_bits", "integer"),
+    ("address_space_empty", "boolean"),
+    ("container_id", "text"),
+    ("pod_uid", "text"),
 )
-LIGHT_FACTS: dict[str, Any] = {
-    name: Process.__dataclass_fields__[name].default
-    for name in LIGHT_PROCESS_FIELDS
-    if name not in ("pid", "name", "start_time")
-}
+PROCESS_FACT_NAMES = tuple(name for name, _ in PROCESS_FACT_COLUMNS)
+process_fact_values: Callable[[Process], tuple[Any, ...]] = attrgetter(*PROCESS_FACT_NAMES)
+# What an audit reads of a process, and what a light read of the current set gives.
+LIGHT_PROCESS_FIELDS = ("pid", "name", "start_time", *PROCESS_FACT_NAMES)
 
 
 # Made from the two lists, so untyped to the type checker (whose users see an
@@ -219,7 +216,6 @@ class Dialect:
     current_from: str
     latest: str
     latest_time: str
-    light_facts: dict[str, str]  # LIGHT_FACTS read from the stored facts, by name
 
 
 class Statements:
@@ -231,7 +227,7 @@ class Statements:
         p, text = d.param, d.json_text
         summary = ", ".join(f"s.{c}" for c in SUMMARY_COLUMNS)
         latest = ", ".join(f"{d.latest}.{c}" for c in SUMMARY_COLUMNS)
-        light = ", ".join(d.light_facts.get(name, f"p.{name}") for name in LIGHT_PROCESS_FIELDS)
+        light = ", ".join(f"p.{name}" for name in LIGHT_PROCESS_FIELDS)
         self.order_by = {
             ProcessOrder.REGIONS: f"{d.latest}.map_count DESC, p.host_id, p.pid",
             ProcessOrder.HEADROOM: f"{d.latest}.headroom_fraction ASC, p.host_id, p.pid",
@@ -372,6 +368,7 @@ class SummaryRow:
     start_time: float
     name: str
     facts: str  # process_json
+    fact_values: tuple[Any, ...]  # in PROCESS_FACT_NAMES order
     capture_time: float
     values: tuple[Any, ...]  # in SUMMARY_COLUMNS order
 
@@ -382,6 +379,7 @@ class SnapshotRow:
     start_time: float
     name: str
     facts: str
+    fact_values: tuple[Any, ...]
     capture_time: float
     host_facts: str
     view: int
@@ -586,6 +584,7 @@ class RuleStore:
                 start_time=item.process.start_time,
                 name=item.process.name,
                 facts=process_json(item.process),
+                fact_values=process_fact_values(item.process),
                 capture_time=item.capture_time,
                 values=summary_values(item.summary),
             )
@@ -662,6 +661,7 @@ class RuleStore:
             start_time=header.process.start_time,
             name=header.process.name,
             facts=process_json(header.process),
+            fact_values=process_fact_values(header.process),
             capture_time=header.capture_time,
             host_facts=host_json(header.host),
             view=int(header.view),

@@ -32,10 +32,11 @@ from contextlib import contextmanager
 from typing import Any
 
 from vmatlas import errors
-from vmatlas.model import Host
+from vmatlas.model import Host, Process
 from vmatlas.server.store.base import ProcessFilter
 from vmatlas.server.store.rules import (
-    LIGHT_FACTS,
+    PROCESS_FACT_COLUMNS,
+    PROCESS_FACT_NAMES,
     SUMMARY_COLUMNS,
     Dialect,
     LeaseRow,
@@ -52,8 +53,9 @@ from vmatlas.server.store.rules import (
 log = logging.getLogger(__name__)
 
 DATABASE_NAME = "vmatlas.sqlite3"
-# 2 added the leases table (nothing else changed: a version 1 file is upgraded in place).
-SCHEMA_VERSION = 2
+# 2 added the leases table; 3 the process facts an audit reads as columns of the process
+# row (see UPGRADES).
+SCHEMA_VERSION = 3
 # Read connections open at most; more readers at once wait for one to come free.
 MAX_READERS = 8
 
@@ -61,6 +63,27 @@ _SUMMARY_DDL = ",\n  ".join(
     f"{name} {'REAL' if name == 'headroom_fraction' else 'INTEGER'} NOT NULL"
     for name in SUMMARY_COLUMNS
 )
+
+
+def _literal(value: object) -> str:
+    return (
+        str(int(value))
+        if isinstance(value, bool | int)
+        else "'" + str(value).replace("'", "''") + "'"
+    )
+
+
+def _default(name: str) -> str:
+    """The model's default of a process fact, for facts stored before it existed."""
+    return _literal(Process.__dataclass_fields__[name].default)
+
+
+_FACT_TYPES = {"text": "TEXT", "integer": "INTEGER", "boolean": "INTEGER"}
+_FACT_COLUMNS = [
+    f"{name} {_FACT_TYPES[kind]} NOT NULL DEFAULT {_default(name)}"
+    for name, kind in PROCESS_FACT_COLUMNS
+]
+_FACT_DDL = ",\n  ".join(_FACT_COLUMNS)
 
 SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS meta (
@@ -84,6 +107,7 @@ CREATE TABLE IF NOT EXISTS processes (
   start_time REAL NOT NULL,
   name TEXT NOT NULL,
   facts TEXT NOT NULL,               -- the Process as JSON
+  {_FACT_DDL},
   current INTEGER NOT NULL DEFAULT 0,  -- in the host's latest push
   latest_capture_time REAL,
   UNIQUE (host_id, pid, start_time)
@@ -147,14 +171,6 @@ CREATE TABLE IF NOT EXISTS leases (
 """
 
 
-def _literal(value: object) -> str:
-    return (
-        str(int(value))
-        if isinstance(value, bool | int)
-        else "'" + str(value).replace("'", "''") + "'"
-    )
-
-
 _SQL = Statements(
     Dialect(
         param="?",
@@ -166,12 +182,21 @@ _SQL = Statements(
                           ON s.process_id = p.id AND s.capture_time = p.latest_capture_time""",
         latest="s",
         latest_time="s.capture_time",
-        light_facts={
-            name: f"coalesce(json_extract(p.facts, '$.{name}'), {_literal(default)})"
-            for name, default in LIGHT_FACTS.items()
-        },
     )
 )
+
+# What brings a file from the version before each to it, run before SCHEMA (which
+# makes the tables a version adds).
+UPGRADES: dict[int, list[str]] = {
+    3: [
+        *(f"ALTER TABLE processes ADD COLUMN {column}" for column in _FACT_COLUMNS),
+        "UPDATE processes SET "
+        + ", ".join(
+            f"{name} = coalesce(json_extract(facts, '$.{name}'), {_default(name)})"
+            for name in PROCESS_FACT_NAMES
+        ),
+    ],
+}
 
 
 def _translated(exc: sqlite3.Error) -> Exception:
@@ -180,6 +205,11 @@ def _translated(exc: sqlite3.Error) -> Exception:
     if isinstance(exc, sqlite3.OperationalError) and ("locked" in text or "busy" in text):
         return errors.StoreUnavailable(f"the SQLite store is busy: {text}")
     return exc
+
+
+_FACT_NAMES = ", ".join(PROCESS_FACT_NAMES)
+_FACT_PARAMS = ", ".join("?" * len(PROCESS_FACT_NAMES))
+_SET_FACTS = ", ".join(f"{c} = excluded.{c}" for c in ("name", "facts", *PROCESS_FACT_NAMES))
 
 
 class _Transaction:
@@ -248,12 +278,12 @@ class _Transaction:
 
     # One statement per table for a whole push: the process row (current, latest
     # capture time) first, then the summary keyed by the row's id.
-    _UPSERT_CURRENT_PROCESS = """
-        INSERT INTO processes (host_id, pid, start_time, name, facts, current,
+    _UPSERT_CURRENT_PROCESS = f"""
+        INSERT INTO processes (host_id, pid, start_time, name, facts, {_FACT_NAMES}, current,
                                latest_capture_time)
-        VALUES (?, ?, ?, ?, ?, 1, ?)
+        VALUES (?, ?, ?, ?, ?, {_FACT_PARAMS}, 1, ?)
         ON CONFLICT (host_id, pid, start_time) DO UPDATE SET
-          name = excluded.name, facts = excluded.facts, current = 1,
+          {_SET_FACTS}, current = 1,
           latest_capture_time = max(coalesce(latest_capture_time,
                                              excluded.latest_capture_time),
                                     excluded.latest_capture_time)"""
@@ -266,7 +296,10 @@ class _Transaction:
     def add_summaries(self, host_id: str, rows: list[SummaryRow]) -> None:
         self.db.executemany(
             self._UPSERT_CURRENT_PROCESS,
-            [(host_id, r.pid, r.start_time, r.name, r.facts, r.capture_time) for r in rows],
+            [
+                (host_id, r.pid, r.start_time, r.name, r.facts, *r.fact_values, r.capture_time)
+                for r in rows
+            ],
         )
         self.db.executemany(
             self._INSERT_SUMMARY,
@@ -288,12 +321,11 @@ class _Transaction:
 
     def add_snapshot(self, host_id: str, row: SnapshotRow) -> int:
         (process_id,) = self.db.execute(
-            """INSERT INTO processes (host_id, pid, start_time, name, facts)
-               VALUES (?, ?, ?, ?, ?)
-               ON CONFLICT (host_id, pid, start_time) DO UPDATE SET
-                 name = excluded.name, facts = excluded.facts
-               RETURNING id""",
-            (host_id, row.pid, row.start_time, row.name, row.facts),
+            f"""INSERT INTO processes (host_id, pid, start_time, name, facts, {_FACT_NAMES})
+                VALUES (?, ?, ?, ?, ?, {_FACT_PARAMS})
+                ON CONFLICT (host_id, pid, start_time) DO UPDATE SET {_SET_FACTS}
+                RETURNING id""",
+            (host_id, row.pid, row.start_time, row.name, row.facts, *row.fact_values),
         ).fetchone()
         columns = ", ".join(SUMMARY_COLUMNS)
         placeholders = ", ".join("?" * (7 + len(SUMMARY_COLUMNS)))
@@ -381,6 +413,10 @@ class SQLiteBackend:
                     f"{path} has schema version {version}; this vmatlas reads "
                     f"version {SCHEMA_VERSION} and earlier"
                 )
+            for target in range((version or SCHEMA_VERSION) + 1, SCHEMA_VERSION + 1):
+                for statement in UPGRADES.get(target, ()):
+                    db.execute(statement)
+                log.info("upgraded %s to schema version %d", path, target)
             for statement in SCHEMA.split(";\n"):
                 if statement.strip():
                     db.execute(statement)

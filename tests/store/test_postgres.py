@@ -85,6 +85,18 @@ SEEDS: dict[int, list[str]] = {
         """INSERT INTO push_sequences VALUES ('h1', 'agent-1', 7, 1, 2)""",
     ],
 }
+# Version 2 added the leases; its process facts carry every field the audit reads, none
+# at its default.
+SEEDS[2] = [
+    statement.replace(
+        '"address_space_empty": false}',
+        '"address_space_empty": true, "container_id": "c0ffee", "pod_uid": "pod-1"}',
+    ).replace('"pointer_bits": 64', '"pointer_bits": 32')
+    for statement in SEEDS[1]
+] + [
+    """INSERT INTO leases VALUES ('host', 'h1', 'replica-1', '127.0.0.1:1', 'agent-1', 3,
+         1e12)""",
+]
 
 
 @pytest.mark.parametrize("migration", MIGRATIONS[1:], ids=lambda m: f"to-{m.version}")
@@ -113,6 +125,26 @@ def test_each_migration_keeps_the_data_of_the_version_before(
         [listed] = store.processes(ProcessFilter())
         assert (listed.item.process.pid, listed.item.capture_time) == (42, 100.25)
         assert listed.item.summary.map_count == 8
+        # What an audit reads of the process: the same facts, read as columns.
+        [light] = store.audit_processes()["h1"]
+        process = listed.item.process
+        assert (
+            light.process.executable,
+            light.process.pointer_bits,
+            bool(light.process.address_space_empty),
+            light.process.container_id,
+            light.process.pod_uid,
+        ) == (
+            process.executable,
+            process.pointer_bits,
+            process.address_space_empty,
+            process.container_id,
+            process.pod_uid,
+        )
+        assert process.executable == "/db"
+        if previous >= 2:
+            assert (process.pointer_bits, process.container_id) == (32, "c0ffee")
+            assert store.host_owners()["h1"].epoch == 3
         assert [s.capture_time for s in store.history("h1", 42, 0, 1e9).summaries] == [100.25]
         # The sequence carried over: a replay of push 7 is a no-op.
         item = make_item(make_process(42), 200.0)
@@ -203,6 +235,10 @@ def test_column_types_fit_the_data(postgres_url: str) -> None:
         assert types[column] == "double precision"
     assert types["region_tables.sha256"] == types["region_tables.zlib_data"] == "bytea"
     assert types["hosts.facts"] == types["processes.facts"] == "jsonb"
+    # The facts an audit reads, as columns beside the process's facts.
+    assert types["processes.executable"] == types["processes.container_id"] == "text"
+    assert types["processes.pointer_bits"] == "integer"
+    assert types["processes.address_space_empty"] == "boolean"
 
 
 def test_a_lost_connection_is_transient(postgres_url: str) -> None:

@@ -19,6 +19,7 @@ from vmatlas import errors, wire
 from vmatlas.agents.linux import LinuxReader
 from vmatlas.fleet import HostStatus
 from vmatlas.server.store import ProcessFilter, SnapshotRecord, parse_duration
+from vmatlas.server.store.rules import PROCESS_FACT_NAMES
 from vmatlas.server.store.sqlite import DATABASE_NAME, SQLiteStore
 
 
@@ -95,25 +96,55 @@ def test_reads_go_on_while_a_write_waits(tmp_path: Path, reader: LinuxReader) ->
     store.close()
 
 
-def test_a_version_1_file_is_upgraded_with_its_data(tmp_path: Path) -> None:
-    store = SQLiteStore(tmp_path)
-    store.put_host(make_host(), 1000.0)
-    store.put_summaries("host-a", [make_item(make_process(1), 1000.0)])
-    store.close()
-    # What version 1 was: the same tables without leases.
-    db = sqlite3.connect(tmp_path / DATABASE_NAME, isolation_level=None)
-    db.execute("DROP TABLE leases")
-    db.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
+def _as_version(path: Path, version: int) -> None:
+    """Make the store file at ``path`` what ``version`` wrote: 3 added the process
+    facts' columns, 2 the leases."""
+    db = sqlite3.connect(path, isolation_level=None)
+    if version < 3:
+        for name in PROCESS_FACT_NAMES:
+            db.execute(f"ALTER TABLE processes DROP COLUMN {name}")
+    if version < 2:
+        db.execute("DROP TABLE leases")
+    db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(version),))
     db.close()
 
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_a_file_of_an_earlier_version_is_upgraded_with_its_data(
+    tmp_path: Path, version: int
+) -> None:
     store = SQLiteStore(tmp_path)
-    assert [p.item.process.pid for p in store.processes(ProcessFilter())] == [1]
+    store.put_host(make_host(), 1000.0)
+    odd = make_process(2, pointer_bits=32, address_space_empty=True, container_id="c0", pod_uid="p")
+    items = [make_item(make_process(1), 1000.0), make_item(odd, 1000.0)]
+    store.put_summaries("host-a", items)
+    store.close()
+    _as_version(tmp_path / DATABASE_NAME, version)
+
+    store = SQLiteStore(tmp_path)
+    assert [p.item.process.pid for p in store.processes(ProcessFilter())] == [1, 2]
+    # The facts an audit reads came into their columns from the stored facts.
+    light = [
+        (
+            row.process.pid,
+            row.process.executable,
+            row.process.pointer_bits,
+            bool(row.process.address_space_empty),
+            row.process.container_id,
+            row.process.pod_uid,
+        )
+        for row in store.audit_processes()["host-a"]
+    ]
+    assert light == [
+        (1, "/usr/bin/proc1", 64, False, "", ""),
+        (2, "/usr/bin/proc2", 32, True, "c0", "p"),
+    ]
     assert store.acquire_job("retention", holder="r1", now=1.0, ttl_seconds=1.0) is not None
     assert store.check() == []
     store.close()
     db = sqlite3.connect(tmp_path / DATABASE_NAME, isolation_level=None)
-    assert db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == ("2",)
-    db.execute("UPDATE meta SET value = '3' WHERE key = 'schema_version'")
+    assert db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == ("3",)
+    db.execute("UPDATE meta SET value = '4' WHERE key = 'schema_version'")
     db.close()
-    with pytest.raises(errors.FailedPrecondition, match="schema version 3"):
+    with pytest.raises(errors.FailedPrecondition, match="schema version 4"):
         SQLiteStore(tmp_path)
