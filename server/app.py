@@ -224,6 +224,7 @@ class FleetServer:
         self, extra_services: Sequence[tuple[Any, Any, str]]
     ) -> tuple[grpc.aio.Server, int, HealthServicer]:
         config = self.config
+        self.peers = ReplicaLinks(lambda: self.hub.replica, config.replica_credentials)
         self.hub = Hub(
             self.store,
             self.executor,
@@ -231,8 +232,8 @@ class FleetServer:
             offline_after_seconds=config.offline_after_seconds,
             max_agents=config.max_agents,
             telemetry=self.telemetry,
+            fencer=self.peers,
         )
-        self.peers = ReplicaLinks(lambda: self.hub.replica, config.replica_credentials)
         self.queries = FleetQueries(
             self.store,
             self.hub,

@@ -9,15 +9,17 @@ Ownership, for several replicas on one store: the hub is one :class:`Replica`. W
 agent's stream opens it claims the host in the store (a lease with an epoch, see
 :meth:`Store.claim_host`) and renews the lease with the agent's heartbeats. A claim of
 the same agent instance through another replica takes the host over with a higher
-epoch; this hub learns it at its next renewal and ends the stale stream with
-:class:`~vmatlas.errors.Aborted` naming the new holder (fencing). Another agent
-instance claiming a host id that a live lease holds is refused (AlreadyExists, naming
-the holder). A clean end of the stream releases the lease and marks the host offline
-in one transaction, unless a newer claim holds it; a replica that dies leaves its
-leases to expire. A request to
-one agent waits only on its own future with a deadline, and at most
-``MAX_WAITING_SNAPSHOTS`` requests wait on one agent at a time (more are refused at
-once), so a slow or hung agent holds up nobody else.
+epoch, and that replica tells this one at once (:class:`Fencer`, the replica link):
+this hub checks the host's lease in the store and ends the stale stream with
+:class:`~vmatlas.errors.Aborted` naming the new holder (fencing). When the message
+cannot be delivered, the hub learns it all the same at its next lease renewal.
+Another agent instance claiming a host id that a live lease holds is refused
+(AlreadyExists, naming the holder). A clean end of the stream releases the lease
+and marks the host offline in one transaction, unless a newer claim holds it; a
+replica that dies leaves its leases to expire. A request to one agent waits only on
+its own future with a deadline, and at most ``MAX_WAITING_SNAPSHOTS`` requests wait
+on one agent at a time (more are refused at once), so a slow or hung agent holds up
+nobody else.
 
 Stopping drains: the hub waits (within the grace) for the calls in flight that need
 an agent (marked with :meth:`Hub.serving`) before it closes the agents' streams.
@@ -41,9 +43,9 @@ import socket
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from concurrent.futures import Executor
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from vmatlas import defaults, errors
 from vmatlas.model import Host, SnapshotView
@@ -70,6 +72,14 @@ class Replica:
 
     replica_id: str
     address: str
+
+
+class Fencer(Protocol):
+    """The link to the other replicas, as a claim uses it (a transport provides it)."""
+
+    async def fence_host(self, lost: HostOwnership, claimed: HostOwnership) -> bool:
+        """Tell the replica that held ``lost`` that ``claimed`` took the host over:
+        whether it ended a stream. Unavailable when it cannot be reached."""
 
 
 # -- what passes between the hub and an agent ------------------------------------------
@@ -245,11 +255,14 @@ class Hub:
         clock: Callable[[], float] = time.time,
         telemetry: Telemetry | None = None,
         replica: Replica | None = None,
+        fencer: Fencer | None = None,
     ):
         self.store = store
         # The server sets its advertised address once its port is bound.
         self.replica = replica if replica is not None else Replica(default_replica_id(), "")
         self.executor = executor
+        # Tells the replica a claim takes a host from (None: it learns at renewal).
+        self.fencer = fencer
         self.telemetry = telemetry if telemetry is not None else Telemetry()
         self.heartbeat_seconds = heartbeat_seconds
         self.offline_after_seconds = offline_after_seconds or MISSED_HEARTBEATS * heartbeat_seconds
@@ -263,6 +276,8 @@ class Hub:
         self._writing: dict[str, _Turn] = {}
         # Last-seen records under way.
         self._writes: set[asyncio.Task[None]] = set()
+        # Messages to replicas a claim took a host from, under way.
+        self._notices: set[asyncio.Task[None]] = set()
         self._stopping = False
         # Calls in flight that need an agent's stream (fresh snapshots).
         self._in_flight = 0
@@ -325,7 +340,8 @@ class Hub:
             ):
                 # A silent agent's lease would refuse its successor for a while yet.
                 await self.blocking(self.store.release_host, replaced.ownership)
-            claimed = session.ownership = await self.blocking(self._claim_lease, session)
+            previous, claimed = await self.blocking(self._claim_lease, session)
+            session.ownership = claimed
             await self._record(host.host_id)
         except errors.StoreConflict as exc:
             await self.release(session, "refused")
@@ -343,10 +359,27 @@ class Hub:
         session.registered = True
         session.last_recorded = session.last_heard
         log.info("host %s online (epoch %d)", host.host_id, claimed.epoch)
+        if (
+            previous is not None
+            and previous.replica_id
+            and previous.replica_id != self.replica.replica_id
+            and previous.address
+            and self.fencer is not None
+        ):
+            task = self.loop.create_task(self._tell_fenced(self.fencer, previous, claimed))
+            self._notices.add(task)
+            task.add_done_callback(self._notices.discard)
         return session
 
-    def _claim_lease(self, session: AgentSession) -> HostOwnership:
-        return self.store.claim_host(
+    def _claim_lease(self, session: AgentSession) -> tuple[HostOwnership | None, HostOwnership]:
+        """The host's ownership record before the claim (None: it had none, or the
+        host is new), and the claim's. The first is read only to tell its holder, so
+        it may be a moment old: whoever holds the host decides from the store."""
+        previous = None
+        if self.fencer is not None:
+            with suppress(errors.NotFound):  # a host never seen: nobody to tell
+                previous = self.store.host_owner(session.host_id)
+        return previous, self.store.claim_host(
             session.host_id,
             replica_id=self.replica.replica_id,
             address=self.replica.address,
@@ -354,6 +387,48 @@ class Hub:
             now=self.clock(),
             ttl_seconds=self.lease_seconds,
         )
+
+    async def _tell_fenced(
+        self, fencer: Fencer, lost: HostOwnership, claimed: HostOwnership
+    ) -> None:
+        """Tell the replica that held ``lost`` that this one holds the host now."""
+        try:
+            ended = await fencer.fence_host(lost, claimed)
+        except errors.Error as exc:
+            log.warning(
+                "host %s: could not tell replica %s it lost the host (%s); it learns at "
+                "its next lease renewal",
+                claimed.host_id,
+                lost.replica_id,
+                exc,
+            )
+            return
+        if ended:
+            log.info(
+                "host %s: replica %s ended its stream (epoch %d) at once",
+                claimed.host_id,
+                lost.replica_id,
+                lost.epoch,
+            )
+
+    async def fence_now(self, host_id: str, epoch: int, claimed_by: str) -> bool:
+        """Another replica (``claimed_by``) says it claimed ``host_id`` at ``epoch``:
+        a stream held here under a smaller epoch has its lease checked now, as its
+        next renewal would (renewed if the store says it still holds the host, ended
+        with Aborted otherwise). Whether a stream ended."""
+        session = self.live_session(host_id)
+        if session is None or session.ownership is None or session.ownership.epoch >= epoch:
+            return False
+        log.info(
+            "host %s: replica %s says it claimed the host at epoch %d; checking this "
+            "stream's lease (epoch %d)",
+            host_id,
+            claimed_by,
+            epoch,
+            session.ownership.epoch,
+        )
+        await self._renew([session])
+        return session.closed
 
     async def release(
         self, session: AgentSession, reason: str, error: errors.Error | None = None
@@ -585,7 +660,9 @@ class Hub:
         for session in list(self._sessions.values()):
             await self.release(session, "server stopping")
         self._monitor.cancel()
-        await asyncio.gather(self._monitor, *self._writes, return_exceptions=True)
+        for notice in self._notices:  # the fenced replica learns at renewal instead
+            notice.cancel()
+        await asyncio.gather(self._monitor, *self._writes, *self._notices, return_exceptions=True)
 
 
 @dataclass(slots=True)

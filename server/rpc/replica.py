@@ -1,8 +1,10 @@
 """``vmatlas.v1.ReplicaService``: the link between servers on one store, both ends.
 
 :class:`ReplicaServicer` answers a forwarded fresh snapshot from this server's own
-agent streams (:meth:`FleetQueries.held_snapshot_async`). :class:`ReplicaLinks` is
-the :class:`~vmatlas.server.domain.fleet.Peers` the domain forwards through: one
+agent streams (:meth:`FleetQueries.held_snapshot_async`), and a peer's word that it
+took a host over (:meth:`Hub.fence_now`). :class:`ReplicaLinks` is the
+:class:`~vmatlas.server.domain.fleet.Peers` the domain forwards through and the
+:class:`~vmatlas.server.domain.hub.Fencer` a claim tells the old holder through: one
 ``grpc.aio`` channel per peer address, mutual TLS with this server's replica
 certificate when TLS is on.
 """
@@ -22,6 +24,7 @@ from vmatlas.security.tokens import Role
 from vmatlas.server.domain.fleet import Caller, FleetQueries, HostSnapshot
 from vmatlas.server.domain.hub import Replica, SnapshotRequest
 from vmatlas.server.rpc.fleet import snapshot_request_from_pb, time_left
+from vmatlas.server.store import HostOwnership
 from vmatlas.v1 import replica_pb2, replica_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -34,6 +37,8 @@ LINK_SLACK_SECONDS = 2.0
 # How long to wait for a connection to a peer: an address nobody answers on (a dead
 # machine) must not hold a forwarded request up for the whole agent timeout.
 CONNECT_SECONDS = 3.0
+# For a peer to check one lease in the store and end a stream.
+FENCE_SECONDS = 10.0
 
 Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
 
@@ -79,6 +84,17 @@ class ReplicaServicer(replica_pb2_grpc.ReplicaServiceServicer):
             regions=found.regions,
             snapshot_id=found.snapshot_id,
         )
+
+    @maps_errors
+    async def FenceHost(
+        self, request: replica_pb2.FenceHostRequest, context: Context
+    ) -> replica_pb2.FenceHostResponse:
+        if not request.host_id or not request.epoch:
+            raise errors.InvalidArgument("host_id and epoch must be given")
+        ended = await self.queries.hub.fence_now(
+            request.host_id, request.epoch, request.claimed_by or context.peer()
+        )
+        return replica_pb2.FenceHostResponse(ended=ended)
 
 
 class ReplicaLinks:
@@ -161,6 +177,27 @@ class ReplicaLinks:
             response.regions,
             header_bytes=response.snapshot_header,
         )
+
+    async def fence_host(self, lost: HostOwnership, claimed: HostOwnership) -> bool:
+        stub = await self._stub(lost.address)
+        message = replica_pb2.FenceHostRequest(
+            host_id=claimed.host_id, epoch=claimed.epoch, claimed_by=claimed.replica_id
+        )
+        try:
+            response = await stub.FenceHost(message, timeout=FENCE_SECONDS)
+        except grpc.RpcError as exc:
+            error = error_from_rpc(exc)
+            if exc.code() == grpc.StatusCode.INVALID_ARGUMENT:
+                raise error from None
+            # Down, slow, or refusing this link: the peer learns at its renewal.
+            refused = exc.code() in (
+                grpc.StatusCode.UNAUTHENTICATED,
+                grpc.StatusCode.PERMISSION_DENIED,
+            )
+            raise errors.Unavailable(
+                f"server {lost.address}{' refused the message' if refused else ''}: {error}"
+            ) from None
+        return bool(response.ended)
 
     async def close(self) -> None:
         channels, self._channels = self._channels, {}

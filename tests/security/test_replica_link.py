@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from dataclasses import replace
 
 import grpc
 import pytest
@@ -119,6 +120,13 @@ def test_replicas_forward_over_mutual_tls_with_replica_certificates(
         request.caller.role = "inspector"
         answer = stub.TakeHostSnapshot(request, timeout=30)
         assert answer.held and answer.snapshot_id and answer.regions
+    # A claim's word to the old holder travels the same link: a checks it against the
+    # store (the lease is still its own) and keeps the stream.
+    held = a.store.host_owner("tls-host")
+    assert held is not None
+    claimed = replace(held, replica_id=b.replica.replica_id, epoch=held.epoch + 1)
+    assert b.hub.call(b.peers.fence_host(held, claimed)) is False
+    assert a.hub.online() == ["tls-host"]
 
 
 def test_a_replica_without_its_certificate_is_refused_and_the_caller_told(
@@ -151,3 +159,10 @@ def test_a_replica_without_its_certificate_is_refused_and_the_caller_told(
     ):
         client.host_snapshot("tls-host", os.getpid())
     assert "refused the forwarded request" in str(caught.value)
+    # Nor may it tell a that it lost a host.
+    held = a.store.host_owner("tls-host")
+    assert held is not None
+    claimed = replace(held, replica_id=b.replica.replica_id, epoch=held.epoch + 1)
+    with pytest.raises(errors.Unavailable, match="refused the message: a bearer token"):
+        b.hub.call(b.peers.fence_host(held, claimed))
+    assert a.hub.online() == ["tls-host"]

@@ -7,6 +7,7 @@ from __future__ import annotations
 import subprocess
 import uuid
 from collections.abc import Callable
+from dataclasses import replace
 
 import grpc
 import pytest
@@ -61,12 +62,69 @@ def test_two_agents_claiming_one_host_id_on_two_replicas_one_holds_it(
         assert (status.host_id, status.replica_id) == ("twin", a.replica.replica_id)
 
 
-def test_a_takeover_through_another_replica_fences_the_stale_stream(
+# Heartbeats this long renew no lease while a test runs: a stale stream that ends ended
+# because the claiming replica said so.
+SLOW_HEARTBEAT = {"heartbeat_seconds": 120.0, "offline_after_seconds": 0.0}
+
+
+def assert_fenced(stale: RawAgent, host_id: str, holder: FleetServer) -> None:
+    wait_for(lambda: stale.error is not None, 30, "the stale stream ended")
+    assert stale.error is not None
+    assert stale.error.code() == grpc.StatusCode.ABORTED
+    assert f"no longer holds host {host_id!r}" in str(stale.error.details())
+    assert holder.replica.replica_id in str(stale.error.details())
+
+
+def test_each_takeover_tells_the_replica_it_took_the_host_from_at_once(
     postgres_url: str,
     make_server: Callable[..., FleetServer],
     raw_agent: Callable[..., RawAgent],
 ) -> None:
-    a = make_server(store_url=postgres_url)
+    a, b, c = (make_server(store_url=postgres_url, **SLOW_HEARTBEAT) for _ in range(3))
+    instance = uuid.uuid4().hex
+    first = raw_agent(a.address, "hopper", instance_id=instance)
+    wait_for(lambda: a.hub.online() == ["hopper"], what="the first stream held")
+    # The same agent instance comes back through b, then through c: two claims.
+    second = raw_agent(b.address, "hopper", instance_id=instance)
+    assert_fenced(first, "hopper", b)
+    assert a.hub.online() == [] and b.hub.online() == ["hopper"]
+    assert second.error is None
+    raw_agent(c.address, "hopper", instance_id=instance)
+    assert_fenced(second, "hopper", c)
+    assert b.hub.online() == [] and c.hub.online() == ["hopper"]
+    owner = c.store.host_owner("hopper")
+    assert owner is not None
+    assert (owner.replica_id, owner.epoch) == (c.replica.replica_id, 3)
+    # No release of a stale stream marked the host offline under c's feet.
+    assert c.store.host("hopper").online
+
+
+def test_a_replica_told_of_a_claim_its_lease_denies_keeps_its_stream(
+    postgres_url: str,
+    make_server: Callable[..., FleetServer],
+    raw_agent: Callable[..., RawAgent],
+) -> None:
+    a = make_server(store_url=postgres_url, **SLOW_HEARTBEAT)
+    b = make_server(store_url=postgres_url, **SLOW_HEARTBEAT)
+    agent = raw_agent(a.address, "steady")
+    wait_for(lambda: a.hub.online() == ["steady"], what="the stream held")
+    held = a.store.host_owner("steady")
+    assert held is not None
+    # A word from the link is checked against the store: the lease is still a's.
+    claimed = replace(held, replica_id=b.replica.replica_id, epoch=held.epoch + 1)
+    assert b.hub.call(b.peers.fence_host(held, claimed)) is False
+    assert a.hub.online() == ["steady"] and agent.error is None
+    with pytest.raises(errors.InvalidArgument, match="epoch"):
+        b.hub.call(b.peers.fence_host(held, replace(claimed, epoch=0)))
+
+
+def test_a_takeover_fences_the_stale_stream_at_renewal_when_its_replica_is_unreachable(
+    postgres_url: str,
+    make_server: Callable[..., FleetServer],
+    raw_agent: Callable[..., RawAgent],
+) -> None:
+    # a advertises an address nobody listens on: b's word cannot reach it.
+    a = make_server(store_url=postgres_url, advertise="127.0.0.1:1")
     b = make_server(store_url=postgres_url)
     instance = uuid.uuid4().hex
     stale = raw_agent(a.address, "mover", instance_id=instance)
@@ -82,11 +140,7 @@ def test_a_takeover_through_another_replica_fences_the_stale_stream(
         2,
     )
     # a learns it at its next renewal and ends its stream with the reason.
-    wait_for(lambda: stale.error is not None, 30, "the stale stream ended")
-    assert stale.error is not None
-    assert stale.error.code() == grpc.StatusCode.ABORTED
-    assert "no longer holds host 'mover'" in str(stale.error.details())
-    assert b.replica.replica_id in str(stale.error.details())
+    assert_fenced(stale, "mover", b)
     assert a.hub.online() == []
     # a's release did not mark the host offline under b's feet.
     [status] = b.store.hosts()

@@ -60,6 +60,8 @@ SERVER_POLICY: Policy = {
     # The link between servers on one store: their replica certificates. The
     # forwarding server checked its caller's role and strips addresses for viewers.
     f"/{_REPLICA}/TakeHostSnapshot": REPLICAS_ONLY,
+    # A replica that claimed a host tells the one it took it from.
+    f"/{_REPLICA}/FenceHost": REPLICAS_ONLY,
     # Audits and diffs: a viewer's diff reaches it with its change addresses stripped
     # (vmatlas.security.redact), leaving the by-identity classes.
     "/vmatlas.v1.AnalysisService/Diff": VIEWER,

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from vmatlas.v1 import snapshot_pb2 as vmatlas_dot_v1_dot_snapshot__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18vmatlas/v1/replica.proto\x12\nvmatlas.v1\x1a\x19vmatlas/v1/snapshot.proto\"-\n\x0f\x46orwardedCaller\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04role\x18\x02 \x01(\t\"\xd3\x01\n\x17TakeHostSnapshotRequest\x12\x0f\n\x07host_id\x18\x01 \x01(\t\x12\x0b\n\x03pid\x18\x02 \x01(\r\x12\x14\n\x0cinclude_free\x18\x03 \x01(\x08\x12\x19\n\x11include_residency\x18\x04 \x01(\x08\x12&\n\x04view\x18\x05 \x01(\x0e\x32\x18.vmatlas.v1.SnapshotView\x12+\n\x06\x63\x61ller\x18\x06 \x01(\x0b\x32\x1b.vmatlas.v1.ForwardedCaller\x12\x14\n\x0c\x66orwarded_by\x18\x07 \x01(\t\"g\n\x18TakeHostSnapshotResponse\x12\x0c\n\x04held\x18\x01 \x01(\x08\x12\x17\n\x0fsnapshot_header\x18\x02 \x01(\x0c\x12\x0f\n\x07regions\x18\x03 \x01(\x0c\x12\x13\n\x0bsnapshot_id\x18\x04 \x01(\t2o\n\x0eReplicaService\x12]\n\x10TakeHostSnapshot\x12#.vmatlas.v1.TakeHostSnapshotRequest\x1a$.vmatlas.v1.TakeHostSnapshotResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18vmatlas/v1/replica.proto\x12\nvmatlas.v1\x1a\x19vmatlas/v1/snapshot.proto\"-\n\x0f\x46orwardedCaller\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04role\x18\x02 \x01(\t\"\xd3\x01\n\x17TakeHostSnapshotRequest\x12\x0f\n\x07host_id\x18\x01 \x01(\t\x12\x0b\n\x03pid\x18\x02 \x01(\r\x12\x14\n\x0cinclude_free\x18\x03 \x01(\x08\x12\x19\n\x11include_residency\x18\x04 \x01(\x08\x12&\n\x04view\x18\x05 \x01(\x0e\x32\x18.vmatlas.v1.SnapshotView\x12+\n\x06\x63\x61ller\x18\x06 \x01(\x0b\x32\x1b.vmatlas.v1.ForwardedCaller\x12\x14\n\x0c\x66orwarded_by\x18\x07 \x01(\t\"g\n\x18TakeHostSnapshotResponse\x12\x0c\n\x04held\x18\x01 \x01(\x08\x12\x17\n\x0fsnapshot_header\x18\x02 \x01(\x0c\x12\x0f\n\x07regions\x18\x03 \x01(\x0c\x12\x13\n\x0bsnapshot_id\x18\x04 \x01(\t\"F\n\x10\x46\x65nceHostRequest\x12\x0f\n\x07host_id\x18\x01 \x01(\t\x12\r\n\x05\x65poch\x18\x02 \x01(\x04\x12\x12\n\nclaimed_by\x18\x03 \x01(\t\"\"\n\x11\x46\x65nceHostResponse\x12\r\n\x05\x65nded\x18\x01 \x01(\x08\x32\xb9\x01\n\x0eReplicaService\x12]\n\x10TakeHostSnapshot\x12#.vmatlas.v1.TakeHostSnapshotRequest\x1a$.vmatlas.v1.TakeHostSnapshotResponse\x12H\n\tFenceHost\x12\x1c.vmatlas.v1.FenceHostRequest\x1a\x1d.vmatlas.v1.FenceHostResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,6 +38,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TAKEHOSTSNAPSHOTREQUEST']._serialized_end=326
   _globals['_TAKEHOSTSNAPSHOTRESPONSE']._serialized_start=328
   _globals['_TAKEHOSTSNAPSHOTRESPONSE']._serialized_end=431
-  _globals['_REPLICASERVICE']._serialized_start=433
-  _globals['_REPLICASERVICE']._serialized_end=544
+  _globals['_FENCEHOSTREQUEST']._serialized_start=433
+  _globals['_FENCEHOSTREQUEST']._serialized_end=503
+  _globals['_FENCEHOSTRESPONSE']._serialized_start=505
+  _globals['_FENCEHOSTRESPONSE']._serialized_end=539
+  _globals['_REPLICASERVICE']._serialized_start=542
+  _globals['_REPLICASERVICE']._serialized_end=727
 # @@protoc_insertion_point(module_scope)

@@ -115,3 +115,50 @@ class TakeHostSnapshotResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___TakeHostSnapshotResponse: _TypeAlias = TakeHostSnapshotResponse  # noqa: Y015
+
+@_typing.final
+class FenceHostRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HOST_ID_FIELD_NUMBER: _builtins.int
+    EPOCH_FIELD_NUMBER: _builtins.int
+    CLAIMED_BY_FIELD_NUMBER: _builtins.int
+    host_id: _builtins.str
+    epoch: _builtins.int
+    """The epoch of the claim that took the host over."""
+    claimed_by: _builtins.str
+    """The server that claimed it (its replica id), for this server's log."""
+    def __init__(
+        self,
+        *,
+        host_id: _builtins.str = ...,
+        epoch: _builtins.int = ...,
+        claimed_by: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["claimed_by", b"claimed_by", "epoch", b"epoch", "host_id", b"host_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FenceHostRequest: _TypeAlias = FenceHostRequest  # noqa: Y015
+
+@_typing.final
+class FenceHostResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENDED_FIELD_NUMBER: _builtins.int
+    ended: _builtins.bool
+    """True: this server held a stream of the host under a smaller epoch and ended it."""
+    def __init__(
+        self,
+        *,
+        ended: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ended", b"ended"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FenceHostResponse: _TypeAlias = FenceHostResponse  # noqa: Y015

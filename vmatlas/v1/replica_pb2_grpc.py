@@ -48,6 +48,11 @@ class ReplicaServiceStub:
                 request_serializer=vmatlas_dot_v1_dot_replica__pb2.TakeHostSnapshotRequest.SerializeToString,
                 response_deserializer=vmatlas_dot_v1_dot_replica__pb2.TakeHostSnapshotResponse.FromString,
                 _registered_method=True)
+        self.FenceHost = channel.unary_unary(
+                '/vmatlas.v1.ReplicaService/FenceHost',
+                request_serializer=vmatlas_dot_v1_dot_replica__pb2.FenceHostRequest.SerializeToString,
+                response_deserializer=vmatlas_dot_v1_dot_replica__pb2.FenceHostResponse.FromString,
+                _registered_method=True)
 
 
 class ReplicaServiceServicer:
@@ -75,6 +80,18 @@ class ReplicaServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def FenceHost(self, request, context):
+        """Tells this server that another one claimed `host_id` at `epoch` (its agent came
+        back through that one): a stream this server holds for the host under a smaller
+        epoch ends at once with ABORTED, as it would at its next lease renewal. This
+        server decides from the store's record, not from the request: a stream still
+        holding the record it renews is kept. Returns whether a stream was ended.
+        Fails with INVALID_ARGUMENT for an empty host id or epoch 0.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ReplicaServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -82,6 +99,11 @@ def add_ReplicaServiceServicer_to_server(servicer, server):
                     servicer.TakeHostSnapshot,
                     request_deserializer=vmatlas_dot_v1_dot_replica__pb2.TakeHostSnapshotRequest.FromString,
                     response_serializer=vmatlas_dot_v1_dot_replica__pb2.TakeHostSnapshotResponse.SerializeToString,
+            ),
+            'FenceHost': grpc.unary_unary_rpc_method_handler(
+                    servicer.FenceHost,
+                    request_deserializer=vmatlas_dot_v1_dot_replica__pb2.FenceHostRequest.FromString,
+                    response_serializer=vmatlas_dot_v1_dot_replica__pb2.FenceHostResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -120,6 +142,33 @@ class ReplicaService:
             '/vmatlas.v1.ReplicaService/TakeHostSnapshot',
             vmatlas_dot_v1_dot_replica__pb2.TakeHostSnapshotRequest.SerializeToString,
             vmatlas_dot_v1_dot_replica__pb2.TakeHostSnapshotResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FenceHost(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vmatlas.v1.ReplicaService/FenceHost',
+            vmatlas_dot_v1_dot_replica__pb2.FenceHostRequest.SerializeToString,
+            vmatlas_dot_v1_dot_replica__pb2.FenceHostResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -51,6 +51,14 @@ class ReplicaServiceStub:
     of FleetService.GetHostSnapshot for a fresh snapshot (NOT_FOUND for a process the
     agent cannot find, DEADLINE_EXCEEDED when the agent does not answer in time, ...).
     """
+    FenceHost: _grpc.UnaryUnaryMultiCallable[_replica_pb2.FenceHostRequest, _replica_pb2.FenceHostResponse]
+    """Tells this server that another one claimed `host_id` at `epoch` (its agent came
+    back through that one): a stream this server holds for the host under a smaller
+    epoch ends at once with ABORTED, as it would at its next lease renewal. This
+    server decides from the store's record, not from the request: a stream still
+    holding the record it renews is kept. Returns whether a stream was ended.
+    Fails with INVALID_ARGUMENT for an empty host id or epoch 0.
+    """
 
 @_typing.type_check_only
 class ReplicaServiceAsyncStub(ReplicaServiceStub):
@@ -74,6 +82,14 @@ class ReplicaServiceAsyncStub(ReplicaServiceStub):
     snapshots (below inspector); INVALID_ARGUMENT for pid 0; otherwise with the codes
     of FleetService.GetHostSnapshot for a fresh snapshot (NOT_FOUND for a process the
     agent cannot find, DEADLINE_EXCEEDED when the agent does not answer in time, ...).
+    """
+    FenceHost: _aio.UnaryUnaryMultiCallable[_replica_pb2.FenceHostRequest, _replica_pb2.FenceHostResponse]  # type: ignore[assignment]
+    """Tells this server that another one claimed `host_id` at `epoch` (its agent came
+    back through that one): a stream this server holds for the host under a smaller
+    epoch ends at once with ABORTED, as it would at its next lease renewal. This
+    server decides from the store's record, not from the request: a stream still
+    holding the record it renews is kept. Returns whether a stream was ended.
+    Fails with INVALID_ARGUMENT for an empty host id or epoch 0.
     """
 
 class ReplicaServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -101,6 +117,20 @@ class ReplicaServiceServicer(metaclass=_abc_1.ABCMeta):
         snapshots (below inspector); INVALID_ARGUMENT for pid 0; otherwise with the codes
         of FleetService.GetHostSnapshot for a fresh snapshot (NOT_FOUND for a process the
         agent cannot find, DEADLINE_EXCEEDED when the agent does not answer in time, ...).
+        """
+
+    @_abc_1.abstractmethod
+    def FenceHost(
+        self,
+        request: _replica_pb2.FenceHostRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_replica_pb2.FenceHostResponse, _abc.Awaitable[_replica_pb2.FenceHostResponse]]:
+        """Tells this server that another one claimed `host_id` at `epoch` (its agent came
+        back through that one): a stream this server holds for the host under a smaller
+        epoch ends at once with ABORTED, as it would at its next lease renewal. This
+        server decides from the store's record, not from the request: a stream still
+        holding the record it renews is kept. Returns whether a stream was ended.
+        Fails with INVALID_ARGUMENT for an empty host id or epoch 0.
         """
 
 def add_ReplicaServiceServicer_to_server(servicer: ReplicaServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
