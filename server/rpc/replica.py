@@ -97,6 +97,55 @@ class ReplicaServicer(replica_pb2_grpc.ReplicaServiceServicer):
         return replica_pb2.FenceHostResponse(ended=ended)
 
 
+# What gRPC says when a connection attempt's TLS handshake fails, and what it means.
+_NOT_TRUSTED_THERE = (
+    "the TLS handshake was refused there: that server does not accept this one's "
+    "replica certificate (is it issued by the CA it trusts, its --tls-client-ca?)"
+)
+_TLS_FAILURES = (
+    (
+        "CERTIFICATE_VERIFY_FAILED",
+        "this server does not trust that one's certificate (is it issued by the CA "
+        "this one trusts, its --tls-client-ca?)",
+    ),
+    ("ALERT_UNKNOWN_CA", _NOT_TRUSTED_THERE),
+    ("ALERT_BAD_CERTIFICATE", _NOT_TRUSTED_THERE),
+    ("ALERT_CERTIFICATE_REQUIRED", _NOT_TRUSTED_THERE),
+    ("ALERT_HANDSHAKE_FAILURE", "the TLS handshake failed there"),
+)
+
+
+def link_failure(details: str, *, tls: bool) -> str:
+    """``details`` of a call that did not reach a replica, led by what a failed TLS
+    handshake means. A connection that closes before it was ever ready is, on a TLS
+    link, the peer's refusal of this server's certificate: with TLS 1.3 the peer
+    checks it after this side has finished its part, and only closes."""
+    if not tls or "failed to connect" not in details:
+        return details
+    for marker, meaning in _TLS_FAILURES:
+        if marker in details:
+            return f"{meaning}; {details}"
+    if "Socket closed" in details:
+        return (
+            "the connection closed in the TLS handshake: most likely that server does "
+            f"not accept this one's replica certificate; {details}"
+        )
+    return details
+
+
+async def _connect_attempt(channel: grpc.aio.Channel) -> None:
+    """Until ``channel`` is connected or its attempt failed. A call that does not
+    wait for readiness fails at once on a failed channel, with the attempt's error;
+    waiting for READY instead would hide that error behind a timeout."""
+    state = channel.get_state(try_to_connect=True)
+    while state not in (
+        grpc.ChannelConnectivity.READY,
+        grpc.ChannelConnectivity.TRANSIENT_FAILURE,
+    ):
+        await channel.wait_for_state_change(state)
+        state = channel.get_state(try_to_connect=True)
+
+
 class ReplicaLinks:
     """Channels to the other replicas, made on first use and kept. Lives on the
     server's event loop. ``credentials`` (None: plain text, for loopback) are this
@@ -112,8 +161,10 @@ class ReplicaLinks:
         self._channels: dict[str, grpc.aio.Channel] = {}
 
     async def _stub(self, address: str) -> replica_pb2_grpc.ReplicaServiceStub:
-        """A stub on a connected channel to ``address``; Unavailable when it does not
-        connect within CONNECT_SECONDS."""
+        """A stub on a channel to ``address`` that is connected, or that failed to
+        connect (a call on it then fails at once, UNAVAILABLE with the reason: refused,
+        a TLS handshake the peer or this server rejected); Unavailable when it neither
+        connects nor fails within CONNECT_SECONDS (nobody answers there)."""
         channel = self._channels.get(address)
         if channel is None:
             options = channel_options()
@@ -123,13 +174,12 @@ class ReplicaLinks:
                 else grpc.aio.insecure_channel(address, options=options)
             )
             self._channels[address] = channel
-        if channel.get_state(try_to_connect=True) != grpc.ChannelConnectivity.READY:
-            try:
-                await asyncio.wait_for(channel.channel_ready(), CONNECT_SECONDS)
-            except TimeoutError:
-                raise errors.Unavailable(
-                    f"server {address} did not answer within {CONNECT_SECONDS:.0f} s"
-                ) from None
+        try:
+            await asyncio.wait_for(_connect_attempt(channel), CONNECT_SECONDS)
+        except TimeoutError:
+            raise errors.Unavailable(
+                f"server {address} did not answer within {CONNECT_SECONDS:.0f} s"
+            ) from None
         return replica_pb2_grpc.ReplicaServiceStub(channel)
 
     async def take_snapshot(
@@ -160,7 +210,7 @@ class ReplicaLinks:
         except grpc.RpcError as exc:
             error = error_from_rpc(exc)
             if exc.code() == grpc.StatusCode.UNAVAILABLE:
-                raise errors.Unavailable(f"server {address}: {error}") from None
+                raise await self._unreachable(address, error) from None
             if exc.code() in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
                 # The caller's role was checked here already: a refusal there is the
                 # link's configuration (certificates, CA), not the caller's doing.
@@ -190,14 +240,28 @@ class ReplicaLinks:
             if exc.code() == grpc.StatusCode.INVALID_ARGUMENT:
                 raise error from None
             # Down, slow, or refusing this link: the peer learns at its renewal.
-            refused = exc.code() in (
-                grpc.StatusCode.UNAUTHENTICATED,
-                grpc.StatusCode.PERMISSION_DENIED,
-            )
-            raise errors.Unavailable(
-                f"server {lost.address}{' refused the message' if refused else ''}: {error}"
-            ) from None
+            if exc.code() in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
+                raise errors.Unavailable(
+                    f"server {lost.address} refused the message: {error}"
+                ) from None
+            raise await self._unreachable(lost.address, error) from None
         return bool(response.ended)
+
+    async def _unreachable(self, address: str, error: errors.Error) -> errors.Unavailable:
+        """Unavailable for a call that did not reach ``address``, saying why in plain
+        words where gRPC's text is a TLS library's (kept after them). A channel whose
+        connection attempt failed is dropped: the next call tries a new one at once,
+        not after the failed channel's growing backoff."""
+        channel = self._channels.get(address)
+        if (
+            channel is not None
+            and channel.get_state() == grpc.ChannelConnectivity.TRANSIENT_FAILURE
+        ):
+            del self._channels[address]
+            await channel.close()
+        return errors.Unavailable(
+            f"server {address}: {link_failure(str(error), tls=self.credentials is not None)}"
+        )
 
     async def close(self) -> None:
         channels, self._channels = self._channels, {}

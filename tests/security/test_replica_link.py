@@ -1,11 +1,13 @@
 """The link between replicas over mutual TLS: only a replica certificate may use it,
-a forwarded fresh snapshot arrives whole, and the caller's role holds across it."""
+a forwarded fresh snapshot arrives whole, the caller's role holds across it, and a
+handshake that fails says why."""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable
 from dataclasses import replace
+from pathlib import Path
 
 import grpc
 import pytest
@@ -21,6 +23,7 @@ from vmatlas.security.options import security_namespace, server_security
 from vmatlas.security.policy import SERVER_POLICY
 from vmatlas.security.tokens import Role
 from vmatlas.server.app import FleetServer
+from vmatlas.server.domain.hub import SnapshotRequest
 from vmatlas.v1 import replica_pb2, replica_pb2_grpc
 
 
@@ -166,3 +169,68 @@ def test_a_replica_without_its_certificate_is_refused_and_the_caller_told(
     with pytest.raises(errors.Unavailable, match="refused the message: a bearer token"):
         b.hub.call(b.peers.fence_host(held, claimed))
     assert a.hub.online() == ["tls-host"]
+
+
+def test_a_link_whose_tls_handshake_fails_says_why_not_that_nobody_answered(
+    pki: Pki,
+    other_pki: Path,
+    postgres_url: str,
+    make_server: Callable[..., FleetServer],
+    make_uplink: Callable[..., Uplink],
+) -> None:
+    a = _secured_replica(pki, make_server, postgres_url, "replica-a")
+    # b reaches the others with a replica certificate of another CA: a refuses it in
+    # the handshake, before any call.
+    path = other_pki / certs.REPLICAS_DIR / "replica-b.pem"
+    foreign = (
+        certs.Issued(path, path.with_suffix(".key"))
+        if path.exists()
+        else certs.issue_replica(other_pki, "replica-b", ["localhost", "127.0.0.1"])
+    )
+    b = _secured_replica(pki, make_server, postgres_url, "replica-b", link=foreign)
+    # c presents its own certificate but trusts only the other CA: it refuses a's.
+    own = _replica(pki, "replica-c")
+    c = make_server(
+        store_url=postgres_url,
+        replica_credentials=tls.channel_credentials(
+            other_pki / "ca.pem", own.cert_path, own.key_path
+        ),
+    )
+    agent = pki.agent("tls-host")
+    uplink = make_uplink(
+        a.address,
+        "tls-host",
+        credentials=tls.channel_credentials(pki.ca, agent.cert_path, agent.key_path),
+    )
+    assert uplink.connected.wait(30)
+    operator = pki.client("operator")
+    with (
+        Client(
+            f"localhost:{b.port}",
+            ca=str(pki.ca),
+            cert=str(operator.cert_path),
+            key=str(operator.key_path),
+            token=pki.tokens[Role.INSPECTOR],
+            timeout=30.0,
+        ) as client,
+        pytest.raises(errors.Unavailable) as caught,
+    ):
+        client.host_snapshot("tls-host", os.getpid())
+    message = str(caught.value)
+    assert f"its holder {a.replica.replica_id}" in message
+    assert "does not accept this one's replica certificate" in message
+    assert "did not answer" not in message
+    held = a.store.host_owner("tls-host")
+    assert held is not None
+    with pytest.raises(errors.Unavailable) as caught:
+        c.hub.call(
+            c.peers.take_snapshot(
+                held.address,
+                "tls-host",
+                SnapshotRequest(os.getpid()),
+                timeout_seconds=5.0,
+                caller=None,
+            )
+        )
+    assert "this server does not trust that one's certificate" in str(caught.value)
+    assert "CERTIFICATE_VERIFY_FAILED" in str(caught.value)
