@@ -2,9 +2,11 @@
  *
  * Only loops live here: scanning /proc/PID/maps and smaps text into columns, gathering
  * per-distinct values back into per-region columns, tallying and pattern-matching
- * columns for the summary, and writing protobuf wire bytes from a field list. Every rule
- * those loops serve (what a perms text means, how a path is classified, which regions
- * are guards, which field number a column has) is decided in Python and handed in.
+ * columns for the summary, writing protobuf wire bytes from a field list and reading
+ * them back, and checking a received region table. Every rule those loops serve (what
+ * a perms text means, how a path is classified, which regions are guards, which field
+ * number a column has, which values a column may hold) is decided in Python and
+ * handed in.
  *
  * Convention: a function returns None when its input is outside what it handles (a
  * value that does not fit 64 bits, text that is not perfectly regular, a column of an
@@ -1982,6 +1984,168 @@ static PyObject *decode(PyObject *self, PyObject *args) {
     return out;
 }
 
+/* -- checking a region table (the server's validation) ---------------------------------
+ * Loops only, each answering whether a table's columns plainly pass the checks of
+ * vmatlas/validate.py, with the bounds, value sets and ranges it hands in. Any answer
+ * but yes (a fault, or a value these loops do not read, such as an int subclass, whose
+ * comparisons may be its own) sends the table through validate.py's own checks, which
+ * decide it and name the fault: both paths refuse the same tables with the same
+ * message, and the messages are written once. */
+
+/* An exact int or a bool, as a C long. -1 for anything else or out of range. */
+static int plain_long(PyObject *v, long *out) {
+    if (v == Py_True || v == Py_False) {
+        *out = v == Py_True;
+        return 0;
+    }
+    if (!PyLong_CheckExact(v)) return -1;
+    int overflow;
+    *out = PyLong_AsLongAndOverflow(v, &overflow);
+    return overflow ? -1 : 0;
+}
+
+/* A non-negative bound: its value, or *unbounded where it is 2**64 or more. */
+static int bound_of(PyObject *obj, uint64_t *bound, int *unbounded) {
+    PyObject *zero = PyLong_FromLong(0);
+    if (zero == NULL) return -1;
+    int negative = PyObject_RichCompareBool(obj, zero, Py_LT);
+    Py_DECREF(zero);
+    if (negative != 0) {
+        if (negative > 0) PyErr_SetString(PyExc_ValueError, "a bound must not be negative");
+        return -1;
+    }
+    *unbounded = 0;
+    *bound = PyLong_AsUnsignedLongLong(obj);
+    if (*bound == (uint64_t)-1 && PyErr_Occurred()) {
+        if (!PyErr_ExceptionMatches(PyExc_OverflowError)) return -1;
+        PyErr_Clear();
+        *unbounded = 1;
+    }
+    return 0;
+}
+
+/* within(column: list, bound: int) -> bool: every value an int in [0, bound). */
+static PyObject *within(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *column, *bound_obj;
+    if (!PyArg_ParseTuple(args, "O!O!", &PyList_Type, &column, &PyLong_Type, &bound_obj))
+        return NULL;
+    uint64_t bound;
+    int unbounded;
+    if (bound_of(bound_obj, &bound, &unbounded) < 0) return NULL;
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(column); i++) {
+        uint64_t v;
+        if (u64_at(column, i, &v) < 0 || (!unbounded && v >= bound)) Py_RETURN_FALSE;
+    }
+    Py_RETURN_TRUE;
+}
+
+/* members_of(column: list, allowed: int) -> bool: every value an int (or a bool) v
+ * in [0, 64) whose bit 1 << v is set in ``allowed``. */
+static PyObject *members_of(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *column;
+    unsigned long long allowed;
+    if (!PyArg_ParseTuple(args, "O!K", &PyList_Type, &column, &allowed)) return NULL;
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(column); i++) {
+        long v;
+        if (plain_long(PyList_GET_ITEM(column, i), &v) < 0 || v < 0 || v > 63 ||
+            !(allowed >> v & 1))
+            Py_RETURN_FALSE;
+    }
+    Py_RETURN_TRUE;
+}
+
+/* texts_within(column: list, max_chars: int, max_total_chars: int) -> bool: every
+ * value a str (exactly) of at most max_chars characters without a NUL, the distinct
+ * ones at most max_total_chars together. Values are told apart by identity (a table's
+ * paths are a few objects shared by many regions): a value met again under another
+ * identity counts again, which only makes the total stricter. */
+#define SEEN_TEXTS 4096
+
+static PyObject *texts_within(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *column;
+    Py_ssize_t max_chars, max_total;
+    if (!PyArg_ParseTuple(args, "O!nn", &PyList_Type, &column, &max_chars, &max_total))
+        return NULL;
+    PyObject **seen = PyMem_Calloc(SEEN_TEXTS, sizeof(PyObject *));
+    if (seen == NULL) return PyErr_NoMemory();
+    PyObject *result = Py_True;
+    Py_ssize_t total = 0;
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(column); i++) {
+        PyObject *v = PyList_GET_ITEM(column, i);
+        size_t slot = ((uintptr_t)v >> 4) & (SEEN_TEXTS - 1);
+        if (seen[slot] == v) continue;
+        if (!PyUnicode_CheckExact(v)) {
+            result = Py_False;
+            break;
+        }
+        Py_ssize_t n = PyUnicode_GET_LENGTH(v);
+        Py_ssize_t nul = n ? PyUnicode_FindChar(v, 0, 0, n, 1) : -1;
+        if (nul == -2) {
+            result = NULL;
+            break;
+        }
+        total += n;
+        if (n > max_chars || nul != -1 || total > max_total) {
+            result = Py_False;
+            break;
+        }
+        seen[slot] = v;
+    }
+    PyMem_Free(seen);
+    return Py_XNewRef(result);
+}
+
+/* layout(starts, ends, states, kinds, low, high, page_mask, free_state, free_allowed,
+ *        gate_kind, gate_max_bytes) -> int | None
+ * The number of regions whose state is not free_state, when every region is non-empty
+ * (start < end), starts at or after the end of the one before, is free only where
+ * free_allowed, has start and end on page boundaries (no bit of page_mask set) and
+ * lies in [low, high] but for a gate page: a region of kind gate_kind (none when it is
+ * negative), starting at or above high, of at most gate_max_bytes. None otherwise, or where a column holds a
+ * value of another kind (the columns are the same length). */
+static PyObject *layout(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *lists[4], *low_obj, *high_obj;
+    unsigned long long page_mask, gate_max;
+    long free_state, gate_kind;
+    int free_allowed;
+    if (!PyArg_ParseTuple(args, "O!O!O!O!O!O!KlplK", &PyList_Type, &lists[0], &PyList_Type,
+                          &lists[1], &PyList_Type, &lists[2], &PyList_Type, &lists[3], &PyLong_Type,
+                          &low_obj, &PyLong_Type, &high_obj, &page_mask, &free_state,
+                          &free_allowed, &gate_kind, &gate_max))
+        return NULL;
+    uint64_t low, high;
+    int low_unbounded, unbounded;
+    if (bound_of(low_obj, &low, &low_unbounded) < 0 || bound_of(high_obj, &high, &unbounded) < 0)
+        return NULL;
+    Py_ssize_t n;
+    if (low_unbounded || !same_lengths(lists, 4, &n)) Py_RETURN_NONE;
+    uint64_t previous_end = 0;
+    Py_ssize_t mapped = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        uint64_t s, e;
+        long state, kind;
+        if (u64_at(lists[0], i, &s) < 0 || u64_at(lists[1], i, &e) < 0 ||
+            plain_long(PyList_GET_ITEM(lists[2], i), &state) < 0 ||
+            plain_long(PyList_GET_ITEM(lists[3], i), &kind) < 0)
+            Py_RETURN_NONE;
+        if (s >= e || s < previous_end || ((s | e) & page_mask)) Py_RETURN_NONE;
+        if (state != free_state)
+            mapped++;
+        else if (!free_allowed)
+            Py_RETURN_NONE;
+        if (s < low || (!unbounded && e > high)) {
+            int gate = gate_kind >= 0 && kind == gate_kind && !unbounded && s >= high && e - s <= gate_max;
+            if (!gate) Py_RETURN_NONE;
+        }
+        previous_end = e;
+    }
+    return PyLong_FromSsize_t(mapped);
+}
+
 static PyMethodDef methods[] = {
     {"scan_maps", scan_maps, METH_VARARGS, "Scan maps text into columns."},
 #ifndef _WIN32
@@ -2001,6 +2165,10 @@ static PyMethodDef methods[] = {
     {"encode", encode, METH_O, "Protobuf wire bytes from a field spec."},
     {"decode", decode, METH_VARARGS, "The fields of protobuf wire bytes, by a field spec."},
     {"distinct", distinct, METH_VARARGS, "Index rows of columns by distinct value."},
+    {"within", within, METH_VARARGS, "Whether every value is an int below a bound."},
+    {"members_of", members_of, METH_VARARGS, "Whether every value is in a set of small ints."},
+    {"texts_within", texts_within, METH_VARARGS, "Whether every value is a bounded text."},
+    {"layout", layout, METH_VARARGS, "Regions not free, where the layout plainly passes."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -2,9 +2,10 @@
 ``VMATLAS_NO_NATIVE`` is not set, otherwise the pure-Python loops.
 
 The accelerator holds loops only (scanning procfs text into columns, gathering values
-by index, the summary's sums, the packed-column encode); every rule those loops serve
-(what a perms text means, how a path is classified, what a guard is) is decided in
-Python, once, and handed to it as tables. Tests switch paths with :func:`use`.
+by index, the summary's sums, the packed-column encode, the checks of a received region
+table); every rule those loops serve (what a perms text means, how a path is
+classified, what a guard is, which values a column may hold) is decided in Python,
+once, and handed to it as tables. Tests switch paths with :func:`use`.
 """
 
 from __future__ import annotations

@@ -13,11 +13,12 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 from operator import attrgetter, ge, lt
+from types import ModuleType
 from typing import Any
 
 from google.protobuf.message import DecodeError
 
-from vmatlas import errors, wire
+from vmatlas import errors, native, wire
 from vmatlas.model import (
     ALLOCATION_COLUMNS,
     RESIDENCY_FIELDS,
@@ -58,9 +59,30 @@ _FREE = int(RegionState.FREE)
 _VSYSCALL = int(RegionKind.VSYSCALL)
 
 _FULL_INT_COLUMNS = ("offset", "device", "inode")
+# The region table's rules as data, read by the Python checks and handed to the C
+# extension's loops alike: each integer column and the bound its values stay under,
+# in the order they are checked; each column of small values and the values allowed.
+_UINT_COLUMNS: tuple[tuple[str, int], ...] = (
+    *((name, U64) for name in ("start", "end", *_FULL_INT_COLUMNS, "allocation_base")),
+    ("protection", PROTECTION_BITS + 1),
+    ("allocation_protection", PROTECTION_BITS + 1),
+    ("protection_raw", 1 << 32),
+    ("allocation_protection_raw", 1 << 32),
+)
 _ENUM_COLUMNS = (("state", _STATES), ("type", _TYPES), ("kind", _KINDS))
-_PROTECTION_COLUMNS = ("protection",)
-_RAW_COLUMNS = ("protection_raw",)
+_BOOLS = frozenset((0, 1))
+
+
+def _bits(values: frozenset[int]) -> int:
+    """A set of small non-negative ints as a 64-bit mask, for the C loops."""
+    assert all(0 <= v < 64 for v in values)
+    return sum(1 << v for v in values)
+
+
+_SMALL_COLUMN_MASKS = (
+    *((name, _bits(allowed)) for name, allowed in _ENUM_COLUMNS),
+    ("deleted", _bits(_BOOLS)),
+)
 
 
 def _bad(message: str) -> errors.InvalidArgument:
@@ -270,6 +292,12 @@ def _uint_column(column: list[Any], name: str, limit: int = U64) -> None:
 
 def validate_table(table: RegionTable, host: Host, *, includes_free: bool = True) -> None:
     """Check a region table against ``host``'s user address range."""
+    _check_table(table, host, includes_free, page=1)
+
+
+def _check_table(table: RegionTable, host: Host, includes_free: bool, page: int) -> int:
+    """:func:`validate_table`, and every boundary on a ``page``-byte page boundary;
+    returns the number of regions that are not FREE."""
     if not isinstance(table, RegionTable):
         raise _bad("region table is missing")
     n = len(_column(table, "start"))
@@ -282,12 +310,13 @@ def validate_table(table: RegionTable, host: Host, *, includes_free: bool = True
     for name in ALLOCATION_COLUMNS:
         if len(_column(table, name)) not in (0, n):
             raise _bad(f"region column {name} has {len(_column(table, name))} rows, not 0 or {n}")
-    for name in ("start", "end", *_FULL_INT_COLUMNS, "allocation_base"):
-        _uint_column(_column(table, name), name)
-    for name in (*_PROTECTION_COLUMNS, "allocation_protection"):
-        _uint_column(_column(table, name), name, PROTECTION_BITS + 1)
-    for name in (*_RAW_COLUMNS, "allocation_protection_raw"):
-        _uint_column(_column(table, name), name, 1 << 32)
+    accel = native.accel
+    if accel is not None:
+        mapped = _checked_natively(accel, table, host, includes_free, page)
+        if mapped is not None:
+            return mapped
+    for name, bound in _UINT_COLUMNS:
+        _uint_column(_column(table, name), name, bound)
     for name, allowed in _ENUM_COLUMNS:
         column = _column(table, name)
         if not _all_int(column):
@@ -296,11 +325,53 @@ def validate_table(table: RegionTable, host: Host, *, includes_free: bool = True
         if unknown:
             raise _bad(f"region column {name} holds unknown value {min(unknown)}")
     deleted = set(_column(table, "deleted"))
-    if not deleted <= {0, 1} or not _all_int(list(deleted)):
+    if not deleted <= _BOOLS or not _all_int(list(deleted)):
         raise _bad("region column deleted holds a value that is not a bool")
     _validate_paths(_column(table, "path"))
     _validate_residency(table.residency, n)
     _validate_layout(table, host, includes_free)
+    _validate_pages(table, page)
+    return len(table.state) - table.state.count(_FREE)
+
+
+def _checked_natively(
+    accel: ModuleType, table: RegionTable, host: Host, includes_free: bool, page: int
+) -> int | None:
+    """The checks of :func:`_check_table` that walk every region, in the C extension's
+    loops: the number of regions that are not FREE where the table plainly passes
+    them, None where anything is off or unusual (the Python checks then decide, and
+    name the fault). Its columns are lists of the table's length already."""
+    if not all(accel.within(getattr(table, name), bound) for name, bound in _UINT_COLUMNS):
+        return None
+    if not all(accel.members_of(getattr(table, name), bits) for name, bits in _SMALL_COLUMN_MASKS):
+        return None
+    if not accel.texts_within(table.path, MAX_PATH_CHARS, MAX_STRINGS_TOTAL_CHARS):
+        return None
+    residency = table.residency
+    if type(residency) is not dict:
+        return None
+    if residency and (
+        residency.keys() != set(RESIDENCY_FIELDS)
+        or not all(
+            type(column) is list and len(column) == len(table.start) and accel.within(column, U64)
+            for column in residency.values()
+        )
+    ):
+        return None
+    gate_ok = host.os == OperatingSystem.LINUX
+    return accel.layout(  # type: ignore[no-any-return]
+        table.start,
+        table.end,
+        table.state,
+        table.kind,
+        host.user_address_min,
+        host.user_address_max or U64,
+        page - 1,
+        _FREE,
+        includes_free,
+        _VSYSCALL if gate_ok else -1,
+        VSYSCALL_MAX_BYTES,
+    )
 
 
 def _validate_paths(paths: list[Any]) -> None:
@@ -435,9 +506,8 @@ def validate_snapshot(snapshot: Snapshot | pb.Snapshot, host: Host | pb.Host) ->
     validate_process(snapshot.process, host, "snapshot.process")
     _seconds(snapshot.capture_time, "snapshot.capture_time")
     validate_summary(snapshot.summary, "snapshot.summary")
-    validate_table(snapshot.regions, host, includes_free=bool(snapshot.includes_free))
-    _validate_pages(snapshot.regions, wire.table_page_size(snapshot.host))
-    mapped = len(snapshot.regions.state) - snapshot.regions.state.count(_FREE)
+    page = wire.table_page_size(snapshot.host)
+    mapped = _check_table(snapshot.regions, host, bool(snapshot.includes_free), page)
     if snapshot.regions.start and mapped != snapshot.summary.region_count:
         raise _bad(
             f"snapshot.summary.region_count is {snapshot.summary.region_count} "

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import re
 from dataclasses import replace
 from typing import Any
 
@@ -13,9 +14,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from vmatlas import errors, validate, wire
+from vmatlas import errors, native, validate, wire
 from vmatlas.agents.linux import LinuxReader
 from vmatlas.model import (
+    ALLOCATION_COLUMNS,
+    RESIDENCY_FIELDS,
+    OperatingSystem,
     ProcessSummary,
     RegionKind,
     RegionState,
@@ -25,9 +29,15 @@ from vmatlas.model import (
     Summary,
 )
 
-SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# The capture_path fixture only chooses the path, for all of a test's examples alike.
+SETTINGS = settings(
+    max_examples=200,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
 READER = LinuxReader(host_id="validated")
 HOST = READER.host()
+PAGE = HOST.page_size_bytes
 SNAPSHOT = READER.snapshot(os.getpid(), include_free=True)
 # Read once: hypothesis replays draws whose bounds come from it.
 SUMMARY = READER.process_summary(os.getpid())
@@ -42,7 +52,7 @@ ANY_VALUE = st.one_of(
 )
 
 
-def test_real_snapshots_pass() -> None:
+def test_real_snapshots_pass(capture_path: str) -> None:
     assert validate.validate_snapshot(SNAPSHOT, HOST) is SNAPSHOT
     message = wire.snapshot_to_pb(SNAPSHOT)
     validate.validate_snapshot(message, wire.host_to_pb(HOST))
@@ -66,7 +76,7 @@ def _with_regions(**columns: list[Any]) -> Snapshot:
     return replace(SNAPSHOT, regions=RegionTable(**values, residency=dict(table.residency)))
 
 
-def test_precise_messages() -> None:
+def test_precise_messages(capture_path: str) -> None:
     starts, ends = SNAPSHOT.regions.start, SNAPSHOT.regions.end
     _refused(
         _with_regions(start=[starts[0], starts[0], *starts[2:]]),
@@ -91,7 +101,7 @@ def test_precise_messages() -> None:
     _refused(SNAPSHOT, other, match="is for host 'validated', not 'another-host'")
 
 
-def test_the_vsyscall_page_is_allowed_above_the_user_range_on_linux_only() -> None:
+def test_the_vsyscall_page_is_allowed_above_the_user_range_on_linux_only(capture_path: str) -> None:
     gate = 0xFFFFFFFFFF600000
     table = RegionTable()
     for name in COLUMNS:
@@ -114,10 +124,10 @@ def test_the_vsyscall_page_is_allowed_above_the_user_range_on_linux_only() -> No
     _refused(snapshot, match="outside the host's user address range")
 
 
-@SETTINGS
-@given(st.data())
-def test_malformed_tables_are_refused_with_invalid_argument(data: st.DataObject) -> None:
-    table = SNAPSHOT.regions
+def _broken_table(data: st.DataObject, table: RegionTable = SNAPSHOT.regions) -> RegionTable:
+    """``table`` with one to four random edits: a value replaced, a column cut short,
+    two neighbours swapped, a column replaced by something else; some residency or
+    none."""
     n = len(table)
     values = {name: list(getattr(table, name)) for name in COLUMNS}
     for _ in range(data.draw(st.integers(1, 4))):
@@ -135,7 +145,18 @@ def test_malformed_tables_are_refused_with_invalid_argument(data: st.DataObject)
             column[i], column[i + 1] = column[i + 1], column[i]
         else:
             values[name] = data.draw(st.one_of(st.none(), st.text(max_size=3), st.just((1, 2))))
-    broken = RegionTable(**values, residency=data.draw(st.sampled_from([{}, {"rss_bytes": [1]}])))
+    residency = data.draw(
+        st.sampled_from([{}, {"rss_bytes": [1]}, {name: [0] * n for name in RESIDENCY_FIELDS}])
+    )
+    return RegionTable(**values, residency=residency)
+
+
+@SETTINGS
+@given(st.data())
+def test_malformed_tables_are_refused_with_invalid_argument(
+    capture_path: str, data: st.DataObject
+) -> None:
+    broken = _broken_table(data)
     snapshot = replace(SNAPSHOT, regions=broken)
     try:
         validate.validate_snapshot(snapshot, HOST)
@@ -146,6 +167,284 @@ def test_malformed_tables_are_refused_with_invalid_argument(data: st.DataObject)
     assert all(len(broken.start) == len(getattr(broken, c)) for c in ("end", "state", "path"))
     assert all(s < e for s, e in zip(broken.start, broken.end, strict=True))
     assert all(e <= s for e, s in zip(broken.end, broken.start[1:], strict=False))
+
+
+# -- the C extension's loops and the Python checks decide alike ----------------------------
+
+
+def _outcome(snapshot: Any, host: Any, *, on_native: bool) -> str:
+    """What validate_snapshot says of ``snapshot`` on one path: its refusal, word for
+    word, or "accepted"."""
+    with native.use(on_native):
+        try:
+            validate.validate_snapshot(snapshot, host)
+        except errors.InvalidArgument as exc:
+            return str(exc)
+    return "accepted"
+
+
+def _require_native() -> None:
+    if not native.available():
+        message = f"the C extension is not built ({native.describe()})"
+        if os.environ.get("VMATLAS_REQUIRE_NATIVE"):
+            pytest.fail(message)
+        pytest.skip(message)
+
+
+def _both_paths(snapshot: Any, host: Any = HOST) -> str:
+    """The outcome on the native path, asserted to be the pure path's."""
+    _require_native()
+    outcome = _outcome(snapshot, host, on_native=True)
+    assert outcome == _outcome(snapshot, host, on_native=False)
+    return outcome
+
+
+# A snapshot as the server has it, decoded from the bytes an agent sent (the reader's
+# own tables hold enum members, which the C loops leave to the Python checks).
+DECODED = wire.snapshot_from_bytes(wire.snapshot_to_pb(SNAPSHOT).SerializeToString())
+
+
+class _Int(int):
+    """An int subclass: the C loops leave it to the Python checks, which take it."""
+
+
+def _edited(*edits: tuple[str, int, Any], **columns: Any) -> Snapshot:
+    """DECODED with values replaced (column, row, value) and columns replaced."""
+    table = DECODED.regions
+    values = {name: list(getattr(table, name)) for name in COLUMNS}
+    values["residency"] = {name: list(c) for name, c in table.residency.items()}
+    values.update(columns)
+    for name, row, value in edits:
+        values[name][row] = value
+    return replace(DECODED, regions=RegionTable(**values))
+
+
+def _gate_snapshot(size: int = PAGE, kind: int = RegionKind.VSYSCALL) -> Snapshot:
+    """DECODED with its last region (the [vsyscall] page, above the user range)
+    ``size`` bytes long and of ``kind``."""
+    assert DECODED.regions.kind[-1] == RegionKind.VSYSCALL
+    end = DECODED.regions.start[-1] + size
+    return _edited(("end", -1, end), ("kind", -1, int(kind)))
+
+
+STARTS, ENDS = DECODED.regions.start, DECODED.regions.end
+N = len(STARTS)
+UINT_BOUNDS = dict(validate._UINT_COLUMNS)  # the bounds both paths apply
+# (what, snapshot, host or None for HOST, the refusal as a pattern, or "accepted")
+CASES: list[tuple[str, Any, Any, str]] = [
+    ("as read", DECODED, None, "accepted"),
+    ("overlap", _edited(("start", 2, STARTS[1])), None, r"region 2 starts at .* before region 1"),
+    (
+        "unsorted",
+        _edited(start=[STARTS[1], STARTS[0], *STARTS[2:]], end=[ENDS[1], ENDS[0], *ENDS[2:]]),
+        None,
+        r"region 1 starts at .* before region 0 ends",
+    ),
+    ("empty", _edited(("end", 1, STARTS[1])), None, "region 1 is empty or reversed"),
+    ("reversed", _edited(("end", 1, STARTS[1] - PAGE)), None, "region 1 is empty or reversed"),
+    (
+        "free without free regions",
+        replace(DECODED, includes_free=False),
+        None,
+        r"region \d+ is FREE but the snapshot does not include free regions",
+    ),
+    (
+        "below the user range",
+        DECODED,
+        replace(HOST, user_address_min=STARTS[1]),
+        r"region 0 \(.*\) lies outside the host's user address range",
+    ),
+    (
+        "above the user range",
+        replace(DECODED, process=replace(DECODED.process, user_address_max=ENDS[N // 2])),
+        replace(HOST, user_address_max=ENDS[N // 2]),
+        rf"region {N // 2 + 1} \(.*\) lies outside the host's user address range",
+    ),
+    ("a gate page", _gate_snapshot(), None, "accepted"),
+    (
+        "a gate page too large",
+        _gate_snapshot(validate.VSYSCALL_MAX_BYTES + PAGE),
+        None,
+        rf"region {N - 1} \(.*\) lies outside",
+    ),
+    (
+        "a gate page of another kind",
+        _gate_snapshot(kind=RegionKind.OTHER_PSEUDO),
+        None,
+        rf"region {N - 1} \(.*\) lies outside",
+    ),
+    (
+        "a gate page on Windows",
+        replace(DECODED, host=replace(HOST, os=OperatingSystem.WINDOWS)),
+        replace(HOST, os=OperatingSystem.WINDOWS),
+        rf"region {N - 1} \(.*\) lies outside",
+    ),
+    (
+        "a start off its page",
+        _edited(("start", 1, STARTS[1] + 512)),
+        None,
+        r"region 1 \(.*\) does not start and end on a \d+-byte page boundary",
+    ),
+    (
+        "an end off its page",
+        _edited(("end", 1, ENDS[1] - 8)),
+        None,
+        r"region 1 \(.*\) does not start and end on a \d+-byte page boundary",
+    ),
+    (
+        "a region count that is not the table's",
+        replace(
+            DECODED,
+            summary=replace(DECODED.summary, region_count=DECODED.summary.region_count + 1),
+        ),
+        None,
+        "snapshot.summary.region_count is .* but the table holds",
+    ),
+    ("a boolean type", _edited(("type", 0, True)), None, "accepted"),
+    ("an int subclass of a start", _edited(("start", 1, _Int(STARTS[1]))), None, "accepted"),
+    (
+        "an int subclass of a state",
+        _edited(("state", 1, _Int(DECODED.regions.state[1]))),
+        None,
+        "accepted",
+    ),
+    ("a boolean offset", _edited(("offset", 1, True)), None, "accepted"),
+    ("deleted as 0 and 1", _edited(("deleted", 1, 1), ("deleted", 2, 0)), None, "accepted"),
+    (
+        "deleted 2",
+        _edited(("deleted", 1, 2)),
+        None,
+        "column deleted holds a value that is not a bool",
+    ),
+    ("deleted text", _edited(("deleted", 1, "x")), None, "column deleted holds"),
+    (
+        "path not text",
+        _edited(("path", 1, b"/x")),
+        None,
+        "column path holds a value that is not text",
+    ),
+    ("path with a NUL", _edited(("path", 1, "/a\0b")), None, "a region path contains a NUL"),
+    (
+        "path too long",
+        _edited(("path", 1, "/" * (validate.MAX_PATH_CHARS + 1))),
+        None,
+        "a region path is 8193 characters long",
+    ),
+    (
+        "path of a str subclass",
+        _edited(("path", 1, type("S", (str,), {})("/x"))),
+        None,
+        "column path holds",
+    ),
+    (
+        "residency",
+        _edited(residency={name: [PAGE] * N for name in RESIDENCY_FIELDS}),
+        None,
+        "accepted",
+    ),
+    (
+        "residency without a column",
+        _edited(residency={name: [0] * N for name in RESIDENCY_FIELDS[1:]}),
+        None,
+        "residency must have exactly the columns",
+    ),
+    (
+        "residency column short",
+        _edited(residency={name: [0] * (N - (i == 0)) for i, name in enumerate(RESIDENCY_FIELDS)}),
+        None,
+        f"residency column {RESIDENCY_FIELDS[0]} does not have {N} rows",
+    ),
+    (
+        "residency value negative",
+        _edited(residency={name: [-i] * N for i, name in enumerate(RESIDENCY_FIELDS)}),
+        None,
+        f"region column residency {RESIDENCY_FIELDS[1]} holds -1",
+    ),
+    ("residency not a dict", _edited(residency=[]), None, "residency is not a table of columns"),
+    *(
+        (
+            f"{name} one short",
+            _edited(**{name: list(getattr(DECODED.regions, name))[:-1]}),
+            None,
+            f"region column {name} has {N - 1} rows, not {N}$",
+        )
+        for name in COLUMNS
+        if name not in (*ALLOCATION_COLUMNS, "start")
+    ),
+    (
+        "start one short",
+        _edited(start=STARTS[:-1]),
+        None,
+        f"region column end has {N} rows, not {N - 1}$",
+    ),
+    *(
+        (
+            f"{name} of one row",
+            _edited(**{name: [0]}),
+            None,
+            f"region column {name} has 1 rows, not 0 or {N}$",
+        )
+        for name in ALLOCATION_COLUMNS
+    ),
+    *(
+        (f"{name} {how}", _edited(**{name: [value] * N}), None, match)
+        for name, bound in UINT_BOUNDS.items()
+        for how, value, match in (
+            ("negative", -1, rf"region column {name} holds -1, outside \[0, {bound:#x}\)"),
+            ("at its bound", bound, rf"region column {name} holds {bound}, outside"),
+            ("a float", 1.0, f"region column {name} holds a value that is not an integer"),
+            ("None", None, f"region column {name} holds a value that is not an integer"),
+        )
+    ),
+    *(
+        (f"{name} {value!r}", _edited((name, N // 2, value)), None, match)
+        for name in ("state", "type", "kind")
+        for value, match in (
+            (99, f"region column {name} holds unknown value 99$"),
+            (-1, f"region column {name} holds unknown value -1$"),
+            (1 << 70, f"region column {name} holds unknown value {1 << 70}$"),
+            ("1", f"region column {name} holds a value that is not an integer"),
+        )
+    ),
+]
+
+
+@pytest.mark.parametrize(("what", "snapshot", "host", "match"), CASES, ids=[c[0] for c in CASES])
+def test_the_native_checks_decide_as_the_python_ones(
+    what: str, snapshot: Any, host: Any, match: str
+) -> None:
+    outcome = _both_paths(snapshot, HOST if host is None else host)
+    if match == "accepted":
+        assert outcome == "accepted"
+    else:
+        assert re.search(match, outcome), outcome
+
+
+def test_the_native_loops_decide_a_decoded_table_alone() -> None:
+    _require_native()
+    table = DECODED.regions
+    mapped = len(table) - table.state.count(RegionState.FREE)
+    assert validate._checked_natively(native._built, table, HOST, True, PAGE) == mapped
+    assert validate._checked_natively(native._built, table, HOST, False, PAGE) is None
+
+
+def test_the_paths_total_is_counted_alike(monkeypatch: pytest.MonkeyPatch) -> None:
+    distinct = {p for p in DECODED.regions.path}
+    total = sum(map(len, distinct))
+    monkeypatch.setattr(validate, "MAX_STRINGS_TOTAL_CHARS", total)
+    assert _both_paths(DECODED) == "accepted"
+    # Each distinct path counts once, however many regions it names and whichever
+    # object holds it.
+    copies = [str(p + " ")[:-1] for p in DECODED.regions.path]
+    assert _both_paths(_edited(path=copies)) == "accepted"
+    monkeypatch.setattr(validate, "MAX_STRINGS_TOTAL_CHARS", total - 1)
+    assert _both_paths(DECODED) == f"region paths total {total} characters (at most {total - 1})"
+
+
+@SETTINGS
+@given(st.data())
+def test_random_table_edits_are_decided_alike_on_both_paths(data: st.DataObject) -> None:
+    _both_paths(replace(DECODED, regions=_broken_table(data, DECODED.regions)))
 
 
 def _varint(n: int) -> bytes:
@@ -179,7 +478,9 @@ def _bad_wire_type(data: st.DataObject) -> bytes:
 
 @SETTINGS
 @given(st.data())
-def test_malformed_snapshot_bytes_are_refused_with_invalid_argument(data: st.DataObject) -> None:
+def test_malformed_snapshot_bytes_are_refused_with_invalid_argument(
+    capture_path: str, data: st.DataObject
+) -> None:
     header, regions = wire.snapshot_parts(SNAPSHOT)
     validate.validate_snapshot_parts(header, regions, HOST)
     how = data.draw(st.sampled_from(["cut short", "bad wire type", "regions in header"]))
@@ -201,7 +502,7 @@ def test_malformed_snapshot_bytes_are_refused_with_invalid_argument(data: st.Dat
 @SETTINGS
 @given(st.binary(max_size=400), st.binary(max_size=400))
 def test_arbitrary_bytes_never_raise_anything_but_invalid_argument(
-    header: bytes, regions: bytes
+    capture_path: str, header: bytes, regions: bytes
 ) -> None:
     # Random bytes may decode to a valid (say, empty) snapshot: only what escapes is
     # checked here; the refusals are above.
@@ -229,7 +530,9 @@ def _resize(column: Any, length: int, fill: int) -> None:
 
 @SETTINGS
 @given(st.data())
-def test_malformed_wire_tables_are_refused_naming_the_fault(data: st.DataObject) -> None:
+def test_malformed_wire_tables_are_refused_naming_the_fault(
+    capture_path: str, data: st.DataObject
+) -> None:
     message = wire.snapshot_to_pb(SNAPSHOT)
     validate.validate_snapshot(message, HOST)
     table = message.regions
@@ -283,14 +586,20 @@ def test_malformed_wire_tables_are_refused_naming_the_fault(data: st.DataObject)
     else:
         table.start_delta_pages[row] = (1 << 64) - 1
         match = "region table extends beyond the 64-bit address space"
-    with pytest.raises(errors.InvalidArgument, match=match):
+    with pytest.raises(errors.InvalidArgument, match=match) as whole:
         validate.validate_snapshot(message, HOST)
+    # Sent as agents send it, a header and the table's bytes: the same refusal.
+    regions = message.regions.SerializeToString()
+    message.ClearField("regions")
+    with pytest.raises(errors.InvalidArgument) as parts:
+        validate.validate_snapshot_parts(message.SerializeToString(), regions, HOST)
+    assert str(parts.value) == str(whole.value)
 
 
 @SETTINGS
 @given(st.data())
 def test_arbitrary_wire_table_edits_never_raise_anything_but_invalid_argument(
-    data: st.DataObject,
+    capture_path: str, data: st.DataObject
 ) -> None:
     message = wire.snapshot_to_pb(SNAPSHOT)
     columns = [
