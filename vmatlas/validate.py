@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
+from dataclasses import replace
 from operator import attrgetter, ge, lt
 from types import ModuleType
 from typing import Any
@@ -521,13 +522,18 @@ def validate_snapshot_parts(header: bytes, regions: bytes, host: Host | pb.Host)
     without regions) and a serialized RegionTable, as agents answer the server."""
     try:
         message = pb.Snapshot.FromString(header)
-        table = pb.RegionTable.FromString(regions)
     except (DecodeError, RuntimeError, ValueError) as exc:
         raise _bad(f"snapshot does not decode: {exc}") from None
     if message.HasField("regions"):
         raise _bad("snapshot header must not carry regions")
-    message.regions.CopyFrom(table)
-    return validate_snapshot(message, host)
+    # The table is read from its bytes once, straight into the model's columns.
+    try:
+        table = wire.table_from_bytes(regions)
+    except wire.UndecodableBytes as exc:
+        raise _bad(f"snapshot does not decode: {exc}") from None
+    except (ValueError, OverflowError) as exc:
+        raise _bad(f"malformed snapshot: {exc}") from None
+    return validate_snapshot(replace(_model_snapshot(message), regions=table), host)
 
 
 def validate_summaries(

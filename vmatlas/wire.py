@@ -32,6 +32,12 @@ from vmatlas.model import (
 from vmatlas.v1 import agent_pb2, fleet_pb2, hub_pb2
 from vmatlas.v1 import snapshot_pb2 as pb
 
+
+class UndecodableBytes(ValueError):
+    """Bytes that do not parse as the message they should hold at all (as opposed to
+    a message that parses but whose contents are malformed: a plain ValueError)."""
+
+
 _SUMMARY_FIELDS = tuple(Summary.__dataclass_fields__)
 # The wire Summary's fields in the model's order, read in one call.
 _summary_pb_values = attrgetter(*_SUMMARY_FIELDS)
@@ -394,8 +400,9 @@ def table_from_pb(message: pb.RegionTable) -> RegionTable:
 
 
 def table_from_bytes(data: bytes | memoryview) -> RegionTable:
-    """A serialized RegionTable (as :func:`snapshot_parts` makes it). Raises ValueError
-    when the bytes are not one or the table is malformed."""
+    """A serialized RegionTable (as :func:`snapshot_parts` makes it). Raises
+    UndecodableBytes when the bytes are not one, ValueError when the table is
+    malformed."""
     if native.accel is not None:
         # A deflated table is inflated here and its plain bytes read natively: parsing
         # it with upb first would read the table twice more.
@@ -409,7 +416,7 @@ def table_from_bytes(data: bytes | memoryview) -> RegionTable:
     try:
         message.ParseFromString(bytes(data))
     except Exception as exc:  # protobuf raises DecodeError, a bare Exception subclass
-        raise ValueError(f"not a serialized RegionTable: {exc}") from None
+        raise UndecodableBytes(f"not a serialized RegionTable: {exc}") from None
     return table_from_pb(message)
 
 
