@@ -168,23 +168,12 @@ class FleetQueries:
     def hosts(self) -> list[HostStatus]:
         """Every known host, online or not, sorted by host id, each with the replica
         that holds its agent's stream (if one does)."""
-        holders = self._holders()
-        return [replace(s, replica_id=holders.get(s.host_id, "")) for s in self.store.hosts()]
+        return self.store.hosts(now=self.hub.clock())
 
     def host(self, host_id: str) -> HostStatus:
         """One host, with the replica that holds its agent's stream; NotFound when
         unknown."""
-        status = self.store.host(host_id)
-        return replace(status, replica_id=self._holders().get(host_id, ""))
-
-    def _holders(self) -> dict[str, str]:
-        """The replica id holding each host under a live lease."""
-        now = self.hub.clock()
-        return {
-            host_id: owner.replica_id
-            for host_id, owner in self.store.host_owners().items()
-            if owner.live(now)
-        }
+        return self.store.host(host_id, now=self.hub.clock())
 
     def processes(
         self,

@@ -168,11 +168,13 @@ class Store(Protocol):
         peaks need (a series that never leaves its latest value has neither a trend
         nor a peak above it), without reading every process's points."""
 
-    def hosts(self) -> list[HostStatus]:
-        """Every known host, sorted by host id."""
+    def hosts(self, *, now: float | None = None) -> list[HostStatus]:
+        """Every known host, sorted by host id, each with the replica whose ownership
+        record is live at ``now`` (:meth:`HostOwnership.live`; the clock when None),
+        read with it."""
 
-    def host(self, host_id: str) -> HostStatus:
-        """One host; NotFound when unknown."""
+    def host(self, host_id: str, *, now: float | None = None) -> HostStatus:
+        """One host, as :meth:`hosts` gives it; NotFound when unknown."""
 
     def processes(self, where: ProcessFilter) -> list[FleetProcess]:
         """Latest summaries of current processes, filtered and sorted. NotFound for an

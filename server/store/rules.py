@@ -19,6 +19,7 @@ import contextlib
 import hashlib
 import itertools
 import json
+import time
 import zlib
 from collections import namedtuple
 from collections.abc import Callable, Iterator, Sequence
@@ -298,7 +299,8 @@ class Statements:
             SELECT l.host_id, l.pid, l.start_time, x.capture_time, x.map_count
               FROM points x JOIN changing USING (process_id) JOIN latest l USING (process_id)
              ORDER BY x.capture_time"""
-        # A host's ownership record beside its row: NULLs when it never had one.
+        # A host's ownership record beside its row (holder, address, instance, epoch,
+        # expiry; NULLs when it never had one), joined as the host is read.
         self.host_lease_columns = "o.holder, o.address, o.instance_id, o.epoch, o.expires_time"
         self.host_lease_join = (
             f"LEFT JOIN leases o ON o.kind = '{HOST_LEASE}' AND o.name = h.host_id AND o.epoch > 0"
@@ -466,7 +468,9 @@ class Backend(Protocol):
 
     def host_rows(self, host_id: str | None) -> list[tuple[Any, ...]]:
         """``(facts, online, first_seen_time, last_seen_time, current process count,
-        dropped push count or None, access denied count or None)``, by host id."""
+        dropped push count or None, access denied count or None, *its ownership
+        record's columns (Statements.host_lease_columns, NULLs for none))``, by host
+        id."""
 
     def current_rows(self, where: ProcessFilter, *, light: bool = False) -> list[tuple[Any, ...]]:
         """``(host_id, process facts, capture_time, *summary values)`` of the current
@@ -541,27 +545,30 @@ class RuleStore:
                     marked.append(host_id)
         return marked
 
-    @staticmethod
-    def _host_status(row: tuple[Any, ...]) -> HostStatus:
-        facts, online, first_seen, last_seen, count, dropped, denied = row
+    def _host_status(self, row: tuple[Any, ...], now: float | None) -> HostStatus:
+        facts, online, first_seen, last_seen, count, dropped, denied, *lease = row
+        host = host_from_json(facts)
+        owner = self._lease_ownership(host.host_id, lease)
+        held = owner is not None and owner.live(time.time() if now is None else now)
         return HostStatus(
-            host=host_from_json(facts),
+            host=host,
             online=bool(online),
             first_seen_time=first_seen,
             last_seen_time=last_seen,
             process_count=count,
             dropped_push_count=dropped or 0,
             access_denied_count=denied or 0,
+            replica_id=owner.replica_id if held and owner is not None else "",
         )
 
-    def hosts(self) -> list[HostStatus]:
-        return [self._host_status(row) for row in self.backend.host_rows(None)]
+    def hosts(self, *, now: float | None = None) -> list[HostStatus]:
+        return [self._host_status(row, now) for row in self.backend.host_rows(None)]
 
-    def host(self, host_id: str) -> HostStatus:
+    def host(self, host_id: str, *, now: float | None = None) -> HostStatus:
         rows = self.backend.host_rows(host_id)
         if not rows:
             raise errors.NotFound(f"no host {host_id!r}")
-        return self._host_status(rows[0])
+        return self._host_status(rows[0], now)
 
     # -- summaries ----------------------------------------------------------------------
 
@@ -780,6 +787,11 @@ class RuleStore:
 
     # -- ownership and singleton jobs ---------------------------------------------------
 
+    @classmethod
+    def _lease_ownership(cls, host_id: str, columns: Sequence[Any]) -> HostOwnership | None:
+        """The record in a row's Statements.host_lease_columns; None for NULLs."""
+        return None if columns[0] is None else cls._ownership(host_id, LeaseRow(*columns))
+
     @staticmethod
     def _ownership(host_id: str, row: LeaseRow) -> HostOwnership:
         return HostOwnership(
@@ -867,8 +879,7 @@ class RuleStore:
         rows = self.backend.read(self.backend.sql.host_lease, (host_id,))
         if not rows:
             raise errors.NotFound(f"no host {host_id!r}")
-        holder = rows[0]
-        return None if holder[0] is None else self._ownership(host_id, LeaseRow(*holder))
+        return self._lease_ownership(host_id, rows[0])
 
     def host_owners(self) -> dict[str, HostOwnership]:
         return {

@@ -514,13 +514,14 @@ class SQLiteBackend:
 
     # -- reads ----------------------------------------------------------------------------
 
-    _HOST_SELECT = """SELECT h.facts, h.online, h.first_seen_time, h.last_seen_time,
+    _HOST_SELECT = f"""SELECT h.facts, h.online, h.first_seen_time, h.last_seen_time,
                         (SELECT count(*) FROM processes p
                          WHERE p.host_id = h.host_id AND p.current = 1),
-                        q.dropped_push_count, l.access_denied_count
+                        q.dropped_push_count, l.access_denied_count, {_SQL.host_lease_columns}
                       FROM hosts h
                         LEFT JOIN push_sequences q ON q.host_id = h.host_id
-                        LEFT JOIN latest_pushes l ON l.host_id = h.host_id"""
+                        LEFT JOIN latest_pushes l ON l.host_id = h.host_id
+                        {_SQL.host_lease_join}"""
 
     def host_rows(self, host_id: str | None) -> list[tuple[Any, ...]]:
         if host_id is None:

@@ -636,6 +636,44 @@ def test_one_hosts_ownership_record_is_read_alone(store: Store) -> None:
     assert store.host_owner("h2") == store.host_owners()["h2"]
 
 
+def test_a_host_is_read_with_the_replica_whose_lease_is_live(store: Store) -> None:
+    for host_id in ("h1", "h2", "h3", "h4"):
+        store.put_host(make_host(host_id), 100.0)
+
+    def claim(host_id: str, replica_id: str, ttl_seconds: float) -> HostOwnership:
+        return store.claim_host(
+            host_id,
+            replica_id=replica_id,
+            address=f"{replica_id}:1",
+            instance_id=f"agent-{host_id}",
+            now=100.0,
+            ttl_seconds=ttl_seconds,
+        )
+
+    claim("h1", "r1", 100.0)
+    claim("h2", "r2", 5.0)  # expires at 105
+    assert store.release_host(claim("h3", "r1", 100.0))  # released: no holder
+    # h4 was never claimed.
+    assert [(h.host_id, h.replica_id) for h in store.hosts(now=101.0)] == [
+        ("h1", "r1"),
+        ("h2", "r2"),
+        ("h3", ""),
+        ("h4", ""),
+    ]
+    assert [(h.host_id, h.replica_id) for h in store.hosts(now=106.0)] == [
+        ("h1", "r1"),
+        ("h2", ""),
+        ("h3", ""),
+        ("h4", ""),
+    ]
+    assert store.host("h2", now=104.0).replica_id == "r2"
+    assert store.host("h2", now=105.0).replica_id == ""  # the lease ends at its expiry
+    assert store.host("h1").replica_id == ""  # by the clock: long expired
+    # The join adds no row and changes no other column.
+    [h1] = [h for h in store.hosts(now=101.0) if h.host_id == "h1"]
+    assert h1 == replace(store.host("h4", now=101.0), host=h1.host, replica_id="r1")
+
+
 def test_releasing_a_host_marks_it_offline_unless_a_newer_claim_holds_it(store: Store) -> None:
     store.put_host(make_host("h1"), 100.0)
     first = store.claim_host(
