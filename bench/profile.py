@@ -3,9 +3,10 @@
 ``python -m bench.profile [--rounds N]`` plants the file-backed and the anonymous-heavy
 65,500-region workloads (bench.workload) and times, in this process, each stage of a
 snapshot as the agent runs it: reading maps (and smaps), parsing, the summary, and the
-packed-column encode with serialization; ``cat`` of the same file beside them. Medians
-of N rounds, in milliseconds of CPU time (user + system, the kernel's formatting of
-procfs text included), so that other work on a shared machine does not blur the split.
+packed-column encode with serialization, then the server's decode and check of the
+answer; ``cat`` of the same file beside them. Medians of N rounds, in milliseconds of
+CPU time (user + system, the kernel's formatting of procfs text included), so that
+other work on a shared machine does not blur the split.
 ``VMATLAS_NO_NATIVE=1`` profiles the pure-Python path.
 """
 
@@ -33,6 +34,7 @@ def profile(load: Workload, rounds: int) -> dict[str, float]:
     from vmatlas import wire
     from vmatlas.agents import linux
     from vmatlas.summary import summarize_process
+    from vmatlas.validate import validate_snapshot_parts
 
     reader = linux.LinuxReader()
     host = reader.host()
@@ -75,6 +77,11 @@ def profile(load: Workload, rounds: int) -> dict[str, float]:
     out["snapshot+encode"] = _median_ms(
         rounds,
         lambda: wire.snapshot_to_pb(reader.snapshot(load.pid)).SerializeToString(),
+    )
+    # What the server does with the agent's answer before filing it: decode and check.
+    header, regions = wire.snapshot_parts(reader.snapshot(load.pid))
+    out["server: decode and check the answer"] = _median_ms(
+        rounds, lambda: validate_snapshot_parts(header, regions, host)
     )
     return out
 
