@@ -6,13 +6,15 @@ import csv
 import dataclasses
 import io
 import json
+import os
 import subprocess
 import sys
 
 import pytest
 
+from vmatlas import audit as audit_module
 from vmatlas.agents.linux import LinuxReader
-from vmatlas.audit import Check, Severity, audit
+from vmatlas.audit import AUDIT_ROW_FIELDS, Check, Severity, audit, audit_row
 from vmatlas.model import Host, OperatingSystem, Process, ProcessSummary, Summary
 from vmatlas.policy import (
     MapCountRule,
@@ -28,6 +30,25 @@ reader = LinuxReader()
 def _summary_of(child) -> tuple[Host, ProcessSummary]:
     host = reader.host()
     return host, reader.process_summary(child.pid, host)
+
+
+def test_an_audit_row_holds_each_field_at_its_position():
+    host = reader.host()
+    item = reader.process_summary(os.getpid(), host)
+    row = audit_row(host.host_id, item)
+    assert len(row) == len(AUDIT_ROW_FIELDS)
+    for position, name in enumerate(AUDIT_ROW_FIELDS):
+        # The checks read a field by its position's name.
+        assert getattr(audit_module, f"_{name.upper()}") == position, name
+        if name == "host_id":
+            expected = host.host_id
+        elif name == "capture_time":
+            expected = item.capture_time
+        elif name in Summary.__dataclass_fields__:
+            expected = getattr(item.summary, name)
+        else:
+            expected = getattr(item.process, name)
+        assert row[position] == expected, name
 
 
 def _map_count_findings(report, pid):

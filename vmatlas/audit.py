@@ -18,71 +18,80 @@ import time
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from operator import attrgetter, itemgetter
+from typing import Any
 
-from vmatlas.model import Host, OperatingSystem
+from vmatlas.model import Host, OperatingSystem, ProcessSummary
 from vmatlas.policy import DEFAULT_POLICY, Policy
 
 MIB = 1024 * 1024
 
 
-class ProcessFacts(Protocol):
-    """What the audit reads of a process (a :class:`~vmatlas.model.Process` has it)."""
+# What the audit reads of one process: its latest summary as one flat tuple of these
+# fields, in this order. A store reads a fleet's current set as rows of these columns
+# and hands them over as they come, with no object made per process (an audit reads
+# 200,000); :func:`audit_row` makes one of a ProcessSummary.
+AUDIT_ROW_FIELDS = (
+    "host_id",
+    # of the process
+    "pid",
+    "name",
+    "start_time",
+    "executable",
+    "pointer_bits",
+    "address_space_empty",
+    "container_id",
+    "pod_uid",
+    # of its summary
+    "capture_time",
+    "region_count",
+    "map_count",
+    "max_map_count",
+    "committed_bytes",
+    "reserved_bytes",
+    "free_bytes",
+    "largest_free_bytes",
+    "single_page_region_count",
+    "guard_region_count",
+    "unusable_bytes",
+)
+AuditRow = tuple[Any, ...]
+# Each field's position in a row (tests/test_audit.py holds them to the names above).
+(
+    _HOST_ID,
+    _PID,
+    _NAME,
+    _START_TIME,
+    _EXECUTABLE,
+    _POINTER_BITS,
+    _ADDRESS_SPACE_EMPTY,
+    _CONTAINER_ID,
+    _POD_UID,
+    _CAPTURE_TIME,
+    _REGION_COUNT,
+    _MAP_COUNT,
+    _MAX_MAP_COUNT,
+    _COMMITTED_BYTES,
+    _RESERVED_BYTES,
+    _FREE_BYTES,
+    _LARGEST_FREE_BYTES,
+    _SINGLE_PAGE_REGION_COUNT,
+    _GUARD_REGION_COUNT,
+    _UNUSABLE_BYTES,
+) = range(len(AUDIT_ROW_FIELDS))
+_process_values = attrgetter(*AUDIT_ROW_FIELDS[_PID:_CAPTURE_TIME])
+_summary_values = attrgetter(*AUDIT_ROW_FIELDS[_REGION_COUNT:])
+_map_count_of = itemgetter(_MAP_COUNT)
 
-    @property
-    def pid(self) -> int: ...
-    @property
-    def name(self) -> str: ...
-    @property
-    def executable(self) -> str: ...
-    @property
-    def start_time(self) -> float: ...
-    @property
-    def pointer_bits(self) -> int: ...
-    @property
-    def address_space_empty(self) -> bool: ...
-    @property
-    def container_id(self) -> str: ...
-    @property
-    def pod_uid(self) -> str: ...
 
-
-class SummaryFigures(Protocol):
-    """What the audit reads of a summary (a :class:`~vmatlas.model.Summary` has it)."""
-
-    @property
-    def region_count(self) -> int: ...
-    @property
-    def map_count(self) -> int: ...
-    @property
-    def max_map_count(self) -> int: ...
-    @property
-    def committed_bytes(self) -> int: ...
-    @property
-    def reserved_bytes(self) -> int: ...
-    @property
-    def free_bytes(self) -> int: ...
-    @property
-    def largest_free_bytes(self) -> int: ...
-    @property
-    def single_page_region_count(self) -> int: ...
-    @property
-    def guard_region_count(self) -> int: ...
-    @property
-    def unusable_bytes(self) -> int: ...
-
-
-class AuditedProcess(Protocol):
-    """A process's latest summary as the audit reads it: a
-    :class:`~vmatlas.model.ProcessSummary`, or a lighter row with the same names (the
-    server's store reads a fleet's as columns)."""
-
-    @property
-    def process(self) -> ProcessFacts: ...
-    @property
-    def summary(self) -> SummaryFigures: ...
-    @property
-    def capture_time(self) -> float: ...
+def audit_row(host_id: str, item: ProcessSummary) -> AuditRow:
+    """The row the audit reads of ``item``, a process of host ``host_id``."""
+    return (
+        host_id,
+        *_process_values(item.process),
+        item.capture_time,
+        *_summary_values(item.summary),
+    )
 
 
 # [(seconds since the epoch, map_count), ...] in any order.
@@ -226,10 +235,10 @@ def group_of(host: Host, policy: Policy) -> str:
     return host.os.name.lower()
 
 
-def _application_name(process: ProcessFacts) -> str:
+def _application_name(row: AuditRow) -> str:
     """What the audit calls the application a process runs: its executable, else its
     name, else its pid."""
-    return process.executable or process.name or f"pid {process.pid}"
+    return row[_EXECUTABLE] or row[_NAME] or f"pid {row[_PID]}"
 
 
 # -- the audit ----------------------------------------------------------------------------
@@ -237,13 +246,29 @@ def _application_name(process: ProcessFacts) -> str:
 
 def audit(
     hosts: Sequence[Host],
-    processes: Mapping[str, Sequence[AuditedProcess]],
+    processes: Mapping[str, Sequence[ProcessSummary]],
     history: History | None = None,
     policy: Policy = DEFAULT_POLICY,
     now: float | None = None,
 ) -> AuditReport:
     """Audit the latest data of every host. ``processes`` maps a host id to the latest
     summary of each of its processes; ``history`` holds earlier map counts per process."""
+    rows = {
+        host_id: [audit_row(host_id, item) for item in items]
+        for host_id, items in processes.items()
+    }
+    return audit_rows(hosts, rows, history, policy, now)
+
+
+def audit_rows(
+    hosts: Sequence[Host],
+    processes: Mapping[str, Sequence[AuditRow]],
+    history: History | None = None,
+    policy: Policy = DEFAULT_POLICY,
+    now: float | None = None,
+) -> AuditReport:
+    """:func:`audit` of processes given as rows (:data:`AUDIT_ROW_FIELDS`), as a store
+    reads them: ``processes`` maps a host id to its processes' rows."""
     history = history or {}
     findings: list[Finding] = []
     by_id = {h.host_id: h for h in hosts}
@@ -277,7 +302,7 @@ def _by_host(history: History) -> dict[str, dict[int, Series]]:
 
 def _audit_processes(
     host: Host,
-    items: Iterable[AuditedProcess],
+    rows: Iterable[AuditRow],
     history: Mapping[int, Series],
     policy: Policy,
     out: list[Finding],
@@ -288,64 +313,65 @@ def _audit_processes(
 
     Every check on a process is here. The audit runs this over every process of the
     fleet and most cross no threshold, so each check's test comes first, in this loop
-    (a comparison or two), and a finding is made, by a call, only where one fires."""
+    (a comparison or two on the row's fields), and a finding is made, by a call, only
+    where one fires."""
     map_rule, page_rule = policy.map_count, policy.single_page
+    critical_fraction, warn_fraction = map_rule.critical_fraction, map_rule.warn_fraction
     min_points = policy.trend.min_points
     windows = host.os == OperatingSystem.WINDOWS
+    host_limit = host.max_map_count
     count = 0
-    for item in items:
-        process = item.process
-        if process.address_space_empty:
+    for row in rows:
+        if row[_ADDRESS_SPACE_EMPTY]:
             continue
         count += 1
-        s = item.summary
         # Its own vm.max_map_count where the summary has it, else the host's.
-        limit = s.max_map_count or host.max_map_count
+        limit = row[_MAX_MAP_COUNT] or host_limit
         if limit > 0:
-            fraction = s.map_count / limit
-            if fraction >= map_rule.critical_fraction:
+            fraction = row[_MAP_COUNT] / limit
+            if fraction >= critical_fraction:
                 out.append(
                     _map_count_finding(
-                        host, item, Severity.CRITICAL, map_rule.critical_fraction, fraction, limit
+                        host, row, Severity.CRITICAL, critical_fraction, fraction, limit
                     )
                 )
-            elif fraction >= map_rule.warn_fraction:
+            elif fraction >= warn_fraction:
                 out.append(
-                    _map_count_finding(
-                        host, item, Severity.WARNING, map_rule.warn_fraction, fraction, limit
-                    )
+                    _map_count_finding(host, row, Severity.WARNING, warn_fraction, fraction, limit)
                 )
+        single_pages = row[_SINGLE_PAGE_REGION_COUNT]
         if (
-            s.single_page_region_count >= page_rule.min_count
-            and s.region_count
-            and s.single_page_region_count / s.region_count >= page_rule.min_fraction
+            single_pages >= page_rule.min_count
+            and row[_REGION_COUNT]
+            and single_pages / row[_REGION_COUNT] >= page_rule.min_fraction
         ):
-            out.append(_single_page_finding(host, item, policy))
+            out.append(_single_page_finding(host, row, policy))
         if windows:
-            out += _windows_findings(host, item, policy)
+            out += _windows_findings(host, row, policy)
         # The series and the latest summary: too few points whatever the window (most
         # processes have no history) is no trend.
-        series = history.get(process.pid) or ()
-        if len(series) + 1 >= min_points:
-            trend = _trend_finding(host, item, series, limit, policy)
-            if trend is not None:
-                out.append(trend)
+        if history:
+            series = history.get(row[_PID]) or ()
+            if len(series) + 1 >= min_points:
+                trend = _trend_finding(host, row, series, limit, policy)
+                if trend is not None:
+                    out.append(trend)
     return count
 
 
 def _map_count_finding(
     host: Host,
-    item: AuditedProcess,
+    row: AuditRow,
     severity: Severity,
     crossed: float,
     fraction: float,
     limit: int,
 ) -> Finding:
     """``crossed``: the fraction of ``limit`` whose rule gives ``severity``."""
-    count = item.summary.map_count
+    count = row[_MAP_COUNT]
     return _finding(
         host,
-        item,
+        row,
         severity,
         Check.MAP_COUNT,
         count,
@@ -357,98 +383,102 @@ def _map_count_finding(
     )
 
 
-def _single_page_finding(host: Host, item: AuditedProcess, policy: Policy) -> Finding:
-    s, rule = item.summary, policy.single_page
+def _single_page_finding(host: Host, row: AuditRow, policy: Policy) -> Finding:
+    rule = policy.single_page
+    single_pages, regions = row[_SINGLE_PAGE_REGION_COUNT], row[_REGION_COUNT]
     return _finding(
         host,
-        item,
+        row,
         Severity.WARNING,
         Check.SINGLE_PAGE_STORM,
-        s.single_page_region_count,
+        single_pages,
         rule.min_count,
-        s.region_count,
-        f"{s.single_page_region_count:,} of {s.region_count:,} regions are single "
-        f"pages ({s.guard_region_count:,} guards): a guard-page allocator or malloc "
+        regions,
+        f"{single_pages:,} of {regions:,} regions are single "
+        f"pages ({row[_GUARD_REGION_COUNT]:,} guards): a guard-page allocator or malloc "
         "debugger (Electric Fence, page heap, ASan) is likely on; turn it off",
     )
 
 
 def _finding(
     host: Host,
-    item: AuditedProcess,
+    row: AuditRow,
     severity: Severity,
     check: Check,
     value: float,
     threshold: float,
     limit: float,
     message: str,
+    forecast_seconds: float | None = None,
 ) -> Finding:
-    p = item.process
     return Finding(
         severity,
         check,
         host.host_id,
-        p.pid,
-        p.name,
+        row[_PID],
+        row[_NAME],
         value,
         threshold,
         limit,
         message,
-        pointer_bits=p.pointer_bits,
-        container_id=p.container_id,
-        pod_uid=p.pod_uid,
+        forecast_seconds=forecast_seconds,
+        pointer_bits=row[_POINTER_BITS],
+        container_id=row[_CONTAINER_ID],
+        pod_uid=row[_POD_UID],
     )
 
 
-def _windows_findings(host: Host, item: AuditedProcess, policy: Policy) -> list[Finding]:
+def _windows_findings(host: Host, row: AuditRow, policy: Policy) -> list[Finding]:
     out: list[Finding] = []
-    p, s, rule = item.process, item.summary, policy.windows
+    rule = policy.windows
+    free, largest_free = row[_FREE_BYTES], row[_LARGEST_FREE_BYTES]
+    unusable = row[_UNUSABLE_BYTES]
+    committed, reserved = row[_COMMITTED_BYTES], row[_RESERVED_BYTES]
+    pointer_bits = row[_POINTER_BITS]
 
     def finding(
         severity: Severity, check: Check, value: float, threshold: float, limit: float, message: str
     ) -> Finding:
-        return _finding(host, item, severity, check, value, threshold, limit, message)
+        return _finding(host, row, severity, check, value, threshold, limit, message)
 
-    bits = f"{p.pointer_bits}-bit"
-    if s.free_bytes and s.largest_free_bytes < rule.largest_free_warn_bytes:
-        critical = s.largest_free_bytes < rule.largest_free_critical_bytes
+    bits = f"{pointer_bits}-bit"
+    if free and largest_free < rule.largest_free_warn_bytes:
+        critical = largest_free < rule.largest_free_critical_bytes
         out.append(
             finding(
                 Severity.CRITICAL if critical else Severity.WARNING,
                 Check.LARGEST_FREE_BLOCK,
-                s.largest_free_bytes,
+                largest_free,
                 rule.largest_free_critical_bytes if critical else rule.largest_free_warn_bytes,
-                s.free_bytes,
-                f"largest free block {human_bytes(s.largest_free_bytes)} of "
-                f"{human_bytes(s.free_bytes)} free ({bits}): larger allocations fail although "
+                free,
+                f"largest free block {human_bytes(largest_free)} of "
+                f"{human_bytes(free)} free ({bits}): larger allocations fail although "
                 "memory is free; restart it, reserve big blocks early, or build it 64-bit",
             )
         )
-    if s.unusable_bytes >= rule.unusable_warn_bytes:
+    if unusable >= rule.unusable_warn_bytes:
         out.append(
             finding(
                 Severity.WARNING,
                 Check.UNUSABLE,
-                s.unusable_bytes,
+                unusable,
                 rule.unusable_warn_bytes,
-                s.free_bytes,
-                f"{human_bytes(s.unusable_bytes)} of address space unusable ({bits}): many "
+                free,
+                f"{human_bytes(unusable)} of address space unusable ({bits}): many "
                 "allocations smaller than 64 KiB each strand the rest of their 64 KiB; "
                 "allocate in larger blocks or pool them",
             )
         )
-    if s.reserved_bytes >= rule.reserved_min_bytes and s.reserved_bytes > rule.reserved_ratio * max(
-        s.committed_bytes, 1
-    ):
+    if reserved >= rule.reserved_min_bytes and reserved > rule.reserved_ratio * max(committed, 1):
         out.append(
             finding(
-                Severity.WARNING if p.pointer_bits == 32 else Severity.INFO,
+                Severity.WARNING if pointer_bits == 32 else Severity.INFO,
                 Check.RESERVED_VS_COMMITTED,
-                s.reserved_bytes,
-                rule.reserved_ratio * s.committed_bytes,
-                s.committed_bytes,
-                f"reserves {human_bytes(s.reserved_bytes)} but commits "
-                f"{human_bytes(s.committed_bytes)} ({bits}): release reservations it does not "
+                reserved,
+                rule.reserved_ratio * committed,
+                committed,
+                f"reserves {human_bytes(reserved)} but commits "
+                f"{human_bytes(committed)} ({bits}): release reservations it does not "
                 "use (VirtualFree MEM_RELEASE); in a 32-bit process they exhaust address space",
             )
         )
@@ -456,15 +486,15 @@ def _windows_findings(host: Host, item: AuditedProcess, policy: Policy) -> list[
 
 
 def _trend_finding(
-    host: Host, item: AuditedProcess, series: Series, limit: int, policy: Policy
+    host: Host, row: AuditRow, series: Series, limit: int, policy: Policy
 ) -> Finding | None:
     """The trend of ``series`` and the latest summary towards ``limit``; the caller has
     checked there are enough points before the window is applied."""
     rule = policy.trend
     if limit <= 0:
         return None
-    latest_time, latest = item.capture_time, item.summary.map_count
-    since = max(item.process.start_time, latest_time - rule.window_seconds)
+    latest_time, latest = row[_CAPTURE_TIME], row[_MAP_COUNT]
+    since = max(row[_START_TIME], latest_time - rule.window_seconds)
     points = {t: float(n) for t, n in series if since <= t <= latest_time}
     points[latest_time] = float(latest)
     if len(points) < rule.min_points:
@@ -486,12 +516,11 @@ def _trend_finding(
         severity = Severity.INFO
     else:
         return None
-    return Finding(
+    return _finding(
+        host,
+        row,
         severity,
         Check.MAP_COUNT_TREND,
-        host.host_id,
-        item.process.pid,
-        item.process.name,
         latest,
         slope,
         limit,
@@ -499,9 +528,6 @@ def _trend_finding(
         f"vm.max_map_count {limit:,} in {human_duration(seconds)}; find the growing class "
         "with `vmatlas diff` before then",
         forecast_seconds=seconds,
-        pointer_bits=item.process.pointer_bits,
-        container_id=item.process.container_id,
-        pod_uid=item.process.pod_uid,
     )
 
 
@@ -555,25 +581,24 @@ def _host_findings(hosts: Sequence[Host], policy: Policy) -> list[Finding]:
 
 
 def _applications(
-    hosts: Mapping[str, Host], processes: Mapping[str, Sequence[AuditedProcess]]
+    hosts: Mapping[str, Host], processes: Mapping[str, Sequence[AuditRow]]
 ) -> tuple[Application, ...]:
     # One pass, a running tally per executable: [instances, hosts, sum, min, max, peak
     # host id, peak pid, last host id]. The peak is the first instance with the largest
     # (map count, host id). A host's processes come together, so an instance on another
     # host than the last one is on a new host.
     tally: dict[str, list[Any]] = {}
-    for host_id, items in processes.items():
+    for host_id, rows in processes.items():
         if host_id not in hosts:
             continue
-        for item in items:
-            process = item.process
-            if process.address_space_empty:
+        for row in rows:
+            if row[_ADDRESS_SPACE_EMPTY]:
                 continue
-            count = item.summary.map_count
-            exe = _application_name(process)
+            count = row[_MAP_COUNT]
+            exe = _application_name(row)
             entry = tally.get(exe)
             if entry is None:
-                tally[exe] = [1, 1, count, count, count, host_id, process.pid, host_id]
+                tally[exe] = [1, 1, count, count, count, host_id, row[_PID], host_id]
                 continue
             entry[0] += 1
             if host_id != entry[7]:
@@ -583,7 +608,7 @@ def _applications(
             if count < entry[3]:
                 entry[3] = count
             if count > entry[4] or (count == entry[4] and host_id > entry[5]):
-                entry[4], entry[5], entry[6] = count, host_id, process.pid
+                entry[4], entry[5], entry[6] = count, host_id, row[_PID]
     apps = [
         Application(
             executable=exe,
@@ -612,7 +637,7 @@ def _applications(
 
 def _recommendations(
     hosts: Sequence[Host],
-    processes: Mapping[str, Sequence[AuditedProcess]],
+    processes: Mapping[str, Sequence[AuditRow]],
     by_host: Mapping[str, Mapping[int, Series]],
     policy: Policy,
 ) -> tuple[Recommendation, ...]:
@@ -625,15 +650,10 @@ def _recommendations(
     for name, members in sorted(groups.items()):
         peak, peak_process, peak_host = 0, "", ""
         for h in members:
-            history = by_host.get(h.host_id)
-            for item in processes.get(h.host_id, ()):
-                highest = item.summary.map_count
-                if history:
-                    series = history.get(item.process.pid)
-                    if series:
-                        highest = max(highest, *(n for _, n in series))
-                if highest > peak:
-                    peak, peak_process, peak_host = highest, item.process.name, h.host_id
+            # The host's first process with the highest count, then the group's.
+            highest, process = _peak(processes.get(h.host_id, ()), by_host.get(h.host_id))
+            if highest > peak:
+                peak, peak_process, peak_host = highest, process, h.host_id
         wanted = peak * rule.headroom_factor
         rounded = math.ceil(wanted / rule.round_to) * rule.round_to
         recommended = max(rule.minimum, rounded)
@@ -658,6 +678,25 @@ def _recommendations(
             )
         )
     return tuple(out)
+
+
+def _peak(rows: Sequence[AuditRow], history: Mapping[int, Series] | None) -> tuple[int, str]:
+    """The highest map count of a host's processes, its latest or any in its
+    ``history``, and the name of the first process that reached it; (0, "") for none."""
+    if not rows:
+        return 0, ""
+    if not history:
+        row = max(rows, key=_map_count_of)  # the first of the highest
+        return row[_MAP_COUNT], row[_NAME]
+    peak, name = 0, ""
+    for row in rows:
+        highest = row[_MAP_COUNT]
+        series = history.get(row[_PID])
+        if series:
+            highest = max(highest, *(n for _, n in series))
+        if highest > peak:
+            peak, name = highest, row[_NAME]
+    return peak, name
 
 
 # -- documents ----------------------------------------------------------------------------

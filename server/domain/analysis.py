@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass
 
 from vmatlas import errors
-from vmatlas.audit import AuditReport, audit
+from vmatlas.audit import AuditReport, audit_rows
 from vmatlas.diff import Diff, DiffMode, diff
 from vmatlas.model import Host, Snapshot
 from vmatlas.policy import DEFAULT_POLICY, Policy
@@ -101,4 +101,4 @@ class Analysis:
         )
         # Keyed as the audit looks it up (the store gives current processes only).
         history = {(host_id, pid): points for (host_id, pid, _), points in series.items()}
-        return audit(hosts, processes, history, policy=policy, now=now)
+        return audit_rows(hosts, processes, history, policy=policy, now=now)

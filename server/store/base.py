@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from vmatlas import errors
-from vmatlas.audit import AuditedProcess
+from vmatlas.audit import AuditRow
 from vmatlas.fleet import FleetProcess, History, HostStatus
 from vmatlas.model import Host, ProcessOrder, ProcessSummary, Snapshot
 
@@ -185,10 +185,11 @@ class Store(Protocol):
         """The latest summary of every current process of every host, sorted by host
         id and pid."""
 
-    def audit_processes(self) -> dict[str, list[AuditedProcess]]:
+    def audit_processes(self) -> dict[str, list[AuditRow]]:
         """What :meth:`latest_summaries_all_hosts` holds, by host id (sorted), each
-        host's in pid order, as light read-only rows with what an audit reads of a
-        process and its summary: read as columns, not decoded from the stored facts."""
+        host's in pid order, as the rows an audit reads
+        (:data:`vmatlas.audit.AUDIT_ROW_FIELDS`): read as columns, not decoded from
+        the stored facts."""
 
     def prune(self, older_than: float) -> int:
         """Delete history (summaries, snapshots, unreferenced region tables) captured

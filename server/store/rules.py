@@ -21,14 +21,13 @@ import itertools
 import json
 import time
 import zlib
-from collections import namedtuple
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, replace
 from operator import attrgetter, itemgetter
 from typing import Any, Protocol
 
 from vmatlas import errors, wire
-from vmatlas.audit import AuditedProcess
+from vmatlas.audit import AUDIT_ROW_FIELDS, AuditRow
 from vmatlas.fleet import FleetProcess, History, HostStatus, StoredSnapshotInfo
 from vmatlas.model import (
     Host,
@@ -100,34 +99,6 @@ PROCESS_FACT_COLUMNS: tuple[tuple[str, str], ...] = (
 )
 PROCESS_FACT_NAMES = tuple(name for name, _ in PROCESS_FACT_COLUMNS)
 process_fact_values: Callable[[Process], tuple[Any, ...]] = attrgetter(*PROCESS_FACT_NAMES)
-# What an audit reads of a process, and what a light read of the current set gives.
-LIGHT_PROCESS_FIELDS = ("pid", "name", "start_time", *PROCESS_FACT_NAMES)
-
-
-# Made from the two lists, so untyped to the type checker (whose users see an
-# AuditedProcess).
-_untyped_namedtuple: Any = namedtuple
-_LightRow: Any = _untyped_namedtuple(
-    "_LightRow", ("host_id", *LIGHT_PROCESS_FIELDS, "capture_time", *SUMMARY_COLUMNS)
-)
-
-
-class LightProcessSummary(_LightRow):  # type: ignore[misc]
-    """One current process's latest summary as one flat row of the light read, which
-    is its process and its summary at once (:class:`vmatlas.audit.AuditedProcess`): a
-    fleet's audit reads 200,000 of these, made from the rows as they come instead of
-    three frozen model objects each."""
-
-    __slots__ = ()
-    capture_time: float  # a field; named for the type checker
-
-    @property
-    def process(self) -> Any:
-        return self
-
-    @property
-    def summary(self) -> Any:
-        return self
 
 
 def summary_from(row: Sequence[Any], first: int) -> Summary:
@@ -228,7 +199,15 @@ class Statements:
         p, text = d.param, d.json_text
         summary = ", ".join(f"s.{c}" for c in SUMMARY_COLUMNS)
         latest = ", ".join(f"{d.latest}.{c}" for c in SUMMARY_COLUMNS)
-        light = ", ".join(f"p.{name}" for name in LIGHT_PROCESS_FIELDS)
+        # The row an audit reads (vmatlas.audit.AUDIT_ROW_FIELDS), from columns only.
+        light = ", ".join(
+            d.latest_time
+            if name == "capture_time"
+            else f"{d.latest}.{name}"
+            if name in SUMMARY_COLUMNS
+            else f"p.{name}"
+            for name in AUDIT_ROW_FIELDS
+        )
         self.order_by = {
             ProcessOrder.REGIONS: f"{d.latest}.map_count DESC, p.host_id, p.pid",
             ProcessOrder.HEADROOM: f"{d.latest}.headroom_fraction ASC, p.host_id, p.pid",
@@ -237,9 +216,7 @@ class Statements:
         self.current_select = (
             f"SELECT p.host_id, p.facts{text}, {d.latest_time}, {latest} {d.current_from}"
         )
-        self.current_light_select = (
-            f"SELECT p.host_id, {light}, {d.latest_time}, {latest} {d.current_from}"
-        )
+        self.current_light_select = f"SELECT {light} {d.current_from}"
         self.push_sequence = f"""
             SELECT instance_id, sequence, instance_dropped_push_count, dropped_push_count
             FROM push_sequences WHERE host_id = {p}"""
@@ -475,7 +452,7 @@ class Backend(Protocol):
     def current_rows(self, where: ProcessFilter, *, light: bool = False) -> list[tuple[Any, ...]]:
         """``(host_id, process facts, capture_time, *summary values)`` of the current
         set, filtered by ``where`` (host id, substring of the name, order, limits);
-        ``light``: ``(host_id, *LIGHT_PROCESS_FIELDS, capture_time, *summary values)``."""
+        ``light``: rows of :data:`vmatlas.audit.AUDIT_ROW_FIELDS`."""
 
     # The statements of this backend's dialect, and a read of one: ``params`` a tuple
     # for positional placeholders, a dict for named ones. The rows of
@@ -647,11 +624,11 @@ class RuleStore:
         rows = self.backend.current_rows(ProcessFilter(order=ProcessOrder.PID))
         return [self._fleet_process(row) for row in rows]
 
-    def audit_processes(self) -> dict[str, list[AuditedProcess]]:
+    def audit_processes(self) -> dict[str, list[AuditRow]]:
+        # The rows as the driver made them: an audit reads each field once or twice.
         rows = self.backend.current_rows(ProcessFilter(order=ProcessOrder.PID), light=True)
-        make = LightProcessSummary._make
         return {
-            host_id: [make(row) for row in host_rows]
+            host_id: list(host_rows)
             for host_id, host_rows in itertools.groupby(rows, key=itemgetter(0))
         }
 

@@ -14,6 +14,7 @@ import pytest
 from tests.store.conftest import make_host, make_item, make_process
 from vmatlas import errors, wire
 from vmatlas.agents.linux import LinuxReader
+from vmatlas.audit import AUDIT_ROW_FIELDS
 from vmatlas.grpcutil import status_of
 from vmatlas.model import ProcessOrder, Summary
 from vmatlas.server.store import (
@@ -415,33 +416,23 @@ def test_audit_processes_are_the_latest_summaries_by_host_as_columns(store: Stor
     light = store.audit_processes()
     assert list(light) == ["h1", "h2"]
     full = store.latest_summaries_all_hosts()
-    assert [(h, row.process.pid) for h, rows in light.items() for row in rows] == [
+    pid = AUDIT_ROW_FIELDS.index("pid")
+    assert [(h, row[pid]) for h, rows in light.items() for row in rows] == [
         (p.host_id, p.item.process.pid) for p in full
     ]
     for row, expected in zip([r for rows in light.values() for r in rows], full, strict=True):
-        process = expected.item.process
-        assert (
-            row.process.pid,
-            row.process.name,
-            row.process.executable,
-            row.process.start_time,
-            row.process.pointer_bits,
-            bool(row.process.address_space_empty),
-            row.process.container_id,
-            row.process.pod_uid,
-        ) == (
-            process.pid,
-            process.name,
-            process.executable,
-            process.start_time,
-            process.pointer_bits,
-            process.address_space_empty,
-            process.container_id,
-            process.pod_uid,
-        )
-        assert row.capture_time == expected.item.capture_time
-        for name in Summary.__dataclass_fields__:
-            assert getattr(row.summary, name) == getattr(expected.item.summary, name)
+        fields = dict(zip(AUDIT_ROW_FIELDS, row, strict=True))
+        item = expected.item
+        for name in AUDIT_ROW_FIELDS:
+            if name == "host_id":
+                assert fields[name] == expected.host_id
+            elif name == "capture_time":
+                assert fields[name] == item.capture_time
+            elif name in Summary.__dataclass_fields__:
+                assert fields[name] == getattr(item.summary, name), name
+            else:
+                # SQLite gives a boolean as 0 or 1.
+                assert fields[name] == getattr(item.process, name), name
 
 
 # -- retention and integrity ---------------------------------------------------------------------

@@ -15,6 +15,7 @@ import pytest
 
 from tests.store.conftest import make_host, make_item, make_process
 from vmatlas import errors
+from vmatlas.audit import AUDIT_ROW_FIELDS
 from vmatlas.server.store import ProcessFilter, PushOrigin, open_store
 from vmatlas.server.store.migrations import LATEST_VERSION, MIGRATIONS
 from vmatlas.server.store.postgres import PostgresStore, migrate
@@ -126,14 +127,15 @@ def test_each_migration_keeps_the_data_of_the_version_before(
         assert (listed.item.process.pid, listed.item.capture_time) == (42, 100.25)
         assert listed.item.summary.map_count == 8
         # What an audit reads of the process: the same facts, read as columns.
-        [light] = store.audit_processes()["h1"]
+        [row] = store.audit_processes()["h1"]
+        light = dict(zip(AUDIT_ROW_FIELDS, row, strict=True))
         process = listed.item.process
         assert (
-            light.process.executable,
-            light.process.pointer_bits,
-            bool(light.process.address_space_empty),
-            light.process.container_id,
-            light.process.pod_uid,
+            light["executable"],
+            light["pointer_bits"],
+            light["address_space_empty"],
+            light["container_id"],
+            light["pod_uid"],
         ) == (
             process.executable,
             process.pointer_bits,

@@ -17,6 +17,7 @@ import pytest
 from tests.store.conftest import make_host, make_item, make_process
 from vmatlas import errors, wire
 from vmatlas.agents.linux import LinuxReader
+from vmatlas.audit import AUDIT_ROW_FIELDS
 from vmatlas.fleet import HostStatus
 from vmatlas.server.store import ProcessFilter, SnapshotRecord, parse_duration
 from vmatlas.server.store.rules import PROCESS_FACT_NAMES
@@ -124,15 +125,9 @@ def test_a_file_of_an_earlier_version_is_upgraded_with_its_data(
     store = SQLiteStore(tmp_path)
     assert [p.item.process.pid for p in store.processes(ProcessFilter())] == [1, 2]
     # The facts an audit reads came into their columns from the stored facts.
+    names = ("pid", "executable", "pointer_bits", "address_space_empty", "container_id", "pod_uid")
     light = [
-        (
-            row.process.pid,
-            row.process.executable,
-            row.process.pointer_bits,
-            bool(row.process.address_space_empty),
-            row.process.container_id,
-            row.process.pod_uid,
-        )
+        tuple(row[AUDIT_ROW_FIELDS.index(name)] for name in names)
         for row in store.audit_processes()["host-a"]
     ]
     assert light == [
