@@ -9,6 +9,7 @@ work), safe from any thread at once; never call them on an event loop (from asyn
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from vmatlas import errors
@@ -90,15 +91,24 @@ class Analysis:
     def audit(self, policy: Policy = DEFAULT_POLICY, *, now: float | None = None) -> AuditReport:
         """The findings over every host's latest data and its history under ``policy``."""
         now = time.time() if now is None else now
-        hosts: list[Host] = [status.host for status in self.store.hosts()]
-        processes = self.store.audit_processes()
-        # The trend points in the window in one read, then each process's own (a
-        # reused pid is another process: its start time tells them apart). Only the
-        # series that leave their latest value come: the rest have no trend, and no
-        # peak above that value.
-        series = self.store.trend_series(
-            now - policy.trend.window_seconds, now, TREND_MIN_MAP_COUNT
-        )
+        # The reads are independent: they run at once, the trend's and the hosts' in
+        # threads of their own (a database serves each on a connection of its own, and
+        # a driver waiting on one lets the others' rows be made meanwhile).
+        with ThreadPoolExecutor(max_workers=2, thread_name_prefix="audit-read") as reads:
+            # The trend points in the window in one read, then each process's own (a
+            # reused pid is another process: its start time tells them apart). Only the
+            # series that leave their latest value come: the rest have no trend, and no
+            # peak above that value.
+            trend = reads.submit(
+                self.store.trend_series,
+                now - policy.trend.window_seconds,
+                now,
+                TREND_MIN_MAP_COUNT,
+            )
+            statuses = reads.submit(self.store.hosts)
+            processes = self.store.audit_processes()
+            series = trend.result()
+            hosts: list[Host] = [status.host for status in statuses.result()]
         # Keyed as the audit looks it up (the store gives current processes only).
         history = {(host_id, pid): points for (host_id, pid, _), points in series.items()}
         return audit_rows(hosts, processes, history, policy=policy, now=now)
