@@ -188,7 +188,8 @@ def fill(store: Store, hosts: int) -> None:
 
 def audit_reads(store: Store) -> tuple[float, float, int]:
     """(seconds reading, seconds in all with the audit, processes): the store's reads
-    an audit makes, then the audit as the server runs it (domain Analysis.audit)."""
+    an audit makes, one after another, then the audit as the server runs it (domain
+    Analysis.audit, whose reads run at once)."""
     began = time.perf_counter()
     now = time.time()
     store.hosts()
