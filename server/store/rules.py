@@ -508,8 +508,11 @@ class RuleStore:
             tx.set_offline(host_id)
 
     def mark_stale_offline(self, seen_before: float, now: float) -> list[str]:
-        held = {host_id for host_id, owner in self.host_owners().items() if owner.live(now)}
         unseen = self.backend.read(self.backend.sql.unseen_hosts, (seen_before,))
+        if not unseen:
+            # The usual case, every period: the leases (one row per host) go unread.
+            return []
+        held = {host_id for host_id, owner in self.host_owners().items() if owner.live(now)}
         candidates = [host_id for (host_id,) in unseen if host_id not in held]
         marked = []
         for host_id in candidates:
