@@ -1,13 +1,15 @@
 """The agent's side of the server stream: ``vmatlas agent --server HOST:PORT[,...]``.
 
 One long-lived ``AgentHubService.Connect`` stream per agent, to one server of those it
-was given. Over it the agent registers, sends heartbeats, pushes every process's
+was given. Over it the agent registers, sends heartbeats as often as the server says
+(at registration, and again in each heartbeat's answer), pushes every process's
 summary each ``interval`` (and at once for processes whose map count jumped by
 ``jump_regions`` since their last push), and answers the server's snapshot commands.
 
 Several servers (replicas on one store) may be given, and a name may resolve to
-several addresses (A and AAAA records, all of them tried). When the stream breaks, or
-the server stays silent for three heartbeat intervals, the agent moves on to the next
+several addresses (A and AAAA records, all of them tried). When the stream breaks (a
+connection that stops answering the transport's keepalive pings breaks it too), or the
+server stays silent for three heartbeat intervals, the agent moves on to the next
 address, round after round (names are resolved again each round), waiting before each
 attempt a delay drawn at random below an exponentially growing cap (full jitter): the
 agents of a replica that restarts spread their returns over the other replicas and over
@@ -42,7 +44,7 @@ from vmatlas import __version__, defaults, errors, wire
 from vmatlas.addresses import resolve_address
 from vmatlas.agents.base import Reader
 from vmatlas.agents.service import AgentServicer
-from vmatlas.grpcutil import channel_options, error_from_rpc
+from vmatlas.grpcutil import agent_channel_options, error_from_rpc
 from vmatlas.model import Host, ProcessSummary, Snapshot
 from vmatlas.v1 import hub_pb2, hub_pb2_grpc
 
@@ -90,7 +92,9 @@ class Uplink:
     ``host_id`` overrides the reader's host id (several uplinks may share a reader).
     ``poll_seconds`` is how often map counts are re-read between pushes to catch
     jumps; 0 means a sixth of the interval, at most 10 s. ``buffer_pushes`` bounds the
-    pushes kept until the server acknowledges them.
+    pushes kept until the server acknowledges them. The stream's connection is pinged
+    after ``keepalive_seconds`` of quiet and dropped when no answer came within
+    ``keepalive_timeout_seconds`` (gRPC's transport keepalive).
     """
 
     def __init__(
@@ -109,6 +113,8 @@ class Uplink:
         credentials: grpc.ChannelCredentials | None = None,
         resolve: Callable[[str], list[str]] = resolve_address,
         rng: random.Random | None = None,
+        keepalive_seconds: float = defaults.AGENT_KEEPALIVE_SECONDS,
+        keepalive_timeout_seconds: float = defaults.AGENT_KEEPALIVE_TIMEOUT_SECONDS,
     ):
         if buffer_pushes < 1:
             raise errors.InvalidArgument("the push buffer must hold at least one push")
@@ -129,10 +135,14 @@ class Uplink:
         self.backoff_max_seconds = backoff_max_seconds
         self.buffer_pushes = buffer_pushes
         self.credentials = credentials
+        self.keepalive_seconds = keepalive_seconds
+        self.keepalive_timeout_seconds = keepalive_timeout_seconds
         self.instance_id = uuid.uuid4().hex
         # Set while registered on a stream; registrations counts them.
         self.connected = threading.Event()
         self.registrations = 0
+        # The heartbeat interval the server last told this agent.
+        self.heartbeat_seconds = 0.0
         # Pushes made (their sequence numbers run 1..pushes), dropped from a full
         # buffer, and acknowledged (the highest sequence the server has stored).
         self.pushes = 0
@@ -287,10 +297,9 @@ class Uplink:
                     return
                 yield message
 
-        # A channel of its own each time: gRPC's process-wide subchannel pool would
-        # hand a new stream the old connection, still in gRPC's own reconnect backoff
-        # (up to two minutes) after a long outage; this class does the backing off.
-        options = [*channel_options(), ("grpc.use_local_subchannel_pool", 1)]
+        # A channel of its own each time (this class does the backing off), with
+        # keepalive: a server whose network went silent fails the stream.
+        options = agent_channel_options(self.keepalive_seconds, self.keepalive_timeout_seconds)
         if endpoint.authority != endpoint.address:
             # Dialled by one of its name's addresses: TLS checks the name.
             options.append(("grpc.default_authority", endpoint.authority))
@@ -315,16 +324,27 @@ class Uplink:
                     registered = True
                     self.registrations += 1
                     self.connected.set()
-                    log.info("registered with %s", self.target)
-                    heartbeat = message.registered.heartbeat_interval_seconds or 10.0
+                    self.heartbeat_seconds = (
+                        message.registered.heartbeat_interval_seconds or defaults.HEARTBEAT_SECONDS
+                    )
+                    log.info(
+                        "registered with %s (heartbeat every %g s)",
+                        self.target,
+                        self.heartbeat_seconds,
+                    )
                     threading.Thread(
                         target=self._heartbeats,
-                        args=(call, outbox, ended, heartbeat, last_heard),
+                        args=(call, outbox, ended, last_heard),
                         daemon=True,
                     ).start()
                     threading.Thread(
                         target=self._send_buffered, args=(outbox, ended), daemon=True
                     ).start()
+                elif kind == "heartbeat_ack":
+                    told = message.heartbeat_ack.heartbeat_interval_seconds
+                    if told and told != self.heartbeat_seconds:
+                        log.info("heartbeat every %g s from now on", told)
+                        self.heartbeat_seconds = told
                 elif kind == "summaries_ack":
                     ack = message.summaries_ack
                     if ack.refused_code:
@@ -358,11 +378,11 @@ class Uplink:
         call: grpc.Future,
         outbox: Outbox,
         ended: threading.Event,
-        heartbeat: float,
         last_heard: list[float],
     ) -> None:
-        while not ended.wait(heartbeat):
-            if time.monotonic() - last_heard[0] > SILENT_HEARTBEATS * heartbeat:
+        # The interval is read afresh each time: an answer may have changed it.
+        while not ended.wait(self.heartbeat_seconds):
+            if time.monotonic() - last_heard[0] > SILENT_HEARTBEATS * self.heartbeat_seconds:
                 log.warning("server %s fell silent; reconnecting", self.target)
                 call.cancel()
                 return

@@ -32,7 +32,12 @@ from vmatlas.security.auth import AsyncAuthInterceptor, AuthInterceptor
 from vmatlas.security.policy import SERVER_POLICY
 from vmatlas.server.domain.analysis import Analysis
 from vmatlas.server.domain.fleet import DEFAULT_AGENT_TIMEOUT_SECONDS, FleetQueries
-from vmatlas.server.domain.hub import DEFAULT_HEARTBEAT_SECONDS, Hub, Replica
+from vmatlas.server.domain.hub import (
+    DEFAULT_HEARTBEAT_BUDGET,
+    DEFAULT_HEARTBEAT_SECONDS,
+    Hub,
+    Replica,
+)
 from vmatlas.server.domain.jobs import JobScheduler, SingletonJobs, server_jobs
 from vmatlas.server.rpc.analysis import SERVICE_NAME as ANALYSIS_SERVICE
 from vmatlas.server.rpc.analysis import AnalysisServicer
@@ -76,8 +81,11 @@ class ServerConfig:
     store_url: str = ""
     # History older than this is pruned; 0 keeps everything.
     retain_seconds: float = DEFAULT_RETAIN_SECONDS
+    # The shortest heartbeat interval agents are told; longer when this server holds
+    # more agents than heartbeat_budget heartbeats a second allow (0: no limit).
     heartbeat_seconds: float = DEFAULT_HEARTBEAT_SECONDS
-    # 0 means three heartbeat intervals.
+    heartbeat_budget: float = DEFAULT_HEARTBEAT_BUDGET
+    # 0 means six heartbeat intervals (the shortest, --heartbeat).
     offline_after_seconds: float = 0.0
     agent_timeout_seconds: float = DEFAULT_AGENT_TIMEOUT_SECONDS
     max_agents: int = DEFAULT_MAX_AGENTS
@@ -123,6 +131,14 @@ def advertised_address(advertise: str, listen: str, port: int) -> str:
     """:func:`advertised_parts` as HOST:PORT for a server bound to ``port``."""
     host, wanted = advertised_parts(advertise, listen)
     return join_address(host, wanted or port)
+
+
+def keepalive_for(offline_after_seconds: float) -> tuple[float, float]:
+    """The server's transport keepalive (ping after, wait for the answer) that finds an
+    agent whose connection went silent (network gone, machine off) within the offline
+    window: its stream is cancelled, and its host recorded offline, at once. gRPC's C
+    core does the pinging, whatever the heartbeat interval agents were told."""
+    return offline_after_seconds * 2 / 3, offline_after_seconds / 3
 
 
 class FleetServer:
@@ -229,6 +245,7 @@ class FleetServer:
             self.store,
             self.executor,
             heartbeat_seconds=config.heartbeat_seconds,
+            heartbeat_budget=config.heartbeat_budget,
             offline_after_seconds=config.offline_after_seconds,
             max_agents=config.max_agents,
             telemetry=self.telemetry,
@@ -274,6 +291,7 @@ class FleetServer:
                 ],
                 credentials=config.credentials,
                 sync_workers=SYNC_WORKERS,
+                keepalive=keepalive_for(self.hub.offline_after_seconds),
             )
         except BaseException:
             await self.hub.stop()

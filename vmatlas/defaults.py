@@ -16,6 +16,16 @@ HTTP_LISTEN = "127.0.0.1:50580"
 # How long a stopping server or agent lets calls in flight finish.
 GRACE_SECONDS = 10.0
 HEARTBEAT_SECONDS = 10.0
+# Heartbeats a second one server answers at most from all its agents together: past
+# HEARTBEAT_BUDGET * HEARTBEAT_SECONDS agents it tells them a longer interval.
+HEARTBEAT_BUDGET = 50.0
+# An agent's transport keepalive: an HTTP/2 ping on its stream's connection after this
+# much quiet, answered by gRPC itself (no Python on either side), and how long it waits
+# for the answer before it drops the connection and reconnects.
+# Longer than a default server's own pings (after 40 s), so that while the server is
+# there its pings keep the agent's from being sent: one ping per agent, not two.
+AGENT_KEEPALIVE_SECONDS = 60.0
+AGENT_KEEPALIVE_TIMEOUT_SECONDS = 20.0
 # Agent streams one server holds at once (an idle one costs a queue, not a thread).
 MAX_AGENTS = 20_000
 

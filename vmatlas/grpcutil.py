@@ -180,6 +180,59 @@ def channel_options() -> list[tuple[str, Any]]:
     ]
 
 
+# The most often a server lets a peer ping it while it sends nothing back; a peer
+# pinging more often is sent away (GOAWAY "too_many_pings"). Below every agent's
+# keepalive, and few enough pings that a misbehaving peer costs little.
+MIN_PEER_PING_SECONDS = 1.0
+
+
+def _ms(seconds: float) -> int:
+    return max(1, round(seconds * 1000))
+
+
+def keepalive_options(seconds: float, timeout_seconds: float) -> list[tuple[str, Any]]:
+    """Transport keepalive for a channel or a server: an HTTP/2 ping after ``seconds``
+    of quiet, and the connection dropped (its calls failing, or cancelled on a server)
+    when no answer came within ``timeout_seconds``. gRPC's C core sends and answers
+    these pings, so a peer whose network silently died is found without a message of
+    ours, and an idle stream costs no Python to watch. Pings go on however long the
+    stream stays silent (by default gRPC stops after two without data). The wait is
+    also the pings' own timeout: gRPC's core (1.85) ends a connection whose keepalive
+    ping went unanswered only once that one (a minute by default) runs out."""
+    return [
+        ("grpc.keepalive_time_ms", _ms(seconds)),
+        ("grpc.keepalive_timeout_ms", _ms(timeout_seconds)),
+        ("grpc.http2.ping_timeout_ms", _ms(timeout_seconds)),
+        ("grpc.http2.max_pings_without_data", 0),
+    ]
+
+
+def agent_channel_options(
+    keepalive_seconds: float = defaults.AGENT_KEEPALIVE_SECONDS,
+    keepalive_timeout_seconds: float = defaults.AGENT_KEEPALIVE_TIMEOUT_SECONDS,
+) -> list[tuple[str, Any]]:
+    """An agent's channel to its server: a connection of its own (gRPC's process-wide
+    subchannel pool would hand a new stream the old connection, still in gRPC's own
+    reconnect backoff, up to two minutes after a long outage), with keepalive, so the
+    agent finds a server gone silent and moves on."""
+    return [
+        *channel_options(),
+        ("grpc.use_local_subchannel_pool", 1),
+        *keepalive_options(keepalive_seconds, keepalive_timeout_seconds),
+    ]
+
+
+def _server_options(keepalive: tuple[float, float] | None) -> list[tuple[str, Any]]:
+    options = [*channel_options(), ("grpc.so_reuseport", 0)]
+    if keepalive is not None:
+        options += keepalive_options(*keepalive)
+    # Peers' keepalive pings are welcome (down to MIN_PEER_PING_SECONDS apart) on a
+    # stream that carries nothing for minutes; gRPC's default refuses more than one
+    # ping in five minutes without data and then drops the connection.
+    options.append(("grpc.http2.min_ping_interval_without_data_ms", _ms(MIN_PEER_PING_SECONDS)))
+    return options
+
+
 def build_server(
     *,
     services: Iterable[tuple[Callable[[Any, grpc.Server], None], Any, str]],
@@ -195,7 +248,7 @@ def build_server(
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="vmatlas-rpc"),
         interceptors=list(interceptors),
-        options=[*channel_options(), ("grpc.so_reuseport", 0)],
+        options=_server_options(None),
     )
     names = [reflection.SERVICE_NAME, health.SERVICE_NAME]
     health_servicer = health.HealthServicer()
@@ -233,18 +286,21 @@ async def build_aio_server(
     interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
     credentials: grpc.ServerCredentials | None = None,
     sync_workers: int = 16,
+    keepalive: tuple[float, float] | None = None,
 ) -> tuple[grpc.aio.Server, int, health_aio.HealthServicer]:
     """:func:`build_server` on ``grpc.aio``: one event loop serves every call, so an
     idle stream costs no thread. Await it on the loop that will run the server.
     Servicers whose methods are plain functions (not coroutines) still work: they run
-    on a pool of ``sync_workers`` threads. Returns the unstarted server, the bound
-    port and the (asyncio) health servicer, every service already SERVING."""
+    on a pool of ``sync_workers`` threads. ``keepalive`` is ``(seconds,
+    timeout_seconds)`` for :func:`keepalive_options`: the server pings its peers, and
+    a call whose connection stops answering is cancelled. Returns the unstarted server,
+    the bound port and the (asyncio) health servicer, every service already SERVING."""
     server = grpc.aio.server(
         migration_thread_pool=futures.ThreadPoolExecutor(
             max_workers=sync_workers, thread_name_prefix="vmatlas-rpc"
         ),
         interceptors=list(interceptors),
-        options=[*channel_options(), ("grpc.so_reuseport", 0)],
+        options=_server_options(keepalive),
     )
     names = [reflection.SERVICE_NAME, health.SERVICE_NAME]
     health_servicer = health_aio.HealthServicer()

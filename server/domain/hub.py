@@ -3,11 +3,22 @@
 A session is an outbox of :data:`AgentMessage` for its agent and the snapshot requests
 waiting for its answers. The hub holds one session per host id (a second live agent
 claiming it is refused), records hosts online and offline in the store, and drops
-sessions whose agent fell silent for longer than the offline window.
+sessions whose agent fell silent for longer than its offline window.
+
+Heartbeats: the hub tells each agent its heartbeat interval at registration and again
+in every heartbeat's answer: ``heartbeat_seconds``, or longer when the agents held here
+would together send more than ``heartbeat_budget`` heartbeats a second (so that an
+idle fleet costs a replica the same whatever its size). An agent counts as silent
+after ``MISSED_HEARTBEATS`` of the longest interval it was told, and never sooner than
+``offline_after_seconds``. A connection that stops answering at all is found sooner,
+below the hub: the server's transport keepalive cancels its stream.
 
 Ownership, for several replicas on one store: the hub is one :class:`Replica`. When an
 agent's stream opens it claims the host in the store (a lease with an epoch, see
-:meth:`Store.claim_host`) and renews the lease with the agent's heartbeats. A claim of
+:meth:`Store.claim_host`); the hub renews the leases of every host it holds in one
+store write each heartbeat interval, whatever its agents send, each for
+``MISSED_HEARTBEATS`` intervals (so the rows written a second stay within the
+heartbeat budget too). A claim of
 the same agent instance through another replica takes the host over with a higher
 epoch, and that replica tells this one at once (:class:`Fencer`, the replica link):
 this hub checks the host's lease in the store and ends the stale stream with
@@ -38,6 +49,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import math
 import os
 import socket
 import time
@@ -56,8 +68,13 @@ from vmatlas.validate import validate_summaries
 log = logging.getLogger(__name__)
 
 DEFAULT_HEARTBEAT_SECONDS = defaults.HEARTBEAT_SECONDS
+DEFAULT_HEARTBEAT_BUDGET = defaults.HEARTBEAT_BUDGET
 # Missed heartbeats before a silent agent counts as gone.
 MISSED_HEARTBEATS = 3
+# The offline window when none is given, in --heartbeat intervals: the server's
+# keepalive pings every connection after two thirds of it, and pings cost the C core
+# some 70 us each, so a short window costs an idle fleet more than its heartbeats do.
+OFFLINE_HEARTBEATS = 6
 # Snapshot requests that may wait on one agent at once.
 MAX_WAITING_SNAPSHOTS = 8
 
@@ -106,7 +123,10 @@ class SnapshotCommand:
 
 @dataclass(frozen=True, slots=True)
 class HeartbeatAck:
+    """A heartbeat answered, with the interval the agent is to keep from now on."""
+
     server_time: float
+    heartbeat_seconds: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,7 +180,8 @@ class AgentSession:
         self.host_id = host.host_id
         self.instance_id = instance_id
         self.last_heard = time.monotonic()
-        self.last_recorded = 0.0
+        # The longest heartbeat interval the agent was told: it may still be keeping it.
+        self.heartbeat_seconds = 0.0
         # The agent's running total of pushes dropped, as last reported.
         self.dropped_push_count = 0
         self.closed = False
@@ -188,6 +209,12 @@ class AgentSession:
 
     def heard(self) -> None:
         self.last_heard = time.monotonic()
+
+    def told(self, heartbeat_seconds: float) -> None:
+        """The agent is told to send heartbeats this often. An agent keeps the interval
+        it registered with when it cannot read a new one (an older agent), so the
+        silence allowed it never shrinks."""
+        self.heartbeat_seconds = max(self.heartbeat_seconds, heartbeat_seconds)
 
     async def request_snapshot(
         self, request: SnapshotRequest, timeout_seconds: float
@@ -250,6 +277,7 @@ class Hub:
         executor: Executor,
         *,
         heartbeat_seconds: float = DEFAULT_HEARTBEAT_SECONDS,
+        heartbeat_budget: float = DEFAULT_HEARTBEAT_BUDGET,
         offline_after_seconds: float = 0.0,
         max_agents: int = 10_000,
         clock: Callable[[], float] = time.time,
@@ -264,9 +292,12 @@ class Hub:
         # Tells the replica a claim takes a host from (None: it learns at renewal).
         self.fencer = fencer
         self.telemetry = telemetry if telemetry is not None else Telemetry()
+        # The shortest heartbeat interval agents are told.
         self.heartbeat_seconds = heartbeat_seconds
-        self.offline_after_seconds = offline_after_seconds or MISSED_HEARTBEATS * heartbeat_seconds
-        # A lease outlives the renewals a few missed heartbeats skip.
+        # Heartbeats a second from all agents together; 0: no limit.
+        self.heartbeat_budget = heartbeat_budget
+        self.offline_after_seconds = offline_after_seconds or OFFLINE_HEARTBEATS * heartbeat_seconds
+        # The shortest lease: it outlives the renewals a few missed intervals skip.
         self.lease_seconds = max(self.offline_after_seconds, MISSED_HEARTBEATS * heartbeat_seconds)
         self.max_agents = max_agents
         self.clock = clock
@@ -332,6 +363,7 @@ class Hub:
         # the session.
         session = AgentSession(host, instance_id)
         self._sessions[host.host_id] = session
+        session.told(self.heartbeat_interval())
         try:
             if (
                 replaced is not None
@@ -340,7 +372,9 @@ class Hub:
             ):
                 # A silent agent's lease would refuse its successor for a while yet.
                 await self.blocking(self.store.release_host, replaced.ownership)
-            previous, claimed = await self.blocking(self._claim_lease, session)
+            previous, claimed = await self.blocking(
+                self._claim_lease, session, self.lease_ttl_seconds()
+            )
             session.ownership = claimed
             await self._record(host.host_id)
         except errors.StoreConflict as exc:
@@ -357,7 +391,6 @@ class Hub:
                 await self.blocking(self.store.release_host, held)
             raise errors.Unavailable("the server is stopping")
         session.registered = True
-        session.last_recorded = session.last_heard
         log.info("host %s online (epoch %d)", host.host_id, claimed.epoch)
         if (
             previous is not None
@@ -371,7 +404,9 @@ class Hub:
             task.add_done_callback(self._notices.discard)
         return session
 
-    def _claim_lease(self, session: AgentSession) -> tuple[HostOwnership | None, HostOwnership]:
+    def _claim_lease(
+        self, session: AgentSession, ttl_seconds: float
+    ) -> tuple[HostOwnership | None, HostOwnership]:
         """The host's ownership record before the claim (None: it had none, or the
         host is new), and the claim's. The first is read only to tell its holder, so
         it may be a moment old: whoever holds the host decides from the store."""
@@ -385,7 +420,7 @@ class Hub:
             address=self.replica.address,
             instance_id=session.instance_id,
             now=self.clock(),
-            ttl_seconds=self.lease_seconds,
+            ttl_seconds=ttl_seconds,
         )
 
     async def _tell_fenced(
@@ -477,6 +512,26 @@ class Hub:
         await self.blocking(self.store.host, host_id)  # NotFound for an unknown host
         raise errors.Unavailable(f"host {host_id!r} is offline")
 
+    def heartbeat_interval(self) -> float:
+        """The heartbeat interval to tell an agent now: ``heartbeat_seconds``, or the
+        least whole multiple of it at which the agents held here send at most
+        ``heartbeat_budget`` heartbeats a second together. Whole multiples: the
+        interval moves only when the number of agents crosses a step, not with every
+        agent that comes or goes."""
+        if not self.heartbeat_budget:
+            return self.heartbeat_seconds
+        agents_per_step = self.heartbeat_budget * self.heartbeat_seconds
+        return self.heartbeat_seconds * max(1, math.ceil(len(self._sessions) / agents_per_step))
+
+    def lease_ttl_seconds(self) -> float:
+        """How long a host lease taken or renewed now lasts: ``MISSED_HEARTBEATS``
+        renewals (one each heartbeat interval), at least ``lease_seconds``."""
+        return max(self.lease_seconds, MISSED_HEARTBEATS * self.heartbeat_interval())
+
+    def offline_window(self, session: AgentSession) -> float:
+        """How long ``session``'s agent may stay silent before it counts as gone."""
+        return max(self.offline_after_seconds, MISSED_HEARTBEATS * session.heartbeat_seconds)
+
     def online(self) -> list[str]:
         """The host ids with a connected agent, sorted. Safe from any thread: the
         copy is one step under the interpreter lock."""
@@ -485,14 +540,15 @@ class Hub:
     # -- what agents send -------------------------------------------------------------
 
     def heard(self, session: AgentSession) -> None:
-        """The agent spoke. The monitor records last-seen times in the store, at most
-        once per heartbeat interval per host (each record is a durable commit), off
-        the path of the agent's messages."""
+        """The agent spoke (nothing is written: the monitor renews every held host's
+        lease and last-seen time in one write per interval)."""
         session.heard()
 
     def heartbeat(self, session: AgentSession) -> None:
-        """Answer a heartbeat."""
-        session.send(HeartbeatAck(self.clock()))
+        """Answer a heartbeat, with the interval the agent is to keep now."""
+        interval = self.heartbeat_interval()
+        session.told(interval)
+        session.send(HeartbeatAck(self.clock(), interval))
 
     async def accept_push(self, session: AgentSession, push: SummaryPush) -> None:
         """Check and store one push, and acknowledge it when sequenced. A bad push is
@@ -564,8 +620,9 @@ class Hub:
         it a no-op, and one committed after undoes it."""
         held = [(session, session.ownership) for session in sessions]
         leases = [lease for _, lease in held if lease is not None]
+        ttl_seconds = self.lease_ttl_seconds()
         results = await self.blocking(
-            lambda: self.store.renew_hosts(leases, now=self.clock(), ttl_seconds=self.lease_seconds)
+            lambda: self.store.renew_hosts(leases, now=self.clock(), ttl_seconds=ttl_seconds)
         )
         renewed = zip(
             [session for session, lease in held if lease is not None], results, strict=True
@@ -593,18 +650,15 @@ class Hub:
             if not entry.wanted:
                 del self._writing[host_id]
 
-    def _record_last_seen(self) -> None:
-        """Renew the lease and record the last-seen time of every host heard from
-        since its last record a heartbeat interval or more ago, all in one write."""
-        due = []
-        for session in self._sessions.values():
-            if (
-                session.last_heard - session.last_recorded >= self.heartbeat_seconds
-                and session.ownership is not None
-                and not session.closed
-            ):
-                session.last_recorded = session.last_heard
-                due.append(session)
+    def _renew_held(self) -> None:
+        """Renew the lease and record the last-seen time of every host held here, all
+        in one write, whether or not its agent spoke lately: a silent agent is dropped
+        by the silence check, a dead connection by the transport's keepalive."""
+        due = [
+            session
+            for session in self._sessions.values()
+            if session.ownership is not None and not session.closed
+        ]
         if due:
             task = self.loop.create_task(self._renew(due))
             self._writes.add(task)
@@ -619,15 +673,20 @@ class Hub:
 
     # -- silence and stopping ---------------------------------------------------------
 
-    def _silent(self, session: AgentSession) -> bool:
-        return time.monotonic() - session.last_heard > self.offline_after_seconds
+    def _silent(self, session: AgentSession, now: float | None = None) -> bool:
+        now = time.monotonic() if now is None else now
+        return now - session.last_heard > self.offline_window(session)
 
     async def _watch(self) -> None:
         period = min(self.heartbeat_seconds, self.offline_after_seconds) / 2
+        next_renewal = time.monotonic() + self.heartbeat_interval()
         while True:
             await asyncio.sleep(period)
-            self._record_last_seen()
-            silent = [s for s in self._sessions.values() if self._silent(s)]
+            now = time.monotonic()
+            if now >= next_renewal:
+                self._renew_held()
+                next_renewal = now + self.heartbeat_interval()
+            silent = [s for s in self._sessions.values() if self._silent(s, now)]
             for session in silent:
                 try:
                     await self.release(session, "missed heartbeats")

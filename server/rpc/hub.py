@@ -49,6 +49,7 @@ def message_to_pb(message: AgentMessage) -> hub_pb2.ConnectResponse:
         )
     elif isinstance(message, HeartbeatAck):
         wire.timestamp_to_pb(message.server_time, out.heartbeat_ack.send_time)
+        out.heartbeat_ack.heartbeat_interval_seconds = message.heartbeat_seconds
     else:
         out.summaries_ack.sequence = message.sequence
         if message.refused is not None:
@@ -110,7 +111,7 @@ class AgentHubServicer(hub_pb2_grpc.AgentHubServiceServicer):
             await context.abort(grpc.StatusCode.INTERNAL, "internal error registering the agent")
             return
         registered = hub_pb2.ConnectResponse()
-        registered.registered.heartbeat_interval_seconds = self.hub.heartbeat_seconds
+        registered.registered.heartbeat_interval_seconds = session.heartbeat_seconds
         wire.timestamp_to_pb(self.hub.clock(), registered.registered.server_time)
         reader: asyncio.Task[None] | None = None
         try:

@@ -51,14 +51,27 @@ def add_server_args(p: argparse.ArgumentParser) -> None:
         type=float,
         default=DEFAULT_HEARTBEAT_SECONDS,
         metavar="SECONDS",
-        help=f"how often agents send heartbeats (default {DEFAULT_HEARTBEAT_SECONDS:.0f})",
+        help="the shortest interval between an agent's heartbeats, which the server tells "
+        f"its agents (default {DEFAULT_HEARTBEAT_SECONDS:.0f}); longer when it holds more "
+        "agents than --heartbeat-budget allows",
+    )
+    p.add_argument(
+        "--heartbeat-budget",
+        type=float,
+        default=defaults.HEARTBEAT_BUDGET,
+        metavar="PER_SECOND",
+        help="heartbeats a second this server answers at most from all its agents together: "
+        "past that many per --heartbeat interval it tells them a longer one; 0: no limit "
+        f"(default {defaults.HEARTBEAT_BUDGET:.0f})",
     )
     p.add_argument(
         "--offline-after",
         type=float,
         default=0.0,
         metavar="SECONDS",
-        help="mark a silent agent's host offline after this (default 3 heartbeats); also "
+        help="mark a host offline when its agent's connection stopped answering for this "
+        "long (the server pings it), or its agent sent nothing for this or three of its "
+        "heartbeat intervals, whichever is longer (default 6 x --heartbeat); also "
         "how long a server's hold on the singleton jobs (retention, offline marking, "
         "partition upkeep) lasts unrenewed, so how soon another server takes them over "
         "from one that died",
@@ -150,6 +163,8 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         )
     if args.heartbeat <= 0 or args.offline_after < 0 or args.agent_timeout <= 0:
         raise errors.InvalidArgument("--heartbeat and --agent-timeout must be positive")
+    if args.heartbeat_budget < 0:
+        raise errors.InvalidArgument("--heartbeat-budget must not be negative")
     if args.grace < 0:
         raise errors.InvalidArgument("--grace must not be negative")
     metrics = load_settings(args.metrics_config) if args.metrics_config else DEFAULT_SETTINGS
@@ -161,6 +176,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         store_url=getattr(args, "store", None) or "",
         retain_seconds=parse_duration(args.retain),
         heartbeat_seconds=args.heartbeat,
+        heartbeat_budget=args.heartbeat_budget,
         offline_after_seconds=args.offline_after,
         agent_timeout_seconds=args.agent_timeout,
         max_agents=args.max_agents,

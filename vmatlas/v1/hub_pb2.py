@@ -27,7 +27,7 @@ from vmatlas.v1 import agent_pb2 as vmatlas_dot_v1_dot_agent__pb2
 from vmatlas.v1 import snapshot_pb2 as vmatlas_dot_v1_dot_snapshot__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14vmatlas/v1/hub.proto\x12\nvmatlas.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x16vmatlas/v1/agent.proto\x1a\x19vmatlas/v1/snapshot.proto\"\xe4\x01\n\x0e\x43onnectRequest\x12\x31\n\x08register\x18\x01 \x01(\x0b\x32\x1d.vmatlas.v1.AgentRegistrationH\x00\x12/\n\theartbeat\x18\x02 \x01(\x0b\x32\x1a.vmatlas.v1.AgentHeartbeatH\x00\x12,\n\tsummaries\x18\x03 \x01(\x0b\x32\x17.vmatlas.v1.SummaryPushH\x00\x12\x35\n\x0fsnapshot_result\x18\x04 \x01(\x0b\x32\x1a.vmatlas.v1.SnapshotResultH\x00\x42\t\n\x07message\"\xf2\x01\n\x0f\x43onnectResponse\x12\x31\n\nregistered\x18\x01 \x01(\x0b\x32\x1b.vmatlas.v1.AgentRegisteredH\x00\x12\x33\n\rheartbeat_ack\x18\x02 \x01(\x0b\x32\x1a.vmatlas.v1.AgentHeartbeatH\x00\x12\x37\n\x10snapshot_command\x18\x03 \x01(\x0b\x32\x1b.vmatlas.v1.SnapshotCommandH\x00\x12\x33\n\rsummaries_ack\x18\x04 \x01(\x0b\x32\x1a.vmatlas.v1.SummaryPushAckH\x00\x42\t\n\x07message\"_\n\x11\x41gentRegistration\x12\x1e\n\x04host\x18\x01 \x01(\x0b\x32\x10.vmatlas.v1.Host\x12\x13\n\x0binstance_id\x18\x02 \x01(\t\x12\x15\n\ragent_version\x18\x03 \x01(\t\"f\n\x0f\x41gentRegistered\x12\"\n\x1aheartbeat_interval_seconds\x18\x01 \x01(\x01\x12/\n\x0bserver_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"?\n\x0e\x41gentHeartbeat\x12-\n\tsend_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x99\x01\n\x0bSummaryPush\x12-\n\tprocesses\x18\x01 \x03(\x0b\x32\x1a.vmatlas.v1.ProcessSummary\x12\x10\n\x08\x63omplete\x18\x02 \x01(\x08\x12\x1b\n\x13\x61\x63\x63\x65ss_denied_count\x18\x03 \x01(\r\x12\x10\n\x08sequence\x18\x04 \x01(\x04\x12\x1a\n\x12\x64ropped_push_count\x18\x05 \x01(\x04\"Q\n\x0eSummaryPushAck\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12\x14\n\x0crefused_code\x18\x02 \x01(\r\x12\x17\n\x0frefused_message\x18\x03 \x01(\t\"o\n\x0fSnapshotCommand\x12\x12\n\nrequest_id\x18\x01 \x01(\x04\x12/\n\x07request\x18\x02 \x01(\x0b\x32\x1e.vmatlas.v1.GetSnapshotRequest\x12\x17\n\x0ftimeout_seconds\x18\x03 \x01(\x01\"u\n\x0eSnapshotResult\x12\x12\n\nrequest_id\x18\x01 \x01(\x04\x12\x17\n\x0fsnapshot_header\x18\x02 \x01(\x0c\x12\x0f\n\x07regions\x18\x03 \x01(\x0c\x12%\n\x05\x65rror\x18\x04 \x01(\x0b\x32\x16.vmatlas.v1.AgentError\"8\n\nAgentError\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x0b\n\x03pid\x18\x03 \x01(\r2Y\n\x0f\x41gentHubService\x12\x46\n\x07\x43onnect\x12\x1a.vmatlas.v1.ConnectRequest\x1a\x1b.vmatlas.v1.ConnectResponse(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14vmatlas/v1/hub.proto\x12\nvmatlas.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x16vmatlas/v1/agent.proto\x1a\x19vmatlas/v1/snapshot.proto\"\xe4\x01\n\x0e\x43onnectRequest\x12\x31\n\x08register\x18\x01 \x01(\x0b\x32\x1d.vmatlas.v1.AgentRegistrationH\x00\x12/\n\theartbeat\x18\x02 \x01(\x0b\x32\x1a.vmatlas.v1.AgentHeartbeatH\x00\x12,\n\tsummaries\x18\x03 \x01(\x0b\x32\x17.vmatlas.v1.SummaryPushH\x00\x12\x35\n\x0fsnapshot_result\x18\x04 \x01(\x0b\x32\x1a.vmatlas.v1.SnapshotResultH\x00\x42\t\n\x07message\"\xf5\x01\n\x0f\x43onnectResponse\x12\x31\n\nregistered\x18\x01 \x01(\x0b\x32\x1b.vmatlas.v1.AgentRegisteredH\x00\x12\x36\n\rheartbeat_ack\x18\x02 \x01(\x0b\x32\x1d.vmatlas.v1.AgentHeartbeatAckH\x00\x12\x37\n\x10snapshot_command\x18\x03 \x01(\x0b\x32\x1b.vmatlas.v1.SnapshotCommandH\x00\x12\x33\n\rsummaries_ack\x18\x04 \x01(\x0b\x32\x1a.vmatlas.v1.SummaryPushAckH\x00\x42\t\n\x07message\"_\n\x11\x41gentRegistration\x12\x1e\n\x04host\x18\x01 \x01(\x0b\x32\x10.vmatlas.v1.Host\x12\x13\n\x0binstance_id\x18\x02 \x01(\t\x12\x15\n\ragent_version\x18\x03 \x01(\t\"f\n\x0f\x41gentRegistered\x12\"\n\x1aheartbeat_interval_seconds\x18\x01 \x01(\x01\x12/\n\x0bserver_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"?\n\x0e\x41gentHeartbeat\x12-\n\tsend_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"f\n\x11\x41gentHeartbeatAck\x12-\n\tsend_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\"\n\x1aheartbeat_interval_seconds\x18\x02 \x01(\x01\"\x99\x01\n\x0bSummaryPush\x12-\n\tprocesses\x18\x01 \x03(\x0b\x32\x1a.vmatlas.v1.ProcessSummary\x12\x10\n\x08\x63omplete\x18\x02 \x01(\x08\x12\x1b\n\x13\x61\x63\x63\x65ss_denied_count\x18\x03 \x01(\r\x12\x10\n\x08sequence\x18\x04 \x01(\x04\x12\x1a\n\x12\x64ropped_push_count\x18\x05 \x01(\x04\"Q\n\x0eSummaryPushAck\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12\x14\n\x0crefused_code\x18\x02 \x01(\r\x12\x17\n\x0frefused_message\x18\x03 \x01(\t\"o\n\x0fSnapshotCommand\x12\x12\n\nrequest_id\x18\x01 \x01(\x04\x12/\n\x07request\x18\x02 \x01(\x0b\x32\x1e.vmatlas.v1.GetSnapshotRequest\x12\x17\n\x0ftimeout_seconds\x18\x03 \x01(\x01\"u\n\x0eSnapshotResult\x12\x12\n\nrequest_id\x18\x01 \x01(\x04\x12\x17\n\x0fsnapshot_header\x18\x02 \x01(\x0c\x12\x0f\n\x07regions\x18\x03 \x01(\x0c\x12%\n\x05\x65rror\x18\x04 \x01(\x0b\x32\x16.vmatlas.v1.AgentError\"8\n\nAgentError\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x0b\n\x03pid\x18\x03 \x01(\r2Y\n\x0f\x41gentHubService\x12\x46\n\x07\x43onnect\x12\x1a.vmatlas.v1.ConnectRequest\x1a\x1b.vmatlas.v1.ConnectResponse(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,23 +37,25 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CONNECTREQUEST']._serialized_start=121
   _globals['_CONNECTREQUEST']._serialized_end=349
   _globals['_CONNECTRESPONSE']._serialized_start=352
-  _globals['_CONNECTRESPONSE']._serialized_end=594
-  _globals['_AGENTREGISTRATION']._serialized_start=596
-  _globals['_AGENTREGISTRATION']._serialized_end=691
-  _globals['_AGENTREGISTERED']._serialized_start=693
-  _globals['_AGENTREGISTERED']._serialized_end=795
-  _globals['_AGENTHEARTBEAT']._serialized_start=797
-  _globals['_AGENTHEARTBEAT']._serialized_end=860
-  _globals['_SUMMARYPUSH']._serialized_start=863
-  _globals['_SUMMARYPUSH']._serialized_end=1016
-  _globals['_SUMMARYPUSHACK']._serialized_start=1018
-  _globals['_SUMMARYPUSHACK']._serialized_end=1099
-  _globals['_SNAPSHOTCOMMAND']._serialized_start=1101
-  _globals['_SNAPSHOTCOMMAND']._serialized_end=1212
-  _globals['_SNAPSHOTRESULT']._serialized_start=1214
-  _globals['_SNAPSHOTRESULT']._serialized_end=1331
-  _globals['_AGENTERROR']._serialized_start=1333
-  _globals['_AGENTERROR']._serialized_end=1389
-  _globals['_AGENTHUBSERVICE']._serialized_start=1391
-  _globals['_AGENTHUBSERVICE']._serialized_end=1480
+  _globals['_CONNECTRESPONSE']._serialized_end=597
+  _globals['_AGENTREGISTRATION']._serialized_start=599
+  _globals['_AGENTREGISTRATION']._serialized_end=694
+  _globals['_AGENTREGISTERED']._serialized_start=696
+  _globals['_AGENTREGISTERED']._serialized_end=798
+  _globals['_AGENTHEARTBEAT']._serialized_start=800
+  _globals['_AGENTHEARTBEAT']._serialized_end=863
+  _globals['_AGENTHEARTBEATACK']._serialized_start=865
+  _globals['_AGENTHEARTBEATACK']._serialized_end=967
+  _globals['_SUMMARYPUSH']._serialized_start=970
+  _globals['_SUMMARYPUSH']._serialized_end=1123
+  _globals['_SUMMARYPUSHACK']._serialized_start=1125
+  _globals['_SUMMARYPUSHACK']._serialized_end=1206
+  _globals['_SNAPSHOTCOMMAND']._serialized_start=1208
+  _globals['_SNAPSHOTCOMMAND']._serialized_end=1319
+  _globals['_SNAPSHOTRESULT']._serialized_start=1321
+  _globals['_SNAPSHOTRESULT']._serialized_end=1438
+  _globals['_AGENTERROR']._serialized_start=1440
+  _globals['_AGENTERROR']._serialized_end=1496
+  _globals['_AGENTHUBSERVICE']._serialized_start=1498
+  _globals['_AGENTHUBSERVICE']._serialized_end=1587
 # @@protoc_insertion_point(module_scope)

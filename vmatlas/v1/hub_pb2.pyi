@@ -70,7 +70,7 @@ class ConnectResponse(_message.Message):
     @_builtins.property
     def registered(self) -> Global___AgentRegistered: ...
     @_builtins.property
-    def heartbeat_ack(self) -> Global___AgentHeartbeat: ...
+    def heartbeat_ack(self) -> Global___AgentHeartbeatAck: ...
     @_builtins.property
     def snapshot_command(self) -> Global___SnapshotCommand: ...
     @_builtins.property
@@ -79,7 +79,7 @@ class ConnectResponse(_message.Message):
         self,
         *,
         registered: Global___AgentRegistered | None = ...,
-        heartbeat_ack: Global___AgentHeartbeat | None = ...,
+        heartbeat_ack: Global___AgentHeartbeatAck | None = ...,
         snapshot_command: Global___SnapshotCommand | None = ...,
         summaries_ack: Global___SummaryPushAck | None = ...,
     ) -> None: ...
@@ -131,7 +131,9 @@ class AgentRegistered(_message.Message):
     HEARTBEAT_INTERVAL_SECONDS_FIELD_NUMBER: _builtins.int
     SERVER_TIME_FIELD_NUMBER: _builtins.int
     heartbeat_interval_seconds: _builtins.float
-    """Send a heartbeat at least this often."""
+    """Send a heartbeat this often (until a heartbeat_ack says otherwise): never less
+    than the server's --heartbeat, longer when it holds many agents.
+    """
     @_builtins.property
     def server_time(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
@@ -167,6 +169,38 @@ class AgentHeartbeat(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___AgentHeartbeat: _TypeAlias = AgentHeartbeat  # noqa: Y015
+
+@_typing.final
+class AgentHeartbeatAck(_message.Message):
+    """The answer to a heartbeat. On the wire an AgentHeartbeat with one more field, so an
+    agent that reads it as one (as agents before field 2 did) keeps working.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SEND_TIME_FIELD_NUMBER: _builtins.int
+    HEARTBEAT_INTERVAL_SECONDS_FIELD_NUMBER: _builtins.int
+    heartbeat_interval_seconds: _builtins.float
+    """The heartbeat interval from now on (see AgentRegistered); 0 (a server before this
+    field) means unchanged.
+    """
+    @_builtins.property
+    def send_time(self) -> _timestamp_pb2.Timestamp:
+        """When the server answered."""
+
+    def __init__(
+        self,
+        *,
+        send_time: _timestamp_pb2.Timestamp | None = ...,
+        heartbeat_interval_seconds: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["send_time", b"send_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["heartbeat_interval_seconds", b"heartbeat_interval_seconds", "send_time", b"send_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AgentHeartbeatAck: _TypeAlias = AgentHeartbeatAck  # noqa: Y015
 
 @_typing.final
 class SummaryPush(_message.Message):

@@ -42,7 +42,9 @@ class AgentHubServiceStub:
       1. The agent's first message is `register`; the server answers `registered`
          (with the heartbeat interval it expects) or ends the stream.
       2. The agent then sends `heartbeat` every heartbeat interval (the server answers
-         each with `heartbeat_ack`), `summaries` every push interval and at once when
+         each with `heartbeat_ack`, which carries the interval to keep from then on:
+         a server lengthens it as it holds more agents, so that their heartbeats
+         together stay within its budget), `summaries` every push interval and at once when
          a process's region count jumps, and one `snapshot_result` for every
          `snapshot_command` the server sends, carrying the command's request_id.
          The server answers each sequenced `summaries` with `summaries_ack` once the
@@ -50,9 +52,10 @@ class AgentHubServiceStub:
          and sends them again, in order, after a reconnect. A push whose sequence the
          server has already stored for the same agent instance is acknowledged and
          otherwise ignored, so a replay never stores a summary twice.
-      3. The server marks the host offline when the stream ends or no message arrived
-         within its offline window; the agent reconnects with exponential backoff and
-         jitter and registers again.
+      3. The server marks the host offline when the stream ends (a connection that
+         stops answering the transport's keepalive pings ends it too) or no message
+         arrived within three of the heartbeat intervals it told the agent; the agent
+         reconnects with exponential backoff and jitter and registers again.
     Fails with INVALID_ARGUMENT when the first message is not `register` or names no
     host, ALREADY_EXISTS when another live agent holds the host id, RESOURCE_EXHAUSTED
     when the server has no room for another agent. A stream that another connection
@@ -74,7 +77,9 @@ class AgentHubServiceAsyncStub(AgentHubServiceStub):
       1. The agent's first message is `register`; the server answers `registered`
          (with the heartbeat interval it expects) or ends the stream.
       2. The agent then sends `heartbeat` every heartbeat interval (the server answers
-         each with `heartbeat_ack`), `summaries` every push interval and at once when
+         each with `heartbeat_ack`, which carries the interval to keep from then on:
+         a server lengthens it as it holds more agents, so that their heartbeats
+         together stay within its budget), `summaries` every push interval and at once when
          a process's region count jumps, and one `snapshot_result` for every
          `snapshot_command` the server sends, carrying the command's request_id.
          The server answers each sequenced `summaries` with `summaries_ack` once the
@@ -82,9 +87,10 @@ class AgentHubServiceAsyncStub(AgentHubServiceStub):
          and sends them again, in order, after a reconnect. A push whose sequence the
          server has already stored for the same agent instance is acknowledged and
          otherwise ignored, so a replay never stores a summary twice.
-      3. The server marks the host offline when the stream ends or no message arrived
-         within its offline window; the agent reconnects with exponential backoff and
-         jitter and registers again.
+      3. The server marks the host offline when the stream ends (a connection that
+         stops answering the transport's keepalive pings ends it too) or no message
+         arrived within three of the heartbeat intervals it told the agent; the agent
+         reconnects with exponential backoff and jitter and registers again.
     Fails with INVALID_ARGUMENT when the first message is not `register` or names no
     host, ALREADY_EXISTS when another live agent holds the host id, RESOURCE_EXHAUSTED
     when the server has no room for another agent. A stream that another connection
@@ -109,7 +115,9 @@ class AgentHubServiceServicer(metaclass=_abc_1.ABCMeta):
           1. The agent's first message is `register`; the server answers `registered`
              (with the heartbeat interval it expects) or ends the stream.
           2. The agent then sends `heartbeat` every heartbeat interval (the server answers
-             each with `heartbeat_ack`), `summaries` every push interval and at once when
+             each with `heartbeat_ack`, which carries the interval to keep from then on:
+             a server lengthens it as it holds more agents, so that their heartbeats
+             together stay within its budget), `summaries` every push interval and at once when
              a process's region count jumps, and one `snapshot_result` for every
              `snapshot_command` the server sends, carrying the command's request_id.
              The server answers each sequenced `summaries` with `summaries_ack` once the
@@ -117,9 +125,10 @@ class AgentHubServiceServicer(metaclass=_abc_1.ABCMeta):
              and sends them again, in order, after a reconnect. A push whose sequence the
              server has already stored for the same agent instance is acknowledged and
              otherwise ignored, so a replay never stores a summary twice.
-          3. The server marks the host offline when the stream ends or no message arrived
-             within its offline window; the agent reconnects with exponential backoff and
-             jitter and registers again.
+          3. The server marks the host offline when the stream ends (a connection that
+             stops answering the transport's keepalive pings ends it too) or no message
+             arrived within three of the heartbeat intervals it told the agent; the agent
+             reconnects with exponential backoff and jitter and registers again.
         Fails with INVALID_ARGUMENT when the first message is not `register` or names no
         host, ALREADY_EXISTS when another live agent holds the host id, RESOURCE_EXHAUSTED
         when the server has no room for another agent. A stream that another connection
