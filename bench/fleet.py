@@ -7,11 +7,14 @@ each stream's burst with a heartbeat: the server handles one stream's messages i
 order, so its heartbeat ack means every push before it is committed. Messages are
 built and serialized before the clock starts. Prints one JSON line.
 
-``python -m bench.fleet hold TARGET COUNT TAG [HEARTBEAT]`` opens COUNT agent streams,
-each on its own connection (grpc.aio in one process), registers them, prints
-``{"ready": COUNT}`` and holds them open until stdin closes; with HEARTBEAT seconds,
-each sends a heartbeat that often (spread evenly) and reads the acknowledgements, as
-an idle agent does.
+``python -m bench.fleet hold TARGET COUNT TAG [beat]`` opens COUNT agent streams,
+each on its own connection with an agent's channel options (keepalive included;
+grpc.aio in one process), registers them, prints ``{"ready": COUNT}`` and holds them
+open until stdin closes. With ``beat`` each behaves as an idle agent does: it sends a
+heartbeat every interval the server told it (at registration, then in each answer),
+the first at a random point of the first interval, as agents started at different
+times do. Each line read from stdin is answered with one JSON line: heartbeats sent so
+far and the shortest and longest interval the agents keep now.
 
 ``python -m bench.fleet soak TARGET COUNT INTERVAL SECONDS BATCH`` opens COUNT agent
 streams as ``hold`` does, then for SECONDS each sends a sequenced push of BATCH
@@ -25,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import json
 import queue
+import random
 import sys
 import threading
 import time
@@ -33,7 +37,7 @@ from collections.abc import Iterator
 import grpc
 
 from vmatlas import wire
-from vmatlas.grpcutil import channel_options
+from vmatlas.grpcutil import agent_channel_options
 from vmatlas.model import Host, OperatingSystem, Process, ProcessSummary, Summary
 from vmatlas.v1 import hub_pb2, hub_pb2_grpc
 
@@ -120,9 +124,7 @@ def ingest(target: str, streams: int, pushes: int, batch: int, tag: str) -> dict
             while (message := outbox.get()) is not None:
                 yield message
 
-        channel = grpc.insecure_channel(
-            target, options=[*channel_options(), ("grpc.use_local_subchannel_pool", 1)]
-        )
+        channel = grpc.insecure_channel(target, options=agent_channel_options())
         channels.append(channel)
         # Pre-parsed so the clock sees only the send, not our own decoding.
         messages = [hub_pb2.ConnectRequest.FromString(p) for p in payloads]
@@ -164,50 +166,57 @@ def ingest(target: str, streams: int, pushes: int, batch: int, tag: str) -> dict
     return {"seconds": seconds, "summaries": total, "per_second": total / seconds}
 
 
-async def _hold(target: str, count: int, tag: str, heartbeat: float = 0.0) -> None:
+async def _hold(target: str, count: int, tag: str, beating: bool = False) -> None:
     from grpc import aio
 
     calls = []
     channels = []
     beats: list[asyncio.Task[None]] = []
+    # Each agent's interval as last told, and the heartbeats sent in all.
+    intervals: list[float] = []
+    sent = 0
 
-    async def beat(call: aio.StreamStreamCall, offset: float) -> None:
-        async def drain() -> None:
-            while await call.read() is not aio.EOF:
-                pass
+    async def beat(call: aio.StreamStreamCall, index: int) -> None:
+        async def read_answers() -> None:
+            while (message := await call.read()) is not aio.EOF:
+                told = message.heartbeat_ack.heartbeat_interval_seconds
+                if told:
+                    intervals[index] = told
 
-        reading = asyncio.create_task(drain())
+        nonlocal sent
+        reading = asyncio.create_task(read_answers())
         try:
-            await asyncio.sleep(offset)
+            await asyncio.sleep(random.uniform(0, intervals[index]))
             while True:
                 message = hub_pb2.ConnectRequest()
                 wire.timestamp_to_pb(time.time(), message.heartbeat.send_time)
                 await call.write(message)
-                await asyncio.sleep(heartbeat)
+                sent += 1
+                # The answer comes at once; the interval it carries is the next wait.
+                await asyncio.sleep(intervals[index])
         finally:
             reading.cancel()
 
     async def connect(index: int) -> None:
-        channel = aio.insecure_channel(
-            target, options=[*channel_options(), ("grpc.use_local_subchannel_pool", 1)]
-        )
+        channel = aio.insecure_channel(target, options=agent_channel_options())
         channels.append(channel)
         call = hub_pb2_grpc.AgentHubServiceStub(channel).Connect()
         calls.append(call)
         await call.write(_register(f"bench-idle-{tag}-{index}"))
         response = await call.read()
         assert response.WhichOneof("message") == "registered", response
+        intervals.append(response.registered.heartbeat_interval_seconds)
+        if beating:
+            beats.append(asyncio.create_task(beat(call, len(intervals) - 1)))
 
     # In waves, so the server's accept queue is not the thing measured.
     for first in range(0, count, 50):
         await asyncio.gather(*(connect(i) for i in range(first, min(count, first + 50))))
-    if heartbeat:
-        beats.extend(
-            asyncio.create_task(beat(call, heartbeat * i / len(calls)))
-            for i, call in enumerate(calls)
-        )
     print(json.dumps({"ready": len(calls)}), flush=True)
-    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+    loop = asyncio.get_running_loop()
+    while await loop.run_in_executor(None, sys.stdin.readline):
+        state = {"heartbeats": sent, "intervals": [min(intervals), max(intervals)]}
+        print(json.dumps(state), flush=True)
     for task in beats:
         task.cancel()
     for call in calls:
@@ -223,9 +232,7 @@ async def _soak(target: str, count: int, interval: float, seconds: float, batch:
 
     async def agent(index: int, ready: asyncio.Event, go: asyncio.Event) -> None:
         nonlocal sent, acked
-        channel = aio.insecure_channel(
-            target, options=[*channel_options(), ("grpc.use_local_subchannel_pool", 1)]
-        )
+        channel = aio.insecure_channel(target, options=agent_channel_options())
         try:
             call = hub_pb2_grpc.AgentHubServiceStub(channel).Connect()
             await call.write(_register(f"soak-{index:03d}"))
@@ -290,8 +297,7 @@ def main(argv: list[str]) -> None:
             answer = {"error": f"{type(exc).__name__}: {exc}"[:200]}
         print(json.dumps(answer), flush=True)
     elif argv[0] == "hold":
-        heartbeat = float(argv[4]) if len(argv) > 4 else 0.0
-        asyncio.run(_hold(argv[1], int(argv[2]), argv[3], heartbeat))
+        asyncio.run(_hold(argv[1], int(argv[2]), argv[3], argv[4:] == ["beat"]))
     elif argv[0] == "soak":
         target, count, interval, seconds, batch = argv[1:6]
         asyncio.run(_soak(target, int(count), float(interval), float(seconds), int(batch)))
