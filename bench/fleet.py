@@ -16,11 +16,14 @@ the first at a random point of the first interval, as agents started at differen
 times do. Each line read from stdin is answered with one JSON line: heartbeats sent so
 far and the shortest and longest interval the agents keep now.
 
-``python -m bench.fleet soak TARGET COUNT INTERVAL SECONDS BATCH`` opens COUNT agent
-streams as ``hold`` does, then for SECONDS each sends a sequenced push of BATCH
-processes and a heartbeat every INTERVAL, as the uplink does, and waits for every
-push to be acknowledged. Prints ``{"ready": COUNT}`` once registered, then one JSON
-line: pushes sent and acknowledged, and the errors seen.
+``python -m bench.fleet soak TARGET COUNT INTERVAL PUSHES BATCH`` opens COUNT agent
+streams as ``hold`` does, then each sends PUSHES sequenced pushes of BATCH processes,
+each with a heartbeat, one every INTERVAL on a fixed schedule, as the uplink does;
+then it ends its stream and reads to the end, so every acknowledgement the server
+sends is counted (the server reads a stream in order: it acknowledges each push before
+it sees the end). A loaded machine stretches the schedule but never changes the count.
+Prints ``{"ready": COUNT}`` once registered, then one JSON line: pushes sent and
+acknowledged, and the errors seen (an acknowledgement out of order or refused is one).
 """
 
 from __future__ import annotations
@@ -224,7 +227,7 @@ async def _hold(target: str, count: int, tag: str, beating: bool = False) -> Non
     await asyncio.gather(*(channel.close() for channel in channels))
 
 
-async def _soak(target: str, count: int, interval: float, seconds: float, batch: int) -> None:
+async def _soak(target: str, count: int, interval: float, pushes: int, batch: int) -> None:
     from grpc import aio
 
     sent = acked = 0
@@ -245,17 +248,22 @@ async def _soak(target: str, count: int, interval: float, seconds: float, batch:
             async def reader() -> None:
                 nonlocal acked, last_acked
                 while (message := await call.read()) is not aio.EOF:
-                    if message.WhichOneof("message") == "summaries_ack":
-                        acked += message.summaries_ack.sequence - last_acked
-                        last_acked = message.summaries_ack.sequence
+                    if message.WhichOneof("message") != "summaries_ack":
+                        continue
+                    ack = message.summaries_ack
+                    if ack.sequence != last_acked + 1 or ack.refused_code:
+                        raise AssertionError(
+                            f"push {ack.sequence} acknowledged after {last_acked}"
+                            + (f", refused: {ack.refused_message}" if ack.refused_code else "")
+                        )
+                    acked += 1
+                    last_acked = ack.sequence
 
             reading = asyncio.create_task(reader())
-            end = time.monotonic() + seconds
-            sequence = 0
             # Spread the agents over the interval, as independent agents would be.
-            await asyncio.sleep(interval * index / count)
-            while time.monotonic() < end:
-                sequence += 1
+            start = time.monotonic() + interval * index / count
+            for sequence in range(1, pushes + 1):
+                await asyncio.sleep(max(0.0, start + (sequence - 1) * interval - time.monotonic()))
                 push = _push(batch, time.time())
                 push.summaries.sequence = sequence
                 await call.write(push)
@@ -263,12 +271,9 @@ async def _soak(target: str, count: int, interval: float, seconds: float, batch:
                 heartbeat = hub_pb2.ConnectRequest()
                 wire.timestamp_to_pb(time.time(), heartbeat.heartbeat.send_time)
                 await call.write(heartbeat)
-                await asyncio.sleep(interval)
-            deadline = time.monotonic() + 10
-            while last_acked < sequence and time.monotonic() < deadline:
-                await asyncio.sleep(0.05)
             await call.done_writing()
-            await asyncio.wait_for(reading, 10)
+            # Only bounds a hang: the server ends the stream once it has read it all.
+            await asyncio.wait_for(reading, 120)
         except Exception as exc:  # reported in the JSON line
             problems.append(f"agent {index}: {type(exc).__name__}: {exc}"[:200])
             ready.set()
@@ -299,8 +304,8 @@ def main(argv: list[str]) -> None:
     elif argv[0] == "hold":
         asyncio.run(_hold(argv[1], int(argv[2]), argv[3], argv[4:] == ["beat"]))
     elif argv[0] == "soak":
-        target, count, interval, seconds, batch = argv[1:6]
-        asyncio.run(_soak(target, int(count), float(interval), float(seconds), int(batch)))
+        target, count, interval, pushes, batch = argv[1:6]
+        asyncio.run(_soak(target, int(count), float(interval), int(pushes), int(batch)))
     else:
         raise SystemExit(f"unknown command {argv[0]!r}")
 
