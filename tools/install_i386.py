@@ -121,7 +121,13 @@ def main(arguments: list[str]) -> int:
     plain = [*APT_GET, *WITHOUT_RECOMMENDS, *packages]
     if subprocess.run([*plain, "-s"], capture_output=True).returncode == 0:
         print("installing from the current lists:", " ".join(packages), file=sys.stderr)
-        return 0 if dry_run else subprocess.run(plain, stdout=subprocess.DEVNULL).returncode
+        if dry_run:
+            return 0
+        if subprocess.run(plain, stdout=subprocess.DEVNULL).returncode != 0:
+            print(f"apt-get could not install {' '.join(packages)}", file=sys.stderr)
+            return 1
+        print("installed", " ".join(packages), file=sys.stderr)
+        return 0
     release = output("sh", "-c", ". /etc/os-release && echo $VERSION_CODENAME").strip()
     native = output("dpkg", "--print-architecture").strip()
     moves = moves_back(release, native, packages)
@@ -151,9 +157,18 @@ def main(arguments: list[str]) -> int:
     names = [move.split("=")[0] for move in moves]
     automatic = output("apt-mark", "showauto", *names).split() if names else []
     if subprocess.run(plan, stdout=subprocess.DEVNULL).returncode != 0:
+        print(f"apt-get could not install {' '.join(packages)} from {release}", file=sys.stderr)
         return 1
     if automatic:  # named on the command line, apt marked them manual
         output("apt-mark", "auto", *automatic)
+    print(f"installed {' '.join(packages)} from {release}", file=sys.stderr)
+    if moves:
+        print(
+            "moved back until the mirror has their i386 builds (apt-get upgrade then moves "
+            "both architectures up):",
+            *moves,
+            file=sys.stderr,
+        )
     return 0
 
 
