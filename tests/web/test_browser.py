@@ -45,12 +45,15 @@ def _text(browser: Any) -> str:
 
 
 def _settled_text(browser: Any) -> str:
-    """The page's text, or "" while a navigation replaces the page under the read."""
-    from selenium.common.exceptions import StaleElementReferenceException
+    """The page's text, or "" while a navigation replaces the page under the read. One
+    script reads the current document: a form's post commits the new document before
+    its body is parsed (a body looked up then is not there yet, and one looked up
+    before goes stale), and a script run as the old document goes finds no context."""
+    from selenium.common.exceptions import JavascriptException
 
     try:
-        return _text(browser)
-    except StaleElementReferenceException:
+        return str(browser.execute_script("return document.body ? document.body.innerText : ''"))
+    except JavascriptException:
         return ""
 
 
