@@ -175,7 +175,10 @@ def parse_maps(text: str | bytes) -> RegionTable:
     with _gc_paused():
         accel = native.accel
         if accel is not None:
-            return _table_from_scan(accel, accel.scan_maps(bytes(data), *_SCAN_DECISIONS))
+            # None: a number past 64 bits, which no procfs writes; the pure parse decides.
+            scan = accel.scan_maps(bytes(data), *_SCAN_DECISIONS)
+            if scan is not None:
+                return _table_from_scan(accel, scan)
         return _parse_maps(data)
 
 
@@ -268,19 +271,25 @@ _ANON_TYPE_BY_BITS = [_PERMS_ANON_TYPE[k] for k in sorted(_PERMS_BITS, key=_PERM
 _BITS = list(range(16))
 
 
-# What the native scan spreads over the regions as it reads them: the state and the
-# protection of each perms value, and each distinct rest's parse_rest facts.
-_SCAN_DECISIONS = ((_STATE_BY_BITS, _BITS), parse_rest, 5)
+# What the native scan asks of each distinct rest as it first sees it: its parse_rest
+# facts (5 of them), which the columns then spread over the regions.
+_SCAN_DECISIONS = (parse_rest, 5)
+
+
+def _spread(accel: Any, values: list[Any], index: bytes, width: int, typecode: str) -> Any:
+    """``[values[k] for k in index]`` as a typed column, or as a list where a value
+    does not fit one (an inode past 64 bits, in text no kernel writes)."""
+    column = accel.spread(values, index, width, typecode)
+    return accel.gather(values, index, width) if column is None else column
 
 
 def _table_from_scan(accel: Any, scan: tuple[Any, ...]) -> RegionTable:
     """The RegionTable of a native maps scan: the same decisions as _parse_maps (taken
-    here, once per distinct rest or perms value), spread over the regions in C."""
-    starts, ends, offsets, bits, rest_index, _, rest_bits, by_bits, by_rest, facts = scan
+    here, once per distinct rest or perms value), spread over the regions in C into
+    typed columns."""
+    starts, ends, offsets, bits, rest_index, _, rest_bits, facts = scan
     if not starts:
         return RegionTable()
-    state, protection = by_bits
-    device, inode, path, deleted, kind = by_rest
     # A file the loader mapped (an executable or shared object) has an executable
     # segment; every mapping of that file is IMAGE, other file mappings MAPPED.
     image_files = {
@@ -297,19 +306,21 @@ def _table_from_scan(accel: Any, scan: tuple[Any, ...]) -> RegionTable:
         )
         for f in facts
     ]
+    device, inode, path, deleted, kind = (list(column) for column in zip(*facts, strict=True))
+    protection = accel.spread(_BITS, bits, 1, "B")
     return RegionTable(
         start=starts,
         end=ends,
-        state=state,
-        type=accel.gather_either(file_type, rest_index, 4, _ANON_TYPE_BY_BITS, bits, 1),
+        state=accel.spread(_STATE_BY_BITS, bits, 1, "B"),
+        type=accel.spread(file_type, rest_index, 4, "B", _ANON_TYPE_BY_BITS, bits, 1),
         protection=protection,
-        protection_raw=list(protection),
-        kind=kind,
-        path=path,
+        protection_raw=protection[:],
+        kind=accel.spread(kind, rest_index, 4, "B"),
+        path=accel.gather(path, rest_index, 4),
         offset=offsets,
-        device=device,
-        inode=inode,
-        deleted=deleted,
+        device=_spread(accel, device, rest_index, 4, "Q"),
+        inode=_spread(accel, inode, rest_index, 4, "Q"),
+        deleted=accel.gather(deleted, rest_index, 4),
     )
 
 
@@ -327,14 +338,20 @@ def parse_smaps(text: str | bytes) -> RegionTable:
             # Regular text only (as procfs writes it); anything else, the pure parse
             # below decides, so both paths accept and refuse the same texts.
             scan = accel.scan_smaps(bytes(data), _SMAPS_KEYS_BYTES)
-            if scan is not None:
-                return _table_from_smaps_scan(accel, scan)
+            table = None if scan is None else _table_from_smaps_scan(accel, scan)
+            if table is not None:
+                return table
         return _parse_smaps(data)
 
 
-def _table_from_smaps_scan(accel: Any, scan: tuple[bytes, list[Any]]) -> RegionTable:
+def _table_from_smaps_scan(accel: Any, scan: tuple[bytes, list[Any]]) -> RegionTable | None:
+    """The table of a native smaps scan; None where its headers hold a number past 64
+    bits (the pure parse then decides)."""
     headers, columns = scan
-    table = _table_from_scan(accel, accel.scan_maps(headers, *_SCAN_DECISIONS))
+    header_scan = accel.scan_maps(headers, *_SCAN_DECISIONS)
+    if header_scan is None:
+        return None
+    table = _table_from_scan(accel, header_scan)
     n = len(table)
     found = dict(zip(_SMAPS_KEYS.values(), columns, strict=True))
     table.residency = {
@@ -616,7 +633,8 @@ class LinuxReader:
     def _streamed_maps(self, pid: int, name: str | None) -> RegionTable | None:
         """maps scanned natively while the kernel is still writing the rest of it (on
         a thread of the extension's own); None where it is empty (a process that is
-        gone, or a kernel thread: the whole-text path decides which)."""
+        gone, or a kernel thread: the whole-text path decides which) or holds a number
+        past 64 bits."""
         accel = native.accel
         assert accel is not None
         if not hasattr(accel, "scan_maps_fd"):  # Windows builds read no procfs

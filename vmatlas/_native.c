@@ -58,6 +58,50 @@ static void buf_free(buf_t *b) {
     b->len = b->cap = 0;
 }
 
+/* -- typed columns --------------------------------------------------------------------
+ * Numeric region columns travel as array.array objects ('Q' for addresses, offsets,
+ * devices and inodes, 'B' for the small enums): one machine word or byte a value, read
+ * by the loops below through the buffer protocol, with no Python int per value. */
+
+static PyObject *array_type; /* array.array, imported once */
+
+/* A new array.array of ``typecode`` holding a copy of ``n`` bytes at ``data``. */
+static PyObject *new_array(const char *typecode, const void *data, size_t n) {
+    PyObject *arr = PyObject_CallFunction(array_type, "s", typecode);
+    if (arr == NULL || n == 0) return arr;
+    PyObject *view = PyMemoryView_FromMemory((char *)data, (Py_ssize_t)n, PyBUF_READ);
+    PyObject *done = view == NULL ? NULL : PyObject_CallMethod(arr, "frombytes", "O", view);
+    Py_XDECREF(view);
+    if (done == NULL) {
+        Py_DECREF(arr);
+        return NULL;
+    }
+    Py_DECREF(done);
+    return arr;
+}
+
+/* The item size of an unsigned array typecode this module writes; 0 for any other. */
+static int typecode_size(const char *typecode) {
+    if (typecode[0] == '\0' || typecode[1] != '\0') return 0;
+    switch (typecode[0]) {
+    case 'B': return 1;
+    case 'H': return 2;
+    case 'I': return 4;
+    case 'Q': return 8;
+    default: return 0;
+    }
+}
+
+/* Store v (which fits) as an unsigned item of ``size`` bytes at p. */
+static inline void put_unsigned(char *p, int size, uint64_t v) {
+    switch (size) {
+    case 1: *(uint8_t *)p = (uint8_t)v; break;
+    case 2: { uint16_t x = (uint16_t)v; memcpy(p, &x, 2); break; }
+    case 4: { uint32_t x = (uint32_t)v; memcpy(p, &x, 4); break; }
+    default: memcpy(p, &v, 8); break;
+    }
+}
+
 /* -- the maps line grammar --------------------------------------------------------------
  * The same language as linux._MAPS_LINE, one line (no '\n') at a time:
  *   [0-9a-f]+ '-' [0-9a-f]+ ' ' [-r][-w][-x][ps] ' ' [0-9a-f]+ ' ' REST
@@ -141,29 +185,6 @@ static int match_maps_line(const char *p, const char *e, maps_line_t *m) {
     return 1;
 }
 
-/* A hex number as a Python int, of any length (int(text, 16)). */
-static PyObject *hex_int(const char *p, Py_ssize_t n) {
-    while (n > 1 && *p == '0') {
-        p++;
-        n--;
-    }
-    if (n <= 16) {
-        uint64_t v = 0;
-        for (Py_ssize_t i = 0; i < n; i++) {
-            unsigned char c = (unsigned char)p[i];
-            v = v << 4 | (uint64_t)(c <= '9' ? c - '0' : c - 'a' + 10);
-        }
-        return PyLong_FromUnsignedLongLong(v);
-    }
-    char *text = PyMem_Malloc((size_t)n + 1);
-    if (text == NULL) return PyErr_NoMemory();
-    memcpy(text, p, (size_t)n);
-    text[n] = '\0';
-    PyObject *v = PyLong_FromString(text, NULL, 16);
-    PyMem_Free(text);
-    return v;
-}
-
 /* Distinct rests, keyed by their bytes inside the scanned text. */
 typedef struct {
     const char *p;
@@ -232,30 +253,25 @@ static int append_new(PyObject *list, PyObject *item) {
     return rc;
 }
 
-/* scan_maps(data: bytes, by_bits: tuple, facts_of, fact_count: int)
- *   -> (starts, ends, offsets, bits, rest_index, rests, rest_bits, bit_columns,
- *       fact_columns, facts)
+/* scan_maps(data: bytes, facts_of, fact_count: int)
+ *   -> (starts, ends, offsets, bits, rest_index, rests, rest_bits, facts) | None
  *
  * Every line of ``data`` that matches the maps grammar, in order (other lines are
- * skipped, as re.findall skips them): start, end and offset as ints; the perms as one
- * byte of bits per region; the rest of the line as an index (uint32, native order)
- * into ``rests``, its distinct values in order of first use; and for each rest the set
- * of perms bits it appears with, as a 16-bit mask. Besides, the columns the caller's
- * decisions give: for each list of ``by_bits`` (16 values, by perms bits) a column of
- * its value for each line's perms; and ``facts_of(rest)``, called once for each
- * distinct rest as it is first seen (``facts``, in rest order), a tuple of
- * ``fact_count`` values, each a column of its value for each line's rest. */
-/* The int of a scanned number: from its value, or from its text when over 64 bits. */
-static PyObject *number(const char *p, Py_ssize_t n, uint64_t v, int big) {
-    return big ? hex_int(p, n) : PyLong_FromUnsignedLongLong(v);
-}
+ * skipped, as re.findall skips them): start, end and offset as array('Q') columns; the
+ * perms as one byte of bits per region; the rest of the line as an index (uint32,
+ * native order) into ``rests``, its distinct values in order of first use; and for
+ * each rest the set of perms bits it appears with, as a 16-bit mask. ``facts_of(rest)``
+ * is called once for each distinct rest as it is first seen, and must give a tuple of
+ * ``fact_count`` values (``facts``, in rest order): the caller spreads them over the
+ * regions afterwards, by the index. None when a number needs more than 64 bits (the
+ * pure parse then reads the text). */
 
 /* The maps scanner: fed one line at a time (no '\n'), so that the same loop reads a
  * whole text in memory (scan_maps) or a file as it is read (scan_maps_fd). A distinct
  * rest is looked up by the bytes object handed out for it, never by the text: the
  * text need not outlive its line. */
 typedef struct {
-    buf_t starts, ends, offsets; /* PyObject * each, owned */
+    buf_t starts, ends, offsets; /* uint64_t each */
     buf_t bits, index;
     PyObject *rests;
     intern_t table;
@@ -264,56 +280,28 @@ typedef struct {
     const char *last_rest; /* the previous line's rest (inside its bytes in rests) */
     Py_ssize_t last_n;
     uint32_t last_index;
-    PyObject *last_end; /* borrowed: the previous region's end */
-    uint64_t last_end_v;
-    PyObject *by_bits;            /* tuple of lists of 16 values (borrowed) */
-    PyObject *facts_of;           /* rest -> tuple of fact_count values (borrowed) */
+    PyObject *facts_of; /* rest -> tuple of fact_count values (borrowed) */
     Py_ssize_t fact_count;
-    PyObject *facts;              /* per rest: its tuple of facts */
-    PyObject *last_facts;         /* borrowed: the previous line's */
-    buf_t *bit_columns, *fact_columns; /* PyObject * each, owned */
+    PyObject *facts; /* per rest: its tuple of facts */
+    int big;         /* a number past 64 bits was seen: the scan gives up */
 } maps_scan_t;
 
-/* Parse the caller's decision arguments into ``st`` (after maps_scan_init). */
-static int maps_scan_decisions(maps_scan_t *st, PyObject *by_bits, PyObject *facts_of,
-                               Py_ssize_t fact_count) {
-    if (!PyTuple_Check(by_bits) || !PyCallable_Check(facts_of) || fact_count < 0) {
-        PyErr_SetString(PyExc_TypeError, "scan_maps wants (tuple, callable, count)");
-        return -1;
-    }
-    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(by_bits); i++) {
-        PyObject *table = PyTuple_GET_ITEM(by_bits, i);
-        if (!PyList_Check(table) || PyList_GET_SIZE(table) != 16) {
-            PyErr_SetString(PyExc_TypeError, "a by_bits table is a list of 16 values");
-            return -1;
-        }
-    }
-    st->by_bits = by_bits;
-    st->facts_of = facts_of;
-    st->fact_count = fact_count;
-    st->facts = PyList_New(0);
-    st->bit_columns = PyMem_Calloc((size_t)PyTuple_GET_SIZE(by_bits) + 1, sizeof(buf_t));
-    st->fact_columns = PyMem_Calloc((size_t)fact_count + 1, sizeof(buf_t));
-    if (st->facts == NULL || st->bit_columns == NULL || st->fact_columns == NULL) {
-        if (!PyErr_Occurred()) PyErr_NoMemory();
-        return -1;
-    }
-    size_t objects = st->starts.cap; /* the room made for the lines, if counted */
-    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(by_bits); i++)
-        if (buf_reserve(&st->bit_columns[i], objects) < 0) return -1;
-    for (Py_ssize_t i = 0; i < fact_count; i++)
-        if (buf_reserve(&st->fact_columns[i], objects) < 0) return -1;
-    return 0;
-}
-
-static int maps_scan_init(maps_scan_t *st, size_t lines) {
+static int maps_scan_init(maps_scan_t *st, size_t lines, PyObject *facts_of,
+                          Py_ssize_t fact_count) {
     memset(st, 0, sizeof *st);
     st->last_n = -1;
+    if (!PyCallable_Check(facts_of) || fact_count < 0) {
+        PyErr_SetString(PyExc_TypeError, "scan_maps wants (data, callable, count)");
+        return -1;
+    }
+    st->facts_of = facts_of;
+    st->fact_count = fact_count;
     st->rests = PyList_New(0);
-    if (st->rests == NULL) return -1;
-    size_t objects = lines * sizeof(PyObject *);
-    if (buf_reserve(&st->starts, objects) < 0 || buf_reserve(&st->ends, objects) < 0 ||
-        buf_reserve(&st->offsets, objects) < 0 || buf_reserve(&st->bits, lines) < 0 ||
+    st->facts = PyList_New(0);
+    if (st->rests == NULL || st->facts == NULL) return -1;
+    size_t words = lines * sizeof(uint64_t);
+    if (buf_reserve(&st->starts, words) < 0 || buf_reserve(&st->ends, words) < 0 ||
+        buf_reserve(&st->offsets, words) < 0 || buf_reserve(&st->bits, lines) < 0 ||
         buf_reserve(&st->index, lines * 4) < 0)
         return -1;
     return 0;
@@ -331,37 +319,26 @@ static int maps_scan_new_facts(maps_scan_t *st, PyObject *rest) {
     return append_new(st->facts, facts);
 }
 
-/* Append a new reference (stolen; NULL: the error of making it) to a buffer of them. */
-static int put_object(buf_t *b, PyObject *v) {
-    if (v == NULL) return -1;
-    if (buf_put(b, &v, sizeof v) < 0) {
-        Py_DECREF(v);
-        return -1;
-    }
-    return 0;
+/* Room for one more value in each per-line column. */
+static int maps_scan_room(maps_scan_t *st) {
+    if (st->starts.len + 8 <= st->starts.cap && st->ends.len + 8 <= st->ends.cap &&
+        st->offsets.len + 8 <= st->offsets.cap && st->bits.len + 1 <= st->bits.cap &&
+        st->index.len + 4 <= st->index.cap)
+        return 0;
+    return buf_reserve(&st->starts, 8) < 0 || buf_reserve(&st->ends, 8) < 0 ||
+                   buf_reserve(&st->offsets, 8) < 0 || buf_reserve(&st->bits, 1) < 0 ||
+                   buf_reserve(&st->index, 4) < 0
+               ? -1
+               : 0;
 }
 
 static int maps_scan_line(maps_scan_t *st, const char *p, const char *e) {
     maps_line_t m;
+    if (st->big) return 0;
     if (!match_maps_line(p, e, &m)) return 0;
-    PyObject *start;
-    /* Regions often abut: the start is the int the end before it was. */
-    if (st->last_end != NULL && !m.big && m.start_v == st->last_end_v)
-        start = Py_NewRef(st->last_end);
-    else
-        start = number(m.start, m.start_n, m.start_v, m.big);
-    if (put_object(&st->starts, start) < 0) return -1;
-    PyObject *end = number(m.end, m.end_n, m.end_v, m.big);
-    if (put_object(&st->ends, end) < 0) return -1;
-    st->last_end = m.big ? NULL : end;
-    st->last_end_v = m.end_v;
-    if (put_object(&st->offsets, number(m.offset, m.offset_n, m.offset_v, m.big)) < 0) return -1;
-    char bits = (char)m.bits;
-    if (buf_put(&st->bits, &bits, 1) < 0) return -1;
-    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(st->by_bits); i++) {
-        PyObject *table = PyTuple_GET_ITEM(st->by_bits, i);
-        if (put_object(&st->bit_columns[i], Py_NewRef(PyList_GET_ITEM(table, m.bits))) < 0)
-            return -1;
+    if (m.big) {
+        st->big = 1;
+        return 0;
     }
     uint32_t k;
     if (st->last_n == m.rest_n && memcmp(st->last_rest, m.rest, (size_t)m.rest_n) == 0) {
@@ -392,49 +369,28 @@ static int maps_scan_line(maps_scan_t *st, const char *p, const char *e) {
         st->last_rest = slot->p;
         st->last_n = m.rest_n;
         st->last_index = k;
-        st->last_facts = PyList_GET_ITEM(st->facts, k);
-    }
-    for (Py_ssize_t i = 0; i < st->fact_count; i++) {
-        PyObject *fact = PyTuple_GET_ITEM(st->last_facts, i);
-        if (put_object(&st->fact_columns[i], Py_NewRef(fact)) < 0) return -1;
     }
     st->masks[k] |= (uint16_t)(1u << m.bits);
-    return buf_put(&st->index, &k, 4);
-}
-
-/* A list of the references in ``b``: the list takes the buffer itself as its items
- * (both are PyMem memory), so nothing is copied nor faulted in again. */
-static PyObject *list_of(buf_t *b) {
-    PyObject *list = PyList_New(0);
-    if (list == NULL || b->data == NULL) return list;
-    PyListObject *l = (PyListObject *)list;
-    l->ob_item = (PyObject **)b->data;
-    l->allocated = (Py_ssize_t)(b->cap / sizeof(PyObject *));
-    Py_SET_SIZE(l, (Py_ssize_t)(b->len / sizeof(PyObject *)));
-    b->data = NULL;
-    b->len = b->cap = 0;
-    return list;
-}
-
-/* A tuple of the lists of ``count`` buffers of references, which it takes over. */
-static PyObject *lists_of(buf_t *columns, Py_ssize_t count) {
-    PyObject *out = PyTuple_New(count);
-    for (Py_ssize_t i = 0; out != NULL && i < count; i++) {
-        PyObject *list = list_of(&columns[i]);
-        if (list == NULL) Py_CLEAR(out);
-        else PyTuple_SET_ITEM(out, i, list);
-    }
-    return out;
+    if (maps_scan_room(st) < 0) return -1;
+    memcpy(st->starts.data + st->starts.len, &m.start_v, 8);
+    st->starts.len += 8;
+    memcpy(st->ends.data + st->ends.len, &m.end_v, 8);
+    st->ends.len += 8;
+    memcpy(st->offsets.data + st->offsets.len, &m.offset_v, 8);
+    st->offsets.len += 8;
+    st->bits.data[st->bits.len++] = (char)m.bits;
+    memcpy(st->index.data + st->index.len, &k, 4);
+    st->index.len += 4;
+    return 0;
 }
 
 static PyObject *maps_scan_result(maps_scan_t *st) {
-    PyObject *starts = list_of(&st->starts), *ends = list_of(&st->ends),
-             *offsets = list_of(&st->offsets), *rest_bits = NULL, *result = NULL,
-             *bit_columns = lists_of(st->bit_columns, PyTuple_GET_SIZE(st->by_bits)),
-             *fact_columns = lists_of(st->fact_columns, st->fact_count);
-    if (starts == NULL || ends == NULL || offsets == NULL || bit_columns == NULL ||
-        fact_columns == NULL)
-        goto done;
+    if (st->big) Py_RETURN_NONE;
+    PyObject *starts = new_array("Q", st->starts.data, st->starts.len),
+             *ends = new_array("Q", st->ends.data, st->ends.len),
+             *offsets = new_array("Q", st->offsets.data, st->offsets.len), *rest_bits = NULL,
+             *result = NULL;
+    if (starts == NULL || ends == NULL || offsets == NULL) goto done;
     rest_bits = PyList_New((Py_ssize_t)st->table.count);
     if (rest_bits == NULL) goto done;
     for (size_t i = 0; i < st->table.count; i++) {
@@ -442,40 +398,25 @@ static PyObject *maps_scan_result(maps_scan_t *st) {
         if (v == NULL) goto done;
         PyList_SET_ITEM(rest_bits, (Py_ssize_t)i, v);
     }
-    result = Py_BuildValue("(OOOy#y#OOOOO)", starts, ends, offsets,
+    result = Py_BuildValue("(OOOy#y#OOO)", starts, ends, offsets,
                            st->bits.data ? st->bits.data : "", (Py_ssize_t)st->bits.len,
                            st->index.data ? st->index.data : "", (Py_ssize_t)st->index.len,
-                           st->rests, rest_bits, bit_columns, fact_columns, st->facts);
+                           st->rests, rest_bits, st->facts);
 done:
     Py_XDECREF(starts);
     Py_XDECREF(ends);
     Py_XDECREF(offsets);
     Py_XDECREF(rest_bits);
-    Py_XDECREF(bit_columns);
-    Py_XDECREF(fact_columns);
     return result;
 }
 
-static void drop_objects(buf_t *b) {
-    PyObject **items = (PyObject **)b->data;
-    for (size_t i = 0; i < b->len / sizeof(PyObject *); i++) Py_DECREF(items[i]);
-    buf_free(b);
-}
-
 static void maps_scan_free(maps_scan_t *st) {
-    drop_objects(&st->starts);
-    drop_objects(&st->ends);
-    drop_objects(&st->offsets);
-    if (st->bit_columns != NULL)
-        for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(st->by_bits); i++)
-            drop_objects(&st->bit_columns[i]);
-    if (st->fact_columns != NULL)
-        for (Py_ssize_t i = 0; i < st->fact_count; i++) drop_objects(&st->fact_columns[i]);
-    PyMem_Free(st->bit_columns);
-    PyMem_Free(st->fact_columns);
-    Py_CLEAR(st->facts);
+    buf_free(&st->starts);
+    buf_free(&st->ends);
+    buf_free(&st->offsets);
     buf_free(&st->bits);
     buf_free(&st->index);
+    Py_CLEAR(st->facts);
     Py_CLEAR(st->rests);
     PyMem_Free(st->table.slots);
     PyMem_Free(st->masks);
@@ -483,9 +424,9 @@ static void maps_scan_free(maps_scan_t *st) {
 
 static PyObject *scan_maps(PyObject *self, PyObject *args) {
     (void)self;
-    PyObject *text, *by_bits, *facts_of;
+    PyObject *text, *facts_of;
     Py_ssize_t fact_count;
-    if (!PyArg_ParseTuple(args, "O!OOn", &PyBytes_Type, &text, &by_bits, &facts_of, &fact_count))
+    if (!PyArg_ParseTuple(args, "O!On", &PyBytes_Type, &text, &facts_of, &fact_count))
         return NULL;
     const char *data = PyBytes_AS_STRING(text);
     const char *stop = data + PyBytes_GET_SIZE(text);
@@ -494,10 +435,8 @@ static PyObject *scan_maps(PyObject *self, PyObject *args) {
     for (const char *p = data; (p = memchr(p, '\n', (size_t)(stop - p))) != NULL; p++) lines++;
     maps_scan_t st;
     PyObject *result = NULL;
-    if (maps_scan_init(&st, lines) < 0 ||
-        maps_scan_decisions(&st, by_bits, facts_of, fact_count) < 0)
-        goto done;
-    for (const char *p = data; p < stop;) {
+    if (maps_scan_init(&st, lines, facts_of, fact_count) < 0) goto done;
+    for (const char *p = data; p < stop && !st.big;) {
         const char *e = memchr(p, '\n', (size_t)(stop - p));
         if (e == NULL) e = stop;
         if (maps_scan_line(&st, p, e) < 0) goto done;
@@ -620,23 +559,24 @@ static int scan_chunk(maps_scan_t *st, buf_t *carry, const feed_chunk_t *c) {
     return buf_put(carry, p, (size_t)(stop - p));
 }
 
-/* scan_maps_fd(fd: int, by_bits, facts_of, fact_count) -> scan_maps' tuple | None
- * scan_maps of the file's text, read to its end; None when it is empty. The first
+/* scan_maps_fd(fd: int, facts_of, fact_count) -> scan_maps' tuple | None
+ * scan_maps of the file's text, read to its end; None when it is empty or scan_maps
+ * gives up on it (the caller then reads it whole). The first
  * chunk is read here (most processes' maps end within it); a longer text is read on
  * by a thread while this one scans. Raises OSError as os.read does. */
 static PyObject *scan_maps_fd(PyObject *self, PyObject *args) {
     (void)self;
-    int fd;
-    PyObject *by_bits, *facts_of;
+    int fd, read_ahead = 1;
+    PyObject *facts_of;
     Py_ssize_t fact_count;
-    if (!PyArg_ParseTuple(args, "iOOn", &fd, &by_bits, &facts_of, &fact_count)) return NULL;
+    if (!PyArg_ParseTuple(args, "iOn|p", &fd, &facts_of, &fact_count, &read_ahead)) return NULL;
     maps_scan_t st;
     feed_t feed = {.fd = fd};
     buf_t carry = {0};
     pthread_t reader;
     int started = 0, eof = 0, error, seen_any;
     PyObject *result = NULL;
-    if (maps_scan_init(&st, 0) < 0 || maps_scan_decisions(&st, by_bits, facts_of, fact_count) < 0) {
+    if (maps_scan_init(&st, 0, facts_of, fact_count) < 0) {
         maps_scan_free(&st);
         return NULL;
     }
@@ -654,6 +594,24 @@ static PyObject *scan_maps_fd(PyObject *self, PyObject *args) {
         goto done;
     }
     seen_any = c->len > 0;
+    if (!read_ahead) {
+        /* Each chunk scanned as soon as it is read, while the kernel's text is still in
+         * this CPU's cache: no thread, no handovers, the least CPU. */
+        for (;;) {
+            if (scan_chunk(&st, &carry, c) < 0) goto done;
+            if (eof || st.big) break;
+            c->len = 0;
+            Py_BEGIN_ALLOW_THREADS
+            error = fill_chunk(fd, c, &eof);
+            Py_END_ALLOW_THREADS
+            if (error) {
+                errno = error;
+                PyErr_SetFromErrno(PyExc_OSError);
+                goto done;
+            }
+        }
+        goto scanned;
+    }
     if (!eof) {
         pthread_mutex_init(&feed.lock, NULL);
         pthread_cond_init(&feed.ready, NULL);
@@ -684,7 +642,7 @@ static PyObject *scan_maps_fd(PyObject *self, PyObject *args) {
     }
     for (;;) {
         if (scan_chunk(&st, &carry, c) < 0) goto done;
-        if (eof) break; /* the first chunk was all */
+        if (eof || st.big) break; /* the first chunk was all, or the scan gives up */
         Py_BEGIN_ALLOW_THREADS
         if (started) {
             pthread_mutex_lock(&feed.lock);
@@ -711,6 +669,7 @@ static PyObject *scan_maps_fd(PyObject *self, PyObject *args) {
             break;
         }
     }
+scanned:
     /* A last line without its '\n'. */
     if (carry.len && maps_scan_line(&st, carry.data, carry.data + carry.len) < 0) goto done;
     result = seen_any ? maps_scan_result(&st) : Py_NewRef(Py_None);
@@ -785,44 +744,98 @@ done:
     return out;
 }
 
-/* gather_either(first, first_index, first_width, second, second_index, second_width):
- * first[first_index[i]], or second[second_index[i]] where that is None. */
-static PyObject *gather_either(PyObject *self, PyObject *args) {
+/* A list's values as unsigned items of ``size`` bytes: vals[k], with ok[k] 1 where
+ * values[k] is an int that fits, 2 where it is None, 0 otherwise. */
+static int unsigned_values(PyObject *values, int size, uint64_t **vals, char **ok) {
+    Py_ssize_t n = PyList_GET_SIZE(values);
+    *vals = PyMem_Malloc((size_t)(n ? n : 1) * sizeof(uint64_t));
+    *ok = PyMem_Malloc((size_t)(n ? n : 1));
+    if (*vals == NULL || *ok == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    uint64_t limit = size == 8 ? UINT64_MAX : ((uint64_t)1 << (8 * size)) - 1;
+    for (Py_ssize_t k = 0; k < n; k++) {
+        PyObject *v = PyList_GET_ITEM(values, k);
+        (*ok)[k] = 0;
+        if (v == Py_None) {
+            (*ok)[k] = 2;
+        } else if (PyLong_Check(v)) {
+            unsigned long long x = PyLong_AsUnsignedLongLong(v);
+            if (x == (unsigned long long)-1 && PyErr_Occurred()) {
+                PyErr_Clear(); /* negative or past 64 bits: does not fit */
+            } else if (x <= limit) {
+                (*vals)[k] = x;
+                (*ok)[k] = 1;
+            }
+        }
+    }
+    return 0;
+}
+
+/* spread(values: list, index: bytes, width: 1 | 4, typecode: str
+ *        [, fallback: list, fallback_index: bytes, fallback_width: 1 | 4])
+ *   -> array.array(typecode) of values[k] for each k of the index; where that value is
+ *      None, fallback[j] for the j of fallback_index at the same place. None when a
+ *      value taken is not an int that fits the typecode (the caller then gathers a
+ *      list); IndexError for an index past the end. */
+static PyObject *spread(PyObject *self, PyObject *args) {
     (void)self;
-    PyObject *first, *second;
-    Py_buffer a, b;
-    int wa, wb;
-    if (!PyArg_ParseTuple(args, "O!y*iO!y*i", &PyList_Type, &first, &a, &wa, &PyList_Type,
-                          &second, &b, &wb))
+    PyObject *values, *fallback = NULL;
+    Py_buffer a, b = {0};
+    int wa, wb = 1;
+    const char *typecode;
+    if (!PyArg_ParseTuple(args, "O!y*is|O!y*i", &PyList_Type, &values, &a, &wa, &typecode,
+                          &PyList_Type, &fallback, &b, &wb))
         return NULL;
     PyObject *out = NULL;
-    if ((wa != 1 && wa != 4) || (wb != 1 && wb != 4) || a.len / wa != b.len / wb) {
-        PyErr_SetString(PyExc_ValueError, "gather_either: widths or lengths disagree");
+    uint64_t *va = NULL, *vb = NULL;
+    char *oka = NULL, *okb = NULL, *items = NULL;
+    int size = typecode_size(typecode);
+    Py_ssize_t n = a.len / (wa ? wa : 1);
+    if (size == 0 || (wa != 1 && wa != 4) || (wb != 1 && wb != 4) ||
+        (fallback != NULL && b.len / wb != n)) {
+        PyErr_SetString(PyExc_ValueError, "spread: typecode, widths or lengths disagree");
         goto done;
     }
-    Py_ssize_t n = a.len / wa;
-    out = PyList_New(n);
-    if (out == NULL) goto done;
+    if (unsigned_values(values, size, &va, &oka) < 0) goto done;
+    if (fallback != NULL && unsigned_values(fallback, size, &vb, &okb) < 0) goto done;
+    items = PyMem_Malloc((size_t)(n ? n : 1) * (size_t)size);
+    if (items == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    Py_ssize_t na = PyList_GET_SIZE(values), nb = fallback ? PyList_GET_SIZE(fallback) : 0;
     for (Py_ssize_t i = 0; i < n; i++) {
         uint32_t k;
         index_at(a.buf, wa, i, &k);
-        if ((Py_ssize_t)k >= PyList_GET_SIZE(first)) goto range;
-        PyObject *v = PyList_GET_ITEM(first, k);
-        if (v == Py_None) {
+        if ((Py_ssize_t)k >= na) goto range;
+        uint64_t v = va[k];
+        char ok = oka[k];
+        if (ok == 2 && fallback != NULL) {
             index_at(b.buf, wb, i, &k);
-            if ((Py_ssize_t)k >= PyList_GET_SIZE(second)) goto range;
-            v = PyList_GET_ITEM(second, k);
+            if ((Py_ssize_t)k >= nb) goto range;
+            v = vb[k];
+            ok = okb[k];
         }
-        Py_INCREF(v);
-        PyList_SET_ITEM(out, i, v);
+        if (ok != 1) {
+            out = Py_NewRef(Py_None);
+            goto done;
+        }
+        put_unsigned(items + (size_t)i * (size_t)size, size, v);
     }
+    out = new_array(typecode, items, (size_t)n * (size_t)size);
     goto done;
 range:
-    Py_CLEAR(out);
-    PyErr_SetString(PyExc_IndexError, "gather index out of range");
+    PyErr_SetString(PyExc_IndexError, "spread index out of range");
 done:
+    PyMem_Free(va);
+    PyMem_Free(vb);
+    PyMem_Free(oka);
+    PyMem_Free(okb);
+    PyMem_Free(items);
     PyBuffer_Release(&a);
-    PyBuffer_Release(&b);
+    if (fallback != NULL) PyBuffer_Release(&b);
     return out;
 }
 
@@ -1174,6 +1187,90 @@ static int same_lengths(PyObject *const *lists, int count, Py_ssize_t *n) {
     return 1;
 }
 
+/* A column of a region table as the loops below read it: a list of ints, or a buffer
+ * of native unsigned integers (array.array 'B', 'H', 'I', 'L' or 'Q'; bytes). */
+typedef struct {
+    PyObject *list; /* the list, or NULL for a buffer */
+    Py_buffer view; /* the buffer, while held */
+    int held, size;
+    Py_ssize_t n;
+} column_t;
+
+/* 1 when ``obj`` is a column (opened: column_close lets it go), 0 when it is not. */
+static int column_open(column_t *c, PyObject *obj) {
+    memset(c, 0, sizeof *c);
+    if (PyList_Check(obj)) {
+        c->list = obj;
+        c->n = PyList_GET_SIZE(obj);
+        return 1;
+    }
+    if (!PyObject_CheckBuffer(obj)) return 0;
+    if (PyObject_GetBuffer(obj, &c->view, PyBUF_FORMAT | PyBUF_ND) < 0) {
+        PyErr_Clear();
+        return 0;
+    }
+    c->held = 1;
+    const char *f = c->view.format ? c->view.format : "B";
+    if (*f == '@') f++;
+    Py_ssize_t size = c->view.itemsize;
+    if (c->view.ndim != 1 || f[0] == '\0' || f[1] != '\0' || strchr("BHILQ", f[0]) == NULL ||
+        (size != 1 && size != 2 && size != 4 && size != 8)) {
+        PyBuffer_Release(&c->view);
+        c->held = 0;
+        return 0;
+    }
+    c->size = (int)size;
+    c->n = c->view.len / size;
+    return 1;
+}
+
+static void column_close(column_t *c) {
+    if (c->held) PyBuffer_Release(&c->view);
+    c->held = 0;
+}
+
+static void columns_close(column_t *cols, int count) {
+    for (int i = 0; i < count; i++) column_close(&cols[i]);
+}
+
+/* Open ``count`` columns of one length (*n): 1; 0 (none left open) when one is not a
+ * column or the lengths differ. */
+static int columns_open(column_t *cols, PyObject *const *objs, int count, Py_ssize_t *n) {
+    for (int i = 0; i < count; i++) {
+        if (!column_open(&cols[i], objs[i]) || cols[i].n != cols[0].n) {
+            columns_close(cols, i + 1);
+            return 0;
+        }
+    }
+    *n = count ? cols[0].n : 0;
+    return 1;
+}
+
+static inline uint64_t column_item(const column_t *c, Py_ssize_t i) {
+    const char *p = (const char *)c->view.buf + i * c->size;
+    switch (c->size) {
+    case 1: return *(const uint8_t *)p;
+    case 2: { uint16_t v; memcpy(&v, p, 2); return v; }
+    case 4: { uint32_t v; memcpy(&v, p, 4); return v; }
+    default: { uint64_t v; memcpy(&v, p, 8); return v; }
+    }
+}
+
+/* Value i of a column as u64_at and small_at read a list's. */
+static inline int col_u64(const column_t *c, Py_ssize_t i, uint64_t *out) {
+    if (c->list != NULL) return u64_at(c->list, i, out);
+    *out = column_item(c, i);
+    return 0;
+}
+
+static inline int col_small(const column_t *c, Py_ssize_t i, long *out) {
+    if (c->list != NULL) return small_at(c->list, i, out);
+    uint64_t v = column_item(c, i);
+    if (v > INT32_MAX) return -1;
+    *out = (long)v;
+    return 0;
+}
+
 /* Whether v << shift stays below 2**64. */
 static inline int shl_fits(uint64_t v, int shift) {
     return shift == 0 || (v >> (64 - shift)) == 0;
@@ -1283,7 +1380,8 @@ static PyObject *tally(PyObject *self, PyObject *args) {
     unsigned long long page = PyLong_AsUnsignedLongLong(PyTuple_GET_ITEM(args, 2));
     if (PyErr_Occurred()) return NULL;
     Py_ssize_t n;
-    if (!same_lengths(lists, nlists, &n)) Py_RETURN_NONE;
+    column_t cols[2 + MAX_KEY_COLUMNS];
+    if (!columns_open(cols, lists, nlists, &n)) Py_RETURN_NONE;
     int nkeys = nlists - 2;
     tally_t *seen = PyMem_Calloc(MAX_KEYS, sizeof(tally_t));
     /* Open addressing over the distinct keys: slot -> index into seen, -1 when free. */
@@ -1292,20 +1390,27 @@ static PyObject *tally(PyObject *self, PyObject *args) {
     if (seen == NULL || slots == NULL) {
         PyMem_Free(seen);
         PyMem_Free(slots);
+        columns_close(cols, nlists);
         return PyErr_NoMemory();
     }
     memset(slots, 0xff, SLOTS * sizeof(int16_t));
     size_t key_bytes = (size_t)nkeys * sizeof(long);
-    int nseen = 0, last = -1;
+    int nseen = 0, last = -1, prior = -1; /* the last two keys met: layouts alternate */
     PyObject *out = NULL;
     for (Py_ssize_t i = 0; i < n; i++) {
         uint64_t s, e;
         long key[MAX_KEY_COLUMNS] = {0};
-        if (u64_at(lists[0], i, &s) < 0 || u64_at(lists[1], i, &e) < 0 || e < s) goto none;
+        if (col_u64(&cols[0], i, &s) < 0 || col_u64(&cols[1], i, &e) < 0 || e < s) goto none;
         for (int k = 0; k < nkeys; k++)
-            if (small_at(lists[2 + k], i, &key[k]) < 0) goto none;
+            if (col_small(&cols[2 + k], i, &key[k]) < 0) goto none;
         int j = last;
-        if (j < 0 || memcmp(seen[j].key, key, key_bytes) != 0) {
+        if (j >= 0 && memcmp(seen[j].key, key, key_bytes) == 0) {
+            /* the same key as the region before */
+        } else if (prior >= 0 && memcmp(seen[prior].key, key, key_bytes) == 0) {
+            j = prior;
+            prior = last;
+            last = j;
+        } else {
             uint64_t h = 1469598103934665603ULL;
             for (int k = 0; k < nkeys; k++) h = (h ^ (uint64_t)key[k]) * 1099511628211ULL;
             size_t slot = (size_t)(h ^ h >> 29) & (SLOTS - 1);
@@ -1317,6 +1422,7 @@ static PyObject *tally(PyObject *self, PyObject *args) {
                 memcpy(seen[j].key, key, sizeof key);
                 slots[slot] = (int16_t)j;
             }
+            prior = last;
             last = j;
         }
         uint64_t size = e - s;
@@ -1355,6 +1461,7 @@ fail:
 done:
     PyMem_Free(seen);
     PyMem_Free(slots);
+    columns_close(cols, nlists);
     return out;
 }
 
@@ -1396,31 +1503,33 @@ static PyObject *followed_by(PyObject *self, PyObject *args) {
     uint64_t max_bytes = PyLong_AsUnsignedLongLong(max_obj);
     if (PyErr_Occurred()) return NULL;
     Py_ssize_t n;
-    if (!same_lengths(lists, 5, &n)) Py_RETURN_NONE;
+    column_t cols[5];
+    if (!columns_open(cols, lists, 5, &n)) Py_RETURN_NONE;
     PyObject *out = PyList_New(0);
-    if (out == NULL) return NULL;
     Py_ssize_t found = 0;
     known_t *known = PyMem_Calloc(2 * MAX_KEYS, sizeof(known_t));
-    if (known == NULL) {
-        Py_DECREF(out);
-        return PyErr_NoMemory();
+    if (out == NULL || known == NULL) {
+        Py_XDECREF(out);
+        PyMem_Free(known);
+        columns_close(cols, 5);
+        return PyErr_Occurred() ? NULL : PyErr_NoMemory();
     }
     known_t *known_next = known + MAX_KEYS;
     int nknown = 0, nknown_next = 0;
     for (Py_ssize_t i = 0; i + 1 < n; i++) {
         long a[3] = {0, 0, 0};
         for (int k = 0; k < 3; k++)
-            if (small_at(lists[2 + k], i, &a[k]) < 0) goto none;
+            if (col_small(&cols[2 + k], i, &a[k]) < 0) goto none;
         int is_in = member(own, a, 3, known, &nknown);
         if (is_in < 0) goto fail;
         if (!is_in) continue;
         uint64_t s, e, s2;
-        if (u64_at(lists[0], i, &s) < 0 || u64_at(lists[1], i, &e) < 0 || e < s ||
-            u64_at(lists[0], i + 1, &s2) < 0)
+        if (col_u64(&cols[0], i, &s) < 0 || col_u64(&cols[1], i, &e) < 0 || e < s ||
+            col_u64(&cols[0], i + 1, &s2) < 0)
             goto none;
         if (e - s > max_bytes || s2 != e) continue;
         long next[3] = {0, 0, 0};
-        if (small_at(lists[2], i + 1, &next[0]) < 0) goto none;
+        if (col_small(&cols[2], i + 1, &next[0]) < 0) goto none;
         int ok = member(next_states, next, 1, known_next, &nknown_next);
         if (ok < 0) goto fail;
         if (!ok) continue;
@@ -1428,6 +1537,7 @@ static PyObject *followed_by(PyObject *self, PyObject *args) {
         if (!count_only && append_new(out, PyLong_FromSsize_t(i)) < 0) goto fail;
     }
     PyMem_Free(known);
+    columns_close(cols, 5);
     if (count_only) {
         Py_DECREF(out);
         return PyLong_FromSsize_t(found);
@@ -1435,10 +1545,12 @@ static PyObject *followed_by(PyObject *self, PyObject *args) {
     return out;
 none:
     PyMem_Free(known);
+    columns_close(cols, 5);
     Py_DECREF(out);
     Py_RETURN_NONE;
 fail:
     PyMem_Free(known);
+    columns_close(cols, 5);
     Py_DECREF(out);
     return NULL;
 }
@@ -1461,16 +1573,20 @@ static PyObject *free_gaps(PyObject *self, PyObject *args) {
         u64_at(range_objs, 0, &range_min) < 0 || u64_at(range_objs, 1, &range_max) < 0)
         Py_RETURN_NONE;
     Py_ssize_t n;
-    if (!same_lengths(lists, 3, &n)) Py_RETURN_NONE;
+    column_t cols[3];
+    if (!columns_open(cols, lists, 3, &n)) Py_RETURN_NONE;
     PyObject *out = PyList_New(0);
-    if (out == NULL) return NULL;
+    if (out == NULL) {
+        columns_close(cols, 3);
+        return NULL;
+    }
     uint64_t cursor = range_min, total = 0, largest = 0;
     for (Py_ssize_t i = 0; i <= n; i++) {
         uint64_t s, e;
         if (i < n) {
             long state;
-            if (small_at(lists[2], i, &state) < 0 || u64_at(lists[0], i, &s) < 0 ||
-                u64_at(lists[1], i, &e) < 0)
+            if (col_small(&cols[2], i, &state) < 0 || col_u64(&cols[0], i, &s) < 0 ||
+                col_u64(&cols[1], i, &e) < 0)
                 goto none;
             if (state == free_state || e <= cursor) continue;
             if (s >= range_max) s = e = range_max; /* the gap up to the range's end */
@@ -1490,15 +1606,18 @@ static PyObject *free_gaps(PyObject *self, PyObject *args) {
         if (s >= range_max) break;
         cursor = e;
     }
+    columns_close(cols, 3);
     if (totals) {
         Py_DECREF(out);
         return Py_BuildValue("(KK)", (unsigned long long)total, (unsigned long long)largest);
     }
     return out;
 none:
+    columns_close(cols, 3);
     Py_DECREF(out);
     Py_RETURN_NONE;
 fail:
+    columns_close(cols, 3);
     Py_DECREF(out);
     return NULL;
 }
@@ -1542,21 +1661,39 @@ static int encode_field(buf_t *out, uint32_t number, long kind, PyObject *value,
                         int *unsupported) {
     buf_t payload = {0};
     int rc = -1;
-    if (kind == PACKED_U64 || kind == PACKED_U32 || kind == PACKED_BOOL) {
+    if (kind == PACKED_BOOL) {
         if (!PyList_Check(value)) goto unsupported;
         Py_ssize_t n = PyList_GET_SIZE(value);
         for (Py_ssize_t i = 0; i < n; i++) {
-            uint64_t v;
-            if (kind == PACKED_BOOL) {
-                PyObject *item = PyList_GET_ITEM(value, i);
-                if (item != Py_True && item != Py_False) goto unsupported;
-                v = item == Py_True;
-            } else {
-                if (u64_at(value, i, &v) < 0) goto unsupported;
-                if (kind == PACKED_U32 && v > UINT32_MAX) goto unsupported;
-            }
-            if (put_varint(&payload, v) < 0) goto done;
+            PyObject *item = PyList_GET_ITEM(value, i);
+            if (item != Py_True && item != Py_False) goto unsupported;
+            if (put_varint(&payload, item == Py_True) < 0) goto done;
         }
+        rc = n ? put_len_field(out, number, &payload) : 0;
+    } else if (kind == PACKED_U64 || kind == PACKED_U32) {
+        column_t col;
+        if (!column_open(&col, value)) goto unsupported;
+        Py_ssize_t n = col.n;
+        /* Room for the widest varints at once: the loop then writes without a check. */
+        if (buf_reserve(&payload, (size_t)n * 10) < 0) {
+            column_close(&col);
+            goto done;
+        }
+        for (Py_ssize_t i = 0; i < n; i++) {
+            uint64_t v;
+            if (col_u64(&col, i, &v) < 0 || (kind == PACKED_U32 && v > UINT32_MAX)) {
+                column_close(&col);
+                goto unsupported;
+            }
+            unsigned char *o = (unsigned char *)payload.data + payload.len;
+            while (v >= 0x80) {
+                *o++ = (unsigned char)(v | 0x80);
+                v >>= 7;
+            }
+            *o++ = (unsigned char)v;
+            payload.len = (size_t)((char *)o - payload.data);
+        }
+        column_close(&col);
         rc = n ? put_len_field(out, number, &payload) : 0;
     } else if (kind == INDEX_U32) {
         if (!PyBytes_Check(value)) goto unsupported;
@@ -1608,23 +1745,30 @@ static int encode_field(buf_t *out, uint32_t number, long kind, PyObject *value,
         unsigned int size_number;
         if (!PyArg_ParseTuple(value, "OOiI", &starts, &ends, &shift, &size_number)) goto done;
         PyObject *lists[2] = {starts, ends};
+        column_t cols[2];
         Py_ssize_t n;
-        if (!same_lengths(lists, 2, &n) || shift < 0 || shift > 63) goto unsupported;
+        if (shift < 0 || shift > 63 || !columns_open(cols, lists, 2, &n)) goto unsupported;
         buf_t sizes = {0};
         uint64_t mask = ((uint64_t)1 << shift) - 1, previous_end = 0;
-        for (Py_ssize_t i = 0; i < n; i++) {
+        int bad = buf_reserve(&payload, (size_t)n * 10) < 0 || buf_reserve(&sizes, (size_t)n * 10) < 0
+                      ? -1
+                      : 0;
+        for (Py_ssize_t i = 0; i < n && !bad; i++) {
             uint64_t s, e;
-            if (u64_at(starts, i, &s) < 0 || u64_at(ends, i, &e) < 0 || s < previous_end ||
-                e < s || (s & mask) || (e & mask)) {
-                buf_free(&sizes);
-                goto unsupported; /* misaligned or overlapping: the pure path explains */
-            }
-            if (put_varint(&payload, (s - previous_end) >> shift) < 0 ||
-                put_varint(&sizes, (e - s) >> shift) < 0) {
-                buf_free(&sizes);
-                goto done;
+            if (col_u64(&cols[0], i, &s) < 0 || col_u64(&cols[1], i, &e) < 0 ||
+                s < previous_end || e < s || (s & mask) || (e & mask)) {
+                bad = 1; /* misaligned or overlapping: the pure path explains */
+            } else if (put_varint(&payload, (s - previous_end) >> shift) < 0 ||
+                       put_varint(&sizes, (e - s) >> shift) < 0) {
+                bad = -1;
             }
             previous_end = e;
+        }
+        columns_close(cols, 2);
+        if (bad) {
+            buf_free(&sizes);
+            if (bad > 0) goto unsupported;
+            goto done;
         }
         rc = n ? put_len_field(out, number, &payload) : 0;
         if (rc == 0 && n) rc = put_len_field(out, size_number, &sizes);
@@ -1671,10 +1815,12 @@ static PyObject *encode(PyObject *self, PyObject *spec) {
     return result;
 }
 
-/* distinct(columns: list[list], first: tuple) -> (index: bytes of uint32, rows: list[tuple])
- * Numbers each distinct row of the columns in order of first use, ``first`` being row 0
- * whether used or not; None when the columns differ in length. A row equal to the one before (by identity, then by value) costs no
- * hash. */
+/* distinct(columns: list of columns, first: tuple)
+ *   -> (index: bytes of uint32, rows: list[tuple])
+ * Numbers each distinct row of the columns (lists, or typed columns of unsigned ints)
+ * in order of first use, ``first`` being row 0 whether used or not; None when the
+ * columns differ in length. A row equal to the one before (by identity or by raw
+ * value, then by value) costs no hash. */
 static PyObject *distinct(PyObject *self, PyObject *args) {
     (void)self;
     PyObject *columns, *first;
@@ -1685,13 +1831,15 @@ static PyObject *distinct(PyObject *self, PyObject *args) {
     }
     int ncols = (int)PyList_GET_SIZE(columns);
     PyObject *lists[16];
+    column_t cols[16];
+    uint64_t prev_raw[16] = {0};
     for (int c = 0; c < ncols; c++) lists[c] = PyList_GET_ITEM(columns, c);
     Py_ssize_t n;
-    if (!same_lengths(lists, ncols, &n)) Py_RETURN_NONE;
+    if (!columns_open(cols, lists, ncols, &n)) Py_RETURN_NONE;
     PyObject *seen = PyDict_New(), *rows = PyList_New(0), *result = NULL, *prev = NULL;
     buf_t index = {0};
     uint32_t prev_index = 0;
-    if (seen == NULL || rows == NULL) goto done;
+    if (seen == NULL || rows == NULL || buf_reserve(&index, (size_t)n * 4) < 0) goto done;
     {
         PyObject *zero = PyLong_FromLong(0);
         if (zero == NULL || PyDict_SetItem(seen, first, zero) < 0 || PyList_Append(rows, first) < 0) {
@@ -1705,7 +1853,9 @@ static PyObject *distinct(PyObject *self, PyObject *args) {
         if (prev != NULL) {
             int same = 1;
             for (int c = 0; c < ncols && same; c++)
-                same = PyList_GET_ITEM(lists[c], i) == PyTuple_GET_ITEM(prev, c);
+                same = cols[c].list != NULL
+                           ? PyList_GET_ITEM(lists[c], i) == PyTuple_GET_ITEM(prev, c)
+                           : column_item(&cols[c], i) == prev_raw[c];
             if (same) {
                 if (buf_put(&index, &prev_index, 4) < 0) goto done;
                 continue;
@@ -1714,8 +1864,17 @@ static PyObject *distinct(PyObject *self, PyObject *args) {
         PyObject *row = PyTuple_New(ncols);
         if (row == NULL) goto done;
         for (int c = 0; c < ncols; c++) {
-            PyObject *v = PyList_GET_ITEM(lists[c], i);
-            Py_INCREF(v);
+            PyObject *v;
+            if (cols[c].list != NULL) {
+                v = Py_NewRef(PyList_GET_ITEM(lists[c], i));
+            } else {
+                prev_raw[c] = column_item(&cols[c], i);
+                v = PyLong_FromUnsignedLongLong(prev_raw[c]);
+                if (v == NULL) {
+                    Py_DECREF(row);
+                    goto done;
+                }
+            }
             PyTuple_SET_ITEM(row, c, v);
         }
         PyObject *found = PyDict_GetItemWithError(seen, row);
@@ -1742,6 +1901,7 @@ static PyObject *distinct(PyObject *self, PyObject *args) {
     }
     result = Py_BuildValue("(y#O)", index.data ? index.data : "", (Py_ssize_t)index.len, rows);
 done:
+    columns_close(cols, ncols);
     Py_XDECREF(seen);
     Py_XDECREF(rows);
     Py_XDECREF(prev);
@@ -2156,7 +2316,7 @@ static PyMethodDef methods[] = {
     {"scan_smaps_fd", scan_smaps_fd, METH_VARARGS, "Scan a regular smaps file into columns."},
 #endif
     {"gather", gather, METH_VARARGS, "values[k] for each k of an index."},
-    {"gather_either", gather_either, METH_VARARGS, "Gather with a fallback where None."},
+    {"spread", spread, METH_VARARGS, "A typed column of values[k] for each k of an index."},
     {"take", take, METH_VARARGS, "values[k] for each k of a list of indices."},
     {"bounds", bounds, METH_VARARGS, "Region boundaries from page deltas and sizes."},
     {"tally", tally, METH_VARARGS, "Counts, bytes and single pages per distinct key."},
@@ -2179,6 +2339,13 @@ static struct PyModuleDef module = {
 
 PyMODINIT_FUNC PyInit__native(void) {
     init_hex();
+    if (array_type == NULL) {
+        PyObject *array = PyImport_ImportModule("array");
+        if (array == NULL) return NULL;
+        array_type = PyObject_GetAttrString(array, "array");
+        Py_DECREF(array);
+        if (array_type == NULL) return NULL;
+    }
     for (int i = 0; i < SMALL_INTS; i++)
         if (small_ints[i] == NULL && (small_ints[i] = PyLong_FromLong(i)) == NULL) return NULL;
     PyObject *m = PyModule_Create(&module);

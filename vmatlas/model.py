@@ -9,8 +9,11 @@ hundreds of thousands of them; :meth:`RegionTable.rows` hands them out as rows.
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterator, Sequence
+from array import array
+from collections.abc import Iterator, MutableSequence, Sequence
 from dataclasses import dataclass, field
+from operator import eq
+from typing import Any
 
 from vmatlas import errors
 
@@ -234,32 +237,62 @@ class Region:
         return perms_text(self.protection)
 
 
-@dataclass(slots=True)
+# A column of integers: a list, or a typed array (array.array: 'Q' for addresses,
+# offsets, devices and inodes, 'B' for the small enums), as the native scan of maps
+# fills it straight from the text, with no Python int per value. Both index, iterate
+# and compare the same (RegionTable's equality compares values, not container types).
+IntColumn = MutableSequence[int]
+
+
+def same_column(a: Sequence[Any], b: Sequence[Any]) -> bool:
+    """Whether two columns hold equal values, whatever their containers (a list never
+    equals an array, however alike their values)."""
+    if type(a) is type(b) or (isinstance(a, array) and isinstance(b, array)):
+        return bool(a == b)
+    return len(a) == len(b) and all(map(eq, a, b))
+
+
+@dataclass(slots=True, eq=False)
 class RegionTable:
     """Regions as columns, sorted by start. Every column has one entry per region,
     except the optional ones (``allocation_*``, ``residency``) which are either empty
-    (all zero / absent) or full. Built once by a reader, then treated as immutable."""
+    (all zero / absent) or full. Built once by a reader, then treated as immutable.
 
-    start: list[int] = field(default_factory=list)
-    end: list[int] = field(default_factory=list)
-    state: list[int] = field(default_factory=list)
-    type: list[int] = field(default_factory=list)
-    protection: list[int] = field(default_factory=list)
-    protection_raw: list[int] = field(default_factory=list)
-    kind: list[int] = field(default_factory=list)
+    Integer columns are lists or typed arrays (:data:`IntColumn`); tables are equal
+    when their columns hold equal values."""
+
+    start: IntColumn = field(default_factory=list)
+    end: IntColumn = field(default_factory=list)
+    state: IntColumn = field(default_factory=list)
+    type: IntColumn = field(default_factory=list)
+    protection: IntColumn = field(default_factory=list)
+    protection_raw: IntColumn = field(default_factory=list)
+    kind: IntColumn = field(default_factory=list)
     path: list[str] = field(default_factory=list)
-    offset: list[int] = field(default_factory=list)
-    device: list[int] = field(default_factory=list)
-    inode: list[int] = field(default_factory=list)
+    offset: IntColumn = field(default_factory=list)
+    device: IntColumn = field(default_factory=list)
+    inode: IntColumn = field(default_factory=list)
     deleted: list[bool] = field(default_factory=list)
-    allocation_base: list[int] = field(default_factory=list)
-    allocation_protection: list[int] = field(default_factory=list)
-    allocation_protection_raw: list[int] = field(default_factory=list)
+    allocation_base: IntColumn = field(default_factory=list)
+    allocation_protection: IntColumn = field(default_factory=list)
+    allocation_protection_raw: IntColumn = field(default_factory=list)
     # Field name (RESIDENCY_FIELDS) -> column; empty when residency was not read.
     residency: dict[str, list[int]] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.start)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, RegionTable):
+            return NotImplemented
+        if self.residency.keys() != other.residency.keys():
+            return False
+        return all(
+            same_column(getattr(self, name), getattr(other, name))
+            for name in (*ROW_COLUMNS, *ALLOCATION_COLUMNS)
+        ) and all(same_column(c, other.residency[k]) for k, c in self.residency.items())
+
+    __hash__ = None  # type: ignore[assignment]  # mutable columns, as a dataclass's
 
     def row(self, i: int) -> Region:
         has_alloc = bool(self.allocation_base)

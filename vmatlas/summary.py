@@ -4,7 +4,7 @@ lists and alerts use. The agent, the server and the client all call :func:`summa
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from itertools import compress
 from operator import sub
 from types import ModuleType
@@ -123,20 +123,20 @@ def guard_count(table: RegionTable, keys: set[tuple[int, int, int]] | None = Non
     return _page_guard_count(table.protection, protections) + _reservation_guard_count(table, keys)
 
 
-def _guard_protections(protections: list[int], distinct: set[int] | None) -> set[int]:
+def _guard_protections(protections: Sequence[int], distinct: set[int] | None) -> set[int]:
     """The protections with the PAGE_GUARD bit among ``protections`` (``distinct``:
     the distinct ones, where the caller has them)."""
     return {p for p in (set(protections) if distinct is None else distinct) if p & GUARD}
 
 
-def _page_guards(protections: list[int]) -> list[int]:
+def _page_guards(protections: Sequence[int]) -> list[int]:
     guard_protections = _guard_protections(protections, None)
     if not guard_protections:
         return []
     return [i for i, p in enumerate(protections) if p in guard_protections]
 
 
-def _page_guard_count(protections: list[int], distinct: set[int] | None) -> int:
+def _page_guard_count(protections: Sequence[int], distinct: set[int] | None) -> int:
     """``len(_page_guards(protections))``, without listing them."""
     guard_protections = _guard_protections(protections, distinct)
     if not guard_protections:

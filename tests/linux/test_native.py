@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import tempfile
+from array import array
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,9 @@ from vmatlas.agents.linux import (
     parse_smaps,
 )
 from vmatlas.model import (
+    ALLOCATION_COLUMNS,
     RESIDENCY_FIELDS,
+    ROW_COLUMNS,
     Host,
     OperatingSystem,
     Process,
@@ -257,12 +260,12 @@ def test_a_decision_that_raises_stops_the_scan_as_read(planter: Planter) -> None
     def refuse(rest: bytes) -> tuple[Any, ...]:
         raise LookupError(rest)
 
-    by_bits, _, count = _SCAN_DECISIONS
+    _, count = _SCAN_DECISIONS
     for facts_of, error in ((refuse, LookupError), (lambda rest: (1,), TypeError)):
         fd = os.open(path, os.O_RDONLY)
         try:
             with pytest.raises(error):
-                native._built.scan_maps_fd(fd, by_bits, facts_of, count)  # type: ignore[union-attr]
+                native._built.scan_maps_fd(fd, facts_of, count)  # type: ignore[union-attr]
         finally:
             os.close(fd)
     with native.use(True):
@@ -436,6 +439,71 @@ def test_generated_tables_summarize_and_encode_the_same(table: RegionTable, page
     if isinstance(data, bytes):
         assert same_on_both(lambda: wire.table_from_bytes(data)) == table
     same_on_both(lambda: wire.table_to_pb(table, page_size_bytes=page).SerializeToString())
+
+
+def typed(table: RegionTable) -> RegionTable:
+    """``table`` with every integer column that fits one as a typed array, as the
+    native maps scan gives them ('B' where the values fit a byte, 'Q' otherwise)."""
+    out = dataclasses.replace(table)
+    for name in (*ROW_COLUMNS, *ALLOCATION_COLUMNS):
+        column = getattr(table, name)
+        if name in ("path", "deleted") or not all(type(v) is int for v in column):
+            continue
+        for code in ("B", "Q"):
+            try:
+                setattr(out, name, array(code, column))
+                break
+            except OverflowError:
+                continue
+    return out
+
+
+@SETTINGS
+@given(tables(), st.sampled_from([PAGE, 4096, 1 << 16]))
+def test_typed_columns_summarize_and_encode_as_lists_do(table: RegionTable, page: int) -> None:
+    """The loops read typed columns (the native scan's) as they read lists: the same
+    summary, guards, gaps and wire bytes, or the same refusal, on both paths."""
+    as_arrays = typed(table)
+    assert as_arrays == table
+    for work in (
+        lambda t: summarize_process(t, HOST, Process(pid=1)),
+        guard_indices,
+        lambda t: free_gaps(t, 1 << 16, 1 << 47),
+        lambda t: summary._free_totals(t, 1 << 16, 1 << 47),
+        lambda t: wire.table_to_bytes(t, page_size_bytes=page),
+        lambda t: insert_free(t, 1 << 16, 1 << 47),
+    ):
+        assert same_on_both(lambda w=work: w(as_arrays)) == same_on_both(lambda w=work: w(table))
+
+
+def test_tables_are_equal_by_values_whatever_their_columns() -> None:
+    listed = RegionTable(
+        start=[0x1000, 0x3000], end=[0x2000, 0x4000], state=[3, 2], type=[3, 3],
+        protection=[1, 0], protection_raw=[1, 0], kind=[0, 0], path=["", ""],
+        offset=[0, 0], device=[0, 0], inode=[0, 0], deleted=[False, False],
+    )  # fmt: skip
+    mixed = typed(listed)
+    assert isinstance(mixed.start, array) and isinstance(mixed.state, array)
+    assert mixed == listed and listed == mixed
+    assert mixed.row(1) == listed.row(1)
+    for name, other in (("end", [0x2000, 0x5000]), ("state", [3, 3]), ("path", ["", "x"])):
+        changed = dataclasses.replace(mixed, **{name: other})
+        assert changed != listed and listed != changed
+    shorter = dataclasses.replace(mixed, start=array("Q", [0x1000]))
+    assert shorter != listed
+    assert dataclasses.replace(mixed, residency={"rss_bytes": [0, 0]}) != listed
+
+
+def test_the_native_scan_fills_typed_columns(planter: Planter) -> None:
+    planter.grow(100)
+    with native.use(True):
+        table = LinuxReader().regions(planter.pid)
+    for name in ("start", "end", "offset", "device", "inode"):
+        assert isinstance(getattr(table, name), array) and getattr(table, name).typecode == "Q"
+    for name in ("state", "type", "protection", "protection_raw", "kind"):
+        assert isinstance(getattr(table, name), array) and getattr(table, name).typecode == "B"
+    with native.use(False):
+        assert LinuxReader().regions(planter.pid) == table
 
 
 @st.composite
