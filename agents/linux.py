@@ -19,6 +19,7 @@ import pwd
 import re
 import socket
 import time
+from array import array
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
@@ -268,7 +269,6 @@ def _parse_maps(data: bytes) -> RegionTable:
 # native scanner, which reports each line's perms so.
 _STATE_BY_BITS = [_PERMS_STATE[k] for k in sorted(_PERMS_BITS, key=_PERMS_BITS.__getitem__)]
 _ANON_TYPE_BY_BITS = [_PERMS_ANON_TYPE[k] for k in sorted(_PERMS_BITS, key=_PERMS_BITS.__getitem__)]
-_BITS = list(range(16))
 
 
 # What the native scan asks of each distinct rest as it first sees it: its parse_rest
@@ -307,14 +307,15 @@ def _table_from_scan(accel: Any, scan: tuple[Any, ...]) -> RegionTable:
         for f in facts
     ]
     device, inode, path, deleted, kind = (list(column) for column in zip(*facts, strict=True))
-    protection = accel.spread(_BITS, bits, 1, "B")
+    # The perms bits are the protection bits (r=1, w=2, x=4, s=8).
+    protection = array("B", bits)
     return RegionTable(
         start=starts,
         end=ends,
         state=accel.spread(_STATE_BY_BITS, bits, 1, "B"),
         type=accel.spread(file_type, rest_index, 4, "B", _ANON_TYPE_BY_BITS, bits, 1),
         protection=protection,
-        protection_raw=protection[:],
+        protection_raw=array("B", bits),
         kind=accel.spread(kind, rest_index, 4, "B"),
         path=accel.gather(path, rest_index, 4),
         offset=offsets,
@@ -613,15 +614,14 @@ class LinuxReader:
         *,
         residency: bool = False,
         name: str | None = None,
-        read_ahead: bool = True,
+        streamed: bool = True,
     ) -> RegionTable:
         """The regions of ``pid``. Raises NoSuchProcess or AccessDenied.
 
-        ``read_ahead``: on the native path, maps is scanned while a thread reads the
-        rest of it: a large process's snapshot comes sooner for a little more CPU.
-        Summaries, read for every process in turn, where CPU counts and the wait for
-        one process does not, go without."""
-        if native.accel is not None and (residency or read_ahead):
+        ``streamed``: on the native path, maps is scanned a chunk at a time as the
+        kernel writes it, never held whole. Summaries, read for every process in turn
+        (most of them small, many kernel threads with nothing to read), go without."""
+        if native.accel is not None and (residency or streamed):
             table = self._streamed_smaps(pid, name) if residency else self._streamed_maps(pid, name)
             if table is not None:
                 return table
@@ -631,10 +631,9 @@ class LinuxReader:
         return parse_smaps(text) if residency else parse_maps(text)
 
     def _streamed_maps(self, pid: int, name: str | None) -> RegionTable | None:
-        """maps scanned natively while the kernel is still writing the rest of it (on
-        a thread of the extension's own); None where it is empty (a process that is
-        gone, or a kernel thread: the whole-text path decides which) or holds a number
-        past 64 bits."""
+        """maps scanned natively a chunk at a time as it is read; None where it is
+        empty (a process that is gone, or a kernel thread: the whole-text path decides
+        which) or holds a number past 64 bits."""
         accel = native.accel
         assert accel is not None
         if not hasattr(accel, "scan_maps_fd"):  # Windows builds read no procfs
@@ -693,7 +692,7 @@ class LinuxReader:
     def process_summary(self, pid: int, host: Host | None = None) -> ProcessSummary:
         host = host or self.host()
         process = self.process(pid, host)
-        table = self.regions(pid, name=process.name, read_ahead=False)
+        table = self.regions(pid, name=process.name, streamed=False)
         return ProcessSummary(
             process=process,
             summary=summarize_process(table, host, process),

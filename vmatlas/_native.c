@@ -19,8 +19,6 @@
 #include <string.h>
 #include <errno.h>
 #ifndef _WIN32
-#include <pthread.h>
-#include <stdlib.h>
 #include <unistd.h>
 #endif
 
@@ -77,6 +75,55 @@ static PyObject *new_array(const char *typecode, const void *data, size_t n) {
         return NULL;
     }
     Py_DECREF(done);
+    return arr;
+}
+
+/* An array.array as CPython lays it out (Modules/arraymodule.c, unchanged from 3.8 to
+ * 3.13). It is not public: array_adopts says, from arrays made and looked at when the
+ * module loads, whether this interpreter's arrays are laid out so; where they are, a
+ * column the scan wrote is handed to its array as it is (both PyMem memory) instead of
+ * copied, and otherwise copied. */
+typedef struct {
+    PyObject_VAR_HEAD
+    char *ob_item;
+    Py_ssize_t allocated;
+    const void *ob_descr;
+    PyObject *weakreflist;
+    Py_ssize_t ob_exports;
+} array_layout_t;
+
+static int array_adopts;
+
+static void check_array_layout(void) {
+    array_adopts = 0;
+    PyObject *empty = PyObject_CallFunction(array_type, "s", "Q");
+    PyObject *three = PyObject_CallFunction(array_type, "sy", "B", "\x01\x02\x03");
+    if (empty != NULL && three != NULL) {
+        array_layout_t *e = (array_layout_t *)empty, *t = (array_layout_t *)three;
+        array_adopts = Py_SIZE(e) == 0 && e->ob_item == NULL && e->allocated == 0 &&
+                       e->weakreflist == NULL && e->ob_exports == 0 && Py_SIZE(t) == 3 &&
+                       t->ob_item != NULL && memcmp(t->ob_item, "\x01\x02\x03", 3) == 0 &&
+                       t->allocated >= 3 && t->allocated < 64 && t->weakreflist == NULL &&
+                       t->ob_exports == 0 && e->ob_descr != t->ob_descr;
+    }
+    Py_XDECREF(empty);
+    Py_XDECREF(three);
+    PyErr_Clear();
+}
+
+/* A new array.array of ``typecode`` (items of ``size`` bytes) holding the bytes of
+ * ``b``, which it takes over where it can (``b`` is then empty). */
+static PyObject *array_of(const char *typecode, int size, buf_t *b) {
+    if (!array_adopts || b->data == NULL || b->len % (size_t)size || b->cap % (size_t)size)
+        return new_array(typecode, b->data, b->len);
+    PyObject *arr = PyObject_CallFunction(array_type, "s", typecode);
+    if (arr == NULL) return NULL;
+    array_layout_t *a = (array_layout_t *)arr;
+    a->ob_item = b->data;
+    a->allocated = (Py_ssize_t)(b->cap / (size_t)size);
+    Py_SET_SIZE(a, (Py_ssize_t)(b->len / (size_t)size));
+    b->data = NULL;
+    b->len = b->cap = 0;
     return arr;
 }
 
@@ -332,6 +379,23 @@ static int maps_scan_room(maps_scan_t *st) {
                : 0;
 }
 
+/* Whether n bytes at a and b are equal: a word at a time, inline (most rests are short
+ * and equal to the line before's, where a call to memcmp costs more than the compare). */
+static inline int same_bytes(const char *a, const char *b, size_t n) {
+    uint64_t x, y;
+    while (n >= 8) {
+        memcpy(&x, a, 8);
+        memcpy(&y, b, 8);
+        if (x != y) return 0;
+        a += 8;
+        b += 8;
+        n -= 8;
+    }
+    while (n--)
+        if (*a++ != *b++) return 0;
+    return 1;
+}
+
 static int maps_scan_line(maps_scan_t *st, const char *p, const char *e) {
     maps_line_t m;
     if (st->big) return 0;
@@ -341,7 +405,7 @@ static int maps_scan_line(maps_scan_t *st, const char *p, const char *e) {
         return 0;
     }
     uint32_t k;
-    if (st->last_n == m.rest_n && memcmp(st->last_rest, m.rest, (size_t)m.rest_n) == 0) {
+    if (st->last_n == m.rest_n && same_bytes(st->last_rest, m.rest, (size_t)m.rest_n)) {
         k = st->last_index; /* the common case: the line before had the same rest */
     } else {
         int is_new;
@@ -386,10 +450,8 @@ static int maps_scan_line(maps_scan_t *st, const char *p, const char *e) {
 
 static PyObject *maps_scan_result(maps_scan_t *st) {
     if (st->big) Py_RETURN_NONE;
-    PyObject *starts = new_array("Q", st->starts.data, st->starts.len),
-             *ends = new_array("Q", st->ends.data, st->ends.len),
-             *offsets = new_array("Q", st->offsets.data, st->offsets.len), *rest_bits = NULL,
-             *result = NULL;
+    PyObject *starts = array_of("Q", 8, &st->starts), *ends = array_of("Q", 8, &st->ends),
+             *offsets = array_of("Q", 8, &st->offsets), *rest_bits = NULL, *result = NULL;
     if (starts == NULL || ends == NULL || offsets == NULL) goto done;
     rest_bits = PyList_New((Py_ssize_t)st->table.count);
     if (rest_bits == NULL) goto done;
@@ -451,32 +513,19 @@ done:
 #ifndef _WIN32
 /* -- maps read and scanned at once ----------------------------------------------------
  * Reading a large process's maps is the kernel formatting it a page per read() call:
- * most of a capture's time. scan_maps_fd scans the text while the rest is still being
- * read, by a thread of its own that never touches Python. */
+ * most of a capture's time. scan_maps_fd scans each chunk as soon as it is read, while
+ * the kernel's text is still in this CPU's cache. (A thread reading ahead while this
+ * one scanned saved some wall time on an idle machine, but cost more CPU than the scan
+ * it overlapped: futex wakeups and every byte crossing to another CPU's cache; on a
+ * busy machine it was slower both ways.) */
 
 #define FEED_CHUNK (64 * 1024)
 
-typedef struct feed_chunk {
-    struct feed_chunk *next;
-    size_t len;
-    char data[FEED_CHUNK];
-} feed_chunk_t;
-
-typedef struct {
-    int fd;
-    pthread_mutex_t lock;
-    pthread_cond_t ready;
-    feed_chunk_t *head, *tail; /* read and not yet scanned, in order */
-    feed_chunk_t *spare;       /* scanned, to be read into again (no new pages) */
-    int done, error;           /* error: the errno of a failed read, or 0 */
-    int stop;                  /* the scanner gave up: read no further */
-} feed_t;
-
-/* Fill ``c`` from ``fd`` to FEED_CHUNK bytes or the end of the file (*eof). 0, or the
+/* Fill ``buf`` from ``fd`` to FEED_CHUNK bytes or the end of the file (*eof). 0, or the
  * errno of a failed read. Needs no GIL. */
-static int fill_chunk(int fd, feed_chunk_t *c, int *eof) {
-    while (c->len < FEED_CHUNK) {
-        ssize_t got = read(fd, c->data + c->len, FEED_CHUNK - c->len);
+static int fill_chunk(int fd, char *buf, size_t *len, int *eof) {
+    while (*len < FEED_CHUNK) {
+        ssize_t got = read(fd, buf + *len, FEED_CHUNK - *len);
         if (got < 0) {
             if (errno == EINTR) continue;
             return errno;
@@ -485,65 +534,14 @@ static int fill_chunk(int fd, feed_chunk_t *c, int *eof) {
             *eof = 1;
             return 0;
         }
-        c->len += (size_t)got;
+        *len += (size_t)got;
     }
     return 0;
 }
 
-static feed_chunk_t *new_chunk(void) {
-    feed_chunk_t *c = malloc(sizeof *c);
-    if (c != NULL) {
-        c->next = NULL;
-        c->len = 0;
-    }
-    return c;
-}
-
-static void free_chunks(feed_chunk_t *c) {
-    while (c != NULL) {
-        feed_chunk_t *next = c->next;
-        free(c);
-        c = next;
-    }
-}
-
-/* The reading thread: chunk after chunk, handed over in order, to the end. */
-static void *feed_run(void *arg) {
-    feed_t *f = arg;
-    feed_chunk_t *c = new_chunk();
-    for (;;) {
-        int eof = 0, error = c == NULL ? ENOMEM : fill_chunk(f->fd, c, &eof);
-        pthread_mutex_lock(&f->lock);
-        if (c != NULL && c->len) {
-            if (f->tail != NULL)
-                f->tail->next = c;
-            else
-                f->head = c;
-            f->tail = c;
-        } else {
-            free(c);
-        }
-        if (error || eof) {
-            f->done = 1;
-            f->error = error;
-        }
-        int finished = f->done || f->stop;
-        pthread_cond_signal(&f->ready);
-        c = f->spare;
-        if (c != NULL && !finished) {
-            f->spare = c->next;
-            c->next = NULL;
-            c->len = 0;
-        }
-        pthread_mutex_unlock(&f->lock);
-        if (finished) return NULL;
-        if (c == NULL) c = new_chunk();
-    }
-}
-
-/* Scan the whole lines of ``c``; a line it leaves unfinished waits in ``carry``. */
-static int scan_chunk(maps_scan_t *st, buf_t *carry, const feed_chunk_t *c) {
-    const char *p = c->data, *stop = c->data + c->len, *e;
+/* Scan the whole lines of [p, stop); a line it leaves unfinished waits in ``carry``. */
+static int scan_chunk(maps_scan_t *st, buf_t *carry, const char *p, const char *stop) {
+    const char *e;
     if (carry->len) {
         e = memchr(p, '\n', (size_t)(stop - p));
         if (e == NULL) return buf_put(carry, p, (size_t)(stop - p));
@@ -560,133 +558,44 @@ static int scan_chunk(maps_scan_t *st, buf_t *carry, const feed_chunk_t *c) {
 }
 
 /* scan_maps_fd(fd: int, facts_of, fact_count) -> scan_maps' tuple | None
- * scan_maps of the file's text, read to its end; None when it is empty or scan_maps
- * gives up on it (the caller then reads it whole). The first
- * chunk is read here (most processes' maps end within it); a longer text is read on
- * by a thread while this one scans. Raises OSError as os.read does. */
+ * scan_maps of the file's text, read to its end a chunk at a time (the GIL let go
+ * while the kernel writes each); None when it is empty or scan_maps gives up on it
+ * (the caller then reads it whole). Raises OSError as os.read does. */
 static PyObject *scan_maps_fd(PyObject *self, PyObject *args) {
     (void)self;
-    int fd, read_ahead = 1;
+    int fd;
     PyObject *facts_of;
     Py_ssize_t fact_count;
-    if (!PyArg_ParseTuple(args, "iOn|p", &fd, &facts_of, &fact_count, &read_ahead)) return NULL;
+    if (!PyArg_ParseTuple(args, "iOn", &fd, &facts_of, &fact_count)) return NULL;
     maps_scan_t st;
-    feed_t feed = {.fd = fd};
     buf_t carry = {0};
-    pthread_t reader;
-    int started = 0, eof = 0, error, seen_any;
+    int eof = 0, error = 0, seen_any = 0;
     PyObject *result = NULL;
-    if (maps_scan_init(&st, 0, facts_of, fact_count) < 0) {
-        maps_scan_free(&st);
-        return NULL;
-    }
-    feed_chunk_t *c = new_chunk();
-    if (c == NULL) {
+    char *chunk = NULL;
+    if (maps_scan_init(&st, 0, facts_of, fact_count) < 0) goto done;
+    chunk = PyMem_Malloc(FEED_CHUNK);
+    if (chunk == NULL) {
         PyErr_NoMemory();
         goto done;
     }
-    Py_BEGIN_ALLOW_THREADS
-    error = fill_chunk(fd, c, &eof);
-    Py_END_ALLOW_THREADS
-    if (error) {
-        errno = error;
-        PyErr_SetFromErrno(PyExc_OSError);
-        goto done;
-    }
-    seen_any = c->len > 0;
-    if (!read_ahead) {
-        /* Each chunk scanned as soon as it is read, while the kernel's text is still in
-         * this CPU's cache: no thread, no handovers, the least CPU. */
-        for (;;) {
-            if (scan_chunk(&st, &carry, c) < 0) goto done;
-            if (eof || st.big) break;
-            c->len = 0;
-            Py_BEGIN_ALLOW_THREADS
-            error = fill_chunk(fd, c, &eof);
-            Py_END_ALLOW_THREADS
-            if (error) {
-                errno = error;
-                PyErr_SetFromErrno(PyExc_OSError);
-                goto done;
-            }
-        }
-        goto scanned;
-    }
-    if (!eof) {
-        pthread_mutex_init(&feed.lock, NULL);
-        pthread_cond_init(&feed.ready, NULL);
-        if (pthread_create(&reader, NULL, feed_run, &feed) == 0) {
-            started = 1;
-        } else {
-            pthread_mutex_destroy(&feed.lock);
-            pthread_cond_destroy(&feed.ready);
-            /* No thread: the rest is read here, then scanned. */
-            Py_BEGIN_ALLOW_THREADS
-            while (!eof && !error) {
-                feed_chunk_t *next = new_chunk();
-                error = next == NULL ? ENOMEM : fill_chunk(fd, next, &eof);
-                if (next != NULL && next->len) {
-                    if (feed.tail != NULL)
-                        feed.tail->next = next;
-                    else
-                        feed.head = next;
-                    feed.tail = next;
-                } else {
-                    free(next);
-                }
-            }
-            Py_END_ALLOW_THREADS
-            feed.done = 1;
-            feed.error = error;
-        }
-    }
-    for (;;) {
-        if (scan_chunk(&st, &carry, c) < 0) goto done;
-        if (eof || st.big) break; /* the first chunk was all, or the scan gives up */
+    while (!eof && !st.big) {
+        size_t len = 0;
         Py_BEGIN_ALLOW_THREADS
-        if (started) {
-            pthread_mutex_lock(&feed.lock);
-            c->next = feed.spare; /* read into again: its pages are already there */
-            feed.spare = c;
-            while (feed.head == NULL && !feed.done) pthread_cond_wait(&feed.ready, &feed.lock);
-        } else {
-            free(c);
-        }
-        c = feed.head;
-        if (c != NULL) {
-            feed.head = c->next;
-            if (feed.head == NULL) feed.tail = NULL;
-        }
-        error = feed.error;
-        if (started) pthread_mutex_unlock(&feed.lock);
+        error = fill_chunk(fd, chunk, &len, &eof);
         Py_END_ALLOW_THREADS
-        if (c == NULL) {
-            if (error) {
-                errno = error;
-                PyErr_SetFromErrno(PyExc_OSError);
-                goto done;
-            }
-            break;
+        if (error) {
+            errno = error;
+            PyErr_SetFromErrno(PyExc_OSError);
+            goto done;
         }
+        seen_any |= len > 0;
+        if (scan_chunk(&st, &carry, chunk, chunk + len) < 0) goto done;
     }
-scanned:
     /* A last line without its '\n'. */
     if (carry.len && maps_scan_line(&st, carry.data, carry.data + carry.len) < 0) goto done;
     result = seen_any ? maps_scan_result(&st) : Py_NewRef(Py_None);
 done:
-    if (started) {
-        Py_BEGIN_ALLOW_THREADS
-        pthread_mutex_lock(&feed.lock);
-        feed.stop = 1;
-        pthread_mutex_unlock(&feed.lock);
-        pthread_join(reader, NULL);
-        Py_END_ALLOW_THREADS
-        pthread_mutex_destroy(&feed.lock);
-        pthread_cond_destroy(&feed.ready);
-    }
-    free(c);
-    free_chunks(feed.head);
-    free_chunks(feed.spare);
+    PyMem_Free(chunk);
     buf_free(&carry);
     maps_scan_free(&st);
     return result;
@@ -790,7 +699,8 @@ static PyObject *spread(PyObject *self, PyObject *args) {
         return NULL;
     PyObject *out = NULL;
     uint64_t *va = NULL, *vb = NULL;
-    char *oka = NULL, *okb = NULL, *items = NULL;
+    char *oka = NULL, *okb = NULL;
+    buf_t items = {0};
     int size = typecode_size(typecode);
     Py_ssize_t n = a.len / (wa ? wa : 1);
     if (size == 0 || (wa != 1 && wa != 4) || (wb != 1 && wb != 4) ||
@@ -800,13 +710,23 @@ static PyObject *spread(PyObject *self, PyObject *args) {
     }
     if (unsigned_values(values, size, &va, &oka) < 0) goto done;
     if (fallback != NULL && unsigned_values(fallback, size, &vb, &okb) < 0) goto done;
-    items = PyMem_Malloc((size_t)(n ? n : 1) * (size_t)size);
-    if (items == NULL) {
-        PyErr_NoMemory();
-        goto done;
-    }
+    if (buf_reserve(&items, (size_t)(n ? n : 1) * (size_t)size) < 0) goto done;
     Py_ssize_t na = PyList_GET_SIZE(values), nb = fallback ? PyList_GET_SIZE(fallback) : 0;
-    for (Py_ssize_t i = 0; i < n; i++) {
+    Py_ssize_t i = 0;
+    if (fallback == NULL && (size == 1 || size == 8)) {
+        /* The common cases, a tight loop each: an index of bytes or uint32s, items of
+         * a byte or a word. */
+        for (; i < n; i++) {
+            uint32_t k;
+            if (wa == 1) k = ((const uint8_t *)a.buf)[i];
+            else memcpy(&k, (const char *)a.buf + (size_t)i * 4, 4);
+            if ((Py_ssize_t)k >= na) goto range;
+            if (oka[k] != 1) break;
+            if (size == 1) ((uint8_t *)items.data)[i] = (uint8_t)va[k];
+            else memcpy(items.data + (size_t)i * 8, &va[k], 8);
+        }
+    }
+    for (; i < n; i++) {
         uint32_t k;
         index_at(a.buf, wa, i, &k);
         if ((Py_ssize_t)k >= na) goto range;
@@ -822,9 +742,10 @@ static PyObject *spread(PyObject *self, PyObject *args) {
             out = Py_NewRef(Py_None);
             goto done;
         }
-        put_unsigned(items + (size_t)i * (size_t)size, size, v);
+        put_unsigned(items.data + (size_t)i * (size_t)size, size, v);
     }
-    out = new_array(typecode, items, (size_t)n * (size_t)size);
+    items.len = (size_t)n * (size_t)size;
+    out = array_of(typecode, size, &items);
     goto done;
 range:
     PyErr_SetString(PyExc_IndexError, "spread index out of range");
@@ -833,7 +754,7 @@ done:
     PyMem_Free(vb);
     PyMem_Free(oka);
     PyMem_Free(okb);
-    PyMem_Free(items);
+    buf_free(&items);
     PyBuffer_Release(&a);
     if (fallback != NULL) PyBuffer_Release(&b);
     return out;
@@ -1276,6 +1197,21 @@ static inline int shl_fits(uint64_t v, int shift) {
     return shift == 0 || (v >> (64 - shift)) == 0;
 }
 
+/* nonzero(column) -> bool | None: whether a typed column holds a value other than 0
+ * (any(column), without an int made per value); None for a list or anything else. */
+static PyObject *nonzero(PyObject *self, PyObject *column) {
+    (void)self;
+    column_t col;
+    if (PyList_Check(column) || !column_open(&col, column)) Py_RETURN_NONE;
+    const unsigned char *p = col.view.buf;
+    size_t len = (size_t)col.n * (size_t)col.size;
+    unsigned char any = 0;
+    for (size_t i = 0; i < len && !any; i += 4096)
+        for (size_t j = i; j < len && j < i + 4096; j++) any |= p[j];
+    column_close(&col);
+    return PyBool_FromLong(any != 0);
+}
+
 /* take(values: list, index: list[int]) -> [values[k] for k in index]; IndexError for
  * an index past the end (as the list comprehension raises), TypeError for one that is
  * not a non-negative int. */
@@ -1396,14 +1332,43 @@ static PyObject *tally(PyObject *self, PyObject *args) {
     memset(slots, 0xff, SLOTS * sizeof(int16_t));
     size_t key_bytes = (size_t)nkeys * sizeof(long);
     int nseen = 0, last = -1, prior = -1; /* the last two keys met: layouts alternate */
+    /* Typed columns (the native scan's): bounds read as words, keys of a byte each
+     * packed into one word and compared so. */
+    int word_bounds = cols[0].list == NULL && cols[0].size == 8 && cols[1].list == NULL &&
+                      cols[1].size == 8;
+    int byte_keys = 1;
+    for (int k = 0; k < nkeys; k++) byte_keys &= cols[2 + k].list == NULL && cols[2 + k].size == 1;
+    uint64_t last_packed = 0, prior_packed = 0;
     PyObject *out = NULL;
     for (Py_ssize_t i = 0; i < n; i++) {
         uint64_t s, e;
         long key[MAX_KEY_COLUMNS] = {0};
-        if (col_u64(&cols[0], i, &s) < 0 || col_u64(&cols[1], i, &e) < 0 || e < s) goto none;
-        for (int k = 0; k < nkeys; k++)
-            if (col_small(&cols[2 + k], i, &key[k]) < 0) goto none;
+        if (word_bounds) {
+            memcpy(&s, (const char *)cols[0].view.buf + i * 8, 8);
+            memcpy(&e, (const char *)cols[1].view.buf + i * 8, 8);
+        } else if (col_u64(&cols[0], i, &s) < 0 || col_u64(&cols[1], i, &e) < 0) {
+            goto none;
+        }
+        if (e < s) goto none;
         int j = last;
+        uint64_t packed = 0;
+        if (byte_keys) {
+            for (int k = 0; k < nkeys; k++)
+                packed |= (uint64_t)((const uint8_t *)cols[2 + k].view.buf)[i] << (8 * k);
+            if (last >= 0 && packed == last_packed) goto add;
+            if (prior >= 0 && packed == prior_packed) {
+                j = prior;
+                prior = last;
+                last = j;
+                prior_packed = last_packed;
+                last_packed = packed;
+                goto add;
+            }
+            for (int k = 0; k < nkeys; k++) key[k] = (long)(packed >> (8 * k) & 0xff);
+        } else {
+            for (int k = 0; k < nkeys; k++)
+                if (col_small(&cols[2 + k], i, &key[k]) < 0) goto none;
+        }
         if (j >= 0 && memcmp(seen[j].key, key, key_bytes) == 0) {
             /* the same key as the region before */
         } else if (prior >= 0 && memcmp(seen[prior].key, key, key_bytes) == 0) {
@@ -1425,6 +1390,9 @@ static PyObject *tally(PyObject *self, PyObject *args) {
             prior = last;
             last = j;
         }
+        prior_packed = last_packed;
+        last_packed = packed;
+    add:;
         uint64_t size = e - s;
         if (seen[j].bytes + size < seen[j].bytes) goto none; /* a sum beyond 64 bits */
         seen[j].count++;
@@ -1516,12 +1484,43 @@ static PyObject *followed_by(PyObject *self, PyObject *args) {
     }
     known_t *known_next = known + MAX_KEYS;
     int nknown = 0, nknown_next = 0;
+    /* The answers for the last two attribute triples met (layouts alternate), packed a
+     * byte each where the columns are typed bytes (the native scan's). */
+    int byte_attrs = 1, seen_last = 0, seen_prior = 0, last_in = 0, prior_in = 0;
+    for (int k = 2; k < 5; k++) byte_attrs &= cols[k].list == NULL && cols[k].size == 1;
+    uint64_t last_packed = 0, prior_packed = 0;
     for (Py_ssize_t i = 0; i + 1 < n; i++) {
         long a[3] = {0, 0, 0};
-        for (int k = 0; k < 3; k++)
-            if (col_small(&cols[2 + k], i, &a[k]) < 0) goto none;
-        int is_in = member(own, a, 3, known, &nknown);
-        if (is_in < 0) goto fail;
+        uint64_t packed = 0;
+        if (byte_attrs) {
+            for (int k = 0; k < 3; k++)
+                packed |= (uint64_t)((const uint8_t *)cols[2 + k].view.buf)[i] << (8 * k);
+            for (int k = 0; k < 3; k++) a[k] = (long)(packed >> (8 * k) & 0xff);
+        } else {
+            for (int k = 0; k < 3; k++)
+                if (col_small(&cols[2 + k], i, &a[k]) < 0) goto none;
+            /* Triples of values past a byte are not cached: packed stays ambiguous. */
+            seen_last = seen_prior = 0;
+        }
+        int is_in;
+        if (seen_last && packed == last_packed) {
+            is_in = last_in;
+        } else if (seen_prior && packed == prior_packed) {
+            is_in = prior_in;
+            prior_packed = last_packed;
+            prior_in = last_in;
+            last_packed = packed;
+            last_in = is_in;
+        } else {
+            is_in = member(own, a, 3, known, &nknown);
+            if (is_in < 0) goto fail;
+            prior_packed = last_packed;
+            prior_in = last_in;
+            seen_prior = seen_last;
+            last_packed = packed;
+            last_in = is_in;
+            seen_last = byte_attrs;
+        }
         if (!is_in) continue;
         uint64_t s, e, s2;
         if (col_u64(&cols[0], i, &s) < 0 || col_u64(&cols[1], i, &e) < 0 || e < s ||
@@ -1637,6 +1636,35 @@ static int put_varint(buf_t *b, uint64_t v) {
     return 0;
 }
 
+/* The varint of v written at o (room made); past its last byte. */
+static inline unsigned char *varint_to(unsigned char *o, uint64_t v) {
+    while (v >= 0x80) {
+        *o++ = (unsigned char)(v | 0x80);
+        v >>= 7;
+    }
+    *o++ = (unsigned char)v;
+    return o;
+}
+
+static inline size_t varint_len(uint64_t v) {
+    size_t n = 1;
+    while (v >= 0x80) {
+        v >>= 7;
+        n++;
+    }
+    return n;
+}
+
+/* A length-delimited field's tag and length, with room made after them for its
+ * ``len`` bytes of payload; where those go. */
+static unsigned char *open_len_field(buf_t *b, uint32_t number, size_t len) {
+    if (buf_reserve(b, 20 + len) < 0) return NULL;
+    unsigned char *o = (unsigned char *)b->data + b->len;
+    o = varint_to(o, (uint64_t)number << 3 | 2);
+    o = varint_to(o, len);
+    return o;
+}
+
 static int put_len_field(buf_t *b, uint32_t number, const buf_t *payload) {
     if (put_varint(b, (uint64_t)number << 3 | 2) < 0 || put_varint(b, payload->len) < 0)
         return -1;
@@ -1674,27 +1702,35 @@ static int encode_field(buf_t *out, uint32_t number, long kind, PyObject *value,
         column_t col;
         if (!column_open(&col, value)) goto unsupported;
         Py_ssize_t n = col.n;
-        /* Room for the widest varints at once: the loop then writes without a check. */
-        if (buf_reserve(&payload, (size_t)n * 10) < 0) {
-            column_close(&col);
-            goto done;
-        }
+        /* First the payload's length (and every value checked), then the field written
+         * in place. */
+        size_t len = 0;
         for (Py_ssize_t i = 0; i < n; i++) {
             uint64_t v;
             if (col_u64(&col, i, &v) < 0 || (kind == PACKED_U32 && v > UINT32_MAX)) {
                 column_close(&col);
                 goto unsupported;
             }
-            unsigned char *o = (unsigned char *)payload.data + payload.len;
-            while (v >= 0x80) {
-                *o++ = (unsigned char)(v | 0x80);
-                v >>= 7;
-            }
-            *o++ = (unsigned char)v;
-            payload.len = (size_t)((char *)o - payload.data);
+            len += varint_len(v);
         }
+        unsigned char *o = n ? open_len_field(out, number, len) : NULL;
+        if (n && o == NULL) {
+            column_close(&col);
+            goto done;
+        }
+        if (n && col.list == NULL && col.size == 1 && len == (size_t)n) {
+            memcpy(o, col.view.buf, (size_t)n); /* bytes below 0x80: their own varints */
+            o += n;
+        } else {
+            for (Py_ssize_t i = 0; i < n; i++) {
+                uint64_t v;
+                col_u64(&col, i, &v); /* read above: it cannot fail */
+                o = varint_to(o, v);
+            }
+        }
+        if (n) out->len = (size_t)((char *)o - out->data);
         column_close(&col);
-        rc = n ? put_len_field(out, number, &payload) : 0;
+        rc = 0;
     } else if (kind == INDEX_U32) {
         if (!PyBytes_Check(value)) goto unsupported;
         const char *p = PyBytes_AS_STRING(value);
@@ -1748,31 +1784,40 @@ static int encode_field(buf_t *out, uint32_t number, long kind, PyObject *value,
         column_t cols[2];
         Py_ssize_t n;
         if (shift < 0 || shift > 63 || !columns_open(cols, lists, 2, &n)) goto unsupported;
-        buf_t sizes = {0};
+        /* First every boundary checked and both payloads' lengths, then each field
+         * written in place. */
         uint64_t mask = ((uint64_t)1 << shift) - 1, previous_end = 0;
-        int bad = buf_reserve(&payload, (size_t)n * 10) < 0 || buf_reserve(&sizes, (size_t)n * 10) < 0
-                      ? -1
-                      : 0;
-        for (Py_ssize_t i = 0; i < n && !bad; i++) {
+        size_t delta_len = 0, size_len = 0;
+        for (Py_ssize_t i = 0; i < n; i++) {
             uint64_t s, e;
             if (col_u64(&cols[0], i, &s) < 0 || col_u64(&cols[1], i, &e) < 0 ||
                 s < previous_end || e < s || (s & mask) || (e & mask)) {
-                bad = 1; /* misaligned or overlapping: the pure path explains */
-            } else if (put_varint(&payload, (s - previous_end) >> shift) < 0 ||
-                       put_varint(&sizes, (e - s) >> shift) < 0) {
-                bad = -1;
+                columns_close(cols, 2);
+                goto unsupported; /* misaligned or overlapping: the pure path explains */
             }
+            delta_len += varint_len((s - previous_end) >> shift);
+            size_len += varint_len((e - s) >> shift);
             previous_end = e;
         }
-        columns_close(cols, 2);
-        if (bad) {
-            buf_free(&sizes);
-            if (bad > 0) goto unsupported;
-            goto done;
+        rc = 0;
+        for (int pass = 0; n && pass < 2 && rc == 0; pass++) {
+            unsigned char *o = open_len_field(out, pass ? size_number : number,
+                                              pass ? size_len : delta_len);
+            if (o == NULL) {
+                rc = -1;
+                break;
+            }
+            previous_end = 0;
+            for (Py_ssize_t i = 0; i < n; i++) {
+                uint64_t s, e;
+                col_u64(&cols[0], i, &s); /* read above: it cannot fail */
+                col_u64(&cols[1], i, &e);
+                o = varint_to(o, (pass ? e - s : s - previous_end) >> shift);
+                previous_end = e;
+            }
+            out->len = (size_t)((char *)o - out->data);
         }
-        rc = n ? put_len_field(out, number, &payload) : 0;
-        if (rc == 0 && n) rc = put_len_field(out, size_number, &sizes);
-        buf_free(&sizes);
+        columns_close(cols, 2);
     } else {
         PyErr_Format(PyExc_ValueError, "unknown field kind %ld", kind);
     }
@@ -1857,7 +1902,8 @@ static PyObject *distinct(PyObject *self, PyObject *args) {
                            ? PyList_GET_ITEM(lists[c], i) == PyTuple_GET_ITEM(prev, c)
                            : column_item(&cols[c], i) == prev_raw[c];
             if (same) {
-                if (buf_put(&index, &prev_index, 4) < 0) goto done;
+                memcpy(index.data + index.len, &prev_index, 4); /* room made above */
+                index.len += 4;
                 continue;
             }
         }
@@ -2318,6 +2364,7 @@ static PyMethodDef methods[] = {
     {"gather", gather, METH_VARARGS, "values[k] for each k of an index."},
     {"spread", spread, METH_VARARGS, "A typed column of values[k] for each k of an index."},
     {"take", take, METH_VARARGS, "values[k] for each k of a list of indices."},
+    {"nonzero", nonzero, METH_O, "Whether a typed column holds a value other than 0."},
     {"bounds", bounds, METH_VARARGS, "Region boundaries from page deltas and sizes."},
     {"tally", tally, METH_VARARGS, "Counts, bytes and single pages per distinct key."},
     {"followed_by", followed_by, METH_VARARGS, "Regions matching a (region, next) pattern."},
@@ -2345,6 +2392,7 @@ PyMODINIT_FUNC PyInit__native(void) {
         array_type = PyObject_GetAttrString(array, "array");
         Py_DECREF(array);
         if (array_type == NULL) return NULL;
+        check_array_layout();
     }
     for (int i = 0; i < SMALL_INTS; i++)
         if (small_ints[i] == NULL && (small_ints[i] = PyLong_FromLong(i)) == NULL) return NULL;

@@ -309,7 +309,7 @@ def _table_bytes_native(table: RegionTable, page: int) -> bytes | None:
     n = len(table.start)
     if accel is None or any(len(getattr(table, name)) != n for name in ROW_COLUMNS):
         return None
-    names = [name for name in _FILE_COLUMNS if any(getattr(table, name))]
+    names = [name for name in _FILE_COLUMNS if _any(accel, getattr(table, name))]
     found = accel.distinct(
         [table.path, *(getattr(table, name) for name in names)],
         ("", *(_FILE_ZEROS[name] for name in names)),
@@ -338,7 +338,7 @@ def _table_bytes_native(table: RegionTable, page: int) -> bytes | None:
     ]
     if table.protection_raw != table.protection:
         fields.append((_TABLE["protection_raw"].number, _PACKED_U32, table.protection_raw))
-    if any(table.offset):
+    if _any(accel, table.offset):
         fields.append((_TABLE["offset_bytes"].number, _PACKED_U64, table.offset))
     if len(files) > 1:
         fields.append((_TABLE["file_index"].number, _INDEX, index))
@@ -356,6 +356,12 @@ def _table_bytes_native(table: RegionTable, page: int) -> bytes | None:
     # Sorted by field number; the page columns sort as start_delta_pages, which
     # size_pages (written with it) directly follows.
     return accel.encode(sorted(fields, key=lambda field: field[0]))  # type: ignore[no-any-return]
+
+
+def _any(accel: Any, column: Any) -> bool:
+    """``any(column)``, natively for a typed column."""
+    found = accel.nonzero(column)
+    return any(column) if found is None else bool(found)
 
 
 def _files_to_pb(table: RegionTable, message: pb.RegionTable) -> None:

@@ -251,9 +251,9 @@ def test_generated_maps_text_reads_the_same(text: str | bytes, newline: bool) ->
 
 
 def test_a_decision_that_raises_stops_the_scan_as_read(planter: Planter) -> None:
-    """An exception from the caller's facts (here on the first rest, while the rest of
-    a large maps is still being read) ends the scan with that exception; the reading
-    thread is gone and the next scan reads the whole file."""
+    """An exception from the caller's facts (here on the first rest, with the rest of
+    a large maps still unread) ends the scan with that exception, and the next scan
+    reads the whole file."""
     planter.grow(3000)
     path = f"/proc/{planter.pid}/maps"
 
@@ -273,9 +273,9 @@ def test_a_decision_that_raises_stops_the_scan_as_read(planter: Planter) -> None
 
 
 def test_maps_scanned_as_read_reads_the_same(planter: Planter, tmp_path: Path) -> None:
-    """A large process's maps (read on by the extension's thread while it scans), a
-    line longer than what it reads at once, and the text cut anywhere near the seams:
-    the table of the whole text, on both paths."""
+    """A large process's maps (read and scanned a chunk at a time), a line longer than
+    what it reads at once, and the text cut anywhere near the seams: the table of the
+    whole text, on both paths."""
     planter.grow(3000)
     maps = Path(f"/proc/{planter.pid}/maps").read_bytes()
     assert len(maps) > 2 * 64 * 1024  # several of the scan's reads
