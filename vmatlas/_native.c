@@ -181,8 +181,58 @@ static const char *hex_run(const char *q, const char *e) {
     return q;
 }
 
+#if (defined(__GNUC__) || defined(__clang__)) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+#define HEX_WORDS 1
+#define ONES 0x0101010101010101ULL
+#define HIGHS 0x8080808080808080ULL
+
+/* 0x80 in each byte of w that is a lowercase hex digit ([0-9a-f]), 0 in the others. */
+static inline uint64_t hex_bytes(uint64_t w) {
+    uint64_t low = w & ~HIGHS; /* bytes of 0x80 and above are no digit: cleared below */
+    uint64_t digit = (low + (0x80 - '0') * ONES) & ((0x80 + '9') * ONES - low);
+    uint64_t letter = (low + (0x80 - 'a') * ONES) & ((0x80 + 'f') * ONES - low);
+    return (digit | letter) & ~w & HIGHS;
+}
+
+/* The value of the n (1 to 8) hex digits in the low bytes of w, the first the most
+ * significant. */
+static inline uint64_t hex_word(uint64_t w, int n) {
+    uint64_t nibbles = (w & 0x0F * ONES) + 9 * ((w >> 6) & ONES); /* '0'->0 .. 'f'->15 */
+    nibbles = __builtin_bswap64(nibbles) >> (8 * (8 - n)); /* the last digit lowest */
+    nibbles = (nibbles & 0x000F000F000F000FULL) | (nibbles & 0x0F000F000F000F00ULL) >> 4;
+    nibbles = (nibbles & 0x000000FF000000FFULL) | (nibbles & 0x00FF000000FF0000ULL) >> 8;
+    return (nibbles & 0xFFFF) | (nibbles >> 32) << 16;
+}
+
+/* hex_value of a run of 1 to 16 digits with 16 bytes to read at q, eight digits at a
+ * time; NULL where the run is longer (or empty) and the digit loop must decide. */
+static inline const char *hex_value_words(const char *q, uint64_t *v) {
+    uint64_t a, b;
+    memcpy(&a, q, 8);
+    memcpy(&b, q + 8, 8);
+    uint64_t not_a = ~hex_bytes(a) & HIGHS;
+    if (not_a) {
+        int n = __builtin_ctzll(not_a) >> 3;
+        if (n == 0) return NULL;
+        *v = hex_word(a, n);
+        return q + n;
+    }
+    uint64_t not_b = ~hex_bytes(b) & HIGHS;
+    if (!not_b) return NULL; /* 16 digits or more */
+    int n = __builtin_ctzll(not_b) >> 3;
+    *v = n ? hex_word(a, 8) << (4 * n) | hex_word(b, n) : hex_word(a, 8);
+    return q + 8 + n;
+}
+#endif
+
 /* A run of hex digits from q, its value in *v; sets *big when it needs over 64 bits. */
 static const char *hex_value(const char *q, const char *e, uint64_t *v, int *big) {
+#ifdef HEX_WORDS
+    if (e - q >= 16) {
+        const char *r = hex_value_words(q, v);
+        if (r != NULL) return r;
+    }
+#endif
     uint64_t x = 0;
     for (; q < e; q++) {
         unsigned d = HEX[(unsigned char)*q];
@@ -725,6 +775,24 @@ static PyObject *spread(PyObject *self, PyObject *args) {
             if (size == 1) ((uint8_t *)items.data)[i] = (uint8_t)va[k];
             else memcpy(items.data + (size_t)i * 8, &va[k], 8);
         }
+    } else if (fallback != NULL && size == 1 && wa == 4 && wb == 1) {
+        /* A column of bytes by a uint32 index, with a fallback by a byte index (the
+         * type: by file, else by perms). */
+        for (; i < n; i++) {
+            uint32_t k;
+            memcpy(&k, (const char *)a.buf + (size_t)i * 4, 4);
+            if ((Py_ssize_t)k >= na) goto range;
+            uint64_t v = va[k];
+            char ok = oka[k];
+            if (ok == 2) {
+                k = ((const uint8_t *)b.buf)[i];
+                if ((Py_ssize_t)k >= nb) goto range;
+                v = vb[k];
+                ok = okb[k];
+            }
+            if (ok != 1) break;
+            ((uint8_t *)items.data)[i] = (uint8_t)v;
+        }
     }
     for (; i < n; i++) {
         uint32_t k;
@@ -1197,12 +1265,23 @@ static inline int shl_fits(uint64_t v, int shift) {
     return shift == 0 || (v >> (64 - shift)) == 0;
 }
 
-/* nonzero(column) -> bool | None: whether a typed column holds a value other than 0
- * (any(column), without an int made per value); None for a list or anything else. */
+/* nonzero(column) -> bool | None: any(column), for a typed column without an int made
+ * per value, for a list of False and True without a call per value; None for any
+ * other column. */
 static PyObject *nonzero(PyObject *self, PyObject *column) {
     (void)self;
     column_t col;
-    if (PyList_Check(column) || !column_open(&col, column)) Py_RETURN_NONE;
+    if (PyList_Check(column)) {
+        /* A list of flags (the deleted column): False and True read by identity; any
+         * other value leaves the answer to any(). */
+        for (Py_ssize_t i = 0; i < PyList_GET_SIZE(column); i++) {
+            PyObject *v = PyList_GET_ITEM(column, i);
+            if (v == Py_True) Py_RETURN_TRUE;
+            if (v != Py_False) Py_RETURN_NONE;
+        }
+        Py_RETURN_FALSE;
+    }
+    if (!column_open(&col, column)) Py_RETURN_NONE;
     const unsigned char *p = col.view.buf;
     size_t len = (size_t)col.n * (size_t)col.size;
     unsigned char any = 0;
