@@ -32,6 +32,7 @@ from vmatlas.agents.cgroup import container_of
 from vmatlas.model import (
     RESIDENCY_FIELDS,
     Host,
+    IntColumn,
     OperatingSystem,
     Process,
     ProcessSummary,
@@ -336,27 +337,26 @@ def parse_smaps(text: str | bytes) -> RegionTable:
     with _gc_paused():
         accel = native.accel
         if accel is not None:
-            # Regular text only (as procfs writes it); anything else, the pure parse
-            # below decides, so both paths accept and refuse the same texts.
-            scan = accel.scan_smaps(bytes(data), _SMAPS_KEYS_BYTES)
-            table = None if scan is None else _table_from_smaps_scan(accel, scan)
-            if table is not None:
-                return table
+            # Regular text only (as procfs writes it, numbers within 64 bits); anything
+            # else, the pure parse below decides, so both paths accept and refuse the
+            # same texts.
+            scan = accel.scan_smaps(bytes(data), _SMAPS_KEYS_BYTES, *_SCAN_DECISIONS)
+            if scan is not None:
+                return _table_from_smaps_scan(accel, scan)
         return _parse_smaps(data)
 
 
-def _table_from_smaps_scan(accel: Any, scan: tuple[bytes, list[Any]]) -> RegionTable | None:
-    """The table of a native smaps scan; None where its headers hold a number past 64
-    bits (the pure parse then decides)."""
-    headers, columns = scan
-    header_scan = accel.scan_maps(headers, *_SCAN_DECISIONS)
-    if header_scan is None:
-        return None
+def _table_from_smaps_scan(accel: Any, scan: tuple[tuple[Any, ...], list[Any]]) -> RegionTable:
+    """The table of a native smaps scan: its header lines' maps scan and the residency
+    columns (typed, in bytes)."""
+    header_scan, columns = scan
     table = _table_from_scan(accel, header_scan)
     n = len(table)
     found = dict(zip(_SMAPS_KEYS.values(), columns, strict=True))
+    # A field this kernel does not print is all zero.
     table.residency = {
-        name: [0] * n if found[name] is None else found[name] for name in RESIDENCY_FIELDS
+        name: array("Q", bytes(8 * n)) if found[name] is None else found[name]
+        for name in RESIDENCY_FIELDS
     }
     return table
 
@@ -366,7 +366,7 @@ _SMAPS_KEYS_BYTES = tuple(key.encode("ascii") for key in _SMAPS_KEYS)
 
 def _parse_smaps(data: bytes) -> RegionTable:
     headers: list[bytes] = []
-    residency: dict[str, list[int]] = {name: [] for name in RESIDENCY_FIELDS}
+    residency: dict[str, IntColumn] = {name: [] for name in RESIDENCY_FIELDS}
     width = 0
     for pos, endpos in _smaps_batches(data):
         lines = data[pos:endpos].split(b"\n")
@@ -406,7 +406,7 @@ def _smaps_batches(data: bytes) -> Iterator[tuple[int, int]]:
         pos = endpos
 
 
-def _residency_columns(lines: list[bytes], width: int, residency: dict[str, list[int]]) -> None:
+def _residency_columns(lines: list[bytes], width: int, residency: dict[str, IntColumn]) -> None:
     """Append the residency of the region blocks in ``lines`` (``width`` lines each) to
     ``residency``; each distinct line is checked and converted once."""
     n = len(lines) // width
@@ -660,7 +660,7 @@ class LinuxReader:
             fd = os.open(self._path(pid, "smaps"), os.O_RDONLY | os.O_CLOEXEC)
             try:
                 with _gc_paused():
-                    scan = accel.scan_smaps_fd(fd, _SMAPS_KEYS_BYTES)
+                    scan = accel.scan_smaps_fd(fd, _SMAPS_KEYS_BYTES, *_SCAN_DECISIONS)
                     return None if scan is None else _table_from_smaps_scan(accel, scan)
             finally:
                 os.close(fd)

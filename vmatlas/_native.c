@@ -446,10 +446,10 @@ static inline int same_bytes(const char *a, const char *b, size_t n) {
     return 1;
 }
 
-static int maps_scan_line(maps_scan_t *st, const char *p, const char *e) {
-    maps_line_t m;
+/* A line that matched the maps grammar (m), as maps_scan_line takes it. */
+static int maps_scan_matched(maps_scan_t *st, const maps_line_t *mp) {
+    const maps_line_t m = *mp;
     if (st->big) return 0;
-    if (!match_maps_line(p, e, &m)) return 0;
     if (m.big) {
         st->big = 1;
         return 0;
@@ -496,6 +496,12 @@ static int maps_scan_line(maps_scan_t *st, const char *p, const char *e) {
     memcpy(st->index.data + st->index.len, &k, 4);
     st->index.len += 4;
     return 0;
+}
+
+static int maps_scan_line(maps_scan_t *st, const char *p, const char *e) {
+    maps_line_t m;
+    if (st->big || !match_maps_line(p, e, &m)) return 0;
+    return maps_scan_matched(st, &m);
 }
 
 static PyObject *maps_scan_result(maps_scan_t *st) {
@@ -834,6 +840,49 @@ static inline int is_space(unsigned char c) {
     return c == ' ' || c == '\t' || c == '\r' || c == '\f' || c == '\v';
 }
 
+/* A field line as the kernel prints it: the name padded with spaces to 16 columns, a
+ * number right-aligned in 8 more, then the rest (" kB\n" for the sizes, "\n" for a
+ * count). Where the first block's line at a position has that shape, the lines at the
+ * same position in later blocks are checked against it a machine word at a time; a
+ * line that does not fit goes through smaps_line as the first block's did, so the
+ * words only ever take lines that smaps_line takes, with the same value. */
+#define HEAD_BYTES 16
+#define SLOT_BYTES 8
+#define TAIL_MAX 8
+
+typedef struct {
+    uint64_t head[2];    /* the first HEAD_BYTES bytes of the line */
+    uint64_t last_slot;  /* the number's 8 bytes last read, and their value */
+    uint64_t last_v;
+    char tail[TAIL_MAX]; /* what follows the number, its '\n' included */
+    int tail_n;
+    Py_ssize_t len;      /* the line with its '\n'; 0: this position has no template */
+} template_t;
+
+static const uint64_t WORD_ONES = 0x0101010101010101ULL, WORD_HIGHS = 0x8080808080808080ULL;
+
+/* 0x80 in each byte of x that is zero, 0 in the others (exactly: no carries). */
+static inline uint64_t zero_bytes(uint64_t x) {
+    return ~(((x & ~WORD_HIGHS) + ~WORD_HIGHS) | x) & WORD_HIGHS;
+}
+
+/* The value of the 8 bytes of x (in memory order): spaces, then 1 to 8 decimal digits.
+ * 0 when they are; -1 when they are anything else. */
+static inline int slot_value(uint64_t x, uint64_t *v) {
+    uint64_t low = x & (WORD_ONES * 0x0F);
+    uint64_t digits = zero_bytes((x & (WORD_ONES * 0xF0)) ^ (WORD_ONES * 0x30)) &
+                      ~(((low + WORD_ONES * 0x06) & (WORD_ONES * 0x10)) << 3);
+    uint64_t spaces = zero_bytes(x ^ (WORD_ONES * 0x20));
+    if ((digits | spaces) != WORD_HIGHS || !(digits >> 63)) return -1;
+    uint64_t run = (spaces >> 7) * 0xFF; /* 0xff a space */
+    if (run & (run + 1)) return -1;      /* a space after a digit */
+    /* A space's low nibble is 0: the number as 8 digits, the first the most significant. */
+    low = (low * 10 + (low >> 8)) & 0x00FF00FF00FF00FFULL;
+    low = (low * 100 + (low >> 16)) & 0x0000FFFF0000FFFFULL;
+    *v = (low * 10000 + (low >> 32)) & 0xFFFFFFFFULL;
+    return 0;
+}
+
 /* The smaps scanner: a state machine fed one line at a time (no '\n'), so that the
  * same rules read a whole text in memory or a file streamed through a small buffer.
  *
@@ -841,24 +890,37 @@ static inline int is_space(unsigned char c) {
  * same field lines in the same order, no field line looks like a header, every field
  * named in ``keys`` appears at most once a block and reads "NAME: <spaces> DIGITS kB".
  * Anything else makes it irregular, and the caller gives None. */
+/* The kept values, ROWS blocks a chunk, each key's ROWS values together; a chunk is
+ * never moved nor grown (no copy as the values pile up, no page faulted twice). */
+#define ROWS 4096
+
+typedef struct rows_chunk {
+    struct rows_chunk *next;
+    size_t count; /* blocks in this chunk */
+    uint64_t v[]; /* key k's value of block r at v[k * ROWS + r] */
+} rows_chunk_t;
+
 typedef struct {
     PyObject *keys;    /* tuple of bytes */
     Py_ssize_t nkeys;
-    PyObject **columns; /* per key: a list, or NULL while the key is not seen */
-    uint64_t *last_v;   /* per key: the last value and its int, reused while equal */
-    PyObject **last_obj;
+    rows_chunk_t *first, *last;
+    uint64_t *row;      /* the current block's values: key k's at row[k * ROWS] */
+    size_t blocks;
+    char *found;        /* per key: whether the blocks have it */
     char **names;       /* per field position of a block: the name with its ':' (copied) */
     Py_ssize_t *name_n;
     int *slot;          /* per field position: the key it fills, or -1 */
+    template_t *templates; /* per field position */
     Py_ssize_t width;   /* lines a block, fixed by the first block */
     Py_ssize_t cap, j;  /* j: the position in the current block of the next line */
     int phase;          /* 0 before the first header, 1 in the first block, 2 after */
     int irregular;
-    buf_t headers;      /* the header lines, joined by '\n' */
+    maps_scan_t maps;   /* the header lines, scanned as maps lines */
 } smaps_t;
 
-static int smaps_init(smaps_t *st, PyObject *keys) {
+static int smaps_init(smaps_t *st, PyObject *keys, PyObject *facts_of, Py_ssize_t fact_count) {
     memset(st, 0, sizeof *st);
+    if (maps_scan_init(&st->maps, 0, facts_of, fact_count) < 0) return -1;
     st->keys = keys;
     st->nkeys = PyTuple_GET_SIZE(keys);
     for (Py_ssize_t i = 0; i < st->nkeys; i++) {
@@ -867,10 +929,8 @@ static int smaps_init(smaps_t *st, PyObject *keys) {
             return -1;
         }
     }
-    st->columns = PyMem_Calloc((size_t)st->nkeys + 1, sizeof(PyObject *));
-    st->last_obj = PyMem_Calloc((size_t)st->nkeys + 1, sizeof(PyObject *));
-    st->last_v = PyMem_Calloc((size_t)st->nkeys + 1, sizeof(uint64_t));
-    if (!st->columns || !st->last_obj || !st->last_v) {
+    st->found = PyMem_Calloc((size_t)st->nkeys + 1, 1);
+    if (!st->found) {
         PyErr_NoMemory();
         return -1;
     }
@@ -878,18 +938,68 @@ static int smaps_init(smaps_t *st, PyObject *keys) {
 }
 
 static void smaps_free(smaps_t *st) {
-    for (Py_ssize_t k = 0; k < st->nkeys; k++) {
-        if (st->columns) Py_XDECREF(st->columns[k]);
-        if (st->last_obj) Py_XDECREF(st->last_obj[k]);
+    while (st->first != NULL) {
+        rows_chunk_t *next = st->first->next;
+        PyMem_Free(st->first);
+        st->first = next;
     }
     for (Py_ssize_t j = 0; j < st->cap; j++) PyMem_Free(st->names[j]);
-    PyMem_Free(st->columns);
-    PyMem_Free(st->last_obj);
-    PyMem_Free(st->last_v);
+    PyMem_Free(st->found);
     PyMem_Free(st->names);
     PyMem_Free(st->name_n);
     PyMem_Free(st->slot);
-    buf_free(&st->headers);
+    PyMem_Free(st->templates);
+    maps_scan_free(&st->maps);
+}
+
+/* A new block: the place of its values. -1 on error. */
+static int smaps_block(smaps_t *st) {
+    rows_chunk_t *c = st->last;
+    if (c == NULL || c->count == ROWS) {
+        c = PyMem_Malloc(sizeof *c + (size_t)(st->nkeys ? st->nkeys : 1) * ROWS * 8);
+        if (c == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        c->next = NULL;
+        c->count = 0;
+        if (st->last != NULL)
+            st->last->next = c;
+        else
+            st->first = c;
+        st->last = c;
+    }
+    st->row = c->v + c->count++;
+    st->blocks++;
+    return 0;
+}
+
+/* The template of position j from its line [p, e) in the first block (see template_t);
+ * its len stays 0 where the line is not of that shape. */
+static void smaps_learn(smaps_t *st, const char *p, const char *e) {
+    Py_ssize_t j = st->j, n = e - p + 1; /* with the '\n' */
+    template_t *t = &st->templates[j];
+    memset(t, 0, sizeof *t);
+#ifndef HEX_WORDS
+    return; /* the words are read as a little-endian machine reads them */
+#endif
+    if (n <= HEAD_BYTES + SLOT_BYTES || n > HEAD_BYTES + SLOT_BYTES + TAIL_MAX ||
+        st->name_n[j] > HEAD_BYTES || is_hex((unsigned char)p[0]))
+        return; /* a line starting with a hex digit might be a header */
+    if (st->slot[j] >= 0) {
+        /* A value to read: the head is the name and at least one space, and the tail is
+         * " kB", so that the words take only what smaps_value takes. */
+        if (st->name_n[j] >= HEAD_BYTES || n != HEAD_BYTES + SLOT_BYTES + 4 ||
+            memcmp(p + HEAD_BYTES + SLOT_BYTES, " kB", 3) != 0)
+            return;
+        for (Py_ssize_t i = st->name_n[j]; i < HEAD_BYTES; i++)
+            if (p[i] != ' ') return;
+    }
+    memcpy(t->head, p, HEAD_BYTES);
+    t->tail_n = (int)(n - HEAD_BYTES - SLOT_BYTES);
+    memcpy(t->tail, p + HEAD_BYTES + SLOT_BYTES, (size_t)t->tail_n - 1);
+    t->tail[t->tail_n - 1] = '\n';
+    t->len = n;
 }
 
 /* A new field position of the first block, named by [p, colon]. -1 on error. */
@@ -907,6 +1017,9 @@ static int smaps_add_field(smaps_t *st, const char *p, const char *colon) {
         int *ns = PyMem_Realloc(st->slot, (size_t)cap * sizeof *ns);
         if (ns == NULL) return -1;
         st->slot = ns;
+        template_t *nt = PyMem_Realloc(st->templates, (size_t)cap * sizeof *nt);
+        if (nt == NULL) return -1;
+        st->templates = nt;
         st->cap = cap;
     }
     Py_ssize_t n = colon - p + 1; /* with the ':' */
@@ -919,12 +1032,11 @@ static int smaps_add_field(smaps_t *st, const char *p, const char *colon) {
         PyObject *key = PyTuple_GET_ITEM(st->keys, k);
         if (PyBytes_GET_SIZE(key) == colon - p &&
             memcmp(PyBytes_AS_STRING(key), p, (size_t)(colon - p)) == 0) {
-            if (st->columns[k] != NULL) { /* a kept field twice a block */
+            if (st->found[k]) { /* a kept field twice a block */
                 st->irregular = 1;
                 return 0;
             }
-            st->columns[k] = PyList_New(0);
-            if (st->columns[k] == NULL) return -1;
+            st->found[k] = 1;
             st->slot[j] = (int)k;
         }
     }
@@ -943,15 +1055,8 @@ static int smaps_value(smaps_t *st, const char *p, const char *e) {
     while (q < e && is_digit((unsigned char)*q)) v = v * 10 + (uint64_t)(*q++ - '0');
     if (q == digits || q - digits > 15) goto irregular;
     if (e - q != 3 || memcmp(q, " kB", 3) != 0) goto irregular;
-    v *= 1024;
-    /* Most values repeat (zeros, one page): the int of the last one serves again. */
-    if (st->last_obj[k] == NULL || st->last_v[k] != v) {
-        PyObject *obj = PyLong_FromUnsignedLongLong(v);
-        if (obj == NULL) return -1;
-        Py_XSETREF(st->last_obj[k], obj);
-        st->last_v[k] = v;
-    }
-    return PyList_Append(st->columns[k], st->last_obj[k]);
+    st->row[k * ROWS] = v * 1024;
+    return 0;
 irregular:
     st->irregular = 1;
     return 0;
@@ -965,8 +1070,17 @@ static int smaps_line(smaps_t *st, const char *p, const char *e) {
         if (!header) goto irregular;
         if (st->phase == 1) st->width = st->j;
         st->phase = st->phase ? 2 : 1;
-        if (st->headers.len && buf_put(&st->headers, "\n", 1) < 0) return -1;
-        if (buf_put(&st->headers, p, (size_t)(e - p)) < 0) return -1;
+        if (maps_scan_matched(&st->maps, &m) < 0) {
+            /* A decision refused the header (a device number past what the system
+             * takes): the whole-text parse decides, which first checks the blocks. */
+            if (!PyErr_ExceptionMatches(PyExc_Exception) ||
+                PyErr_ExceptionMatches(PyExc_MemoryError))
+                return -1;
+            PyErr_Clear();
+            goto irregular;
+        }
+        if (st->maps.big) goto irregular; /* the whole-text parse reads such numbers */
+        if (smaps_block(st) < 0) return -1;
         st->j = 1;
         return 0;
     }
@@ -976,6 +1090,7 @@ static int smaps_line(smaps_t *st, const char *p, const char *e) {
         if (colon == NULL || colon == p) goto irregular;
         if (smaps_add_field(st, p, colon) < 0) return -1;
         if (st->irregular) return 0;
+        smaps_learn(st, p, e);
     } else if (e - p < st->name_n[st->j] || memcmp(p, st->names[st->j], (size_t)st->name_n[st->j])) {
         goto irregular;
     }
@@ -987,49 +1102,140 @@ irregular:
     return 0;
 }
 
-/* (headers, columns) at the end of the text, or None when it was not regular (or
- * empty, or its last block short). */
+/* The field lines of a later block from p on, while each fits its position's template
+ * (or, where the value is not kept, starts with its name) and ends before ``stop``:
+ * where they stop (the header of the next block, a line that smaps_line must read, or
+ * one that runs past ``stop``). Room for a value of each key was made at the header. */
+static const char *smaps_fast(smaps_t *st, const char *p, const char *stop) {
+    Py_ssize_t j = st->j;
+    for (; j < st->width; j++) {
+        template_t *t = &st->templates[j];
+        int k = st->slot[j];
+        if (t->len == 0 || stop - p < t->len) {
+            /* A line of its own length, whose value is not kept: only its name counts,
+             * and a line whose first byte is no hex digit is no header. */
+            Py_ssize_t n = st->name_n[j];
+            const char *e;
+            if (k >= 0 || stop - p <= n || is_hex((unsigned char)p[0]) ||
+                memcmp(p, st->names[j], (size_t)n) != 0 ||
+                (e = memchr(p + n, '\n', (size_t)(stop - p - n))) == NULL)
+                break;
+            p = e + 1;
+            continue;
+        }
+        uint64_t h0, h1, x;
+        memcpy(&h0, p, 8);
+        memcpy(&h1, p + 8, 8);
+        memcpy(&x, p + HEAD_BYTES, 8);
+        if (h0 != t->head[0] || h1 != t->head[1]) break;
+        const char *tail = p + HEAD_BYTES + SLOT_BYTES;
+        if (t->tail_n == 4) {
+            uint32_t a, b;
+            memcpy(&a, tail, 4);
+            memcpy(&b, t->tail, 4);
+            if (a != b) break;
+        } else {
+            int i = 0;
+            while (i < t->tail_n && tail[i] == t->tail[i]) i++;
+            if (i < t->tail_n) break;
+        }
+        if (k >= 0) {
+            if (x != t->last_slot) {
+                uint64_t v;
+                if (slot_value(x, &v) < 0) break;
+                t->last_slot = x;
+                t->last_v = v * 1024;
+            }
+            st->row[k * ROWS] = t->last_v;
+        } else if (zero_bytes(x ^ (WORD_ONES * '\n'))) {
+            break; /* the line ends sooner */
+        }
+        p += t->len;
+    }
+    st->j = j;
+    return p;
+}
+
+/* The whole lines of [p, stop) fed in turn: where the unfinished last line starts (or
+ * where the text stopped being regular). NULL on error. */
+static const char *smaps_feed(smaps_t *st, const char *p, const char *stop) {
+    while (!st->irregular) {
+        if (st->phase == 2) p = smaps_fast(st, p, stop);
+        const char *e = memchr(p, '\n', (size_t)(stop - p));
+        if (e == NULL) break;
+        if (smaps_line(st, p, e) < 0) return NULL;
+        p = e + 1;
+    }
+    return p;
+}
+
+/* An array('Q') of key k's values, copied out of the chunks. */
+static PyObject *smaps_column(const smaps_t *st, Py_ssize_t k) {
+    static PyObject *zero; /* array('Q', [0]), repeated to the length wanted */
+    if (zero == NULL && (zero = PyObject_CallFunction(array_type, "s[i]", "Q", 0)) == NULL)
+        return NULL;
+    PyObject *column = PySequence_Repeat(zero, (Py_ssize_t)st->blocks);
+    Py_buffer view;
+    if (column == NULL || PyObject_GetBuffer(column, &view, PyBUF_WRITABLE) < 0) {
+        Py_XDECREF(column);
+        return NULL;
+    }
+    char *out = view.buf;
+    for (const rows_chunk_t *c = st->first; c != NULL; c = c->next) {
+        memcpy(out, c->v + k * ROWS, c->count * 8);
+        out += c->count * 8;
+    }
+    PyBuffer_Release(&view);
+    return column;
+}
+
+/* (scan_maps' tuple of the header lines, columns) at the end of the text, or None when
+ * it was not regular (or empty, or its last block short). */
 static PyObject *smaps_result(smaps_t *st) {
     if (st->irregular || st->phase == 0 || (st->phase == 2 && st->j != st->width))
         Py_RETURN_NONE;
     PyObject *columns = PyList_New(st->nkeys);
     if (columns == NULL) return NULL;
     for (Py_ssize_t k = 0; k < st->nkeys; k++) {
-        PyObject *col = st->columns[k] ? st->columns[k] : Py_None;
-        PyList_SET_ITEM(columns, k, Py_NewRef(col));
+        PyObject *col = st->found[k] ? smaps_column(st, k) : Py_NewRef(Py_None);
+        if (col == NULL) {
+            Py_DECREF(columns);
+            return NULL;
+        }
+        PyList_SET_ITEM(columns, k, col);
     }
-    PyObject *result =
-        Py_BuildValue("(y#N)", st->headers.data ? st->headers.data : "", (Py_ssize_t)st->headers.len,
-                      columns);
-    return result;
+    PyObject *headers = maps_scan_result(&st->maps);
+    if (headers == NULL) {
+        Py_DECREF(columns);
+        return NULL;
+    }
+    return Py_BuildValue("(NN)", headers, columns);
 }
 
-/* scan_smaps(data: bytes, keys: tuple[bytes, ...]) -> (headers, columns) | None
+/* scan_smaps(data: bytes, keys: tuple[bytes, ...], facts_of, fact_count)
+ *   -> (headers, columns) | None
  *
- * The header lines joined by '\n' and, per key, its column in bytes (None for a key
- * the text does not have), or None where the text is not perfectly regular (see
- * smaps_t). Lines are what bytes.split(b"\n") makes of the text without its final
- * '\n'. */
+ * The header lines as scan_maps scans them (``headers``, its tuple, with the same
+ * ``facts_of`` and ``fact_count``) and, per key, its column in bytes as an array('Q')
+ * (None for a key the text does not have); None where the text is not perfectly
+ * regular (see smaps_t) or a header holds a number past 64 bits. Lines are what
+ * bytes.split(b"\n") makes of the text without its final '\n'. */
 static PyObject *scan_smaps(PyObject *self, PyObject *args) {
     (void)self;
-    PyObject *data_obj, *keys;
-    if (!PyArg_ParseTuple(args, "O!O!", &PyBytes_Type, &data_obj, &PyTuple_Type, &keys))
+    PyObject *data_obj, *keys, *facts_of;
+    Py_ssize_t fact_count;
+    if (!PyArg_ParseTuple(args, "O!O!On", &PyBytes_Type, &data_obj, &PyTuple_Type, &keys,
+                          &facts_of, &fact_count))
         return NULL;
     smaps_t st;
     PyObject *result = NULL;
-    if (smaps_init(&st, keys) < 0) goto done;
+    if (smaps_init(&st, keys, facts_of, fact_count) < 0) goto done;
     const char *data = PyBytes_AS_STRING(data_obj);
     const char *stop = data + PyBytes_GET_SIZE(data_obj);
-    if (stop > data && stop[-1] == '\n') stop--;
-    if (PyBytes_GET_SIZE(data_obj)) {
-        for (const char *p = data; !st.irregular;) {
-            const char *e = memchr(p, '\n', (size_t)(stop - p));
-            if (e == NULL) e = stop;
-            if (smaps_line(&st, p, e) < 0) goto done;
-            if (e >= stop) break;
-            p = e + 1;
-        }
-    }
+    const char *p = smaps_feed(&st, data, stop);
+    if (p == NULL) goto done;
+    /* A last line without its '\n'. */
+    if (p < stop && !st.irregular && smaps_line(&st, p, stop) < 0) goto done;
     result = smaps_result(&st);
 done:
     smaps_free(&st);
@@ -1037,21 +1243,23 @@ done:
 }
 
 #ifndef _WIN32
-/* scan_smaps_fd(fd: int, keys) -> (headers, columns) | None: scan_smaps of the file's
- * text, read to its end through a small buffer that is used again and again (the text
- * of a large process is tens of megabytes; it is never held whole), without the GIL
- * while reading. Raises OSError as os.read does. */
+/* scan_smaps_fd(fd: int, keys, facts_of, fact_count) -> (headers, columns) | None:
+ * scan_smaps of the file's text, read to its end through a small buffer that is used
+ * again and again (the text of a large process is tens of megabytes; it is never held
+ * whole), without the GIL while reading. Raises OSError as os.read does. */
 static PyObject *scan_smaps_fd(PyObject *self, PyObject *args) {
     (void)self;
     int fd;
-    PyObject *keys;
-    if (!PyArg_ParseTuple(args, "iO!", &fd, &PyTuple_Type, &keys)) return NULL;
+    PyObject *keys, *facts_of;
+    Py_ssize_t fact_count;
+    if (!PyArg_ParseTuple(args, "iO!On", &fd, &PyTuple_Type, &keys, &facts_of, &fact_count))
+        return NULL;
     smaps_t st;
     PyObject *result = NULL;
     size_t cap = 256 * 1024, len = 0; /* len: bytes of an unfinished line at the front */
     char *buf = NULL;
     int seen_any = 0;
-    if (smaps_init(&st, keys) < 0) goto done;
+    if (smaps_init(&st, keys, facts_of, fact_count) < 0) goto done;
     buf = PyMem_Malloc(cap);
     if (buf == NULL) {
         PyErr_NoMemory();
@@ -1085,12 +1293,10 @@ static PyObject *scan_smaps_fd(PyObject *self, PyObject *args) {
         if (got == 0) break;
         seen_any = 1;
         if (st.irregular) continue; /* read to the end all the same, as a read would */
-        const char *p = buf, *stop = buf + len + (size_t)got, *e;
-        while ((e = memchr(p, '\n', (size_t)(stop - p))) != NULL && !st.irregular) {
-            if (smaps_line(&st, p, e) < 0) goto done;
-            p = e + 1;
-        }
-        len = (size_t)(stop - p);
+        const char *stop = buf + len + (size_t)got;
+        const char *p = smaps_feed(&st, buf, stop);
+        if (p == NULL) goto done;
+        len = st.irregular ? 0 : (size_t)(stop - p);
         memmove(buf, p, len);
     }
     /* A last line without its '\n'. */

@@ -277,7 +277,7 @@ class RegionTable:
     allocation_protection: IntColumn = field(default_factory=list)
     allocation_protection_raw: IntColumn = field(default_factory=list)
     # Field name (RESIDENCY_FIELDS) -> column; empty when residency was not read.
-    residency: dict[str, list[int]] = field(default_factory=dict)
+    residency: dict[str, IntColumn] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.start)

@@ -16,6 +16,7 @@ from vmatlas.model import (
     ALLOCATION_COLUMNS,
     ROW_COLUMNS,
     Host,
+    IntColumn,
     Process,
     Protection,
     RegionKind,
@@ -324,7 +325,7 @@ def insert_free(table: RegionTable, range_min: int, range_max: int) -> RegionTab
     out = RegionTable()
     columns = [*ROW_COLUMNS, *(name for name in ALLOCATION_COLUMNS if getattr(table, name))]
     defaults = {"path": "", "deleted": False}
-    residency: dict[str, list[int]] = {name: [] for name in table.residency}
+    residency: dict[str, IntColumn] = {name: [] for name in table.residency}
     g = 0
     n = len(table)
     for i in range(n + 1):

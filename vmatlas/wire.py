@@ -20,6 +20,7 @@ from vmatlas.model import (
     RESIDENCY_FIELDS,
     ROW_COLUMNS,
     Host,
+    IntColumn,
     OperatingSystem,
     Process,
     ProcessOrder,
@@ -486,7 +487,7 @@ def _table_from_columns(columns: dict[str, Any]) -> RegionTable:
         _check_length(name, column(name), n, optional=False)
     for name in ("protection_raw", "offset_bytes", "file_index", *ALLOCATION_COLUMNS):
         _check_length(name, column(name), n)
-    residency: dict[str, list[int]] = {}
+    residency: dict[str, IntColumn] = {}
     if "residency" in columns:
         for name in RESIDENCY_FIELDS:
             values = columns["residency"].get(name, [])

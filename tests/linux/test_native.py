@@ -333,7 +333,8 @@ def scanned_as_read(data: bytes, tmp_path: Path) -> bool:
     path.write_bytes(data)
     fd = os.open(path, os.O_RDONLY)
     try:
-        return native._built.scan_smaps_fd(fd, _SMAPS_KEYS_BYTES) is not None  # type: ignore[union-attr]
+        scan = native._built.scan_smaps_fd(fd, _SMAPS_KEYS_BYTES, *_SCAN_DECISIONS)  # type: ignore[union-attr]
+        return isinstance(scan, tuple)
     finally:
         os.close(fd)
 
