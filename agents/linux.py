@@ -621,11 +621,19 @@ class LinuxReader:
         ``streamed``: on the native path, maps is scanned a chunk at a time as the
         kernel writes it, never held whole. Summaries, read for every process in turn
         (most of them small, many kernel threads with nothing to read), go without."""
+        scanned: RegionTable | bytes | None = None
         if native.accel is not None and (residency or streamed):
-            table = self._streamed_smaps(pid, name) if residency else self._streamed_maps(pid, name)
-            if table is not None:
-                return table
-        text = self._read_bytes(pid, "smaps" if residency else "maps", name)
+            scanned = (
+                self._streamed_smaps(pid, name) if residency else self._streamed_maps(pid, name)
+            )
+            if isinstance(scanned, RegionTable):
+                return scanned
+        # The text the streamed scan read and left to the whole-text parse, or read now.
+        text = (
+            scanned
+            if isinstance(scanned, bytes)
+            else self._read_bytes(pid, "smaps" if residency else "maps", name)
+        )
         if not text and not os.path.exists(self._path(pid, "stat")):
             raise errors.NoSuchProcess(pid=pid, name=name)
         return parse_smaps(text) if residency else parse_maps(text)
@@ -650,10 +658,12 @@ class LinuxReader:
             self._raise_for(exc, pid, name)
             raise  # unreachable: _raise_for always raises
 
-    def _streamed_smaps(self, pid: int, name: str | None) -> RegionTable | None:
+    def _streamed_smaps(self, pid: int, name: str | None) -> RegionTable | bytes | None:
         """smaps scanned natively as it is read, never held whole (tens of megabytes
-        for a large process); None where the text is not regular or empty, and the
-        whole-text parse must decide."""
+        for a large process). Where the text is not regular, or empty, the whole-text
+        parse decides: on the text as read, which the scan hands back where it kept it
+        all (always, but for a long text found irregular only after its start was let
+        go: None, and the file is read again; no kernel writes such text)."""
         accel = native.accel
         assert accel is not None
         try:
@@ -661,7 +671,9 @@ class LinuxReader:
             try:
                 with _gc_paused():
                     scan = accel.scan_smaps_fd(fd, _SMAPS_KEYS_BYTES, *_SCAN_DECISIONS)
-                    return None if scan is None else _table_from_smaps_scan(accel, scan)
+                    if scan is None or isinstance(scan, bytes):
+                        return scan
+                    return _table_from_smaps_scan(accel, scan)
             finally:
                 os.close(fd)
         except OSError as exc:

@@ -1243,10 +1243,15 @@ done:
 }
 
 #ifndef _WIN32
-/* scan_smaps_fd(fd: int, keys, facts_of, fact_count) -> (headers, columns) | None:
- * scan_smaps of the file's text, read to its end through a small buffer that is used
- * again and again (the text of a large process is tens of megabytes; it is never held
- * whole), without the GIL while reading. Raises OSError as os.read does. */
+/* scan_smaps_fd(fd: int, keys, facts_of, fact_count) -> (headers, columns) | bytes | None
+ *
+ * scan_smaps of the file's text, read to its end through a buffer that is used again
+ * and again once full (the text of a large process is tens of megabytes; it is never
+ * held whole), without the GIL while reading. Where scan_smaps would give None (text
+ * that is not regular, or empty), the text itself, as long as none of it was let go (a
+ * text that fits the buffer, or one found irregular before the buffer first filled:
+ * the rest is then kept too), for the whole-text parse to decide without reading the
+ * file again; None where some was let go. Raises OSError as os.read does. */
 static PyObject *scan_smaps_fd(PyObject *self, PyObject *args) {
     (void)self;
     int fd;
@@ -1256,9 +1261,11 @@ static PyObject *scan_smaps_fd(PyObject *self, PyObject *args) {
         return NULL;
     smaps_t st;
     PyObject *result = NULL;
-    size_t cap = 256 * 1024, len = 0; /* len: bytes of an unfinished line at the front */
+    /* buf[0, len) is read, buf[from, len) not yet scanned; ``dropped``: some of the
+     * text was let go. */
+    size_t cap = 256 * 1024, len = 0, from = 0;
     char *buf = NULL;
-    int seen_any = 0;
+    int dropped = 0;
     if (smaps_init(&st, keys, facts_of, fact_count) < 0) goto done;
     buf = PyMem_Malloc(cap);
     if (buf == NULL) {
@@ -1266,14 +1273,23 @@ static PyObject *scan_smaps_fd(PyObject *self, PyObject *args) {
         goto done;
     }
     for (;;) {
-        if (len == cap) { /* one line longer than the buffer */
-            char *grown = PyMem_Realloc(buf, cap * 2);
-            if (grown == NULL) {
-                PyErr_NoMemory();
-                goto done;
+        if (len == cap) {
+            if (st.irregular && dropped) {
+                len = from = 0; /* read to the end all the same, as a read would */
+            } else if (from > 0 && !st.irregular) {
+                memmove(buf, buf + from, len - from); /* the scanned lines go */
+                len -= from;
+                from = 0;
+                dropped = 1;
+            } else { /* a line longer than the buffer, or an irregular text kept whole */
+                char *grown = PyMem_Realloc(buf, cap * 2);
+                if (grown == NULL) {
+                    PyErr_NoMemory();
+                    goto done;
+                }
+                buf = grown;
+                cap *= 2;
             }
-            buf = grown;
-            cap *= 2;
         }
         ssize_t got;
         int saved_errno;
@@ -1291,17 +1307,20 @@ static PyObject *scan_smaps_fd(PyObject *self, PyObject *args) {
             goto done;
         }
         if (got == 0) break;
-        seen_any = 1;
-        if (st.irregular) continue; /* read to the end all the same, as a read would */
-        const char *stop = buf + len + (size_t)got;
-        const char *p = smaps_feed(&st, buf, stop);
-        if (p == NULL) goto done;
-        len = st.irregular ? 0 : (size_t)(stop - p);
-        memmove(buf, p, len);
+        len += (size_t)got;
+        if (!st.irregular) {
+            const char *p = smaps_feed(&st, buf + from, buf + len);
+            if (p == NULL) goto done;
+            from = (size_t)(p - buf);
+        }
     }
     /* A last line without its '\n'. */
-    if (len && !st.irregular && smaps_line(&st, buf, buf + len) < 0) goto done;
-    result = seen_any ? smaps_result(&st) : Py_NewRef(Py_None);
+    if (from < len && !st.irregular && smaps_line(&st, buf + from, buf + len) < 0) goto done;
+    result = smaps_result(&st);
+    if (result == Py_None && !dropped) {
+        Py_DECREF(result);
+        result = PyBytes_FromStringAndSize(buf, (Py_ssize_t)len);
+    }
 done:
     PyMem_Free(buf);
     smaps_free(&st);

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -365,6 +366,61 @@ def test_smaps_streamed_through_the_buffer_reads_the_same(planter: Planter, tmp_
         assert same_on_both(lambda c=cut: streamed(smaps[:-c], tmp_path)) == outcome(
             lambda c=cut: parse_smaps(smaps[:-c])
         )
+
+
+# Paths whose opens are counted (by an audit hook: the reader's own os.open and open
+# calls, seen as they happen).
+_COUNTED_OPENS: dict[str, int] = {}
+
+
+def _count_opens(event: str, args: tuple[Any, ...]) -> None:
+    if event == "open" and isinstance(args[0], str) and args[0] in _COUNTED_OPENS:
+        _COUNTED_OPENS[args[0]] += 1
+
+
+sys.addaudithook(_count_opens)
+
+
+def read_counted(text: bytes, procfs: Path) -> tuple[Any, int]:
+    """The reader's residency table (or what it raises) of ``text`` as the smaps file of
+    pid 1 under ``procfs``, and how many times the reader opened that file."""
+    (procfs / "1").mkdir(exist_ok=True)
+    (procfs / "1" / "stat").write_text("1 (x) S 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 1 0 0\n")
+    (procfs / "1" / "smaps").write_bytes(text)
+    path = str(procfs / "1" / "smaps")
+    _COUNTED_OPENS[path] = 0
+    try:
+        table = outcome(lambda: LinuxReader(str(procfs)).regions(1, residency=True))
+        return table, _COUNTED_OPENS[path]
+    finally:
+        del _COUNTED_OPENS[path]
+
+
+def test_smaps_the_streamed_scan_leaves_to_the_whole_text_parse_is_read_once(
+    planter: Planter, tmp_path: Path
+) -> None:
+    """Text the native scan does not take (empty, a number longer than it reads, a
+    short block) is parsed as it was read, not read again: smaps walks the target's
+    page tables, and a second read may not even say the same."""
+    planter.grow(3000)
+    smaps = Path(f"/proc/{planter.pid}/smaps").read_bytes()
+    assert len(smaps) > 1 << 20  # four times the reading buffer and more
+    long_rss = re.sub(
+        rb"^Rss:( +)\d+ kB$", rb"Rss:\g<1>123456789012345678 kB", smaps, count=1, flags=re.M
+    )
+    assert long_rss != smaps
+    vmflags = smaps.index(b"\nVmFlags")
+    short_block = smaps[:vmflags] + smaps[smaps.index(b"\n", vmflags + 1) :]
+    assert same_on_both(lambda: parse_smaps(long_rss)).residency["rss_bytes"][0] == (
+        123456789012345678 * 1024
+    )
+    assert same_on_both(lambda: parse_smaps(short_block))[0] == "raised"
+    for text in (b"", long_rss, long_rss[:200_000], short_block, short_block[:200_000]):
+        assert not scanned_as_read(text, tmp_path)
+        whole = same_on_both(lambda t=text: parse_smaps(t))
+        for path in (False, True):
+            with native.use(path):
+                assert read_counted(text, tmp_path) == (whole, 1)
 
 
 # -- generated tables: summary and encode ------------------------------------------------
