@@ -1546,52 +1546,50 @@ static PyObject *take(PyObject *self, PyObject *args) {
 }
 
 /* bounds(start_deltas, sizes, shift) -> (starts, ends) | None
- * The region boundaries in bytes of a wire table's page columns: each start is the
- * previous end plus its delta, each end its start plus its size, both columns in units
- * of 1 << shift. None when a value is not an int below 2**64 or a boundary passes 2**64
- * (the pure conversion then says what is wrong). */
+ * The region boundaries in bytes of a wire table's page columns (lists of ints or typed
+ * columns), as array('Q') columns: each start is the previous end plus its delta, each
+ * end its start plus its size, both columns in units of 1 << shift. None when a value
+ * is not an int below 2**64, the lengths differ or a boundary passes 2**64 (the pure
+ * conversion then says what is wrong). */
 static PyObject *bounds(PyObject *self, PyObject *args) {
     (void)self;
-    PyObject *lists[2];
+    PyObject *objs[2];
     int shift;
-    if (!PyArg_ParseTuple(args, "O!O!i", &PyList_Type, &lists[0], &PyList_Type, &lists[1], &shift))
-        return NULL;
+    if (!PyArg_ParseTuple(args, "OOi", &objs[0], &objs[1], &shift)) return NULL;
+    column_t cols[2];
     Py_ssize_t n;
-    if (!same_lengths(lists, 2, &n) || shift < 0 || shift > 63) Py_RETURN_NONE;
-    PyObject *starts = PyList_New(n), *ends = PyList_New(n);
-    if (starts == NULL || ends == NULL) goto fail;
+    if (shift < 0 || shift > 63 || !columns_open(cols, objs, 2, &n)) Py_RETURN_NONE;
+    PyObject *result = NULL;
+    uint64_t *starts = PyMem_Malloc((size_t)(n ? n : 1) * 8), *ends = PyMem_Malloc((size_t)(n ? n : 1) * 8);
+    if (starts == NULL || ends == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
     uint64_t end = 0;
-    PyObject *end_obj = NULL; /* borrowed: the previous region's end */
     for (Py_ssize_t i = 0; i < n; i++) {
         uint64_t delta, size;
-        if (u64_at(lists[0], i, &delta) < 0 || u64_at(lists[1], i, &size) < 0) goto none;
+        if (col_u64(&cols[0], i, &delta) < 0 || col_u64(&cols[1], i, &size) < 0) goto none;
         if (!shl_fits(delta, shift) || !shl_fits(size, shift)) goto none;
         uint64_t start = end + (delta << shift);
         if (start < end) goto none;
         uint64_t next = start + (size << shift);
         if (next < start) goto none;
-        PyObject *start_obj;
-        if (end_obj != NULL && start == end) {
-            start_obj = Py_NewRef(end_obj);
-        } else {
-            start_obj = PyLong_FromUnsignedLongLong(start);
-            if (start_obj == NULL) goto fail;
-        }
-        PyList_SET_ITEM(starts, i, start_obj);
-        end_obj = PyLong_FromUnsignedLongLong(next);
-        if (end_obj == NULL) goto fail;
-        PyList_SET_ITEM(ends, i, end_obj);
+        starts[i] = start;
+        ends[i] = next;
         end = next;
     }
-    return Py_BuildValue("(NN)", starts, ends);
+    PyObject *s = new_array("Q", starts, (size_t)n * 8), *e = s ? new_array("Q", ends, (size_t)n * 8) : NULL;
+    if (s != NULL && e != NULL) result = PyTuple_Pack(2, s, e);
+    Py_XDECREF(s);
+    Py_XDECREF(e);
+    goto done;
 none:
-    Py_DECREF(starts);
-    Py_DECREF(ends);
-    Py_RETURN_NONE;
-fail:
-    Py_XDECREF(starts);
-    Py_XDECREF(ends);
-    return NULL;
+    result = Py_NewRef(Py_None);
+done:
+    PyMem_Free(starts);
+    PyMem_Free(ends);
+    columns_close(cols, 2);
+    return result;
 }
 
 /* tally(starts, ends, page_size, *key_columns) -> {key: [count, bytes, single_pages]}
@@ -2341,6 +2339,81 @@ static PyObject *list_at(PyObject *out, PyObject *name) {
     return list;
 }
 
+/* One run of a repeated number (packed, wire type 2, or one value, wire type 0) at *p,
+ * appended to the typed column under ``name`` in ``out`` (an array.array of
+ * ``typecode``, made where missing): the values are read into the array's items, with
+ * no Python int per value. *unsupported where the run is malformed or a value does not
+ * fit its field's kind or the typecode (upb then reads the message, into lists). */
+static int decode_typed_run(const uint8_t **pp, const uint8_t *end, unsigned wire_type, int kind,
+                            PyObject *typecode, PyObject *out, PyObject *name, int *unsupported) {
+    const char *code = PyUnicode_AsUTF8(typecode);
+    if (code == NULL) return -1;
+    int size = typecode_size(code);
+    if (size == 0 || kind == D_BOOL) {
+        PyErr_SetString(PyExc_ValueError, "decode: a typed field wants B, H, I or Q");
+        return -1;
+    }
+    const uint8_t *p = *pp, *stop;
+    if (wire_type == 2) {
+        uint64_t n;
+        if (get_varint(&p, end, &n) < 0 || n > (uint64_t)(end - p)) goto bad;
+        stop = p + n;
+    } else if (wire_type == 0) {
+        stop = NULL;
+    } else {
+        goto bad;
+    }
+    const uint8_t *limit = stop ? stop : end;
+    Py_ssize_t count = 1;
+    if (stop) {
+        count = 0;
+        for (const uint8_t *q = p; q < stop; q++) count += !(*q & 0x80);
+    }
+    uint64_t max = size == 8 ? UINT64_MAX : ((uint64_t)1 << (8 * size)) - 1;
+    if (kind == D_U32 && max > UINT32_MAX) max = UINT32_MAX;
+    if (kind == D_ENUM && max > INT32_MAX) max = INT32_MAX;
+    char *items = PyMem_Malloc((size_t)(count ? count : 1) * (size_t)size);
+    if (items == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    Py_ssize_t i = 0;
+    for (int first = 1; stop ? p < stop : first; first = 0) {
+        uint64_t v;
+        if (p < limit && *p < 0x80) /* one byte: most values of a packed column */
+            v = *p++;
+        else if (get_varint(&p, limit, &v) < 0)
+            goto bad_items;
+        if (i >= count || v > max) goto bad_items;
+        put_unsigned(items + (size_t)i * (size_t)size, size, v);
+        i++;
+    }
+    if (i != count) goto bad_items;
+    PyObject *column = PyDict_GetItemWithError(out, name);
+    int failed;
+    if (column != NULL) { /* the field again: its values follow (occurrences merge) */
+        PyObject *view = PyMemoryView_FromMemory(items, (Py_ssize_t)count * size, PyBUF_READ);
+        PyObject *done = view == NULL ? NULL : PyObject_CallMethod(column, "frombytes", "O", view);
+        Py_XDECREF(view);
+        failed = done == NULL;
+        Py_XDECREF(done);
+    } else if (PyErr_Occurred()) {
+        failed = 1;
+    } else {
+        column = new_array(code, items, (size_t)count * (size_t)size);
+        failed = column == NULL || PyDict_SetItem(out, name, column) < 0;
+        Py_XDECREF(column);
+    }
+    PyMem_Free(items);
+    *pp = p;
+    return failed ? -1 : 0;
+bad_items:
+    PyMem_Free(items);
+bad:
+    *unsupported = 1;
+    return 0;
+}
+
 static int decode_into(const uint8_t *p, const uint8_t *end, PyObject *spec, PyObject *out,
                        int *unsupported) {
     while (p < end && !*unsupported) {
@@ -2411,6 +2484,12 @@ static int decode_into(const uint8_t *p, const uint8_t *end, PyObject *spec, PyO
             continue;
         }
         /* A repeated number: packed (wire type 2) or one value (wire type 0). */
+        PyObject *typecode = PyTuple_GET_ITEM(field, 2);
+        if (PyUnicode_Check(typecode)) {
+            if (decode_typed_run(&p, end, wire_type, kind, typecode, out, name, unsupported) < 0)
+                return -1;
+            continue;
+        }
         PyObject *list = list_at(out, name);
         if (list == NULL) return -1;
         const uint8_t *stop;
@@ -2471,7 +2550,8 @@ bad:
 
 /* decode(data: bytes, spec: {number: (name, kind, sub_spec | None)}) -> dict | None
  * The fields of one serialized message that the spec names, by name: repeated ones as
- * lists, scalars as ints, messages as dicts of their own (present when the field was
+ * lists, or as typed columns (array.array) where the field's sub_spec is a typecode
+ * ('B', 'H', 'I' or 'Q'), scalars as ints, messages as dicts of their own (present when the field was
  * there, even empty). None where the bytes are malformed or hold anything whose
  * reading is left to upb (a value out of its field's range, text that is not UTF-8, a
  * field of a kind the spec does not give): the caller then parses with upb. */
@@ -2534,36 +2614,56 @@ static int bound_of(PyObject *obj, uint64_t *bound, int *unbounded) {
     return 0;
 }
 
-/* within(column: list, bound: int) -> bool: every value an int in [0, bound). */
+/* within(column, bound: int) -> bool: every value (of a list of ints or a typed
+ * column) an int in [0, bound). */
 static PyObject *within(PyObject *self, PyObject *args) {
     (void)self;
-    PyObject *column, *bound_obj;
-    if (!PyArg_ParseTuple(args, "O!O!", &PyList_Type, &column, &PyLong_Type, &bound_obj))
-        return NULL;
+    PyObject *obj, *bound_obj;
+    if (!PyArg_ParseTuple(args, "OO!", &obj, &PyLong_Type, &bound_obj)) return NULL;
     uint64_t bound;
     int unbounded;
     if (bound_of(bound_obj, &bound, &unbounded) < 0) return NULL;
-    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(column); i++) {
+    column_t c;
+    if (!column_open(&c, obj)) Py_RETURN_FALSE;
+    PyObject *result = Py_True;
+    for (Py_ssize_t i = 0; i < c.n; i++) {
         uint64_t v;
-        if (u64_at(column, i, &v) < 0 || (!unbounded && v >= bound)) Py_RETURN_FALSE;
+        if (col_u64(&c, i, &v) < 0 || (!unbounded && v >= bound)) {
+            result = Py_False;
+            break;
+        }
     }
-    Py_RETURN_TRUE;
+    column_close(&c);
+    return Py_NewRef(result);
 }
 
-/* members_of(column: list, allowed: int) -> bool: every value an int (or a bool) v
- * in [0, 64) whose bit 1 << v is set in ``allowed``. */
+/* members_of(column, allowed: int) -> bool: every value (of a list of ints or bools,
+ * or of a typed column) an int v in [0, 64) whose bit 1 << v is set in ``allowed``. */
 static PyObject *members_of(PyObject *self, PyObject *args) {
     (void)self;
-    PyObject *column;
+    PyObject *obj;
     unsigned long long allowed;
-    if (!PyArg_ParseTuple(args, "O!K", &PyList_Type, &column, &allowed)) return NULL;
-    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(column); i++) {
+    if (!PyArg_ParseTuple(args, "OK", &obj, &allowed)) return NULL;
+    column_t c;
+    if (!column_open(&c, obj)) Py_RETURN_FALSE;
+    PyObject *result = Py_True;
+    for (Py_ssize_t i = 0; i < c.n; i++) {
         long v;
-        if (plain_long(PyList_GET_ITEM(column, i), &v) < 0 || v < 0 || v > 63 ||
-            !(allowed >> v & 1))
-            Py_RETURN_FALSE;
+        int got;
+        if (c.list != NULL) {
+            got = plain_long(PyList_GET_ITEM(c.list, i), &v);
+        } else {
+            uint64_t u = column_item(&c, i);
+            v = u > 63 ? 64 : (long)u;
+            got = 0;
+        }
+        if (got < 0 || v < 0 || v > 63 || !(allowed >> v & 1)) {
+            result = Py_False;
+            break;
+        }
     }
-    Py_RETURN_TRUE;
+    column_close(&c);
+    return Py_NewRef(result);
 }
 
 /* texts_within(column: list, max_chars: int, max_total_chars: int) -> bool: every
@@ -2618,42 +2718,50 @@ static PyObject *texts_within(PyObject *self, PyObject *args) {
  * value of another kind (the columns are the same length). */
 static PyObject *layout(PyObject *self, PyObject *args) {
     (void)self;
-    PyObject *lists[4], *low_obj, *high_obj;
+    PyObject *objs[4], *low_obj, *high_obj;
     unsigned long long page_mask, gate_max;
     long free_state, gate_kind;
     int free_allowed;
-    if (!PyArg_ParseTuple(args, "O!O!O!O!O!O!KlplK", &PyList_Type, &lists[0], &PyList_Type,
-                          &lists[1], &PyList_Type, &lists[2], &PyList_Type, &lists[3], &PyLong_Type,
-                          &low_obj, &PyLong_Type, &high_obj, &page_mask, &free_state,
-                          &free_allowed, &gate_kind, &gate_max))
+    if (!PyArg_ParseTuple(args, "OOOOO!O!KlplK", &objs[0], &objs[1], &objs[2], &objs[3],
+                          &PyLong_Type, &low_obj, &PyLong_Type, &high_obj, &page_mask,
+                          &free_state, &free_allowed, &gate_kind, &gate_max))
         return NULL;
     uint64_t low, high;
     int low_unbounded, unbounded;
     if (bound_of(low_obj, &low, &low_unbounded) < 0 || bound_of(high_obj, &high, &unbounded) < 0)
         return NULL;
+    column_t cols[4];
     Py_ssize_t n;
-    if (low_unbounded || !same_lengths(lists, 4, &n)) Py_RETURN_NONE;
+    if (low_unbounded || !columns_open(cols, objs, 4, &n)) Py_RETURN_NONE;
+    PyObject *result = Py_None;
     uint64_t previous_end = 0;
     Py_ssize_t mapped = 0;
     for (Py_ssize_t i = 0; i < n; i++) {
         uint64_t s, e;
         long state, kind;
-        if (u64_at(lists[0], i, &s) < 0 || u64_at(lists[1], i, &e) < 0 ||
-            plain_long(PyList_GET_ITEM(lists[2], i), &state) < 0 ||
-            plain_long(PyList_GET_ITEM(lists[3], i), &kind) < 0)
-            Py_RETURN_NONE;
-        if (s >= e || s < previous_end || ((s | e) & page_mask)) Py_RETURN_NONE;
+        if (col_u64(&cols[0], i, &s) < 0 || col_u64(&cols[1], i, &e) < 0) goto done;
+        if (cols[2].list != NULL ? plain_long(PyList_GET_ITEM(cols[2].list, i), &state) < 0
+                                 : col_small(&cols[2], i, &state) < 0)
+            goto done;
+        if (cols[3].list != NULL ? plain_long(PyList_GET_ITEM(cols[3].list, i), &kind) < 0
+                                 : col_small(&cols[3], i, &kind) < 0)
+            goto done;
+        if (s >= e || s < previous_end || ((s | e) & page_mask)) goto done;
         if (state != free_state)
             mapped++;
         else if (!free_allowed)
-            Py_RETURN_NONE;
+            goto done;
         if (s < low || (!unbounded && e > high)) {
             int gate = gate_kind >= 0 && kind == gate_kind && !unbounded && s >= high && e - s <= gate_max;
-            if (!gate) Py_RETURN_NONE;
+            if (!gate) goto done;
         }
         previous_end = e;
     }
-    return PyLong_FromSsize_t(mapped);
+    result = NULL;
+done:
+    columns_close(cols, 4);
+    if (result == NULL) return PyLong_FromSsize_t(mapped);
+    return Py_NewRef(result);
 }
 
 static PyMethodDef methods[] = {

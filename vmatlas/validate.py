@@ -11,6 +11,7 @@ beyond sane bounds. Nothing else escapes them, whatever the input.
 from __future__ import annotations
 
 import math
+from array import array
 from collections.abc import Iterable, Sequence
 from dataclasses import replace
 from operator import attrgetter, ge, lt
@@ -266,21 +267,31 @@ def validate_summary(summary: Summary, what: str = "summary") -> None:
 # -- the region table ------------------------------------------------------------------------
 
 
-def _column(table: RegionTable, name: str) -> list[Any]:
+# Typed columns (array.array) a table may hold besides lists: unsigned integers only.
+_TYPECODES = frozenset("BHILQ")
+
+
+def _is_column(column: Any) -> bool:
+    """A list, or a typed column of unsigned integers."""
+    return type(column) is list or (type(column) is array and column.typecode in _TYPECODES)
+
+
+def _column(table: RegionTable, name: str) -> Any:
+    """The column ``name`` of ``table``: a list, or a typed column of unsigned ints."""
     column = getattr(table, name, None)
-    if not isinstance(column, list):
+    if not _is_column(column):
         raise _bad(f"region column {name} is not a list")
     return column
 
 
-def _all_int(column: list[Any]) -> bool:
+def _all_int(column: Sequence[Any]) -> bool:
     # Checked over the distinct types in one C-level pass (a 65K-region table is
     # checked on every fresh snapshot); int subclasses take the slow path.
     types = set(map(type, column))
     return types <= _ONLY_INT or all(issubclass(t, int) for t in types)
 
 
-def _uint_column(column: list[Any], name: str, limit: int = U64) -> None:
+def _uint_column(column: Sequence[Any], name: str, limit: int = U64) -> None:
     if not column:
         return
     if not _all_int(column):
@@ -354,7 +365,7 @@ def _checked_natively(
     if residency and (
         residency.keys() != set(RESIDENCY_FIELDS)
         or not all(
-            type(column) is list and len(column) == len(table.start) and accel.within(column, U64)
+            _is_column(column) and len(column) == len(table.start) and accel.within(column, U64)
             for column in residency.values()
         )
     ):
@@ -396,7 +407,7 @@ def _validate_residency(residency: Any, n: int) -> None:
         raise _bad("residency must have exactly the columns " + ", ".join(RESIDENCY_FIELDS))
     for name in RESIDENCY_FIELDS:
         column = residency[name]
-        if not isinstance(column, list) or len(column) != n:
+        if not _is_column(column) or len(column) != n:
             raise _bad(f"residency column {name} does not have {n} rows")
         _uint_column(column, f"residency {name}")
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import math
 import zlib
+from array import array
+from collections.abc import Sequence
 from dataclasses import replace
 from itertools import accumulate, chain, repeat
 from operator import add, attrgetter, lshift, rshift, sub
@@ -439,6 +441,18 @@ _D_KINDS = {
 }
 
 
+# The typed column (array.array typecode) each repeated number is read into: a machine
+# word or less a value, no Python int. By wire type, and narrower where the model's
+# column is (the small enums and the protection bits, as the native capture makes them);
+# a value that does not fit sends the table to upb, whose lists the checks then judge.
+_D_TYPECODES = {
+    FieldDescriptor.TYPE_UINT64: "Q",
+    FieldDescriptor.TYPE_UINT32: "I",
+    FieldDescriptor.TYPE_ENUM: "I",
+}
+_D_NARROW = {name: "B" for name in ("state", "type", "kind", "protection", "allocation_protection")}
+
+
 def _decode_spec(descriptor: Any) -> dict[int, tuple[str, int, Any]]:
     spec: dict[int, tuple[str, int, Any]] = {}
     for field in descriptor.fields:
@@ -447,7 +461,8 @@ def _decode_spec(descriptor: Any) -> dict[int, tuple[str, int, Any]]:
         elif field.type == FieldDescriptor.TYPE_UINT64 and not field.is_repeated:
             spec[field.number] = (field.name, _D_SCALAR, None)
         elif field.is_repeated and field.type in _D_KINDS:
-            spec[field.number] = (field.name, _D_KINDS[field.type], None)
+            typecode = _D_NARROW.get(field.name, _D_TYPECODES.get(field.type))
+            spec[field.number] = (field.name, _D_KINDS[field.type], typecode)
         else:  # deflated, and any field of a kind the reader has no loop for
             spec[field.number] = (field.name, _D_UNREAD, None)
     return spec
@@ -508,10 +523,10 @@ def _table_from_columns(columns: dict[str, Any]) -> RegionTable:
         state=column("state"),
         type=column("type"),
         protection=protection,
-        protection_raw=column("protection_raw") or protection.copy(),
+        protection_raw=column("protection_raw") or protection[:],
         kind=kinds,
         path=paths,
-        offset=column("offset_bytes") or [0] * n,
+        offset=column("offset_bytes") or _zeros(starts, n),
         device=devices,
         inode=inodes,
         deleted=deleted,
@@ -522,7 +537,12 @@ def _table_from_columns(columns: dict[str, Any]) -> RegionTable:
     )
 
 
-def _bounds(deltas: list[int], sizes: list[int], page: int) -> tuple[list[int], list[int]]:
+def _zeros(like: Sequence[int], n: int) -> IntColumn:
+    """``n`` zeros, typed where ``like`` is a typed column."""
+    return array("Q", bytes(8 * n)) if isinstance(like, array) else [0] * n
+
+
+def _bounds(deltas: IntColumn, sizes: IntColumn, page: int) -> tuple[IntColumn, IntColumn]:
     """(starts, ends) in bytes of the page columns of a table with regions. Raises
     ValueError when a boundary passes the 64-bit address space."""
     shift = page.bit_length() - 1
@@ -538,15 +558,27 @@ def _bounds(deltas: list[int], sizes: list[int], page: int) -> tuple[list[int], 
     return list(map(sub, ends, size_bytes)), ends
 
 
-def _take(column: list[Any], index: list[int]) -> list[Any]:
-    """``[column[i] for i in index]``; IndexError past the end."""
+def _take(column: list[Any], index: IntColumn, typecode: str | None = None) -> Sequence[Any]:
+    """``[column[i] for i in index]``, as a ``typecode`` column where one is given and
+    its values fit; IndexError past the end."""
     accel = native.accel
-    if accel is not None:
-        return accel.take(column, index)  # type: ignore[no-any-return]
-    return [column[i] for i in index]
+    if accel is None:
+        return [column[i] for i in index]
+    if not (isinstance(index, array) and index.itemsize == 4):
+        return accel.take(column, list(index))  # type: ignore[no-any-return]
+    try:
+        taken = None if typecode is None else accel.spread(column, index, 4, typecode)
+        return accel.gather(column, index, 4) if taken is None else taken  # type: ignore[no-any-return]
+    except IndexError:
+        raise IndexError("list index out of range") from None
 
 
-def _files_from_columns(files: dict[str, list[Any]], index: list[int], n: int) -> list[list[Any]]:
+# The typed column each file column spreads into over the regions (path, device, inode,
+# deleted, kind), as the native capture makes them.
+_FILE_TYPECODES = (None, "Q", "Q", None, "B")
+
+
+def _files_from_columns(files: dict[str, list[Any]], index: IntColumn, n: int) -> list[Any]:
     """The path, device, inode, deleted and kind columns of ``n`` regions."""
     paths = files.get("path", [])
     file_count = len(paths)
@@ -556,14 +588,17 @@ def _files_from_columns(files: dict[str, list[Any]], index: list[int], n: int) -
     for name, zero in _FILE_ZEROS.items():
         column = files.get(name, [])
         _check_length(f"files.{name}", column, file_count)
-        table.append(column or [zero] * file_count)
+        table.append(list(column) or [zero] * file_count)
     entry = tuple(column[0] for column in table)
     if entry != _NO_FILE:
         raise ValueError(f"region table file entry 0 is {entry!r:.80}, not no file")
     if not index:
         return [[column[0]] * n for column in table]
     try:
-        return [_take(column, index) for column in table]
+        return [
+            _take(column, index, typecode)
+            for column, typecode in zip(table, _FILE_TYPECODES, strict=True)
+        ]
     except IndexError:
         raise ValueError(
             f"region table file_index {max(index)} is out of range ({file_count} files)"

@@ -9,7 +9,8 @@ for callers who may see them; viewers get documents without them (see
 from __future__ import annotations
 
 import operator
-from collections.abc import Iterable
+from array import array
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from vmatlas import diff as diffing
@@ -202,6 +203,11 @@ def _interned(values: Iterable[Any]) -> tuple[list[Any], list[int]]:
     return list(table), indices
 
 
+def _listed(column: Sequence[int]) -> list[int]:
+    """A column as a list, for JSON (a typed column is converted in one C call)."""
+    return column.tolist() if isinstance(column, array) else list(column)
+
+
 def snapshot_document(
     snapshot_id: str, host_id: str, snapshot: Snapshot, *, with_regions: bool
 ) -> dict[str, Any]:
@@ -253,13 +259,13 @@ def snapshot_document(
         "gap_before": gaps,
         "unusable_before": unusable,
         "class": classes,
-        "state": table.state,
+        "state": _listed(table.state),
         "perms": perms_index,
         "perms_values": [perms_text(p) for p in protections],
         "path": path_index,
         "paths": paths,
-        "offset": table.offset,
-        "rss_bytes": rss,
+        "offset": _listed(table.offset),
+        "rss_bytes": None if rss is None else _listed(rss),
     }
     return doc
 

@@ -598,12 +598,15 @@ def test_serialized_tables_damaged_or_not_decode_the_same(data: bytes) -> None:
     same_on_both(lambda: wire.table_from_pb(message))
 
 
+@pytest.mark.parametrize("typed", [False, True], ids=["list", "typed"])
 @pytest.mark.parametrize("index", [[0, 3], [2**31], [2**32 - 1]])
-def test_an_index_past_the_end_is_refused_alike(index: list[int]) -> None:
+def test_an_index_past_the_end_is_refused_alike(index: list[int], typed: bool) -> None:
     # A wire table's file index is a uint32 from the agent: any of them may be past
-    # the end, and both paths must say so the same way.
-    column = ["a", "b", "c"]
-    assert same_on_both(lambda: wire._take(column, index)) == (
+    # the end, and both paths must say so the same way, as a list or as the typed
+    # column the native reader decodes it into, and whether the values taken are typed.
+    column: list[Any] = [0, 1, 2] if typed else ["a", "b", "c"]
+    found = array("I", index) if typed else index
+    assert same_on_both(lambda: wire._take(column, found, "Q" if typed else None)) == (
         "raised",
         "IndexError",
         "list index out of range",

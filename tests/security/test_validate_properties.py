@@ -7,6 +7,7 @@ import contextlib
 import math
 import os
 import re
+from array import array
 from dataclasses import replace
 from typing import Any
 
@@ -426,6 +427,45 @@ def test_the_native_loops_decide_a_decoded_table_alone() -> None:
     mapped = len(table) - table.state.count(RegionState.FREE)
     assert validate._checked_natively(native._built, table, HOST, True, PAGE) == mapped
     assert validate._checked_natively(native._built, table, HOST, False, PAGE) is None
+
+
+def _typed(snapshot: Snapshot) -> Snapshot:
+    """``snapshot`` with each integer column typed as the native reader decodes it."""
+    table = snapshot.regions
+    columns = {
+        name: array(DECODED_TYPECODES[name], getattr(table, name))
+        for name in DECODED_TYPECODES
+        if getattr(table, name)
+    }
+    residency = {name: array("Q", column) for name, column in table.residency.items()}
+    return replace(snapshot, regions=replace(table, residency=residency, **columns))
+
+
+DECODED_TYPECODES = {
+    name: getattr(DECODED.regions, name).typecode
+    for name in COLUMNS
+    if isinstance(getattr(DECODED.regions, name), array)
+}
+
+
+@pytest.mark.parametrize(
+    ("edits", "match"),
+    [
+        ((), "accepted"),
+        ((("state", 3, 63),), "region column state holds unknown value 63$"),
+        ((("kind", 0, 255),), "region column kind holds unknown value 255$"),
+        ((("end", 0, 0),), "^region 0 is empty or reversed"),
+        ((("start", 5, 0),), "^region 5 starts at 0x0, before region 4 ends"),
+        ((("offset", 2, (1 << 64) - 1),), "accepted"),
+    ],
+)
+def test_typed_columns_are_decided_as_lists_are(edits: Any, match: str) -> None:
+    _require_native()
+    assert DECODED_TYPECODES, "the native reader decodes into typed columns"
+    listed = _edited(*edits)
+    outcome = _both_paths(_typed(listed))
+    assert outcome == _both_paths(listed)
+    assert re.search(match, outcome), outcome
 
 
 def test_the_paths_total_is_counted_alike(monkeypatch: pytest.MonkeyPatch) -> None:
