@@ -59,11 +59,14 @@ __all__ = [
 ]
 
 
-_GET_SNAPSHOT_PATH = "/{}/{}".format(
-    *agent_pb2.DESCRIPTOR.services_by_name["AgentService"]
-    .methods_by_name["GetSnapshot"]
-    .full_name.rsplit(".", 1)
-)
+def _method_path(module: Any, service: str, method: str) -> str:
+    full_name = module.DESCRIPTOR.services_by_name[service].methods_by_name[method].full_name
+    return "/{}/{}".format(*full_name.rsplit(".", 1))
+
+
+_GET_SNAPSHOT_PATH = _method_path(agent_pb2, "AgentService", "GetSnapshot")
+_GET_HOST_SNAPSHOT_PATH = _method_path(fleet_pb2, "FleetService", "GetHostSnapshot")
+_GET_STORED_SNAPSHOT_PATH = _method_path(fleet_pb2, "FleetService", "GetStoredSnapshot")
 
 
 class ProcessList(list[ProcessSummary]):
@@ -119,6 +122,18 @@ class Client:
             _registered_method=True,
         )
         self._fleet = fleet_pb2_grpc.FleetServiceStub(self._channel)
+        # The server's snapshot answers likewise arrive as bytes, read by
+        # wire.snapshot_from_message_bytes.
+        self._get_host_snapshot_bytes = self._channel.unary_unary(
+            _GET_HOST_SNAPSHOT_PATH,
+            request_serializer=fleet_pb2.GetHostSnapshotRequest.SerializeToString,
+            _registered_method=True,
+        )
+        self._get_stored_snapshot_bytes = self._channel.unary_unary(
+            _GET_STORED_SNAPSHOT_PATH,
+            request_serializer=fleet_pb2.GetStoredSnapshotRequest.SerializeToString,
+            _registered_method=True,
+        )
         self._analysis = analysis_pb2_grpc.AnalysisServiceStub(self._channel)
 
     # -- lifecycle ----------------------------------------------------------------------
@@ -221,7 +236,19 @@ class Client:
         try:
             return wire.snapshot_from_response_bytes(data)
         except ValueError as exc:
-            raise errors.Error(f"{self.target} answered a malformed snapshot: {exc}") from None
+            raise self._malformed(exc) from None
+
+    def _malformed(self, exc: ValueError) -> errors.Error:
+        return errors.Error(f"{self.target} answered a malformed snapshot: {exc}")
+
+    def _snapshot_call(self, method: Any, request: Any, message_class: Any) -> tuple[Snapshot, Any]:
+        """A call answering a serialized Snapshot in a message's ``snapshot`` field:
+        the snapshot, read from the answer's bytes, and the message's other fields."""
+        data = self._call(method, request)
+        try:
+            return wire.snapshot_from_message_bytes(data, message_class)
+        except ValueError as exc:
+            raise self._malformed(exc) from None
 
     def watch(
         self, pid: int, *, interval: float = 5.0, poll: float = 0.5
@@ -288,8 +315,10 @@ class Client:
             include_residency=include_residency,
             view=int(view),  # type: ignore[arg-type]
         )
-        response = self._call(self._fleet.GetHostSnapshot, request)
-        return response.snapshot_id, wire.snapshot_from_bytes(response.snapshot)
+        snapshot, response = self._snapshot_call(
+            self._get_host_snapshot_bytes, request, fleet_pb2.GetHostSnapshotResponse
+        )
+        return response.snapshot_id, snapshot
 
     def history(
         self, *, host: str, pid: int, since: float | None = None, until: float | None = None
@@ -310,8 +339,9 @@ class Client:
     def stored_snapshot(self, snapshot_id: str) -> Snapshot:
         """A snapshot the server stored, by id. NotFound when pruned or unknown."""
         request = fleet_pb2.GetStoredSnapshotRequest(snapshot_id=snapshot_id)
-        response = self._call(self._fleet.GetStoredSnapshot, request)
-        return wire.snapshot_from_bytes(response.snapshot)
+        return self._snapshot_call(
+            self._get_stored_snapshot_bytes, request, fleet_pb2.GetStoredSnapshotResponse
+        )[0]
 
     # -- analysis calls (a server) ------------------------------------------------------
 

@@ -43,13 +43,14 @@ from vmatlas.server.rpc.analysis import SERVICE_NAME as ANALYSIS_SERVICE
 from vmatlas.server.rpc.analysis import AnalysisServicer
 from vmatlas.server.rpc.fleet import SERVICE_NAME as FLEET_SERVICE
 from vmatlas.server.rpc.fleet import FleetServicer
+from vmatlas.server.rpc.fleet import add_to_server as add_fleet_service
 from vmatlas.server.rpc.hub import SERVICE_NAME as HUB_SERVICE
 from vmatlas.server.rpc.hub import AgentHubServicer
 from vmatlas.server.rpc.replica import SERVICE_NAME as REPLICA_SERVICE
 from vmatlas.server.rpc.replica import ReplicaLinks, ReplicaServicer
 from vmatlas.server.store import Store, open_store, sqlite_url
 from vmatlas.server.telemetry import Telemetry, TimedStore
-from vmatlas.v1 import analysis_pb2_grpc, fleet_pb2_grpc, hub_pb2_grpc, replica_pb2_grpc
+from vmatlas.v1 import analysis_pb2_grpc, hub_pb2_grpc, replica_pb2_grpc
 
 if TYPE_CHECKING:
     from vmatlas.server.http.listener import HttpConfig, HttpListener
@@ -260,7 +261,7 @@ class FleetServer:
         self.analysis = Analysis(self.store)
         services = [
             (
-                fleet_pb2_grpc.add_FleetServiceServicer_to_server,
+                add_fleet_service,
                 FleetServicer(self.queries),
                 FLEET_SERVICE,
             ),

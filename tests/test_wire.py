@@ -354,3 +354,23 @@ def test_process_order_is_one_enum_with_the_schema_s_values() -> None:
         wire.process_order_from_pb(99)
     with pytest.raises(errors.InvalidArgument, match="regions, headroom, pid"):
         ProcessOrder.parse("largest")
+
+
+@pytest.mark.parametrize("fields", [{"snapshot_id": "17"}, {"snapshot_id": ""}])
+def test_fleet_snapshot_responses_are_written_as_protobuf_writes_them(
+    fields: dict[str, str],
+) -> None:
+    from vmatlas.v1 import fleet_pb2
+
+    snap = LinuxReader().snapshot(os.getpid())
+    header, regions = wire.snapshot_parts(snap)
+    cls = fleet_pb2.GetHostSnapshotResponse
+    data = wire.snapshot_bytes_response(cls, header, regions, **fields).data
+    assert data == cls(snapshot=wire.join_snapshot(header, regions), **fields).SerializeToString()
+    back, message = wire.snapshot_from_message_bytes(data, cls)
+    assert back == snap and message.snapshot_id == fields["snapshot_id"]
+    # Another writer's field order, or the field twice (the last one counts): upb reads it.
+    again = cls(snapshot=b"", **fields).SerializeToString() + data
+    assert wire.snapshot_from_message_bytes(again, cls)[0] == snap
+    with pytest.raises(ValueError, match="not a serialized GetHostSnapshotResponse"):
+        wire.snapshot_from_message_bytes(data[:-3] + b"\xff", cls)

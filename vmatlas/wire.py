@@ -788,6 +788,38 @@ def snapshot_response(snapshot: Snapshot) -> Serialized:
     return Serialized(agent_pb2.GetSnapshotResponse, data)
 
 
+def snapshot_bytes_response(
+    message_class: type[Any], header: bytes, regions: bytes, **fields: Any
+) -> Serialized:
+    """A response of ``message_class`` whose ``snapshot`` (a serialized Snapshot) is
+    :func:`join_snapshot` of ``header`` and ``regions``, its other ``fields`` as given,
+    serialized: the region table is copied once, into the response's bytes, not into
+    a message and out of it again. The bytes are protobuf's, field by field in order."""
+    number = message_class.DESCRIPTOR.fields_by_name["snapshot"].number
+    rest = message_class(**fields).SerializeToString()
+    regions_length = _varint(len(regions))
+    size = len(header) + len(_REGIONS_TAG) + len(regions_length) + len(regions)
+    tag = _varint(number << 3 | 2)
+    parts = (tag, _varint(size), header, _REGIONS_TAG, regions_length, regions, rest)
+    return Serialized(message_class, b"".join(parts))
+
+
+def snapshot_from_message_bytes(data: bytes, message_class: type[Any]) -> tuple[Snapshot, Any]:
+    """``(snapshot, message)`` of a serialized response of ``message_class`` whose
+    ``snapshot`` field holds a serialized Snapshot (as :func:`snapshot_bytes_response`
+    writes one): the snapshot read as :func:`snapshot_from_bytes` reads one, from a view
+    of ``data`` (not copied out of a parsed message first), and the message of the
+    other fields. Raises ValueError when malformed."""
+    number = message_class.DESCRIPTOR.fields_by_name["snapshot"].number
+    split = _one_field(data, number)
+    message = message_class()
+    try:
+        message.ParseFromString(bytes(data) if split is None else split[0])
+    except Exception as exc:  # protobuf raises DecodeError, a bare Exception subclass
+        raise ValueError(f"not a serialized {message_class.__name__}: {exc}") from None
+    return snapshot_from_bytes(message.snapshot if split is None else split[1]), message
+
+
 def snapshot_header_bytes(snapshot: Snapshot) -> bytes:
     """The serialized Snapshot without its regions (``snapshot.regions`` is ignored)."""
     header = pb.Snapshot()

@@ -3,7 +3,8 @@ on ``grpc.aio``: each call's blocking part (store reads, building the response) 
 on the hub's thread pool, never on the event loop.
 
 Snapshots leave as one serialized ``Snapshot`` whose region table is spliced in as
-the store keeps it (:meth:`HostSnapshot.serialized`), never encoded again here.
+the store keeps it, never encoded again here: the response is written as its bytes,
+the table copied into them once (:func:`add_to_server`).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from vmatlas import errors, wire
 from vmatlas.grpcutil import maps_errors
 from vmatlas.model import SnapshotView
 from vmatlas.security.auth import caller as current_caller
-from vmatlas.server.domain.fleet import Caller, FleetQueries
+from vmatlas.server.domain.fleet import Caller, FleetQueries, HostSnapshot
 from vmatlas.server.domain.hub import SnapshotRequest
 from vmatlas.v1 import fleet_pb2, fleet_pb2_grpc, replica_pb2
 
@@ -92,9 +93,9 @@ class FleetServicer(fleet_pb2_grpc.FleetServiceServicer):
         return response
 
     @maps_errors
-    async def GetHostSnapshot(
+    async def GetHostSnapshot(  # type: ignore[override]  # its bytes, see add_to_server
         self, request: fleet_pb2.GetHostSnapshotRequest, context: Context
-    ) -> fleet_pb2.GetHostSnapshotResponse:
+    ) -> wire.Serialized:
         if request.fresh:
             principal = current_caller()
             found = await self.queries.fresh_snapshot_async(
@@ -105,8 +106,11 @@ class FleetServicer(fleet_pb2_grpc.FleetServiceServicer):
             )
         else:
             found = await self.blocking(self.queries.latest_snapshot, request.host_id, request.pid)
-        return fleet_pb2.GetHostSnapshotResponse(
-            snapshot=await self.blocking(found.serialized), snapshot_id=found.snapshot_id
+        return await self.blocking(
+            _snapshot_response,
+            fleet_pb2.GetHostSnapshotResponse,
+            found,
+            {"snapshot_id": found.snapshot_id},
         )
 
     @maps_errors
@@ -135,10 +139,39 @@ class FleetServicer(fleet_pb2_grpc.FleetServiceServicer):
         return response
 
     @maps_errors
-    async def GetStoredSnapshot(
+    async def GetStoredSnapshot(  # type: ignore[override]  # its bytes, see add_to_server
         self, request: fleet_pb2.GetStoredSnapshotRequest, context: Context
-    ) -> fleet_pb2.GetStoredSnapshotResponse:
+    ) -> wire.Serialized:
         found = await self.blocking(self.queries.stored_snapshot, request.snapshot_id)
-        return fleet_pb2.GetStoredSnapshotResponse(
-            snapshot=await self.blocking(found.serialized), host_id=found.host_id
+        return await self.blocking(
+            _snapshot_response,
+            fleet_pb2.GetStoredSnapshotResponse,
+            found,
+            {"host_id": found.host_id},
         )
+
+
+def _snapshot_response(
+    message_class: type[Any], found: HostSnapshot, fields: dict[str, str]
+) -> wire.Serialized:
+    """The response carrying ``found``, written as its bytes (see :func:`add_to_server`)."""
+    return wire.snapshot_bytes_response(
+        message_class, found.serialized_header(), found.regions, **fields
+    )
+
+
+def add_to_server(servicer: FleetServicer, server: grpc.aio.Server) -> None:
+    """``fleet_pb2_grpc.add_FleetServiceServicer_to_server``, except that an answer may
+    be sent as the bytes it already is (:class:`vmatlas.wire.Serialized`): a snapshot's
+    region table goes into the response's bytes once, never into a message first."""
+    service = fleet_pb2.DESCRIPTOR.services_by_name["FleetService"]
+    handlers = {
+        method.name: grpc.unary_unary_rpc_method_handler(
+            getattr(servicer, method.name),
+            request_deserializer=getattr(fleet_pb2, method.input_type.name).FromString,
+            response_serializer=wire.serialize_response,
+        )
+        for method in service.methods
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
+    server.add_registered_method_handlers(SERVICE_NAME, handlers)
