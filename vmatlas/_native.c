@@ -1560,11 +1560,9 @@ static PyObject *bounds(PyObject *self, PyObject *args) {
     Py_ssize_t n;
     if (shift < 0 || shift > 63 || !columns_open(cols, objs, 2, &n)) Py_RETURN_NONE;
     PyObject *result = NULL;
-    uint64_t *starts = PyMem_Malloc((size_t)(n ? n : 1) * 8), *ends = PyMem_Malloc((size_t)(n ? n : 1) * 8);
-    if (starts == NULL || ends == NULL) {
-        PyErr_NoMemory();
+    buf_t sb = {0}, eb = {0};
+    if (buf_reserve(&sb, (size_t)(n ? n : 1) * 8) < 0 || buf_reserve(&eb, (size_t)(n ? n : 1) * 8) < 0)
         goto done;
-    }
     uint64_t end = 0;
     for (Py_ssize_t i = 0; i < n; i++) {
         uint64_t delta, size;
@@ -1574,20 +1572,21 @@ static PyObject *bounds(PyObject *self, PyObject *args) {
         if (start < end) goto none;
         uint64_t next = start + (size << shift);
         if (next < start) goto none;
-        starts[i] = start;
-        ends[i] = next;
+        memcpy(sb.data + (size_t)i * 8, &start, 8);
+        memcpy(eb.data + (size_t)i * 8, &next, 8);
         end = next;
     }
-    PyObject *s = new_array("Q", starts, (size_t)n * 8), *e = s ? new_array("Q", ends, (size_t)n * 8) : NULL;
-    if (s != NULL && e != NULL) result = PyTuple_Pack(2, s, e);
-    Py_XDECREF(s);
-    Py_XDECREF(e);
+    sb.len = eb.len = (size_t)n * 8;
+    PyObject *starts = array_of("Q", 8, &sb), *ends = starts ? array_of("Q", 8, &eb) : NULL;
+    if (ends != NULL) result = PyTuple_Pack(2, starts, ends);
+    Py_XDECREF(starts);
+    Py_XDECREF(ends);
     goto done;
 none:
     result = Py_NewRef(Py_None);
 done:
-    PyMem_Free(starts);
-    PyMem_Free(ends);
+    buf_free(&sb);
+    buf_free(&eb);
     columns_close(cols, 2);
     return result;
 }
@@ -2372,11 +2371,11 @@ static int decode_typed_run(const uint8_t **pp, const uint8_t *end, unsigned wir
     uint64_t max = size == 8 ? UINT64_MAX : ((uint64_t)1 << (8 * size)) - 1;
     if (kind == D_U32 && max > UINT32_MAX) max = UINT32_MAX;
     if (kind == D_ENUM && max > INT32_MAX) max = INT32_MAX;
-    char *items = PyMem_Malloc((size_t)(count ? count : 1) * (size_t)size);
-    if (items == NULL) {
-        PyErr_NoMemory();
-        return -1;
-    }
+    /* The values are written into a buffer that the new column takes over as its
+     * items (array_of); a later run of the field (which no writer of ours makes) is
+     * appended to the column. */
+    buf_t items = {0};
+    if (buf_reserve(&items, (size_t)(count ? count : 1) * (size_t)size) < 0) return -1;
     Py_ssize_t i = 0;
     for (int first = 1; stop ? p < stop : first; first = 0) {
         uint64_t v;
@@ -2385,30 +2384,29 @@ static int decode_typed_run(const uint8_t **pp, const uint8_t *end, unsigned wir
         else if (get_varint(&p, limit, &v) < 0)
             goto bad_items;
         if (i >= count || v > max) goto bad_items;
-        put_unsigned(items + (size_t)i * (size_t)size, size, v);
+        put_unsigned(items.data + (size_t)i * (size_t)size, size, v);
         i++;
     }
     if (i != count) goto bad_items;
+    items.len = (size_t)count * (size_t)size;
     PyObject *column = PyDict_GetItemWithError(out, name);
-    int failed;
-    if (column != NULL) { /* the field again: its values follow (occurrences merge) */
-        PyObject *view = PyMemoryView_FromMemory(items, (Py_ssize_t)count * size, PyBUF_READ);
-        PyObject *done = view == NULL ? NULL : PyObject_CallMethod(column, "frombytes", "O", view);
-        Py_XDECREF(view);
+    int failed = 1;
+    if (column != NULL) {
+        PyObject *more = PyMemoryView_FromMemory(items.data, (Py_ssize_t)items.len, PyBUF_READ);
+        PyObject *done = more == NULL ? NULL : PyObject_CallMethod(column, "frombytes", "O", more);
+        Py_XDECREF(more);
         failed = done == NULL;
         Py_XDECREF(done);
-    } else if (PyErr_Occurred()) {
-        failed = 1;
-    } else {
-        column = new_array(code, items, (size_t)count * (size_t)size);
+    } else if (!PyErr_Occurred()) {
+        column = array_of(code, size, &items);
         failed = column == NULL || PyDict_SetItem(out, name, column) < 0;
         Py_XDECREF(column);
     }
-    PyMem_Free(items);
+    buf_free(&items);
     *pp = p;
     return failed ? -1 : 0;
 bad_items:
-    PyMem_Free(items);
+    buf_free(&items);
 bad:
     *unsupported = 1;
     return 0;
