@@ -2624,6 +2624,9 @@ static PyObject *within(PyObject *self, PyObject *args) {
     column_t c;
     if (!column_open(&c, obj)) Py_RETURN_FALSE;
     PyObject *result = Py_True;
+    /* A typed column whose every possible value is below the bound passes unread. */
+    uint64_t item_max = c.size == 8 ? UINT64_MAX : ((uint64_t)1 << (8 * c.size)) - 1;
+    if (c.list == NULL && (unbounded || item_max < bound)) goto done;
     for (Py_ssize_t i = 0; i < c.n; i++) {
         uint64_t v;
         if (col_u64(&c, i, &v) < 0 || (!unbounded && v >= bound)) {
@@ -2631,6 +2634,7 @@ static PyObject *within(PyObject *self, PyObject *args) {
             break;
         }
     }
+done:
     column_close(&c);
     return Py_NewRef(result);
 }
