@@ -209,22 +209,6 @@ def _reservation_guards_pure(table: RegionTable) -> Iterator[int]:
     )
 
 
-_COUNTS = ("region_count", "committed", "reserved", "gate_count", "single_page")
-
-
-def _counted(state: int, kind: int, count: int, size: int, single: int) -> dict[str, int]:
-    """The summary's counts of ``count`` regions of one state and kind, ``size`` bytes
-    in all, ``single`` of them one page long."""
-    live = state != FREE
-    return {
-        "region_count": count if live else 0,
-        "committed": size if state == COMMITTED else 0,
-        "reserved": size if state == RESERVED else 0,
-        "gate_count": count if live and kind == VSYSCALL else 0,
-        "single_page": single if live else 0,
-    }
-
-
 def _tally(table: RegionTable, page_size_bytes: int) -> dict[tuple[int, ...], list[int]]:
     """[count, bytes, single pages] per distinct (state, kind, type, protection)."""
     starts, ends = table.start, table.end
@@ -246,11 +230,29 @@ def _tally(table: RegionTable, page_size_bytes: int) -> dict[tuple[int, ...], li
 
 
 def _counts(tallied: dict[tuple[int, ...], list[int]]) -> dict[str, int]:
-    totals = dict.fromkeys(_COUNTS, 0)
+    """The summary's counts from the tally: the live (not FREE) regions, the bytes
+    committed and reserved, the vsyscall gates among the live regions, and the live
+    regions one page long. One pass with plain sums: a small process's tally has a
+    few dozen keys, and this runs for every process of a sweep."""
+    region_count = committed = reserved = gate_count = single_page = 0
     for (state, kind, _, _), (count, size, single) in tallied.items():
-        for name, value in _counted(state, kind, count, size, single).items():
-            totals[name] += value
-    return totals
+        if state == FREE:
+            continue
+        region_count += count
+        single_page += single
+        if state == COMMITTED:
+            committed += size
+        elif state == RESERVED:
+            reserved += size
+        if kind == VSYSCALL:
+            gate_count += count
+    return {
+        "region_count": region_count,
+        "committed": committed,
+        "reserved": reserved,
+        "gate_count": gate_count,
+        "single_page": single_page,
+    }
 
 
 def summarize(
