@@ -42,6 +42,7 @@ from vmatlas.model import (
     RegionType,
     Snapshot,
     SnapshotView,
+    Summary,
 )
 from vmatlas.summary import insert_free, summarize_process
 
@@ -454,6 +455,11 @@ class LinuxReader:
         self._machine = platform.machine()
         self._clock_ticks = os.sysconf("SC_CLK_TCK")
         self._boot_time: float | None = None
+        # Pointer width per process image, (pid, start ticks, executable) -> bits, in
+        # two generations: a sweep starts a new one and keeps what it looks up again,
+        # so images that are gone are dropped a sweep later.
+        self._pointer_bits_by_image: dict[tuple[int, int, str], int] = {}
+        self._pointer_bits_before: dict[tuple[int, int, str], int] = {}
 
     # -- host -------------------------------------------------------------------------
 
@@ -527,8 +533,7 @@ class LinuxReader:
 
     def _read_bytes(self, pid: int, name: str, process_name: str | None = None) -> bytes:
         try:
-            with open(self._path(pid, name), "rb") as f:
-                return f.read()
+            return _read_all(self._path(pid, name))
         except OSError as exc:
             self._raise_for(exc, pid, process_name)
             raise  # unreachable: _raise_for always raises
@@ -552,6 +557,10 @@ class LinuxReader:
         """Identity of ``pid``. Raises NoSuchProcess when it does not exist. With
         ``host`` (read once for a whole sweep), its mmap_min_addr is used rather than
         read again for every process."""
+        return self._identity(pid, host)[0]
+
+    def _identity(self, pid: int, host: Host | None) -> tuple[Process, bool]:
+        """:meth:`process`, and whether it is a kernel thread."""
         stat = self._read_text(pid, "stat")
         # comm may hold spaces and parentheses: it ends at the last ')'.
         close = stat.rfind(")")
@@ -560,14 +569,19 @@ class LinuxReader:
         state, ppid, start_ticks = fields[0], int(fields[1]), int(fields[19])
         flags = int(fields[6])
         kernel_thread = bool(flags & 0x00200000)  # PF_KTHREAD
-        try:
-            cmdline = self._read_text(pid, "cmdline", name)
-        except errors.Error:
-            cmdline = ""
-        try:
-            exe = os.readlink(self._path(pid, "exe"))
-        except OSError:
-            exe = ""
+        # A kernel thread has no command line and no executable: the kernel answers
+        # an empty cmdline and ENOENT for exe without looking further (most of a
+        # host's pids are kernel threads).
+        cmdline = exe = ""
+        if not kernel_thread:
+            try:
+                cmdline = self._read_text(pid, "cmdline", name)
+            except errors.Error:
+                cmdline = ""
+            try:
+                exe = os.readlink(self._path(pid, "exe"))
+            except OSError:
+                exe = ""
         user = ""
         try:
             uid = os.stat(self._path(pid, "")).st_uid
@@ -575,13 +589,13 @@ class LinuxReader:
         except OSError:
             pass
         try:
-            container_id, pod_uid = container_of(self._read_text(pid, "cgroup", name))
+            container_id, pod_uid = _container_of(self._read_text(pid, "cgroup", name))
         except errors.Error:
             container_id, pod_uid = "", ""
-        pointer_bits = 64 if kernel_thread else self._pointer_bits(pid)
+        pointer_bits = 64 if kernel_thread else self._image_pointer_bits(pid, start_ticks, exe)
         mmap_min_addr = host.user_address_min if host else self._mmap_min_addr()
         low, high = _user_range(self._machine, mmap_min_addr, pointer_bits)
-        return Process(
+        process = Process(
             pid=pid,
             parent_pid=ppid,
             name=name,
@@ -596,9 +610,32 @@ class LinuxReader:
             container_id=container_id,
             pod_uid=pod_uid,
         )
+        return process, kernel_thread
 
     def _mmap_min_addr(self) -> int:
         return self._read_int("sys/vm/mmap_min_addr", os.sysconf("SC_PAGE_SIZE"))
+
+    def _image_pointer_bits(self, pid: int, start_ticks: int, exe: str) -> int:
+        """:meth:`_pointer_bits`, read once per process image. An image is named by
+        pid, start time and executable path: an exec keeps pid and start time, but
+        the path it shows changes with the file (a file replaced on disk shows as
+        deleted). Without a path there is nothing to name the image by."""
+        if not exe:
+            return self._pointer_bits(pid)
+        key = (pid, start_ticks, exe)
+        bits = self._pointer_bits_by_image.get(key)
+        if bits is None:
+            bits = self._pointer_bits_before.get(key)
+            if bits is None:
+                bits = self._pointer_bits(pid)
+            if len(self._pointer_bits_by_image) >= _IMAGES_KEPT:
+                self._new_image_generation()
+            self._pointer_bits_by_image[key] = bits
+        return bits
+
+    def _new_image_generation(self) -> None:
+        self._pointer_bits_before = self._pointer_bits_by_image
+        self._pointer_bits_by_image = {}
 
     def _pointer_bits(self, pid: int) -> int:
         try:
@@ -703,17 +740,57 @@ class LinuxReader:
 
     def process_summary(self, pid: int, host: Host | None = None) -> ProcessSummary:
         host = host or self.host()
-        process = self.process(pid, host)
-        table = self.regions(pid, name=process.name, streamed=False)
-        return ProcessSummary(
-            process=process,
-            summary=summarize_process(table, host, process),
-            capture_time=time.time(),
-        )
+        process, kernel_thread = self._identity(pid, host)
+        if kernel_thread:
+            # No address space (its maps is empty by the kernel's definition): the
+            # summary of no regions over its range, the same for every kernel thread.
+            summary = _empty_summary(host, process.user_address_min, process.user_address_max)
+        else:
+            table = self.regions(pid, name=process.name, streamed=False)
+            summary = summarize_process(table, host, process)
+        return ProcessSummary(process=process, summary=summary, capture_time=time.time())
 
     def process_summaries(self) -> Iterator[ProcessSummary | errors.Error]:
         """A summary of every process, or the error that stopped one being read."""
+        self._new_image_generation()
         return sweep(self)
+
+
+@lru_cache(maxsize=16)
+def _empty_summary(host: Host, range_min: int, range_max: int) -> Summary:
+    """The summary of an address space with no regions (a kernel thread's)."""
+    return summarize_process(
+        RegionTable(), host, Process(pid=0, user_address_min=range_min, user_address_max=range_max)
+    )
+
+
+# Process images whose pointer width is kept between sweeps, at most (a generation).
+_IMAGES_KEPT = 16384
+
+# Most processes of a host share a few cgroup texts.
+_container_of = lru_cache(maxsize=256)(container_of)
+
+# What one read() asks for. The kernel hands out procfs text a page at a time whatever
+# is asked, but cmdline (and anything else not written through seq_file) fills it.
+_READ_BYTES = 1 << 16
+
+
+def _read_all(path: str) -> bytes:
+    """The whole of a procfs file, read to its end by os.read: a buffered file object
+    costs four more system calls (two fstat, an ioctl, lseek) and more Python to set up
+    than the reads of a small file take."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        data = os.read(fd, _READ_BYTES)
+        if data:
+            parts = [data]
+            while chunk := os.read(fd, _READ_BYTES):
+                parts.append(chunk)
+            if len(parts) > 1:
+                data = b"".join(parts)
+    finally:
+        os.close(fd)
+    return data
 
 
 @lru_cache(maxsize=1024)

@@ -352,3 +352,109 @@ def test_parsing_in_batches_changes_nothing(
     assert whole_smaps.residency["rss_bytes"] and len(whole_smaps.residency["rss_bytes"]) == len(
         whole
     )
+
+
+def test_a_sweep_tells_of_every_process_what_its_snapshot_does() -> None:
+    """The summaries of a sweep (kernel threads' worked out without reading their
+    empty maps) equal the snapshots' process and summary, process by process."""
+    sweeper = LinuxReader()
+    compared = kernel_threads = 0
+    for item in sweeper.process_summaries():
+        if isinstance(item, errors.Error):
+            continue
+        pid = item.process.pid
+        for _attempt in range(5):
+            try:
+                snap = sweeper.snapshot(pid)
+                again = sweeper.process_summary(pid)
+            except errors.Error:
+                break
+            if (item.process, item.summary) == (snap.process, snap.summary):
+                compared += 1
+                kernel_threads += item.process.address_space_empty and not snap.regions.start
+                break
+            item = again  # the process changed between the two reads: compare anew
+        else:
+            raise AssertionError(f"pid {pid}: {item} != {snap}")
+    assert compared >= 3
+    assert kernel_threads or not _kernel_threads_seen()
+
+
+def _kernel_threads_seen() -> bool:
+    """Whether this pid namespace shows any kernel thread (PF_KTHREAD in stat)."""
+    for name in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{name}/stat") as f:
+                if int(f.read().rsplit(")", 1)[1].split()[6]) & 0x00200000:
+                    return True
+        except (OSError, ValueError, IndexError):
+            continue
+    return False
+
+
+def test_a_sweep_after_an_exec_tells_the_new_program() -> None:
+    """An exec keeps the pid and the start time; what a sweep remembers of a process
+    between sweeps must not outlive its program."""
+    child = subprocess.Popen(
+        ["sh", "-c", 'read line; exec sleep "$line"'], stdin=subprocess.PIPE, text=True
+    )
+    sweeper = LinuxReader()
+
+    def swept() -> tuple[str, tuple[str, ...], float]:
+        (found,) = [
+            item
+            for item in sweeper.process_summaries()
+            if not isinstance(item, errors.Error) and item.process.pid == child.pid
+        ]
+        return found.process.executable, found.process.command_line, found.process.start_time
+
+    def swept_once(command_line: tuple[str, ...]) -> tuple[str, tuple[str, ...], float]:
+        """The sweep's view once the child runs ``command_line`` (it starts as a copy
+        of this process and execs sh, then sleep)."""
+        deadline = time.monotonic() + 10
+        while (found := swept())[1][: len(command_line)] != command_line:
+            assert time.monotonic() < deadline, found
+            time.sleep(0.02)
+        return found
+
+    try:
+        _, _, started = swept_once(("sh", "-c"))
+        assert child.stdin is not None
+        child.stdin.write("30\n")
+        child.stdin.flush()
+        new_exe, _, new_started = swept_once(("sleep", "30"))
+        assert new_exe == os.path.realpath(
+            subprocess.check_output(["which", "sleep"], text=True).strip()
+        )
+        assert new_started == started
+    finally:
+        child.kill()
+        child.wait()
+
+
+def _elf(path: Path, pointer_bits: int) -> Path:
+    path.write_bytes(b"\x7fELF" + bytes([1 if pointer_bits == 32 else 2]) + bytes(59))
+    return path
+
+
+def test_a_process_images_pointer_width_follows_its_executable(tmp_path: Path) -> None:
+    """In a recorded tree: the same pid and start time, first running a 32-bit
+    executable, then (after an exec) a 64-bit one, then a 32-bit one again; each sweep
+    tells the width of the executable it runs."""
+    proc = tmp_path / "proc"
+    (proc / "7").mkdir(parents=True)
+    (proc / "stat").write_text("btime 1700000000\n")
+    (proc / "7" / "stat").write_text(
+        "7 (app) S 1 7 7 0 -1 4194304 0 0 0 0 0 0 0 0 20 0 1 0 100 0 0\n"
+    )
+    (proc / "7" / "maps").write_text("00400000-00401000 r-xp 00000000 08:01 1234 /opt/app\n")
+    programs = {bits: _elf(tmp_path / f"app{bits}", bits) for bits in (32, 64)}
+    recorded = LinuxReader(procfs=str(proc))
+    for bits in (32, 64, 32):
+        exe = proc / "7" / "exe"
+        exe.unlink(missing_ok=True)
+        exe.symlink_to(programs[bits])
+        (item,) = recorded.process_summaries()
+        assert not isinstance(item, errors.Error)
+        assert (item.process.executable, item.process.pointer_bits) == (str(programs[bits]), bits)
+        assert (item.process.user_address_max == 0xFFFFE000) == (bits == 32)
