@@ -285,10 +285,14 @@ def _spread(accel: Any, values: list[Any], index: bytes, width: int, typecode: s
     return accel.gather(values, index, width) if column is None else column
 
 
-def _table_from_scan(accel: Any, scan: tuple[Any, ...]) -> RegionTable:
+def _table_from_scan(accel: Any, scan: tuple[Any, ...], summary_only: bool = False) -> RegionTable:
     """The RegionTable of a native maps scan: the same decisions as _parse_maps (taken
     here, once per distinct rest or perms value), spread over the regions in C into
-    typed columns."""
+    typed columns.
+
+    ``summary_only``: a table for summarize alone, which nothing else sees (a sweep's):
+    the columns it reads (addresses, state, type, protection, kind) laid out, the rest
+    (path, offset, device, inode, deleted, the raw protection) left empty."""
     starts, ends, offsets, bits, rest_index, _, rest_bits, facts = scan
     if not starts:
         return RegionTable()
@@ -311,20 +315,22 @@ def _table_from_scan(accel: Any, scan: tuple[Any, ...]) -> RegionTable:
     device, inode, path, deleted, kind = (list(column) for column in zip(*facts, strict=True))
     # The perms bits are the protection bits (r=1, w=2, x=4, s=8).
     protection = array("B", bits)
-    return RegionTable(
+    table = RegionTable(
         start=starts,
         end=ends,
         state=accel.spread(_STATE_BY_BITS, bits, 1, "B"),
         type=accel.spread(file_type, rest_index, 4, "B", _ANON_TYPE_BY_BITS, bits, 1),
         protection=protection,
-        protection_raw=array("B", bits),
         kind=accel.spread(kind, rest_index, 4, "B"),
-        path=accel.gather(path, rest_index, 4),
-        offset=offsets,
-        device=_spread(accel, device, rest_index, 4, "Q"),
-        inode=_spread(accel, inode, rest_index, 4, "Q"),
-        deleted=accel.gather(deleted, rest_index, 4),
     )
+    if not summary_only:
+        table.protection_raw = array("B", bits)
+        table.path = accel.gather(path, rest_index, 4)
+        table.offset = offsets
+        table.device = _spread(accel, device, rest_index, 4, "Q")
+        table.inode = _spread(accel, inode, rest_index, 4, "Q")
+        table.deleted = accel.gather(deleted, rest_index, 4)
+    return table
 
 
 def parse_smaps(text: str | bytes) -> RegionTable:
@@ -656,8 +662,7 @@ class LinuxReader:
         """The regions of ``pid``. Raises NoSuchProcess or AccessDenied.
 
         ``streamed``: on the native path, maps is scanned a chunk at a time as the
-        kernel writes it, never held whole. Summaries, read for every process in turn
-        (most of them small, many kernel threads with nothing to read), go without."""
+        kernel writes it, never held whole; without, it is read whole, then parsed."""
         scanned: RegionTable | bytes | None = None
         if native.accel is not None and (residency or streamed):
             scanned = (
@@ -666,19 +671,28 @@ class LinuxReader:
             if isinstance(scanned, RegionTable):
                 return scanned
         # The text the streamed scan read and left to the whole-text parse, or read now.
-        text = (
-            scanned
-            if isinstance(scanned, bytes)
-            else self._read_bytes(pid, "smaps" if residency else "maps", name)
+        return self._regions_of_text(
+            pid, residency, name, scanned if isinstance(scanned, bytes) else None
         )
+
+    def _regions_of_text(
+        self, pid: int, residency: bool, name: str | None, text: bytes | None = None
+    ) -> RegionTable:
+        """:meth:`regions` from the whole text (``text`` where it was read already),
+        parsed at once."""
+        if text is None:
+            text = self._read_bytes(pid, "smaps" if residency else "maps", name)
         if not text and not os.path.exists(self._path(pid, "stat")):
             raise errors.NoSuchProcess(pid=pid, name=name)
         return parse_smaps(text) if residency else parse_maps(text)
 
-    def _streamed_maps(self, pid: int, name: str | None) -> RegionTable | None:
+    def _streamed_maps(
+        self, pid: int, name: str | None, summary_only: bool = False
+    ) -> RegionTable | None:
         """maps scanned natively a chunk at a time as it is read; None where it is
         empty (a process that is gone, or a kernel thread: the whole-text path decides
-        which) or holds a number past 64 bits."""
+        which) or holds a number past 64 bits. ``summary_only``: the table for
+        summarize alone (see _table_from_scan)."""
         accel = native.accel
         assert accel is not None
         if not hasattr(accel, "scan_maps_fd"):  # Windows builds read no procfs
@@ -688,7 +702,7 @@ class LinuxReader:
             try:
                 with _gc_paused():
                     scan = accel.scan_maps_fd(fd, *_SCAN_DECISIONS)
-                    return None if scan is None else _table_from_scan(accel, scan)
+                    return None if scan is None else _table_from_scan(accel, scan, summary_only)
             finally:
                 os.close(fd)
         except OSError as exc:
@@ -746,7 +760,12 @@ class LinuxReader:
             # summary of no regions over its range, the same for every kernel thread.
             summary = _empty_summary(host, process.user_address_min, process.user_address_max)
         else:
-            table = self.regions(pid, name=process.name, streamed=False)
+            # Only the columns the summary reads are laid out.
+            table = None
+            if native.accel is not None:
+                table = self._streamed_maps(pid, process.name, summary_only=True)
+            if table is None:
+                table = self._regions_of_text(pid, False, process.name)
             summary = summarize_process(table, host, process)
         return ProcessSummary(process=process, summary=summary, capture_time=time.time())
 
