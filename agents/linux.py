@@ -94,6 +94,9 @@ _PERMS = _perms_table()
 # Keyed by the bytes of the maps text, which the parser works on.
 _PERMS_BITS = {k.encode(): v[0] for k, v in _PERMS.items()}
 _PERMS_STATE = {k.encode(): v[2] for k, v in _PERMS.items()}
+# A file mapping's type: IMAGE for a file the loader mapped, else MAPPED (as ints,
+# looked up once: worked out per distinct file of every process a sweep reads).
+_IMAGE, _MAPPED = int(RegionType.IMAGE), int(RegionType.MAPPED)
 # The type of a region with no file behind it: shared memory is MAPPED.
 _PERMS_ANON_TYPE = {
     k: int(RegionType.MAPPED if b & _RAW_SHARED else RegionType.PRIVATE)
@@ -233,11 +236,7 @@ def _parse_maps(data: bytes) -> RegionTable:
         if inode and _loads_code(_PERMS_BITS[perm]):
             image_files.add((device, inode))
     file_type = {
-        rest: (
-            (int(RegionType.IMAGE) if (f[0], f[1]) in image_files else int(RegionType.MAPPED))
-            if f[1]
-            else 0
-        )
+        rest: ((_IMAGE if (f[0], f[1]) in image_files else _MAPPED) if f[1] else 0)
         for rest, f in facts.items()
     }
     anon_type = _PERMS_ANON_TYPE
@@ -305,14 +304,9 @@ def _table_from_scan(accel: Any, scan: tuple[Any, ...], summary_only: bool = Fal
     }
     # None: no file behind it, the type follows from the perms.
     file_type = [
-        (
-            (int(RegionType.IMAGE) if (f[0], f[1]) in image_files else int(RegionType.MAPPED))
-            if f[1]
-            else None
-        )
-        for f in facts
+        ((_IMAGE if (f[0], f[1]) in image_files else _MAPPED) if f[1] else None) for f in facts
     ]
-    device, inode, path, deleted, kind = (list(column) for column in zip(*facts, strict=True))
+    device, inode, path, deleted, kind = zip(*facts, strict=True)
     # The perms bits are the protection bits (r=1, w=2, x=4, s=8).
     protection = array("B", bits)
     table = RegionTable(
@@ -321,15 +315,15 @@ def _table_from_scan(accel: Any, scan: tuple[Any, ...], summary_only: bool = Fal
         state=accel.spread(_STATE_BY_BITS, bits, 1, "B"),
         type=accel.spread(file_type, rest_index, 4, "B", _ANON_TYPE_BY_BITS, bits, 1),
         protection=protection,
-        kind=accel.spread(kind, rest_index, 4, "B"),
+        kind=accel.spread(list(kind), rest_index, 4, "B"),
     )
     if not summary_only:
         table.protection_raw = array("B", bits)
-        table.path = accel.gather(path, rest_index, 4)
+        table.path = accel.gather(list(path), rest_index, 4)
         table.offset = offsets
-        table.device = _spread(accel, device, rest_index, 4, "Q")
-        table.inode = _spread(accel, inode, rest_index, 4, "Q")
-        table.deleted = accel.gather(deleted, rest_index, 4)
+        table.device = _spread(accel, list(device), rest_index, 4, "Q")
+        table.inode = _spread(accel, list(inode), rest_index, 4, "Q")
+        table.deleted = accel.gather(list(deleted), rest_index, 4)
     return table
 
 
