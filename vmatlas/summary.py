@@ -116,6 +116,14 @@ def guard_indices(table: RegionTable) -> list[int]:
     return sorted(found + _reservation_guards(table))
 
 
+def is_guard(table: RegionTable, i: int) -> bool:
+    """Whether region ``i`` is one that :func:`guard_indices` lists, asked of it alone
+    (for a few regions, where listing every guard would cost more)."""
+    return bool(table.protection[i] & GUARD) or _is_reservation_guard(
+        table.start, table.end, table.state, table.type, table.protection, i
+    )
+
+
 def guard_count(table: RegionTable, keys: set[tuple[int, int, int]] | None = None) -> int:
     """``len(guard_indices(table))``, without listing them; ``keys``, where the caller
     has them, are the distinct (state, type, protection) of the table's regions."""
@@ -180,8 +188,12 @@ def _guard_walk(
     each distinct (state, type, protection) (``keys``, else tallied); the loop over the
     regions, with their sizes and neighbours, runs in C."""
     if keys is None:
-        keys = set(
-            accel.tally(table.start, table.end, 0, table.state, table.type, table.protection) or ()
+        tallied = accel.tally(table.start, table.end, 0, table.state, table.type, table.protection)
+        # Where the tally leaves the columns to Python, so does the choice of keys.
+        keys = (
+            set(tallied)
+            if tallied is not None
+            else set(zip(table.state, table.type, table.protection, strict=True))
         )
     own = frozenset(key for key in keys if _guard_by_itself(*key))
     if not own:
@@ -192,20 +204,33 @@ def _guard_walk(
     )  # fmt: skip
 
 
+def _is_reservation_guard(
+    starts: Sequence[int],
+    ends: Sequence[int],
+    states: Sequence[int],
+    types: Sequence[int],
+    protections: Sequence[int],
+    i: int,
+) -> bool:
+    """The guard rule for reservations: region ``i`` is a small no-access private
+    reservation and the next region, committed, starts at its end."""
+    return (
+        _guard_by_itself(states[i], types[i], protections[i])
+        and ends[i] - starts[i] <= GUARD_MAX_BYTES
+        and i + 1 < len(starts)
+        and starts[i + 1] == ends[i]
+        and states[i + 1] in GUARD_NEXT_STATES
+    )
+
+
 def _reservation_guards_pure(table: RegionTable) -> Iterator[int]:
     """:func:`_reservation_guards` in Python."""
-    protections, states = table.protection, table.state
-    starts, ends, types = table.start, table.end, table.type
-    n = len(table)
+    columns = table.start, table.end, table.state, table.type, table.protection
     # Reservations are rare enough to look at one by one.
     return (
         i
-        for i in compress(range(n), map(RESERVED.__eq__, states))
-        if _guard_by_itself(states[i], types[i], protections[i])
-        and ends[i] - starts[i] <= GUARD_MAX_BYTES
-        and i + 1 < n
-        and starts[i + 1] == ends[i]
-        and states[i + 1] in GUARD_NEXT_STATES
+        for i in compress(range(len(table)), map(RESERVED.__eq__, table.state))
+        if _is_reservation_guard(*columns, i)
     )
 
 
