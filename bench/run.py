@@ -448,10 +448,13 @@ def run(quick: bool) -> tuple[list[Row], dict[str, str]]:
         if find_spec("vmatlas.diff") is not None:
             try:
                 rows.append(
-                    interleaved(
+                    interleaved_paths(
                         rounds,
                         cat_maps,
-                        lambda: worker("diff", pid=big.pid)["seconds"],
+                        {
+                            p: lambda w=w: w("diff", pid=big.pid)["seconds"]
+                            for p, w in workers.items()
+                        },
                         Row(
                             f"diff of two {big.regions:,}-region snapshots",
                             "<= 1.0x",

@@ -2766,6 +2766,148 @@ done:
     return Py_NewRef(result);
 }
 
+/* -- diffing two region tables -------------------------------------------------------- */
+
+#define MAX_DIFF_COLUMNS 16
+
+/* An integer as its sign and its 64 two's-complement bits: two are equal when both
+ * are; negative ones order before the others, and within one sign the bits order. */
+typedef struct {
+    uint64_t bits;
+    int negative;
+} int_value_t;
+
+/* 0, or 1 where the object is not an int of 64 bits (signed or not). */
+static int object_value(PyObject *o, int_value_t *v) {
+    if (!PyLong_Check(o)) return 1;
+#ifdef SMALL_LONG_FAST
+    if (PyLong_CheckExact(o) && compact_u64(o, &v->bits)) {
+        v->negative = 0;
+        return 0;
+    }
+#endif
+    int overflow;
+    long long s = PyLong_AsLongLongAndOverflow(o, &overflow);
+    if (s == -1 && PyErr_Occurred()) {
+        PyErr_Clear();
+        return 1;
+    }
+    if (overflow == 0) {
+        v->negative = s < 0;
+        v->bits = (uint64_t)s;
+        return 0;
+    }
+    if (overflow < 0) return 1;
+    unsigned long long u = PyLong_AsUnsignedLongLong(o);
+    if (u == (unsigned long long)-1 && PyErr_Occurred()) {
+        PyErr_Clear();
+        return 1;
+    }
+    v->negative = 0;
+    v->bits = u;
+    return 0;
+}
+
+static int value_at(const column_t *c, Py_ssize_t i, int_value_t *v) {
+    if (c->list != NULL) return object_value(PyList_GET_ITEM(c->list, i), v);
+    v->bits = column_item(c, i);
+    v->negative = 0;
+    return 0;
+}
+
+/* Whether a[i] == b[j]: 1 or 0; -1 with an exception set; 2 where this loop cannot
+ * tell (a list's value that is not a 64-bit int beside a buffer's). */
+static int cells_equal(const column_t *a, Py_ssize_t i, const column_t *b, Py_ssize_t j) {
+    if (a->list != NULL && b->list != NULL) {
+        PyObject *x = PyList_GET_ITEM(a->list, i), *y = PyList_GET_ITEM(b->list, j);
+        if (x == y) return 1;
+#ifdef SMALL_LONG_FAST
+        uint64_t u, w;
+        if (PyLong_CheckExact(x) && PyLong_CheckExact(y) && compact_u64(x, &u) &&
+            compact_u64(y, &w))
+            return u == w;
+#endif
+        return PyObject_RichCompareBool(x, y, Py_EQ);
+    }
+    if (a->list == NULL && b->list == NULL) return column_item(a, i) == column_item(b, j);
+    int_value_t x, y;
+    if (value_at(a, i, &x) || value_at(b, j, &y)) return 2;
+    return x.negative == y.negative && x.bits == y.bits;
+}
+
+/* differing(a_columns, b_columns) -> (a_only, b_only) | None
+ * The indices of the rows of two tables, each sorted by its first column (the start),
+ * that have no equal row on the other side: a merge-walk on the first column in which
+ * two rows of one start that agree in every column are passed over together, as
+ * diff.changed_rows walks. Each column is a list or a buffer of unsigned integers
+ * (column_t); None where one is neither, where a table's columns differ in length, or
+ * where a start, or a list's value compared with a buffer's, is not a 64-bit int. */
+static PyObject *differing(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *a_obj, *b_obj;
+    if (!PyArg_ParseTuple(args, "O!O!", &PyTuple_Type, &a_obj, &PyTuple_Type, &b_obj)) return NULL;
+    Py_ssize_t k = PyTuple_GET_SIZE(a_obj);
+    if (k != PyTuple_GET_SIZE(b_obj) || k < 1 || k > MAX_DIFF_COLUMNS) {
+        PyErr_SetString(PyExc_TypeError, "differing: two tuples of 1 to 16 columns each");
+        return NULL;
+    }
+    column_t a[MAX_DIFF_COLUMNS], b[MAX_DIFF_COLUMNS];
+    Py_ssize_t opened = 0;
+    PyObject *a_only = NULL, *b_only = NULL, *out = NULL;
+    for (; opened < k; opened++) {
+        if (!column_open(&a[opened], PyTuple_GET_ITEM(a_obj, opened))) goto none;
+        if (!column_open(&b[opened], PyTuple_GET_ITEM(b_obj, opened))) {
+            column_close(&a[opened]);
+            goto none;
+        }
+    }
+    Py_ssize_t na = a[0].n, nb = b[0].n;
+    for (Py_ssize_t c = 1; c < k; c++)
+        if (a[c].n != na || b[c].n != nb) goto none;
+    a_only = PyList_New(0);
+    b_only = PyList_New(0);
+    if (a_only == NULL || b_only == NULL) goto done;
+    Py_ssize_t i = 0, j = 0;
+    while (i < na && j < nb) {
+        int_value_t sa, sb;
+        if (value_at(&a[0], i, &sa) || value_at(&b[0], j, &sb)) goto none;
+        if (sa.negative == sb.negative && sa.bits == sb.bits) {
+            int same = 1;
+            for (Py_ssize_t c = 1; c < k && same; c++) {
+                int r = cells_equal(&a[c], i, &b[c], j);
+                if (r < 0) goto done;
+                if (r == 2) goto none;
+                same = r;
+            }
+            if (!same && (append_new(a_only, PyLong_FromSsize_t(i)) < 0 ||
+                          append_new(b_only, PyLong_FromSsize_t(j)) < 0))
+                goto done;
+            i++;
+            j++;
+        } else if (sa.negative != sb.negative ? sa.negative : sa.bits < sb.bits) {
+            if (append_new(a_only, PyLong_FromSsize_t(i++)) < 0) goto done;
+        } else {
+            if (append_new(b_only, PyLong_FromSsize_t(j++)) < 0) goto done;
+        }
+    }
+    for (; i < na; i++)
+        if (append_new(a_only, PyLong_FromSsize_t(i)) < 0) goto done;
+    for (; j < nb; j++)
+        if (append_new(b_only, PyLong_FromSsize_t(j)) < 0) goto done;
+    out = PyTuple_Pack(2, a_only, b_only);
+    goto done;
+none:
+    out = Py_NewRef(Py_None);
+done:
+    for (Py_ssize_t c = 0; c < opened; c++) {
+        column_close(&a[c]);
+        column_close(&b[c]);
+    }
+    Py_XDECREF(a_only);
+    Py_XDECREF(b_only);
+    return out;
+}
+
 static PyMethodDef methods[] = {
     {"scan_maps", scan_maps, METH_VARARGS, "Scan maps text into columns."},
 #ifndef _WIN32
@@ -2790,6 +2932,7 @@ static PyMethodDef methods[] = {
     {"members_of", members_of, METH_VARARGS, "Whether every value is in a set of small ints."},
     {"texts_within", texts_within, METH_VARARGS, "Whether every value is a bounded text."},
     {"layout", layout, METH_VARARGS, "Regions not free, where the layout plainly passes."},
+    {"differing", differing, METH_VARARGS, "Rows of two sorted tables with no equal row."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -12,10 +12,11 @@ Both group what changed by class (deleted files, anonymous private, stacks and g
 pages, named anonymous and memfd regions, each library or file), so the first line a
 user reads is the kind of thing "+3,308 regions: /memfd:doublemapper (deleted)".
 
-Everything works on the :class:`~vmatlas.model.RegionTable` columns: unchanged runs of
-regions are skipped with C-speed slice comparisons on the sorted columns, identities
-are counted with :class:`collections.Counter`, and per-region Python work happens only
-for what changed.
+Everything works on the :class:`~vmatlas.model.RegionTable` columns (lists or typed
+arrays): the merge-walk that finds the regions without an identical twin runs in C
+where the extension is built (in Python it skips unchanged runs with slice
+comparisons), identities are counted with :class:`collections.Counter`, and per-region
+Python work (the class, the guard rule) happens only for what changed.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from itertools import compress, repeat
 
+from vmatlas import native
 from vmatlas.model import (
     Protection,
     RegionKind,
@@ -40,8 +42,9 @@ from vmatlas.model import (
     Snapshot,
     Summary,
     perms_text,
+    same_column,
 )
-from vmatlas.summary import GUARD, PRIVATE, guard_indices
+from vmatlas.summary import GUARD, PRIVATE, guard_indices, is_guard
 
 IMAGE = int(RegionType.IMAGE)
 SHARED = int(Protection.SHARED)
@@ -224,6 +227,16 @@ def stack_guard_indices(table: RegionTable) -> set[int]:
     return found
 
 
+def is_stack_guard(table: RegionTable, i: int) -> bool:
+    """Whether region ``i`` is in :func:`stack_guard_indices`, asked of it alone."""
+    return is_guard(table, i) or (
+        i > 0
+        and not table.path[i]
+        and not table.protection[i - 1] & GUARD
+        and is_guard(table, i - 1)
+    )
+
+
 def _class_of(table: RegionTable, i: int, stack_guard: set[int]) -> tuple[RegionClass, str]:
     return classify(
         table.path[i],
@@ -298,7 +311,11 @@ _SAME_COLUMNS = ("start", "end", "state", "protection", "type", "path", "offset"
 
 
 def _unchanged_run(
-    a_cols: Sequence[list[object]], b_cols: Sequence[list[object]], i: int, j: int, limit: int
+    a_cols: Sequence[Sequence[object]],
+    b_cols: Sequence[Sequence[object]],
+    i: int,
+    j: int,
+    limit: int,
 ) -> int:
     """How many rows from ``a[i]`` and ``b[j]`` on are equal in every column (at most
     ``limit``): gallop with slice comparisons, then bisect the last step."""
@@ -330,11 +347,29 @@ def _unchanged_run(
 
 def changed_rows(a: RegionTable, b: RegionTable) -> tuple[list[int], list[int]]:
     """Indices of the regions of ``a`` and of ``b`` that have no identical region (same
-    range and attributes) on the other side: a merge-walk on the sorted starts that skips
-    unchanged runs at C speed."""
-    a_cols = [getattr(a, name) for name in _SAME_COLUMNS]
-    b_cols = [getattr(b, name) for name in _SAME_COLUMNS]
-    a_start, b_start = a.start, b.start
+    range and attributes) on the other side: a merge-walk on the sorted starts, in C
+    where the extension is built, else in Python skipping unchanged runs with slice
+    comparisons."""
+    a_cols = tuple(getattr(a, name) for name in _SAME_COLUMNS)
+    b_cols = tuple(getattr(b, name) for name in _SAME_COLUMNS)
+    accel = native.accel
+    if accel is not None:
+        found = accel.differing(a_cols, b_cols)
+        if found is not None:
+            return found  # type: ignore[no-any-return]
+    return _changed_rows_pure(a_cols, b_cols)
+
+
+def _changed_rows_pure(
+    a_cols: Sequence[Sequence[object]], b_cols: Sequence[Sequence[object]]
+) -> tuple[list[int], list[int]]:
+    """:func:`changed_rows` in Python."""
+    # A list's slice never equals an array's: compare values where the two sides hold
+    # a column in different representations.
+    same_kind = [type(ac) is type(bc) for ac, bc in zip(a_cols, b_cols, strict=True)]
+    a_cols = [ac if same else list(ac) for ac, same in zip(a_cols, same_kind, strict=True)]
+    b_cols = [bc if same else list(bc) for bc, same in zip(b_cols, same_kind, strict=True)]
+    a_start, b_start = a_cols[0], b_cols[0]
     na, nb = len(a_start), len(b_start)
     a_only: list[int] = []
     b_only: list[int] = []
@@ -351,7 +386,7 @@ def changed_rows(a: RegionTable, b: RegionTable) -> tuple[list[int], list[int]]:
                 b_only.append(j)
                 i += 1
                 j += 1
-        elif sa < sb:
+        elif sa < sb:  # type: ignore[operator]
             a_only.append(i)
             i += 1
         else:
@@ -369,8 +404,9 @@ def diff_by_address(
     a_only, b_only = changed_rows(a, b)
     if not a_only and not b_only:
         return (), ()
-    a_guard = stack_guard_indices(a) if a_only else set()
-    b_guard = stack_guard_indices(b) if b_only else set()
+    # Only the changed regions are classified: ask the guard rule of those alone.
+    a_guard = {i for i in a_only if is_stack_guard(a, i)}
+    b_guard = {j for j in b_only if is_stack_guard(b, j)}
     changes: list[Change] = []
     for cluster_a, cluster_b in _clusters(a, b, a_only, b_only):
         change = _describe(a, b, cluster_a, cluster_b, a_guard, b_guard)
@@ -546,7 +582,7 @@ def diff_by_identity(a: RegionTable, b: RegionTable) -> tuple[ClassDelta, ...]:
     one line per class that differs, with that class's totals on each side."""
     guard_a, guard_b = stack_guard_indices(a), stack_guard_indices(b)
     if guard_a == guard_b and all(
-        getattr(a, c) == getattr(b, c) for c in _IDENTITY_COLUMNS
+        same_column(getattr(a, c), getattr(b, c)) for c in _IDENTITY_COLUMNS
     ):  # the same regions in the same order: nothing to count
         return ()
     keys_a, keys_b = _identity_keys(a, guard_a), _identity_keys(b, guard_b)

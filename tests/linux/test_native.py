@@ -4,6 +4,7 @@ generated text (malformed lines included)."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import re
@@ -20,7 +21,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from tests.conftest import PAGE, Planter
-from vmatlas import errors, native, summary, wire
+from vmatlas import diff, errors, native, summary, wire
 from vmatlas.agents.linux import (
     _SCAN_DECISIONS,
     _SMAPS_KEYS_BYTES,
@@ -611,3 +612,85 @@ def test_an_index_past_the_end_is_refused_alike(index: list[int], typed: bool) -
         "IndexError",
         "list index out of range",
     )
+
+
+# The numeric columns a table may hold as typed arrays instead of lists.
+NUMERIC_COLUMNS = (
+    "start", "end", "state", "type", "protection", "protection_raw", "kind",
+    "offset", "device", "inode", "deleted",
+)  # fmt: skip
+
+
+@st.composite
+def later_tables(draw: st.DrawFn, table: RegionTable) -> RegionTable:
+    """``table`` a moment later: some regions gone, some changed in one column (range,
+    protection, state, backing), some added beside another."""
+    n = len(table)
+    kept = draw(st.lists(st.sampled_from([True, True, True, False]), min_size=n, max_size=n))
+    later = table.take([i for i in range(n) if kept[i]])
+    for _ in range(draw(st.integers(0, 4))):
+        if not len(later):
+            break
+        i = draw(st.integers(0, len(later) - 1))
+        name = draw(st.sampled_from(["start", "end", "protection", "state", "path", "inode"]))
+        value = draw(
+            st.sampled_from(["", "/lib/b.so", "[stack]"])
+            if name == "path"
+            else st.sampled_from([0, 1, 3, 16, -PAGE, PAGE, later.end[i] + PAGE, 1 << 64])
+        )
+        getattr(later, name)[i] = value
+    for _ in range(draw(st.integers(0, 2))):
+        if not len(later):
+            break
+        i = draw(st.integers(0, len(later) - 1))
+        rows = list(range(len(later)))
+        later = later.take([*rows[: i + 1], i, *rows[i + 1 :]])
+        later.start[i + 1] = later.end[i]
+        later.end[i + 1] = later.end[i] + PAGE
+    return later
+
+
+def as_arrays(draw: st.DrawFn, table: RegionTable) -> RegionTable:
+    """A copy of ``table`` with some numeric columns typed arrays, where they fit."""
+    copy = table.take(range(len(table)))
+    for name in NUMERIC_COLUMNS:
+        typecode = draw(st.sampled_from([None, "q", "Q", "b", "B", "l"]))
+        if typecode is not None:
+            with contextlib.suppress(OverflowError, TypeError):
+                setattr(copy, name, array(typecode, getattr(copy, name)))
+    return copy
+
+
+@st.composite
+def table_pairs(draw: st.DrawFn) -> tuple[RegionTable, RegionTable, RegionTable, RegionTable]:
+    """Two tables of one process at two times, as lists, then with some columns typed
+    arrays of any integer type (the native loops leave signed ones to Python)."""
+    before = draw(tables())
+    after = draw(later_tables(before))
+    return before, after, as_arrays(draw, before), as_arrays(draw, after)
+
+
+@SETTINGS
+@given(table_pairs())
+def test_generated_tables_diff_the_same(pair: tuple[RegionTable, ...]) -> None:
+    """Both paths find the same changed rows and the same diff, whether the columns are
+    lists or typed arrays; a region's guard status asked alone is what the list of all
+    guards says."""
+    before, after, before_typed, after_typed = pair
+
+    def diffs(a: RegionTable, b: RegionTable) -> Any:
+        return (
+            outcome(lambda: diff.changed_rows(a, b)),
+            outcome(lambda: diff.diff_by_address(a, b)),
+            outcome(lambda: diff.diff_by_identity(a, b)),
+        )
+
+    as_lists = same_on_both(lambda: diffs(before, after))
+    assert same_on_both(lambda: diffs(typed(before), typed(after))) == as_lists
+    assert same_on_both(lambda: diffs(before_typed, after_typed)) == as_lists
+    assert same_on_both(lambda: diffs(before, after_typed)) == as_lists
+    for table in (before, after):
+        every = same_on_both(lambda t=table: diff.stack_guard_indices(t))
+        if isinstance(every, set):
+            alone = {i for i in range(len(table)) if diff.is_stack_guard(table, i)}
+            assert alone == every
