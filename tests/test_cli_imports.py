@@ -153,3 +153,19 @@ def test_agent_without_certificates_never_imports_cryptography(
     assert not loaded(names, "vmatlas.server")
     assert not loaded(names, "vmatlas.client")
     assert not loaded(names, "vmatlas.agents.windows")
+    # Nor the analysis the server and the client run (diff, audit, the layout picture),
+    # the exports, the server's checks of received tables, the Prometheus metrics, or
+    # psutil.
+    for module in (
+        "vmatlas.diff",
+        "vmatlas.audit",
+        "vmatlas.layout",
+        "vmatlas.policy",
+        "vmatlas.wire_analysis",
+        "vmatlas.export",
+        "vmatlas.validate",
+        "vmatlas.metrics",
+        "vmatlas.agents.metrics",
+        "psutil",
+    ):
+        assert not loaded(names, module), module
