@@ -177,22 +177,27 @@ _diff_inputs: dict[int, Any] = {}
 
 def _changed_copy(snapshot: Any) -> Any:
     """The same process a moment later: every 1,000th region gone, every 100th with
-    other permissions."""
+    other permissions; each column in the container the capture gave it (a list or a
+    typed array), as a second capture would."""
     import dataclasses
+    from array import array
 
     from vmatlas.model import RegionTable
+
+    def like(column: Any, values: list[Any]) -> Any:
+        return array(column.typecode, values) if isinstance(column, array) else values
 
     table = snapshot.regions
     keep = [i for i in range(len(table)) if i % 1000 != 999]
     columns = {
-        name: [getattr(table, name)[i] for i in keep] if getattr(table, name) else []
+        name: like(column, [column[i] for i in keep] if column else [])
         for name in RegionTable.__dataclass_fields__
         if name != "residency"
+        for column in (getattr(table, name),)
     }
-    columns["protection"] = [
-        p ^ 2 if k % 100 == 50 else p for k, p in enumerate(columns["protection"])
-    ]
-    columns["protection_raw"] = list(columns["protection"])
+    changed = [p ^ 2 if k % 100 == 50 else p for k, p in enumerate(columns["protection"])]
+    columns["protection"] = like(table.protection, changed)
+    columns["protection_raw"] = like(table.protection_raw, changed)
     return dataclasses.replace(snapshot, regions=RegionTable(**columns))
 
 
