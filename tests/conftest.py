@@ -26,9 +26,13 @@ if TYPE_CHECKING:
 
 HERE = Path(__file__).parent
 PAGE = os.sysconf("SC_PAGE_SIZE")
-# Heartbeat windows short enough for tests.
-HEARTBEAT_SECONDS = 0.2
-OFFLINE_AFTER_SECONDS = 1.0
+# Liveness windows for the tests that are not about them, wide enough that two loaded
+# cores never close one: an agent drops its stream after three heartbeat intervals
+# without a word from its server, and a server pings a quiet connection after two
+# thirds of its offline window and drops it when no answer came in the last third.
+# A test about expiry sets short windows of its own and waits for the expiry itself.
+HEARTBEAT_SECONDS = 1.0
+OFFLINE_AFTER_SECONDS = 15.0
 
 
 def spaced_table(n: int, page: int = 4096) -> Any:
@@ -270,7 +274,7 @@ def reader() -> LinuxReader:
 @pytest.fixture
 def make_server(tmp_path: Path) -> Iterator[Callable[..., FleetServer]]:
     """``make(**overrides)``: start a fleet server on a loopback port with a fresh data
-    directory and short heartbeat windows; every one is stopped afterwards."""
+    directory and the liveness windows above; every one is stopped afterwards."""
     from vmatlas.server.app import FleetServer, ServerConfig
 
     servers: list[FleetServer] = []

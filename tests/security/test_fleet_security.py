@@ -12,7 +12,7 @@ from typing import Any
 import grpc
 import pytest
 
-from tests.conftest import wait_for
+from tests.conftest import HEARTBEAT_SECONDS, OFFLINE_AFTER_SECONDS, wait_for
 from tests.security.conftest import Pki, tls_options
 from vmatlas import errors, wire
 from vmatlas.agents.linux import LinuxReader
@@ -35,8 +35,8 @@ def fleet(pki: Pki, tmp_path: Path) -> Iterator[FleetServer]:
         ServerConfig(
             listen="127.0.0.1:0",
             data_dir=str(tmp_path / "data"),
-            heartbeat_seconds=0.2,
-            offline_after_seconds=1.0,
+            heartbeat_seconds=HEARTBEAT_SECONDS,
+            offline_after_seconds=OFFLINE_AFTER_SECONDS,
             agent_timeout_seconds=5.0,
             retain_seconds=0.0,
             credentials=security.credentials,

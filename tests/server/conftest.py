@@ -52,6 +52,7 @@ class RawAgent:
         reader: LinuxReader,
         heartbeat: bool,
         instance_id: str | None = None,
+        heartbeat_seconds: float = HEARTBEAT_SECONDS,
     ):
         self.channel = grpc.insecure_channel(target)
         self.outbox: queue.Queue[hub_pb2.ConnectRequest | None] = queue.Queue()
@@ -63,6 +64,7 @@ class RawAgent:
         self.call = hub_pb2_grpc.AgentHubServiceStub(self.channel).Connect(self._requests())
         self.received: list[hub_pb2.ConnectResponse] = []
         self.stopped = threading.Event()
+        self.heartbeat_seconds = heartbeat_seconds
         threading.Thread(target=self._receive, daemon=True).start()
         if heartbeat:
             threading.Thread(target=self._beat, daemon=True).start()
@@ -79,10 +81,14 @@ class RawAgent:
             self.error = exc
 
     def _beat(self) -> None:
-        while not self.stopped.wait(HEARTBEAT_SECONDS):
+        while not self.stopped.wait(self.heartbeat_seconds):
             message = hub_pb2.ConnectRequest()
             message.heartbeat.SetInParent()
             self.outbox.put(message)
+
+    def heartbeat_acks(self) -> int:
+        """How many of its heartbeats the server has answered."""
+        return sum(m.HasField("heartbeat_ack") for m in list(self.received))
 
     def close(self) -> None:
         self.stopped.set()
@@ -96,9 +102,14 @@ def raw_agent(reader: LinuxReader) -> Iterator[Callable[..., RawAgent]]:
     agents: list[RawAgent] = []
 
     def make(
-        target: str, host_id: str, *, heartbeat: bool = True, instance_id: str | None = None
+        target: str,
+        host_id: str,
+        *,
+        heartbeat: bool = True,
+        instance_id: str | None = None,
+        heartbeat_seconds: float = HEARTBEAT_SECONDS,
     ) -> RawAgent:
-        agent = RawAgent(target, host_id, reader, heartbeat, instance_id)
+        agent = RawAgent(target, host_id, reader, heartbeat, instance_id, heartbeat_seconds)
         agents.append(agent)
         return agent
 
@@ -166,9 +177,9 @@ def server_args(data: Path, port: int, *more: str) -> list[str]:
         "--data-dir",
         str(data),
         "--heartbeat",
-        "0.2",
+        f"{HEARTBEAT_SECONDS:g}",
         "--offline-after",
-        "1",
+        f"{OFFLINE_AFTER_SECONDS:g}",
         "--http",
         "127.0.0.1:0",
         *more,
@@ -181,13 +192,19 @@ def start_server(children: list[Child], data: Path, port: int = 0, *more: str) -
     return server, int(server.wait_line(r"listening on 127\.0\.0\.1:(\d+)").group(1))
 
 
+# The replicas' offline window, and so their leases: what a killed replica's hosts and
+# jobs wait before another takes them over. Shorter than OFFLINE_AFTER_SECONDS, to keep
+# the failover tests short; still six heartbeats, and a keepalive answer may take 2 s.
+REPLICA_OFFLINE_AFTER_SECONDS = 6.0
+
+
 def start_replica(
     children: list[Child], store_url: str, *more: str, verbose: bool = False
 ) -> tuple[Child, str]:
-    """A server process on ``store_url`` (one of several replicas), with a 3 s offline
-    window (so 3 s leases, renewed every second: room for a loaded machine) and no
-    HTTP listener, logging its INFO lines if ``verbose``; returns it and its address
-    once it listens."""
+    """A server process on ``store_url`` (one of several replicas), with the offline
+    window of REPLICA_OFFLINE_AFTER_SECONDS (so leases as long, renewed every
+    HEARTBEAT_SECONDS) and no HTTP listener, logging its INFO lines if ``verbose``;
+    returns it and its address once it listens."""
     server = start(
         children,
         *(["-v"] if verbose else []),
@@ -197,9 +214,9 @@ def start_replica(
         "--store",
         store_url,
         "--heartbeat",
-        "0.2",
+        f"{HEARTBEAT_SECONDS:g}",
         "--offline-after",
-        "3",
+        f"{REPLICA_OFFLINE_AFTER_SECONDS:g}",
         "--http",
         "off",
         *more,

@@ -391,8 +391,8 @@ def test_agent_sigterm_answers_a_snapshot_in_flight_and_closes_its_stream(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.INFO, logger="vmatlas.server.domain.hub")
-    # An agent busy reading 60K mappings on a loaded machine may miss the tests'
-    # one-second offline window: what is tested here is its own end of the stream.
+    # An agent busy reading 60K mappings on a loaded machine may miss even the tests'
+    # offline window: what is tested here is its own end of the stream.
     server = make_server(offline_after_seconds=60.0)
     pid = planter.pid  # type: ignore[attr-defined]
     planter.grow(60000)  # type: ignore[attr-defined]

@@ -93,25 +93,25 @@ def proxy() -> Iterator[Callable[[str], SilenceableProxy]]:
 def test_a_server_holding_more_agents_than_its_budget_tells_them_a_longer_interval(
     make_server: Callable[..., FleetServer], make_uplink: Callable[..., Uplink]
 ) -> None:
-    # 10 heartbeats a second at 0.2 s apiece: two agents per 0.2 s step.
-    server = make_server(heartbeat_seconds=0.2, heartbeat_budget=10.0)
+    # 2 heartbeats a second at 1 s apiece: two agents per 1 s step.
+    server = make_server(heartbeat_seconds=1.0, heartbeat_budget=2.0)
     first = make_uplink(server.address, "first")
     assert first.connected.wait(15)
-    assert first.heartbeat_seconds == pytest.approx(0.2)
+    assert first.heartbeat_seconds == pytest.approx(1.0)
     others = []
     for i in range(4):
         others.append(make_uplink(server.address, f"other-{i}"))
         assert others[-1].connected.wait(15)
     # Five agents: three steps. The last to come heard it at registration.
-    assert server.hub.heartbeat_interval() == pytest.approx(0.6)
-    assert others[-1].heartbeat_seconds == pytest.approx(0.6)
+    assert server.hub.heartbeat_interval() == pytest.approx(3.0)
+    assert others[-1].heartbeat_seconds == pytest.approx(3.0)
     # The first agent hears it in the answer to its next heartbeat.
-    wait_for(lambda: first.heartbeat_seconds == pytest.approx(0.6), what="the longer interval")
+    wait_for(lambda: first.heartbeat_seconds == pytest.approx(3.0), what="the longer interval")
     for uplink in others:
         uplink.stop()
     wait_for(lambda: server.hub.online() == ["first"], what="the others gone")
     # Alone again: the configured interval, at its next heartbeat.
-    wait_for(lambda: first.heartbeat_seconds == pytest.approx(0.2), what="the shorter interval")
+    wait_for(lambda: first.heartbeat_seconds == pytest.approx(1.0), what="the shorter interval")
     assert first.registrations == 1
 
 
@@ -121,16 +121,17 @@ def test_an_agent_told_a_long_interval_is_not_dropped_between_its_heartbeats(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.INFO, logger="vmatlas.server.domain.hub")
-    # One heartbeat a second in all: two agents are told 2 s, over twice the 0.8 s
-    # offline window a heartbeat of the configured 0.2 s would allow.
-    server = make_server(heartbeat_seconds=0.2, offline_after_seconds=0.8, heartbeat_budget=1.0)
+    # 0.4 heartbeats a second in all: two agents are told 5 s, well over the 3 s
+    # offline window a heartbeat of the configured 0.5 s would allow. (The window is
+    # no shorter: the server's keepalive gives a ping a third of it to be answered.)
+    server = make_server(heartbeat_seconds=0.5, offline_after_seconds=3.0, heartbeat_budget=0.4)
     uplinks = [make_uplink(server.address, name) for name in ("one", "two")]
     for uplink in uplinks:
         assert uplink.connected.wait(15)
-    wait_for(lambda: all(u.heartbeat_seconds == pytest.approx(2.0) for u in uplinks))
-    # Three told intervals go by.
-    time.sleep(3 * 2.0)
-    assert [u.heartbeat_seconds for u in uplinks] == [2.0, 2.0]
+    wait_for(lambda: all(u.heartbeat_seconds == pytest.approx(5.0) for u in uplinks))
+    # Two told intervals go by, each silent for longer than the offline window.
+    time.sleep(2 * 5.0)
+    assert [u.heartbeat_seconds for u in uplinks] == [5.0, 5.0]
     assert [u.registrations for u in uplinks] == [1, 1]
     assert server.hub.online() == ["one", "two"]
     assert "missed heartbeats" not in caplog.text

@@ -26,7 +26,7 @@ from vmatlas.server.app import FleetServer, ServerConfig
 from vmatlas.server.store.sqlite import DATABASE_NAME, SQLiteStore
 from vmatlas.v1 import hub_pb2
 
-from .conftest import HEARTBEAT_SECONDS, RawAgent, Stream, wait_for
+from .conftest import RawAgent, Stream, wait_for
 
 
 def test_registration_with_an_unknown_os_is_invalid_argument(
@@ -86,7 +86,7 @@ def test_a_host_figure_no_store_column_holds_is_invalid_argument(
 def test_a_stalled_store_write_blocks_no_hub_lookup(
     server: FleetServer, raw_agent: Callable[..., RawAgent]
 ) -> None:
-    raw_agent(server.address, "beating")
+    agent = raw_agent(server.address, "beating")
     wait_for(lambda: server.hub.online() == ["beating"], what="the agent online")
     # Another connection holds SQLite's write lock: the heartbeat's last-seen record
     # (and the silence check's offline record after it) wait for it.
@@ -94,7 +94,9 @@ def test_a_stalled_store_write_blocks_no_hub_lookup(
     other.isolation_level = None
     other.execute("BEGIN IMMEDIATE")
     try:
-        threading.Event().wait(3 * HEARTBEAT_SECONDS)  # a heartbeat arrives meanwhile
+        # Heartbeats arrive and are answered meanwhile, and renewals fall due.
+        acks = agent.heartbeat_acks()
+        wait_for(lambda: agent.heartbeat_acks() >= acks + 3, what="heartbeats answered")
         answers: queue.Queue[list[str]] = queue.Queue()
         threading.Thread(target=lambda: answers.put(server.hub.online()), daemon=True).start()
         online = answers.get(timeout=5.0)

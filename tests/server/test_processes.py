@@ -11,7 +11,7 @@ import pytest
 from vmatlas import errors
 from vmatlas.client import Client
 
-from .conftest import Child, server_args, start, wait_for
+from .conftest import OFFLINE_AFTER_SECONDS, Child, server_args, start, wait_for
 
 
 def test_server_crash_and_agent_death(tmp_path: Path, children: list[Child]) -> None:
@@ -59,7 +59,12 @@ def test_server_crash_and_agent_death(tmp_path: Path, children: list[Child]) -> 
 
         agent.proc.send_signal(signal.SIGKILL)
         agent.proc.wait()
-        wait_for(lambda: not client.hosts()[0].online, 3, "the killed agent's host offline")
+        # Its connection closed with it: offline at once, not after the offline window.
+        wait_for(
+            lambda: not client.hosts()[0].online,
+            OFFLINE_AFTER_SECONDS / 2,
+            "the killed agent's host offline",
+        )
         with pytest.raises(errors.Unavailable):
             client.snapshot(pid, host="crashy")
         assert len(client.history(host="crashy", pid=pid).summaries) > len(before)

@@ -19,7 +19,15 @@ from vmatlas.agents.uplink import Uplink
 from vmatlas.client import Client
 from vmatlas.server.app import FleetServer, advertised_address
 
-from .conftest import PYTHON, Child, RawAgent, start, wait_for
+from .conftest import (
+    HEARTBEAT_SECONDS,
+    PYTHON,
+    REPLICA_OFFLINE_AFTER_SECONDS,
+    Child,
+    RawAgent,
+    start,
+    wait_for,
+)
 
 
 def test_the_advertised_address_defaults_to_the_listening_one() -> None:
@@ -186,7 +194,9 @@ def test_server_processes_advertise_themselves_and_forward(
             "--advertise",
             "127.0.0.1:0",
             "--heartbeat",
-            "0.2",
+            f"{HEARTBEAT_SECONDS:g}",
+            "--offline-after",
+            f"{REPLICA_OFFLINE_AFTER_SECONDS:g}",
             "--http",
             "off",
         )
