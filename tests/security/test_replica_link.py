@@ -63,6 +63,34 @@ def _secured_replica(
     )
 
 
+def _tls_agent(
+    pki: Pki, make_uplink: Callable[..., Uplink], server: FleetServer, host_id: str
+) -> Uplink:
+    """An uplink to ``server`` over mutual TLS with the agent certificate of
+    ``host_id``, once its stream is registered."""
+    agent = pki.agent(host_id)
+    uplink = make_uplink(
+        server.address,
+        host_id,
+        credentials=tls.channel_credentials(pki.ca, agent.cert_path, agent.key_path),
+    )
+    assert uplink.connected.wait(30)
+    return uplink
+
+
+def _operator(pki: Pki, server: FleetServer, role: Role) -> Client:
+    """A client of ``server`` with the operator's certificate and ``role``'s token."""
+    operator = pki.client("operator")
+    return Client(
+        f"localhost:{server.port}",
+        ca=str(pki.ca),
+        cert=str(operator.cert_path),
+        key=str(operator.key_path),
+        token=pki.tokens[role],
+        timeout=30.0,
+    )
+
+
 def test_replicas_forward_over_mutual_tls_with_replica_certificates(
     pki: Pki,
     postgres_url: str,
@@ -73,35 +101,18 @@ def test_replicas_forward_over_mutual_tls_with_replica_certificates(
     pid = planter.pid  # type: ignore[attr-defined]
     a = _secured_replica(pki, make_server, postgres_url, "replica-a")
     b = _secured_replica(pki, make_server, postgres_url, "replica-b")
-    agent = pki.agent("tls-host")
-    uplink = make_uplink(
-        a.address,
-        "tls-host",
-        credentials=tls.channel_credentials(pki.ca, agent.cert_path, agent.key_path),
-    )
-    assert uplink.connected.wait(30)
-    operator = pki.client("operator")
-
-    def client(server: FleetServer, role: Role) -> Client:
-        return Client(
-            f"localhost:{server.port}",
-            ca=str(pki.ca),
-            cert=str(operator.cert_path),
-            key=str(operator.key_path),
-            token=pki.tokens[role],
-            timeout=30.0,
-        )
-
-    with client(b, Role.INSPECTOR) as inspector:
+    _tls_agent(pki, make_uplink, a, "tls-host")
+    with _operator(pki, b, Role.INSPECTOR) as inspector:
         _, fresh = inspector.host_snapshot("tls-host", pid)
         assert list(fresh.regions) == list(LinuxReader().snapshot(pid).regions)
     # The caller's role holds through the link: a viewer is refused at b as at a.
-    with client(b, Role.VIEWER) as viewer, pytest.raises(errors.AccessDenied):
+    with _operator(pki, b, Role.VIEWER) as viewer, pytest.raises(errors.AccessDenied):
         viewer.host_snapshot("tls-host", pid)
     # The link is for replica certificates only: an operator's certificate with an
     # admin token, or an agent's certificate, is refused there.
     request = replica_pb2.TakeHostSnapshotRequest(host_id="tls-host", pid=pid)
     request.caller.name, request.caller.role = "mallory", "admin"
+    operator, agent = pki.client("operator"), pki.agent("tls-host")
     for cert, token in ((operator, pki.tokens[Role.ADMIN]), (agent, None)):
         credentials = tls.channel_credentials(pki.ca, cert.cert_path, cert.key_path)
         with grpc.secure_channel(f"localhost:{a.port}", credentials) as channel:
@@ -142,22 +153,9 @@ def test_a_replica_without_its_certificate_is_refused_and_the_caller_told(
     # b serves TLS but reaches the others with an operator's certificate.
     operator = pki.client("operator")
     b = _secured_replica(pki, make_server, postgres_url, "replica-b", link=operator)
-    agent = pki.agent("tls-host")
-    uplink = make_uplink(
-        a.address,
-        "tls-host",
-        credentials=tls.channel_credentials(pki.ca, agent.cert_path, agent.key_path),
-    )
-    assert uplink.connected.wait(30)
+    _tls_agent(pki, make_uplink, a, "tls-host")
     with (
-        Client(
-            f"localhost:{b.port}",
-            ca=str(pki.ca),
-            cert=str(operator.cert_path),
-            key=str(operator.key_path),
-            token=pki.tokens[Role.INSPECTOR],
-            timeout=30.0,
-        ) as client,
+        _operator(pki, b, Role.INSPECTOR) as client,
         pytest.raises(errors.Unavailable) as caught,
     ):
         client.host_snapshot("tls-host", os.getpid())
@@ -196,23 +194,9 @@ def test_a_link_whose_tls_handshake_fails_says_why_not_that_nobody_answered(
             other_pki / "ca.pem", own.cert_path, own.key_path
         ),
     )
-    agent = pki.agent("tls-host")
-    uplink = make_uplink(
-        a.address,
-        "tls-host",
-        credentials=tls.channel_credentials(pki.ca, agent.cert_path, agent.key_path),
-    )
-    assert uplink.connected.wait(30)
-    operator = pki.client("operator")
+    _tls_agent(pki, make_uplink, a, "tls-host")
     with (
-        Client(
-            f"localhost:{b.port}",
-            ca=str(pki.ca),
-            cert=str(operator.cert_path),
-            key=str(operator.key_path),
-            token=pki.tokens[Role.INSPECTOR],
-            timeout=30.0,
-        ) as client,
+        _operator(pki, b, Role.INSPECTOR) as client,
         pytest.raises(errors.Unavailable) as caught,
     ):
         client.host_snapshot("tls-host", os.getpid())
