@@ -27,11 +27,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from bench import chromium
 from bench.fleet import summary_item
 from bench.run import Row, Workload, interleaved
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMEDRIVER = "/usr/bin/chromedriver"
 FLEET_HOSTS = 1000
 PROCESSES_PER_HOST = 50
 HOST_ID = "bench-web"
@@ -39,24 +38,7 @@ HOST_ID = "bench-web"
 
 @contextmanager
 def _browser(profile: Path) -> Iterator[Any]:
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--no-first-run",
-        "--window-size=1400,1000",
-        f"--user-data-dir={profile}",
-    ):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
+    driver = chromium.new_browser(profile)
     driver.set_page_load_timeout(60)
     driver.set_script_timeout(60)
     try:
@@ -120,17 +102,6 @@ def _url(server: Any) -> str:
     return url.rstrip("/")
 
 
-def _missing() -> str:
-    try:
-        import selenium  # noqa: F401
-    except ImportError:
-        return "selenium not installed (pip install -e '.[test]')"
-    for path in (CHROMIUM, CHROMEDRIVER):
-        if not Path(path).exists():
-            return f"{path} missing (tools/system-deps)"
-    return ""
-
-
 def rows(rounds: int, workload: Workload | None = None) -> list[Row]:
     """The web view's rows; ``workload`` is a running 65,500-region process to reuse."""
     process_row = Row(
@@ -157,10 +128,10 @@ def rows(rounds: int, workload: Workload | None = None) -> list[Row]:
         "  same, opened again (document cached)", "", "fetch+parse its document", ratio=False
     )
     out = [process_row, again_row, fleet_row, complete_row]
-    missing = _missing()
+    missing = chromium.missing()
     if missing:
         for row in out:
-            row.note = f"n/a ({missing})"
+            row.note = f"n/a (missing {', '.join(missing)})"
         return out
     with tempfile.TemporaryDirectory(prefix="vmatlas-bench-web-") as tmp:
         root = Path(tmp)
