@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vmatlas.agents.windows.win32 import MEM_COMMIT, MEM_FREE, MEM_RESERVE
-from vmatlas.model import RegionState, RegionType, Snapshot
+from vmatlas.model import RegionState, RegionType, Snapshot, Summary
 
 _STATES = {
     MEM_FREE: RegionState.FREE,
@@ -130,7 +130,12 @@ def assert_matches_walk(snapshot: Snapshot, walk: list[Region]) -> None:
         assert row.allocation_protection_raw == own.allocation_protect
         name = "" if own.name == "-" else own.name.removeprefix("\\??\\")
         assert row.path == name
-    summary = snapshot.summary
+    assert_counts_walk(snapshot.summary, walk)
+
+
+def assert_counts_walk(summary: Summary, walk: list[Region]) -> None:
+    """``summary`` counts the regions of the program's own walk: the figures a summary
+    pushed without its regions can be checked by."""
     assert summary.region_count == sum(own.state != MEM_FREE for own in walk)
     assert summary.allocation_count == len(
         {own.allocation_base for own in walk if own.state != MEM_FREE}

@@ -15,6 +15,7 @@ import json
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -28,7 +29,7 @@ from vmatlas.fleet import HostStatus
 from vmatlas.model import OperatingSystem, ProcessSummary, RegionState, RegionType
 from vmatlas.server.app import FleetServer, ServerConfig
 
-from .planting import Planter, assert_matches_walk, start_planter
+from .planting import Planter, Region, assert_counts_walk, assert_matches_walk, start_planter
 from .winpython import Installation, WindowsProcess
 
 # One agent pushes often (the interval); the other seldom, so that a push between two
@@ -231,13 +232,29 @@ def test_a_32_bit_program_is_read_over_its_own_range(
         max(free),
     )
 
-    def pushed() -> list[ProcessSummary]:
+    def pushed_since(since: float) -> list[ProcessSummary]:
         history = client.history(host=FAST, pid=planter.windows_pid).summaries
-        return [s for s in history if s.capture_time > snapshot.capture_time]
+        return [s for s in history if s.capture_time > since]
 
-    (latest, *_) = wait_for(pushed, timeout=60, what="a summary pushed after the snapshot")
+    def pushed_while_still() -> tuple[ProcessSummary, list[Region]] | None:
+        """A push read between two equal walks of the program, and that walk. Compared
+        with a read made earlier it would count whatever moved in between: once, with
+        the program idle, 192 KiB of its free space went between a snapshot and the
+        push after it."""
+        walk = planter.walk()
+        since = time.time()
+        # A summary's capture time is taken when its read ends: the second push after
+        # the walk is the first whose read surely began after it.
+        pushed = wait_for(lambda: (p := pushed_since(since))[1:] and p, 60, "two pushes")
+        latest = max(pushed, key=lambda s: s.capture_time)
+        return (latest, walk) if planter.walk() == walk else None
+
+    latest, walk = wait_for(pushed_while_still, 300, "a push while the layout held still")
     assert latest.process.pointer_bits == 32
-    assert latest.summary == snapshot.summary
+    assert (latest.process.user_address_min, latest.process.user_address_max) == (low, high + 1)
+    assert_counts_walk(latest.summary, walk)
+    free = [own.size for own in walk if own.state == MEM_FREE]
+    assert (latest.summary.free_bytes, latest.summary.largest_free_bytes) == (sum(free), max(free))
 
 
 def test_summaries_are_pushed_on_the_interval(
