@@ -2036,12 +2036,21 @@ static int encode_field(buf_t *out, uint32_t number, long kind, PyObject *value,
         if (!PyBytes_Check(value)) goto unsupported;
         const char *p = PyBytes_AS_STRING(value);
         Py_ssize_t n = PyBytes_GET_SIZE(value) / 4;
+        size_t len = 0;
         for (Py_ssize_t i = 0; i < n; i++) {
             uint32_t v;
             memcpy(&v, p + i * 4, 4);
-            if (put_varint(&payload, v) < 0) goto done;
+            len += varint_len(v);
         }
-        rc = n ? put_len_field(out, number, &payload) : 0;
+        unsigned char *o = n ? open_len_field(out, number, len) : NULL;
+        if (n && o == NULL) goto done;
+        for (Py_ssize_t i = 0; i < n; i++) {
+            uint32_t v;
+            memcpy(&v, p + i * 4, 4);
+            o = varint_to(o, v);
+        }
+        if (n) out->len = (size_t)((char *)o - out->data);
+        rc = 0;
     } else if (kind == STRINGS) {
         if (!PyList_Check(value)) goto unsupported;
         for (Py_ssize_t i = 0; i < PyList_GET_SIZE(value); i++) {
