@@ -2347,6 +2347,23 @@ static PyObject *list_at(PyObject *out, PyObject *name) {
     return list;
 }
 
+/* The run of a repeated number at *p (after its tag): packed (wire type 2: *stop is
+ * its end, *count its values, the bytes without the continuation bit: a malformed run
+ * is refused as it is read) or one value (wire type 0: *stop NULL, *count 1). -1 where
+ * the length is cut short or the wire type is neither. */
+static int number_run(const uint8_t **p, const uint8_t *end, unsigned wire_type,
+                      const uint8_t **stop, Py_ssize_t *count) {
+    *stop = NULL;
+    *count = 1;
+    if (wire_type == 0) return 0;
+    uint64_t n;
+    if (wire_type != 2 || get_varint(p, end, &n) < 0 || n > (uint64_t)(end - *p)) return -1;
+    *stop = *p + n;
+    *count = 0;
+    for (const uint8_t *q = *p; q < *stop; q++) *count += !(*q & 0x80);
+    return 0;
+}
+
 /* One run of a repeated number (packed, wire type 2, or one value, wire type 0) at *p,
  * appended to the typed column under ``name`` in ``out`` (an array.array of
  * ``typecode``, made where missing): the values are read into the array's items, with
@@ -2362,21 +2379,9 @@ static int decode_typed_run(const uint8_t **pp, const uint8_t *end, unsigned wir
         return -1;
     }
     const uint8_t *p = *pp, *stop;
-    if (wire_type == 2) {
-        uint64_t n;
-        if (get_varint(&p, end, &n) < 0 || n > (uint64_t)(end - p)) goto bad;
-        stop = p + n;
-    } else if (wire_type == 0) {
-        stop = NULL;
-    } else {
-        goto bad;
-    }
+    Py_ssize_t count;
+    if (number_run(&p, end, wire_type, &stop, &count) < 0) goto bad;
     const uint8_t *limit = stop ? stop : end;
-    Py_ssize_t count = 1;
-    if (stop) {
-        count = 0;
-        for (const uint8_t *q = p; q < stop; q++) count += !(*q & 0x80);
-    }
     uint64_t max = size == 8 ? UINT64_MAX : ((uint64_t)1 << (8 * size)) - 1;
     if (kind == D_U32 && max > UINT32_MAX) max = UINT32_MAX;
     if (kind == D_ENUM && max > INT32_MAX) max = INT32_MAX;
@@ -2500,23 +2505,10 @@ static int decode_into(const uint8_t *p, const uint8_t *end, PyObject *spec, PyO
         PyObject *list = list_at(out, name);
         if (list == NULL) return -1;
         const uint8_t *stop;
-        if (wire_type == 2) {
-            uint64_t n;
-            if (get_varint(&p, end, &n) < 0 || n > (uint64_t)(end - p)) goto bad;
-            stop = p + n;
-        } else if (wire_type == 0) {
-            stop = NULL;
-        } else {
-            goto bad;
-        }
+        Py_ssize_t count, at = PyList_GET_SIZE(list);
+        if (number_run(&p, end, wire_type, &stop, &count) < 0) goto bad;
         const uint8_t *limit = stop ? stop : end;
-        /* The list grows once by the run's count of values (its bytes without the
-         * continuation bit: a malformed run is refused below, before any is used). */
-        Py_ssize_t count = 1, at = PyList_GET_SIZE(list);
-        if (stop) {
-            count = 0;
-            for (const uint8_t *q = p; q < stop; q++) count += !(*q & 0x80);
-        }
+        /* The list grows once by the run's count of values. */
         if (count && grow_list(list, at + count) < 0) return -1;
         PyObject *last = NULL; /* borrowed from the list: repeated values share an int */
         uint64_t last_v = 0;
