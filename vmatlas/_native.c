@@ -890,22 +890,18 @@ static inline int slot_value(uint64_t x, uint64_t *v) {
  * same field lines in the same order, no field line looks like a header, every field
  * named in ``keys`` appears at most once a block and reads "NAME: <spaces> DIGITS kB".
  * Anything else makes it irregular, and the caller gives None. */
-/* The kept values, ROWS blocks a chunk, each key's ROWS values together; a chunk is
- * never moved nor grown (no copy as the values pile up, no page faulted twice). */
-#define ROWS 4096
-
-typedef struct rows_chunk {
-    struct rows_chunk *next;
-    size_t count; /* blocks in this chunk */
-    uint64_t v[]; /* key k's value of block r at v[k * ROWS + r] */
-} rows_chunk_t;
+/* Room made at once for each key's values (and the header lines' columns): as many
+ * blocks as a process has regions under the kernel's default limit (vm.max_map_count,
+ * 65530). Memory that is not written is not faulted in, so a small process costs no
+ * more; a large one's values are never copied to grow, and the arrays take the
+ * buffers over as they are. */
+#define ROWS 65536
 
 typedef struct {
     PyObject *keys;    /* tuple of bytes */
     Py_ssize_t nkeys;
-    rows_chunk_t *first, *last;
-    uint64_t *row;      /* the current block's values: key k's at row[k * ROWS] */
-    size_t blocks;
+    buf_t *values;      /* per key: its value of each block, uint64 */
+    size_t blocks, room; /* blocks so far; blocks the buffers have room for */
     char *found;        /* per key: whether the blocks have it */
     char **names;       /* per field position of a block: the name with its ':' (copied) */
     Py_ssize_t *name_n;
@@ -920,7 +916,7 @@ typedef struct {
 
 static int smaps_init(smaps_t *st, PyObject *keys, PyObject *facts_of, Py_ssize_t fact_count) {
     memset(st, 0, sizeof *st);
-    if (maps_scan_init(&st->maps, 0, facts_of, fact_count) < 0) return -1;
+    if (maps_scan_init(&st->maps, ROWS, facts_of, fact_count) < 0) return -1;
     st->keys = keys;
     st->nkeys = PyTuple_GET_SIZE(keys);
     for (Py_ssize_t i = 0; i < st->nkeys; i++) {
@@ -930,7 +926,8 @@ static int smaps_init(smaps_t *st, PyObject *keys, PyObject *facts_of, Py_ssize_
         }
     }
     st->found = PyMem_Calloc((size_t)st->nkeys + 1, 1);
-    if (!st->found) {
+    st->values = PyMem_Calloc((size_t)st->nkeys + 1, sizeof(buf_t));
+    if (!st->found || !st->values) {
         PyErr_NoMemory();
         return -1;
     }
@@ -938,11 +935,8 @@ static int smaps_init(smaps_t *st, PyObject *keys, PyObject *facts_of, Py_ssize_
 }
 
 static void smaps_free(smaps_t *st) {
-    while (st->first != NULL) {
-        rows_chunk_t *next = st->first->next;
-        PyMem_Free(st->first);
-        st->first = next;
-    }
+    for (Py_ssize_t k = 0; st->values != NULL && k < st->nkeys; k++) buf_free(&st->values[k]);
+    PyMem_Free(st->values);
     for (Py_ssize_t j = 0; j < st->cap; j++) PyMem_Free(st->names[j]);
     PyMem_Free(st->found);
     PyMem_Free(st->names);
@@ -952,26 +946,24 @@ static void smaps_free(smaps_t *st) {
     maps_scan_free(&st->maps);
 }
 
-/* A new block: the place of its values. -1 on error. */
+/* A new block: room for its value of each key. -1 on error. */
 static int smaps_block(smaps_t *st) {
-    rows_chunk_t *c = st->last;
-    if (c == NULL || c->count == ROWS) {
-        c = PyMem_Malloc(sizeof *c + (size_t)(st->nkeys ? st->nkeys : 1) * ROWS * 8);
-        if (c == NULL) {
-            PyErr_NoMemory();
-            return -1;
+    if (st->blocks == st->room) {
+        size_t room = st->room ? st->room * 2 : ROWS;
+        for (Py_ssize_t k = 0; k < st->nkeys; k++) {
+            buf_t *b = &st->values[k];
+            if (buf_reserve(b, room * 8 - b->len) < 0) return -1;
         }
-        c->next = NULL;
-        c->count = 0;
-        if (st->last != NULL)
-            st->last->next = c;
-        else
-            st->first = c;
-        st->last = c;
+        st->room = room;
     }
-    st->row = c->v + c->count++;
     st->blocks++;
+    for (Py_ssize_t k = 0; k < st->nkeys; k++) st->values[k].len += 8;
     return 0;
+}
+
+/* Key k's value of the current block. */
+static inline void smaps_put(smaps_t *st, int k, uint64_t v) {
+    memcpy(st->values[k].data + (st->blocks - 1) * 8, &v, 8);
 }
 
 /* The template of position j from its line [p, e) in the first block (see template_t);
@@ -1055,7 +1047,7 @@ static int smaps_value(smaps_t *st, const char *p, const char *e) {
     while (q < e && is_digit((unsigned char)*q)) v = v * 10 + (uint64_t)(*q++ - '0');
     if (q == digits || q - digits > 15) goto irregular;
     if (e - q != 3 || memcmp(q, " kB", 3) != 0) goto irregular;
-    st->row[k * ROWS] = v * 1024;
+    smaps_put(st, k, v * 1024);
     return 0;
 irregular:
     st->irregular = 1;
@@ -1146,7 +1138,7 @@ static const char *smaps_fast(smaps_t *st, const char *p, const char *stop) {
                 t->last_slot = x;
                 t->last_v = v * 1024;
             }
-            st->row[k * ROWS] = t->last_v;
+            smaps_put(st, k, t->last_v);
         } else if (zero_bytes(x ^ (WORD_ONES * '\n'))) {
             break; /* the line ends sooner */
         }
@@ -1169,24 +1161,9 @@ static const char *smaps_feed(smaps_t *st, const char *p, const char *stop) {
     return p;
 }
 
-/* An array('Q') of key k's values, copied out of the chunks. */
-static PyObject *smaps_column(const smaps_t *st, Py_ssize_t k) {
-    static PyObject *zero; /* array('Q', [0]), repeated to the length wanted */
-    if (zero == NULL && (zero = PyObject_CallFunction(array_type, "s[i]", "Q", 0)) == NULL)
-        return NULL;
-    PyObject *column = PySequence_Repeat(zero, (Py_ssize_t)st->blocks);
-    Py_buffer view;
-    if (column == NULL || PyObject_GetBuffer(column, &view, PyBUF_WRITABLE) < 0) {
-        Py_XDECREF(column);
-        return NULL;
-    }
-    char *out = view.buf;
-    for (const rows_chunk_t *c = st->first; c != NULL; c = c->next) {
-        memcpy(out, c->v + k * ROWS, c->count * 8);
-        out += c->count * 8;
-    }
-    PyBuffer_Release(&view);
-    return column;
+/* An array('Q') of key k's values, which takes their buffer over where it can. */
+static PyObject *smaps_column(smaps_t *st, Py_ssize_t k) {
+    return array_of("Q", 8, &st->values[k]);
 }
 
 /* (scan_maps' tuple of the header lines, columns) at the end of the text, or None when
