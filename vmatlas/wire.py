@@ -771,21 +771,17 @@ def serialize_response(response: Any) -> bytes:
 _RESPONSE_SNAPSHOT_FIELD = agent_pb2.GetSnapshotResponse.DESCRIPTOR.fields_by_name[
     "snapshot"
 ].number
-_RESPONSE_SNAPSHOT_TAG = bytes([_RESPONSE_SNAPSHOT_FIELD << 3 | 2])
 
 
 def snapshot_response(snapshot: Snapshot) -> Serialized:
     """The ``GetSnapshotResponse`` of ``snapshot``, serialized: the header by protobuf,
     the region table as :func:`table_to_pb` writes it (natively where it can), joined
     into the response's bytes without a message ever holding the table."""
-    regions = _plain_table_bytes(snapshot.regions, table_page_size(snapshot.host))
-    header = snapshot_header_bytes(snapshot)
-    regions_length = _varint(len(regions))
-    size = len(header) + len(_REGIONS_TAG) + len(regions_length) + len(regions)
-    data = b"".join(
-        (_RESPONSE_SNAPSHOT_TAG, _varint(size), header, _REGIONS_TAG, regions_length, regions)
+    return snapshot_bytes_response(
+        agent_pb2.GetSnapshotResponse,
+        snapshot_header_bytes(snapshot),
+        _plain_table_bytes(snapshot.regions, table_page_size(snapshot.host)),
     )
-    return Serialized(agent_pb2.GetSnapshotResponse, data)
 
 
 def snapshot_bytes_response(
