@@ -87,11 +87,12 @@ def path_env(path: str) -> dict[str, str]:
 
 
 class Worker:
-    """The resident vmatlas process (bench.worker) on one capture path."""
+    """The resident vmatlas process (bench.worker) on one capture path; with ``client``,
+    a program calling the client library (its heap left as any program has it)."""
 
-    def __init__(self, path: str = "native") -> None:
+    def __init__(self, path: str = "native", *, client: bool = False) -> None:
         self.proc = subprocess.Popen(
-            [PYTHON, "-m", "bench.worker"],
+            [PYTHON, "-m", "bench.worker", *(["client"] if client else [])],
             cwd=ROOT,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
@@ -564,45 +565,52 @@ def fresh_snapshots(
             row.pure.note = "n/a (C extension not built)"
             if "native" not in workers:
                 row.note = row.pure.note
-    for path, worker in workers.items():
-        for label, load in loads.items():
-            cat = lambda m=load.maps_path: time_command(["cat", m])  # noqa: E731
-            mine = direct[label] if path == "native" else direct[label].pure
-            assert mine is not None
-            mine.note = ""
-            try:
-                with agent_process(path=path) as (_, target):
-                    interleaved(
-                        rounds,
-                        cat,
-                        lambda w=worker, t=target, pid=load.pid: w(  # type: ignore[misc]
-                            "client_snapshot", target=t, pid=pid
-                        )["seconds"],
-                        mine,
-                    )
-            except (RuntimeError, OSError) as exc:
-                mine.note = f"n/a ({exc})"
-        try:
-            with (
-                server_process(path=path) as (_, target),
-                agent_process("--server", target, "--host-id", SERVER_HOST_ID, path=path),
-            ):
-                wait_online(target, SERVER_HOST_ID)
-                for label, load in loads.items():
-                    mine = via_server[label] if path == "native" else via_server[label].pure
-                    assert mine is not None
-                    mine.note = ""
-                    snap = lambda w=worker, t=target, pid=load.pid: w(  # noqa: E731
-                        "fleet_snapshot", target=t, host=SERVER_HOST_ID, pid=pid
-                    )["seconds"]
-                    snap()  # the first one also stores the region table; later ones dedupe
-                    cat = lambda m=load.maps_path: time_command(["cat", m])  # noqa: E731
-                    interleaved(rounds, cat, snap, mine)
-        except (RuntimeError, OSError) as exc:
-            for row in via_server.values():
-                mine = row if path == "native" else row.pure
+    # The calls come from a program using the client library: a process of its own,
+    # whose heap is as any program has it (the agent and the server tune theirs).
+    clients = {path: Worker(path, client=True) for path in workers}
+    try:
+        for path, worker in clients.items():
+            for label, load in loads.items():
+                cat = lambda m=load.maps_path: time_command(["cat", m])  # noqa: E731
+                mine = direct[label] if path == "native" else direct[label].pure
                 assert mine is not None
-                mine.note = f"n/a ({exc})"
+                mine.note = ""
+                try:
+                    with agent_process(path=path) as (_, target):
+                        interleaved(
+                            rounds,
+                            cat,
+                            lambda w=worker, t=target, pid=load.pid: w(  # type: ignore[misc]
+                                "client_snapshot", target=t, pid=pid
+                            )["seconds"],
+                            mine,
+                        )
+                except (RuntimeError, OSError) as exc:
+                    mine.note = f"n/a ({exc})"
+            try:
+                with (
+                    server_process(path=path) as (_, target),
+                    agent_process("--server", target, "--host-id", SERVER_HOST_ID, path=path),
+                ):
+                    wait_online(target, SERVER_HOST_ID)
+                    for label, load in loads.items():
+                        mine = via_server[label] if path == "native" else via_server[label].pure
+                        assert mine is not None
+                        mine.note = ""
+                        snap = lambda w=worker, t=target, pid=load.pid: w(  # noqa: E731
+                            "fleet_snapshot", target=t, host=SERVER_HOST_ID, pid=pid
+                        )["seconds"]
+                        snap()  # the first one also stores the region table; later ones dedupe
+                        cat = lambda m=load.maps_path: time_command(["cat", m])  # noqa: E731
+                        interleaved(rounds, cat, snap, mine)
+            except (RuntimeError, OSError) as exc:
+                for row in via_server.values():
+                    mine = row if path == "native" else row.pure
+                    assert mine is not None
+                    mine.note = f"n/a ({exc})"
+    finally:
+        for client in clients.values():
+            client.close()
     return [row for label in loads for row in (direct[label], via_server[label])]
 
 

@@ -2,7 +2,9 @@
 
 ``python -m bench.worker`` serves one operation per JSON line on stdin and answers one
 JSON line on stdout: a resident process, as an agent or a server is, whose imports are
-paid once. Each operation times only the work it names (time.perf_counter).
+paid once and whose heap keeps what it frees (vmatlas.heap). Each operation times only
+the work it names (time.perf_counter). ``python -m bench.worker client`` is a program
+calling the client library instead: its heap as any program has it.
 
 ``python -m bench.worker peak-snapshot PID`` and ``peak-psutil PID`` run one capture in
 a fresh process and print its peak RSS (VmHWM), for the memory comparison.
@@ -225,10 +227,13 @@ OPS: dict[str, Callable[..., dict[str, Any]]] = {
 }
 
 
-def serve() -> None:
+def serve(resident: bool = True) -> None:
     import vmatlas.agents.linux
     import vmatlas.wire  # noqa: F401
-    from vmatlas import native
+    from vmatlas import heap, native
+
+    if resident:
+        heap.keep_freed()
 
     print(json.dumps({"ready": True, "path": native.describe()}), flush=True)
     for line in sys.stdin:
@@ -257,7 +262,7 @@ def peak(kind: str, pid: int) -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) > 1:
+    if len(sys.argv) > 2:
         peak(sys.argv[1], int(sys.argv[2]))
     else:
-        serve()
+        serve(resident=sys.argv[1:] != ["client"])

@@ -331,8 +331,9 @@ class StopSignals:
     """SIGTERM and SIGINT caught from the moment this is made. Make it before the server
     starts, so that a signal arriving just after the "listening" line still drains."""
 
-    def __init__(self) -> None:
+    def __init__(self, every: Callable[[], object] | None = None) -> None:
         self.event = threading.Event()
+        self._every = every
         self._previous = {
             s: signal.signal(s, self._handle) for s in (signal.SIGTERM, signal.SIGINT)
         }
@@ -342,8 +343,11 @@ class StopSignals:
         self.event.set()
 
     def wait(self) -> None:
+        """Until a signal; meanwhile ``every`` (given when made) runs every half second
+        in this thread."""
         while not self.event.wait(0.5):
-            pass
+            if self._every is not None:
+                self._every()
 
     def restore(self) -> None:
         for s, h in self._previous.items():

@@ -182,6 +182,7 @@ def _load_grpc_without_python_ssl() -> None:
 def run(args: argparse.Namespace) -> int:
     if not args.metrics:
         _load_grpc_without_python_ssl()
+    from vmatlas import heap
     from vmatlas.agents import default_reader, windows_view
     from vmatlas.agents.service import SERVICE_NAME, AgentServicer, add_to_server
     from vmatlas.grpcutil import StopSignals, build_server, serve_until_signalled
@@ -200,7 +201,7 @@ def run(args: argparse.Namespace) -> int:
     )
     uplink = _uplink(args, reader, servicer)
     metrics = _metrics(args, reader, security) if args.metrics else None
-    signals = StopSignals()
+    signals = StopSignals(every=heap.resident())
     server.start()
     host = listen.rsplit(":", 1)[0]
     log.info("serving with %s", security.describe())

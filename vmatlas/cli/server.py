@@ -233,6 +233,7 @@ def check(url: str) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    from vmatlas import heap
     from vmatlas.grpcutil import StopSignals
     from vmatlas.server.app import FleetServer
     from vmatlas.server.store import redact, sqlite_url
@@ -241,7 +242,7 @@ def run(args: argparse.Namespace) -> int:
         raise errors.InvalidArgument("give --store or --data-dir, not both")
     if args.check:
         return check(args.store or sqlite_url(args.data_dir or defaults.data_dir()))
-    signals = StopSignals()
+    signals = StopSignals(every=heap.resident())
     fleet = FleetServer(config_from_args(args)).start()
     print(f"vmatlas server listening on {fleet.address}", flush=True)
     if fleet.http_url:

@@ -105,6 +105,7 @@ def _show(fleet: FleetServer, out: TextIO, stop: threading.Event, refresh: float
 
 
 def run(args: argparse.Namespace) -> int:
+    from vmatlas import heap
     from vmatlas.agents import default_reader, windows_view
     from vmatlas.agents.service import SERVICE_NAME as AGENT_SERVICE
     from vmatlas.agents.service import AgentServicer, add_to_server
@@ -126,7 +127,7 @@ def run(args: argparse.Namespace) -> int:
         )
     reader = default_reader(args.host_id)
     agent = AgentServicer(reader, windows_view=windows_view(args.host_id))
-    signals = StopSignals()
+    signals = StopSignals(every=heap.resident())
     fleet = FleetServer(
         config,
         extra_services=[(add_to_server, agent, AGENT_SERVICE)],
