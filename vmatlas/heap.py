@@ -102,9 +102,10 @@ def give_back() -> bool:
 
 
 class IdleRelease:
-    """Gives the heap's free memory back once the process has been quiet for
-    :data:`IDLE_SECONDS` after doing some work. :meth:`tick` is called every so often
-    (the main thread's wait for a stop signal); the clocks are injected for tests."""
+    """Gives the heap's free memory back at the first tick (start-up is over), then
+    whenever the process has been quiet for :data:`IDLE_SECONDS` after doing some work.
+    :meth:`tick` is called every so often (the main thread's wait for a stop signal);
+    the clocks are injected for tests."""
 
     def __init__(
         self,
@@ -122,10 +123,17 @@ class IdleRelease:
         self._cpu, self._clock, self._release = cpu, clock, release
         self._work = 0.0
         self._mark = (self._clock(), self._cpu())
-        self.releases = 0
+        self._started = False
 
     def tick(self) -> None:
         now, cpu = self._clock(), self._cpu()
+        if not self._started:
+            # The first tick comes once the process is up: what its start-up freed
+            # (imports, the server's set-up) goes back before it settles at rest.
+            self._started = True
+            self._mark = (now, cpu)
+            self._release()
+            return
         since, cpu_then = self._mark
         if now - since < self.idle_seconds:
             return
@@ -134,7 +142,6 @@ class IdleRelease:
         self._mark = (now, cpu)
         if self._work >= self.work_seconds and used <= self.quiet_share * (now - since):
             self._release()
-            self.releases += 1
             self._work = 0.0
 
 
