@@ -21,7 +21,6 @@ import socket
 import time
 from array import array
 from collections.abc import Iterator
-from contextlib import contextmanager
 from functools import lru_cache
 from itertools import repeat
 from typing import Any
@@ -158,17 +157,21 @@ def parse_rest(rest: bytes) -> tuple[int, int, str, bool, int]:
     return os.makedev(int(major, 16), int(minor, 16)), int(inode), path, deleted, kind
 
 
-@contextmanager
-def _gc_paused() -> Iterator[None]:
+class _gc_paused:  # entered as a function's context: ``with _gc_paused():``
     """Pause the cyclic collector while a parse builds hundreds of thousands of
     acyclic tuples and lists: left on, it rescans them over and over (a third of the
-    parse time of a 65K-region process)."""
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
+    parse time of a 65K-region process). A class, not a generator: it is entered for
+    every process of a sweep, where a generator's context manager costs more than
+    the parse of a small maps."""
+
+    __slots__ = ("was_enabled",)
+
+    def __enter__(self) -> None:
+        self.was_enabled = gc.isenabled()
+        gc.disable()
+
+    def __exit__(self, *exc: object) -> None:
+        if self.was_enabled:
             gc.enable()
 
 
@@ -306,7 +309,6 @@ def _table_from_scan(accel: Any, scan: tuple[Any, ...], summary_only: bool = Fal
     file_type = [
         ((_IMAGE if (f[0], f[1]) in image_files else _MAPPED) if f[1] else None) for f in facts
     ]
-    device, inode, path, deleted, kind = zip(*facts, strict=True)
     # The perms bits are the protection bits (r=1, w=2, x=4, s=8).
     protection = array("B", bits)
     table = RegionTable(
@@ -315,9 +317,10 @@ def _table_from_scan(accel: Any, scan: tuple[Any, ...], summary_only: bool = Fal
         state=accel.spread(_STATE_BY_BITS, bits, 1, "B"),
         type=accel.spread(file_type, rest_index, 4, "B", _ANON_TYPE_BY_BITS, bits, 1),
         protection=protection,
-        kind=accel.spread(list(kind), rest_index, 4, "B"),
+        kind=accel.spread([f[4] for f in facts], rest_index, 4, "B"),
     )
     if not summary_only:
+        device, inode, path, deleted, _ = zip(*facts, strict=True)
         table.protection_raw = array("B", bits)
         table.path = accel.gather(list(path), rest_index, 4)
         table.offset = offsets
@@ -538,9 +541,6 @@ class LinuxReader:
             self._raise_for(exc, pid, process_name)
             raise  # unreachable: _raise_for always raises
 
-    def _read_text(self, pid: int, name: str, process_name: str | None = None) -> str:
-        return self._read_bytes(pid, name, process_name).decode("utf-8", "surrogateescape")
-
     def boot_time(self) -> float:
         if self._boot_time is None:
             self._boot_time = 0.0
@@ -560,38 +560,49 @@ class LinuxReader:
         return self._identity(pid, host)[0]
 
     def _identity(self, pid: int, host: Host | None) -> tuple[Process, bool]:
-        """:meth:`process`, and whether it is a kernel thread."""
-        stat = self._read_text(pid, "stat")
+        """:meth:`process`, and whether it is a kernel thread. Runs for every process
+        of a sweep: each file is read by one open and one read where that holds it."""
+        base = f"{self.procfs}/{pid}/"
+        try:
+            stat = _read_all(base + "stat", record=True).decode("utf-8", "surrogateescape")
+        except OSError as exc:
+            self._raise_for(exc, pid)
+            raise  # unreachable: _raise_for always raises
         # comm may hold spaces and parentheses: it ends at the last ')'.
         close = stat.rfind(")")
         name = stat[stat.find("(") + 1 : close]
-        fields = stat[close + 2 :].split()
+        fields = stat[close + 2 :].split(None, 20)
         state, ppid, start_ticks = fields[0], int(fields[1]), int(fields[19])
         flags = int(fields[6])
         kernel_thread = bool(flags & 0x00200000)  # PF_KTHREAD
         # A kernel thread has no command line and no executable: the kernel answers
         # an empty cmdline and ENOENT for exe without looking further (most of a
         # host's pids are kernel threads).
-        cmdline = exe = ""
+        command_line: tuple[str, ...] = ()
+        exe = ""
         if not kernel_thread:
             try:
-                cmdline = self._read_text(pid, "cmdline", name)
-            except errors.Error:
-                cmdline = ""
+                cmdline = _read_all(base + "cmdline", record=True)
+            except OSError as exc:
+                self._unless_gone_or_denied(exc)
+                cmdline = b""
+            if cmdline:
+                command_line = tuple(cmdline.decode("utf-8", "surrogateescape").split("\0")[:-1])
             try:
-                exe = os.readlink(self._path(pid, "exe"))
+                exe = os.readlink(base + "exe")
             except OSError:
                 exe = ""
-        user = ""
         try:
-            uid = os.stat(self._path(pid, "")).st_uid
-            user = _user_name(uid)
+            user = _user_name(os.stat(base).st_uid)
         except OSError:
-            pass
+            user = ""
         try:
-            container_id, pod_uid = _container_of(self._read_text(pid, "cgroup", name))
-        except errors.Error:
+            cgroup = _read_all(base + "cgroup", record=True)
+        except OSError as exc:
+            self._unless_gone_or_denied(exc)
             container_id, pod_uid = "", ""
+        else:
+            container_id, pod_uid = _container_of(cgroup.decode("utf-8", "surrogateescape"))
         pointer_bits = 64 if kernel_thread else self._image_pointer_bits(pid, start_ticks, exe)
         mmap_min_addr = host.user_address_min if host else self._mmap_min_addr()
         low, high = _user_range(self._machine, mmap_min_addr, pointer_bits)
@@ -600,7 +611,7 @@ class LinuxReader:
             parent_pid=ppid,
             name=name,
             executable=exe,
-            command_line=tuple(cmdline.split("\0")[:-1]) if cmdline else (),
+            command_line=command_line,
             user=user,
             start_time=self.boot_time() + start_ticks / self._clock_ticks,
             pointer_bits=pointer_bits,
@@ -611,6 +622,15 @@ class LinuxReader:
             pod_uid=pod_uid,
         )
         return process, kernel_thread
+
+    def _unless_gone_or_denied(self, exc: OSError) -> None:
+        """Re-raise ``exc`` unless it says the process is gone or not readable (what
+        :meth:`_raise_for` turns into an errors.Error): an optional file's read failing
+        so leaves its field empty."""
+        try:
+            self._raise_for(exc, 0)
+        except errors.Error:
+            return
 
     def _mmap_min_addr(self) -> int:
         return self._read_int("sys/vm/mmap_min_addr", os.sysconf("SC_PAGE_SIZE"))
@@ -639,8 +659,11 @@ class LinuxReader:
 
     def _pointer_bits(self, pid: int) -> int:
         try:
-            with open(self._path(pid, "exe"), "rb") as f:
-                header = f.read(5)
+            fd = os.open(self._path(pid, "exe"), os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                header = os.read(fd, 5)
+            finally:
+                os.close(fd)
         except OSError:
             return 64
         return 32 if header[:4] == b"\x7fELF" and header[4:5] == b"\x01" else 64
@@ -788,14 +811,18 @@ _container_of = lru_cache(maxsize=256)(container_of)
 _READ_BYTES = 1 << 16
 
 
-def _read_all(path: str) -> bytes:
+def _read_all(path: str, record: bool = False) -> bytes:
     """The whole of a procfs file, read to its end by os.read: a buffered file object
     costs four more system calls (two fstat, an ioctl, lseek) and more Python to set up
-    than the reads of a small file take."""
+    than the reads of a small file take.
+
+    ``record``: a file the kernel writes as one record (stat, cmdline, cgroup: one
+    show, or a copy up to the size asked), where a read that comes back short holds
+    all of it: no second read is made to find the end."""
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
         data = os.read(fd, _READ_BYTES)
-        if data:
+        if data and not (record and len(data) < _READ_BYTES):
             parts = [data]
             while chunk := os.read(fd, _READ_BYTES):
                 parts.append(chunk)
