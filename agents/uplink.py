@@ -44,9 +44,9 @@ from vmatlas import __version__, defaults, errors, wire
 from vmatlas.addresses import resolve_address
 from vmatlas.agents.base import Reader
 from vmatlas.agents.service import AgentServicer
-from vmatlas.grpcutil import agent_channel_options, error_from_rpc
+from vmatlas.grpcutil import agent_channel_options, error_from_rpc, method_path
 from vmatlas.model import Host, ProcessSummary, Snapshot
-from vmatlas.v1 import hub_pb2, hub_pb2_grpc
+from vmatlas.v1 import hub_pb2
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,11 @@ DEFAULT_JUMP_REGIONS = defaults.JUMP_REGIONS
 DEFAULT_BUFFER_PUSHES = defaults.BUFFER_PUSHES
 SILENT_HEARTBEATS = 3
 
-Outbox = queue.Queue[hub_pb2.ConnectRequest | None]
+# A snapshot's answer waits as its bytes (wire.snapshot_result_request), the rest as
+# messages.
+Outbox = queue.Queue[hub_pb2.ConnectRequest | wire.Serialized | None]
+
+_CONNECT_PATH = method_path(hub_pb2, "AgentHubService", "Connect")
 
 
 # Past this many doublings the cap is the maximum anyway (and 2.0**attempt would
@@ -290,7 +294,7 @@ class Uplink:
         registration.register.agent_version = __version__
         outbox.put(registration)
 
-        def requests() -> Iterator[hub_pb2.ConnectRequest]:
+        def requests() -> Iterator[hub_pb2.ConnectRequest | wire.Serialized]:
             while True:
                 message = outbox.get()
                 if message is None:
@@ -310,7 +314,15 @@ class Uplink:
         ended = threading.Event()
         workers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="vmatlas-uplink-snap")
         try:
-            call = hub_pb2_grpc.AgentHubServiceStub(channel).Connect(requests())
+            # AgentHubServiceStub's Connect, except that a snapshot's answer is sent as
+            # the bytes it already is.
+            connect = channel.stream_stream(
+                _CONNECT_PATH,
+                request_serializer=wire.serialize_response,
+                response_deserializer=hub_pb2.ConnectResponse.FromString,
+                _registered_method=True,
+            )
+            call = connect(requests())
             self._call = call
             self._outbox = outbox
             if self._stop.is_set():
@@ -480,31 +492,36 @@ class Uplink:
         return items, denied
 
     def _answer(self, command: hub_pb2.SnapshotCommand, outbox: Outbox, received: float) -> None:
-        message = hub_pb2.ConnectRequest()
-        result = message.snapshot_result
-        result.request_id = command.request_id
+        outbox.put(self._result(command, received))
+
+    def _result(
+        self, command: hub_pb2.SnapshotCommand, received: float
+    ) -> hub_pb2.ConnectRequest | wire.Serialized:
         request = command.request
         # A command that waited in the queue past the server's deadline has no caller
         # left: skipping it keeps a burst from delaying every later request too.
         if command.timeout_seconds and time.monotonic() > received + command.timeout_seconds:
-            wire.error_to_pb(
-                errors.DeadlineExceeded("the request waited past its deadline"), result.error
-            )
-            outbox.put(message)
-            return
+            return _failed(command, errors.DeadlineExceeded("the request waited past its deadline"))
         try:
             snapshot: Snapshot = self.servicer.snapshot(
                 request.pid, request.include_free, request.include_residency, request.view
             )
             if self.host_id:
                 snapshot = replace(snapshot, host=replace(snapshot.host, host_id=self.host_id))
-            result.snapshot_header, result.regions = wire.snapshot_parts(snapshot)
+            return wire.snapshot_result_request(command.request_id, *wire.snapshot_parts(snapshot))
         except errors.Error as exc:
-            wire.error_to_pb(exc, result.error)
+            return _failed(command, exc)
         except Exception as exc:
             log.exception("snapshot of pid %d failed", request.pid)
-            wire.error_to_pb(errors.Error(f"agent failed: {type(exc).__name__}"), result.error)
-        outbox.put(message)
+            return _failed(command, errors.Error(f"agent failed: {type(exc).__name__}"))
+
+
+def _failed(command: hub_pb2.SnapshotCommand, exc: errors.Error) -> hub_pb2.ConnectRequest:
+    """The answer to ``command`` that the agent could not take its snapshot."""
+    message = hub_pb2.ConnectRequest()
+    message.snapshot_result.request_id = command.request_id
+    wire.error_to_pb(exc, message.snapshot_result.error)
+    return message
 
 
 def _key(item: ProcessSummary) -> tuple[int, float]:

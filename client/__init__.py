@@ -35,7 +35,7 @@ from vmatlas import errors, wire, wire_analysis
 from vmatlas.audit import AuditReport
 from vmatlas.diff import Diff, DiffMode, diff
 from vmatlas.fleet import FleetProcess, History, HostStatus
-from vmatlas.grpcutil import channel_options, error_from_rpc, is_loopback
+from vmatlas.grpcutil import channel_options, error_from_rpc, is_loopback, method_path
 from vmatlas.model import Host, ProcessOrder, ProcessSummary, Snapshot, SnapshotView
 from vmatlas.policy import Policy, policy_to_document
 from vmatlas.security import tls
@@ -59,14 +59,9 @@ __all__ = [
 ]
 
 
-def _method_path(module: Any, service: str, method: str) -> str:
-    full_name = module.DESCRIPTOR.services_by_name[service].methods_by_name[method].full_name
-    return "/{}/{}".format(*full_name.rsplit(".", 1))
-
-
-_GET_SNAPSHOT_PATH = _method_path(agent_pb2, "AgentService", "GetSnapshot")
-_GET_HOST_SNAPSHOT_PATH = _method_path(fleet_pb2, "FleetService", "GetHostSnapshot")
-_GET_STORED_SNAPSHOT_PATH = _method_path(fleet_pb2, "FleetService", "GetStoredSnapshot")
+_GET_SNAPSHOT_PATH = method_path(agent_pb2, "AgentService", "GetSnapshot")
+_GET_HOST_SNAPSHOT_PATH = method_path(fleet_pb2, "FleetService", "GetHostSnapshot")
+_GET_STORED_SNAPSHOT_PATH = method_path(fleet_pb2, "FleetService", "GetStoredSnapshot")
 
 
 class ProcessList(list[ProcessSummary]):

@@ -356,6 +356,21 @@ def test_process_order_is_one_enum_with_the_schema_s_values() -> None:
         ProcessOrder.parse("largest")
 
 
+@pytest.mark.parametrize("request_id", [0, 1, 300, 2**64 - 1])
+def test_an_agent_s_snapshot_answer_is_written_as_protobuf_writes_it(request_id: int) -> None:
+    from vmatlas.v1 import hub_pb2
+
+    header, regions = wire.snapshot_parts(LinuxReader().snapshot(os.getpid()))
+    for parts in ((header, regions), (header, b""), (b"", regions), (b"", b"")):
+        answer = wire.snapshot_result_request(request_id, *parts)
+        expected = hub_pb2.ConnectRequest()
+        result = expected.snapshot_result
+        result.request_id, result.snapshot_header, result.regions = request_id, *parts
+        assert answer.message_class is hub_pb2.ConnectRequest
+        assert wire.serialize_response(answer) == expected.SerializeToString()
+        assert answer.parse() == expected
+
+
 @pytest.mark.parametrize("fields", [{"snapshot_id": "17"}, {"snapshot_id": ""}])
 def test_fleet_snapshot_responses_are_written_as_protobuf_writes_them(
     fields: dict[str, str],

@@ -173,6 +173,13 @@ def maps_stream_errors(method: F) -> F:
     return stream  # type: ignore[return-value]
 
 
+def method_path(module: Any, service: str, method: str) -> str:
+    """The path a call of ``service``'s ``method``, defined in the generated ``module``,
+    goes to: for a multi-callable made with serializers of one's own."""
+    full_name = module.DESCRIPTOR.services_by_name[service].methods_by_name[method].full_name
+    return "/{}/{}".format(*full_name.rsplit(".", 1))
+
+
 def channel_options() -> list[tuple[str, Any]]:
     return [
         ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),

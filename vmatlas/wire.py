@@ -726,6 +726,11 @@ def _one_field(data: bytes | memoryview, number: int) -> tuple[bytes, memoryview
     return b"".join((view[:start], view[end:])), view[payload:end]
 
 
+def _delimited(number: int, size: int) -> bytes:
+    """The tag and length that open length-delimited field ``number`` of ``size`` bytes."""
+    return _varint(number << 3 | 2) + _varint(size)
+
+
 def _varint(n: int) -> bytes:
     out = bytearray()
     while True:
@@ -762,7 +767,8 @@ class Serialized:
 
 
 def serialize_response(response: Any) -> bytes:
-    """The wire bytes of a response message or of a :class:`Serialized` one."""
+    """The wire bytes of a message or of a :class:`Serialized` one (a response, or a
+    request on a stream whose client registered this serializer)."""
     if isinstance(response, Serialized):
         return response.data
     return response.SerializeToString()  # type: ignore[no-any-return]
@@ -795,9 +801,30 @@ def snapshot_bytes_response(
     rest = message_class(**fields).SerializeToString()
     regions_length = _varint(len(regions))
     size = len(header) + len(_REGIONS_TAG) + len(regions_length) + len(regions)
-    tag = _varint(number << 3 | 2)
-    parts = (tag, _varint(size), header, _REGIONS_TAG, regions_length, regions, rest)
+    parts = (_delimited(number, size), header, _REGIONS_TAG, regions_length, regions, rest)
     return Serialized(message_class, b"".join(parts))
+
+
+_CONNECT_RESULT_FIELD = hub_pb2.ConnectRequest.DESCRIPTOR.fields_by_name["snapshot_result"].number
+_RESULT_FIELDS = hub_pb2.SnapshotResult.DESCRIPTOR.fields_by_name
+_RESULT_HEADER_FIELD = _RESULT_FIELDS["snapshot_header"].number
+_RESULT_REGIONS_FIELD = _RESULT_FIELDS["regions"].number
+
+
+def snapshot_result_request(request_id: int, header: bytes, regions: bytes) -> Serialized:
+    """The agent's ``ConnectRequest`` answering snapshot command ``request_id`` with a
+    snapshot's two halves (:func:`snapshot_parts`), serialized: each copied once, into
+    the message's bytes (protobuf's serializer of a message holding a 450 KB table
+    takes some 0.6 ms here, a copy of it 0.02 ms). The bytes are protobuf's, field by
+    field in order."""
+    parts = [hub_pb2.SnapshotResult(request_id=request_id).SerializeToString()]
+    for number, value in ((_RESULT_HEADER_FIELD, header), (_RESULT_REGIONS_FIELD, regions)):
+        if value:  # an empty bytes field is left out, as protobuf leaves it
+            parts += (_delimited(number, len(value)), value)
+    size = sum(map(len, parts))
+    return Serialized(
+        hub_pb2.ConnectRequest, b"".join((_delimited(_CONNECT_RESULT_FIELD, size), *parts))
+    )
 
 
 def snapshot_from_message_bytes(data: bytes, message_class: type[Any]) -> tuple[Snapshot, Any]:
