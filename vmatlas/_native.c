@@ -197,11 +197,11 @@ static inline uint64_t hex_bytes(uint64_t w) {
 /* The value of the n (1 to 8) hex digits in the low bytes of w, the first the most
  * significant. */
 static inline uint64_t hex_word(uint64_t w, int n) {
-    uint64_t nibbles = (w & 0x0F * ONES) + 9 * ((w >> 6) & ONES); /* '0'->0 .. 'f'->15 */
-    nibbles = __builtin_bswap64(nibbles) >> (8 * (8 - n)); /* the last digit lowest */
-    nibbles = (nibbles & 0x000F000F000F000FULL) | (nibbles & 0x0F000F000F000F00ULL) >> 4;
-    nibbles = (nibbles & 0x000000FF000000FFULL) | (nibbles & 0x00FF000000FF0000ULL) >> 8;
-    return (nibbles & 0xFFFF) | (nibbles >> 32) << 16;
+    uint64_t x = (w & 0x0F * ONES) + 9 * ((w >> 6) & ONES); /* '0'->0 .. 'f'->15 */
+    x <<= 8 * (8 - n); /* leading zero digits: the first digit in the lowest byte */
+    x = (x << 4 | x >> 8) & 0x00FF00FF00FF00FFULL;  /* digit pairs */
+    x = (x << 8 | x >> 16) & 0x0000FFFF0000FFFFULL; /* four digits */
+    return (x << 16 | x >> 32) & 0xFFFFFFFFULL;
 }
 
 /* hex_value of a run of 1 to 16 digits with 16 bytes to read at q, eight digits at a
@@ -281,6 +281,45 @@ static int match_maps_line(const char *p, const char *e, maps_line_t *m) {
     m->rest_n = e - m->rest;
     return 1;
 }
+
+#ifdef HEX_WORDS
+/* The digits of a number read before and its value, so that a later number with the
+ * same digits is not read again: a region's start is most often the end of the one
+ * before, and its offset the offset before (0 for every anonymous region). The first
+ * n (1 to 16) of 16 bytes from the digits on are compared (masks ma and mb); n 0 for
+ * none kept. */
+typedef struct {
+    uint64_t a, b, ma, mb, v;
+    int n;
+} known_hex_t;
+
+static inline uint64_t low_bytes(int n) {
+    return n >= 8 ? ~0ULL : n <= 0 ? 0 : (1ULL << (8 * n)) - 1;
+}
+
+static inline void known_hex_keep(known_hex_t *k, const char *q, int n, uint64_t v) {
+    memcpy(&k->a, q, 8);
+    memcpy(&k->b, q + 8, 8);
+    k->ma = low_bytes(n);
+    k->mb = low_bytes(n - 8);
+    k->v = v;
+    k->n = n;
+}
+
+/* Where the digits at q (16 bytes to read) are those of ``k``, their value in *v and
+ * the address after them; else NULL. The digits that follow are q's own only when the
+ * byte after them is no digit: the caller's check of its separator there makes sure. */
+static inline const char *known_hex_at(const known_hex_t *k, const char *q, uint64_t *v) {
+    uint64_t x, y;
+    memcpy(&x, q, 8);
+    memcpy(&y, q + 8, 8);
+    if (k->n == 0 || (((x ^ k->a) & k->ma) | ((y ^ k->b) & k->mb)) != 0) return NULL;
+    *v = k->v;
+    return q + k->n;
+}
+#else
+typedef int known_hex_t;
+#endif
 
 /* Distinct rests, keyed by their bytes inside the scanned text. */
 typedef struct {
@@ -381,12 +420,17 @@ typedef struct {
     Py_ssize_t fact_count;
     PyObject *facts; /* per rest: its tuple of facts */
     int big;         /* a number past 64 bits was seen: the scan gives up */
+    size_t room;     /* lines the columns have room for without growing */
+    uint64_t perms_text[2]; /* the last two perms texts met (5 bytes, the space too) */
+    unsigned perms_bits[2]; /* ... and their bits; 16 for none */
+    known_hex_t end_text, offset_text; /* the last end and offset read (maps_scan_fast) */
 } maps_scan_t;
 
 static int maps_scan_init(maps_scan_t *st, size_t lines, PyObject *facts_of,
                           Py_ssize_t fact_count) {
     memset(st, 0, sizeof *st);
     st->last_n = -1;
+    st->perms_bits[0] = st->perms_bits[1] = 16;
     if (!PyCallable_Check(facts_of) || fact_count < 0) {
         PyErr_SetString(PyExc_TypeError, "scan_maps wants (data, callable, count)");
         return -1;
@@ -416,17 +460,44 @@ static int maps_scan_new_facts(maps_scan_t *st, PyObject *rest) {
     return append_new(st->facts, facts);
 }
 
-/* Room for one more value in each per-line column. */
-static int maps_scan_room(maps_scan_t *st) {
-    if (st->starts.len + 8 <= st->starts.cap && st->ends.len + 8 <= st->ends.cap &&
-        st->offsets.len + 8 <= st->offsets.cap && st->bits.len + 1 <= st->bits.cap &&
-        st->index.len + 4 <= st->index.cap)
+#if defined(__GNUC__) || defined(__clang__)
+#define NOINLINE __attribute__((noinline))
+#else
+#define NOINLINE
+#endif
+
+/* Room made in the per-line columns: the lines they now have room for, at least one
+ * (0 on error). Out of line: the loops call it once in many lines. */
+static NOINLINE size_t maps_scan_grow(maps_scan_t *st) {
+    if (buf_reserve(&st->starts, 8) < 0 || buf_reserve(&st->ends, 8) < 0 ||
+        buf_reserve(&st->offsets, 8) < 0 || buf_reserve(&st->bits, 1) < 0 ||
+        buf_reserve(&st->index, 4) < 0)
         return 0;
-    return buf_reserve(&st->starts, 8) < 0 || buf_reserve(&st->ends, 8) < 0 ||
-                   buf_reserve(&st->offsets, 8) < 0 || buf_reserve(&st->bits, 1) < 0 ||
-                   buf_reserve(&st->index, 4) < 0
-               ? -1
-               : 0;
+    size_t room = (st->starts.cap - st->starts.len) / 8;
+    if ((st->ends.cap - st->ends.len) / 8 < room) room = (st->ends.cap - st->ends.len) / 8;
+    if ((st->offsets.cap - st->offsets.len) / 8 < room)
+        room = (st->offsets.cap - st->offsets.len) / 8;
+    if (st->bits.cap - st->bits.len < room) room = st->bits.cap - st->bits.len;
+    if ((st->index.cap - st->index.len) / 4 < room) room = (st->index.cap - st->index.len) / 4;
+    return st->room = room;
+}
+
+/* One region's values put in the columns. */
+static inline int maps_scan_put(maps_scan_t *st, uint64_t start, uint64_t end, uint64_t offset,
+                                unsigned bits, uint32_t k) {
+    if (st->room == 0 && maps_scan_grow(st) == 0) return -1;
+    st->room--;
+    st->masks[k] |= (uint16_t)(1u << bits);
+    memcpy(st->starts.data + st->starts.len, &start, 8);
+    st->starts.len += 8;
+    memcpy(st->ends.data + st->ends.len, &end, 8);
+    st->ends.len += 8;
+    memcpy(st->offsets.data + st->offsets.len, &offset, 8);
+    st->offsets.len += 8;
+    st->bits.data[st->bits.len++] = (char)bits;
+    memcpy(st->index.data + st->index.len, &k, 4);
+    st->index.len += 4;
+    return 0;
 }
 
 /* Whether n bytes at a and b are equal: a word at a time, inline (most rests are short
@@ -484,24 +555,99 @@ static int maps_scan_matched(maps_scan_t *st, const maps_line_t *mp) {
         st->last_n = m.rest_n;
         st->last_index = k;
     }
-    st->masks[k] |= (uint16_t)(1u << m.bits);
-    if (maps_scan_room(st) < 0) return -1;
-    memcpy(st->starts.data + st->starts.len, &m.start_v, 8);
-    st->starts.len += 8;
-    memcpy(st->ends.data + st->ends.len, &m.end_v, 8);
-    st->ends.len += 8;
-    memcpy(st->offsets.data + st->offsets.len, &m.offset_v, 8);
-    st->offsets.len += 8;
-    st->bits.data[st->bits.len++] = (char)m.bits;
-    memcpy(st->index.data + st->index.len, &k, 4);
-    st->index.len += 4;
-    return 0;
+    return maps_scan_put(st, m.start_v, m.end_v, m.offset_v, m.bits, k);
 }
 
 static int maps_scan_line(maps_scan_t *st, const char *p, const char *e) {
     maps_line_t m;
     if (st->big || !match_maps_line(p, e, &m)) return 0;
     return maps_scan_matched(st, &m);
+}
+
+/* The bytes a line at p must have after it for maps_scan_fast: its numbers are read
+ * 16 bytes at a time, and none of them is longer. */
+#define FAST_MARGIN 128
+
+/* The line at p (FAST_MARGIN bytes to read), scanned as maps_scan_line would, where it
+ * is shaped as most are: numbers of at most 16 digits, and the rest of the line before
+ * it ('\n' after it) again. 1 (*next the line after), 0 where the line is not such
+ * (nothing of the scan changed but its known numbers: the caller scans it line by
+ * line), -1 on error. Each number is matched or read 8 digits at a time, and the end of
+ * the line found by its rest, without looking for the '\n' first. */
+static int maps_scan_fast(maps_scan_t *st, const char *p, const char *stop, const char **next) {
+#ifdef HEX_WORDS
+    if (st->big || st->last_n < 0 || stop - p < FAST_MARGIN) return 0;
+    uint64_t start, end, offset;
+    const char *q = known_hex_at(&st->end_text, p, &start), *r;
+    if (q == NULL && (q = hex_value_words(p, &start)) == NULL) return 0;
+    if (*q != '-') return 0;
+    q++;
+    r = hex_value_words(q, &end);
+    if (r == NULL || *r != ' ') return 0;
+    known_hex_keep(&st->end_text, q, (int)(r - q), end);
+    q = r + 1;
+    /* The perms, most often one of the last two met (layouts alternate). */
+    uint64_t perms;
+    memcpy(&perms, q, 8);
+    perms &= 0xFFFFFFFFFFULL;
+    unsigned bits;
+    if (perms == st->perms_text[0] && st->perms_bits[0] < 16) {
+        bits = st->perms_bits[0];
+    } else if (perms == st->perms_text[1] && st->perms_bits[1] < 16) {
+        bits = st->perms_bits[1];
+        st->perms_text[1] = st->perms_text[0];
+        st->perms_bits[1] = st->perms_bits[0];
+        st->perms_text[0] = perms;
+        st->perms_bits[0] = bits;
+    } else {
+        if ((q[0] != '-' && q[0] != 'r') || (q[1] != '-' && q[1] != 'w') ||
+            (q[2] != '-' && q[2] != 'x') || (q[3] != 'p' && q[3] != 's') || q[4] != ' ')
+            return 0;
+        bits = (q[0] == 'r') | (q[1] == 'w') << 1 | (q[2] == 'x') << 2 | (q[3] == 's') << 3;
+        st->perms_text[1] = st->perms_text[0];
+        st->perms_bits[1] = st->perms_bits[0];
+        st->perms_text[0] = perms;
+        st->perms_bits[0] = bits;
+    }
+    q += 5;
+    r = known_hex_at(&st->offset_text, q, &offset);
+    if (r == NULL) {
+        if ((r = hex_value_words(q, &offset)) == NULL) return 0;
+        known_hex_keep(&st->offset_text, q, (int)(r - q), offset);
+    }
+    if (*r != ' ') return 0;
+    q = r + 1;
+    Py_ssize_t n = st->last_n;
+    if (stop - q <= n || q[n] != '\n' || !same_bytes(q, st->last_rest, (size_t)n)) return 0;
+    if (maps_scan_put(st, start, end, offset, bits, st->last_index) < 0) return -1;
+    *next = q + n + 1;
+    return 1;
+#else
+    (void)st;
+    (void)p;
+    (void)stop;
+    (void)next;
+    return 0;
+#endif
+}
+
+/* Scan the whole lines of [p, stop): the address of the unfinished line after them
+ * (stop where there is none), or NULL on error. */
+static const char *scan_lines(maps_scan_t *st, const char *p, const char *stop) {
+    while (p < stop && !st->big) {
+        const char *next;
+        int fast = maps_scan_fast(st, p, stop, &next);
+        if (fast < 0) return NULL;
+        if (fast) {
+            p = next;
+            continue;
+        }
+        const char *e = memchr(p, '\n', (size_t)(stop - p));
+        if (e == NULL) break;
+        if (maps_scan_line(st, p, e) < 0) return NULL;
+        p = e + 1;
+    }
+    return p;
 }
 
 static PyObject *maps_scan_result(maps_scan_t *st) {
@@ -554,12 +700,10 @@ static PyObject *scan_maps(PyObject *self, PyObject *args) {
     maps_scan_t st;
     PyObject *result = NULL;
     if (maps_scan_init(&st, lines, facts_of, fact_count) < 0) goto done;
-    for (const char *p = data; p < stop && !st.big;) {
-        const char *e = memchr(p, '\n', (size_t)(stop - p));
-        if (e == NULL) e = stop;
-        if (maps_scan_line(&st, p, e) < 0) goto done;
-        p = e + 1;
-    }
+    const char *p = scan_lines(&st, data, stop);
+    if (p == NULL) goto done;
+    /* A last line without its '\n'. */
+    if (p < stop && !st.big && maps_scan_line(&st, p, stop) < 0) goto done;
     result = maps_scan_result(&st);
 done:
     maps_scan_free(&st);
@@ -606,10 +750,7 @@ static int scan_chunk(maps_scan_t *st, buf_t *carry, const char *p, const char *
         carry->len = 0;
         p = e + 1;
     }
-    while ((e = memchr(p, '\n', (size_t)(stop - p))) != NULL) {
-        if (maps_scan_line(st, p, e) < 0) return -1;
-        p = e + 1;
-    }
+    if ((p = scan_lines(st, p, stop)) == NULL) return -1;
     return buf_put(carry, p, (size_t)(stop - p));
 }
 
@@ -1579,6 +1720,28 @@ typedef struct {
     uint64_t count, bytes, pages;
 } tally_t;
 
+/* out[key] = [count, bytes, pages]; ``key`` (a new tuple, NULL after an error) is let go. */
+static int tally_put(PyObject *out, PyObject *key, uint64_t count, uint64_t bytes, uint64_t pages) {
+    if (key == NULL) return -1;
+    PyObject *acc = Py_BuildValue("[KKK]", (unsigned long long)count, (unsigned long long)bytes,
+                                  (unsigned long long)pages);
+    int rc = acc ? PyDict_SetItem(out, key, acc) : -1;
+    Py_XDECREF(acc);
+    Py_DECREF(key);
+    return rc;
+}
+
+/* A tuple of the ``n`` values of ``key`` (ints; None for none). */
+static PyObject *key_tuple(const long *key, const int *none, int n) {
+    PyObject *t = PyTuple_New(n);
+    for (int k = 0; t != NULL && k < n; k++) {
+        PyObject *v = none[k] ? Py_NewRef(Py_None) : PyLong_FromLong(key[k]);
+        if (v == NULL) Py_CLEAR(t);
+        else PyTuple_SET_ITEM(t, k, v);
+    }
+    return t;
+}
+
 static PyObject *tally(PyObject *self, PyObject *args) {
     (void)self;
     Py_ssize_t nargs = PyTuple_GET_SIZE(args);
@@ -1680,23 +1843,10 @@ static PyObject *tally(PyObject *self, PyObject *args) {
     out = PyDict_New();
     if (out == NULL) goto done;
     for (int j = 0; j < nseen; j++) {
-        PyObject *t = PyTuple_New(nkeys);
-        if (t == NULL) goto fail;
-        for (int k = 0; k < nkeys; k++) {
-            PyObject *v = PyLong_FromLong(seen[j].key[k]);
-            if (v == NULL) {
-                Py_DECREF(t);
-                goto fail;
-            }
-            PyTuple_SET_ITEM(t, k, v);
-        }
-        PyObject *acc = Py_BuildValue("[KKK]", (unsigned long long)seen[j].count,
-                                      (unsigned long long)seen[j].bytes,
-                                      (unsigned long long)seen[j].pages);
-        int rc = acc ? PyDict_SetItem(out, t, acc) : -1;
-        Py_XDECREF(acc);
-        Py_DECREF(t);
-        if (rc < 0) goto fail;
+        static const int no_nones[MAX_KEY_COLUMNS];
+        if (tally_put(out, key_tuple(seen[j].key, no_nones, nkeys), seen[j].count, seen[j].bytes,
+                      seen[j].pages) < 0)
+            goto fail;
     }
     goto done;
 none:
@@ -1704,6 +1854,155 @@ none:
     goto done;
 fail:
     Py_CLEAR(out);
+done:
+    PyMem_Free(seen);
+    PyMem_Free(slots);
+    columns_close(cols, nlists);
+    return out;
+}
+
+/* walk(starts, ends, page_size, max_bytes, free_state, [range_min, range_max],
+ *      *key_columns) -> ({key: [count, bytes, single_pages]}, (free_bytes, largest)) | None
+ * What tally, free_gaps (its totals) and the guard walk each take from a table, in one
+ * pass over its typed columns (array('Q') bounds, array('B') keys, the first key the
+ * state, as the native scan lays them out). Each region is tallied under its keys'
+ * values and one more: the state of the next region where that starts at its end and
+ * this one is at most max_bytes long, else None. None for columns of other types, more
+ * than MAX_KEYS distinct keys, or where tally or free_gaps give None. */
+#define WALK_KEYS 6
+
+typedef struct {
+    uint64_t key, count, bytes, pages;
+} walk_slot_t;
+
+static PyObject *walk(PyObject *self, PyObject *args) {
+    (void)self;
+    Py_ssize_t nargs = PyTuple_GET_SIZE(args);
+    if (nargs < 7 || nargs > 6 + WALK_KEYS) {
+        PyErr_SetString(PyExc_TypeError,
+                        "walk(starts, ends, page_size, max_bytes, free_state, range, *keys)");
+        return NULL;
+    }
+    unsigned long long page = PyLong_AsUnsignedLongLong(PyTuple_GET_ITEM(args, 2));
+    unsigned long long max_bytes = page == (unsigned long long)-1 && PyErr_Occurred()
+                                       ? 0
+                                       : PyLong_AsUnsignedLongLong(PyTuple_GET_ITEM(args, 3));
+    long free_state = PyErr_Occurred() ? 0 : PyLong_AsLong(PyTuple_GET_ITEM(args, 4));
+    if (PyErr_Occurred()) return NULL;
+    PyObject *range_objs = PyTuple_GET_ITEM(args, 5);
+    uint64_t range_min, range_max;
+    if (!PyList_Check(range_objs) || PyList_GET_SIZE(range_objs) != 2 ||
+        u64_at(range_objs, 0, &range_min) < 0 || u64_at(range_objs, 1, &range_max) < 0)
+        Py_RETURN_NONE;
+    PyObject *lists[2 + WALK_KEYS];
+    int nlists = 0;
+    lists[nlists++] = PyTuple_GET_ITEM(args, 0);
+    lists[nlists++] = PyTuple_GET_ITEM(args, 1);
+    for (Py_ssize_t i = 6; i < nargs; i++) lists[nlists++] = PyTuple_GET_ITEM(args, i);
+    int nkeys = nlists - 2;
+    Py_ssize_t n;
+    column_t cols[2 + WALK_KEYS];
+    if (!columns_open(cols, lists, nlists, &n)) Py_RETURN_NONE;
+    int typed = cols[0].list == NULL && cols[0].size == 8 && cols[1].list == NULL &&
+                cols[1].size == 8;
+    for (int k = 0; k < nkeys; k++) typed &= cols[2 + k].list == NULL && cols[2 + k].size == 1;
+    if (!typed) {
+        columns_close(cols, nlists);
+        Py_RETURN_NONE;
+    }
+    const uint64_t *S = cols[0].view.buf, *E = cols[1].view.buf;
+    const uint8_t *K[WALK_KEYS];
+    for (int k = 0; k < nkeys; k++) K[k] = cols[2 + k].view.buf;
+    walk_slot_t *seen = PyMem_Calloc(MAX_KEYS, sizeof(walk_slot_t));
+    enum { SLOTS = 4 * MAX_KEYS };
+    int16_t *slots = PyMem_Malloc(SLOTS * sizeof(int16_t));
+    PyObject *out = NULL;
+    if (seen == NULL || slots == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    memset(slots, 0xff, SLOTS * sizeof(int16_t));
+    /* The next region's state sits above the keys, with a bit saying it is there. */
+    const int next_shift = 8 * nkeys;
+    int nseen = 0, last = -1, prior = -1; /* the last two keys met: layouts alternate */
+    uint64_t cursor = range_min, total = 0, largest = 0;
+    int free_done = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        uint64_t s, e;
+        memcpy(&s, S + i, 8);
+        memcpy(&e, E + i, 8);
+        if (e < s) goto none;
+        uint64_t key = 0;
+        if (nkeys == 4) { /* a summary's: state, kind, type, protection */
+            key = (uint64_t)K[0][i] | (uint64_t)K[1][i] << 8 | (uint64_t)K[2][i] << 16 |
+                  (uint64_t)K[3][i] << 24;
+        } else {
+            for (int k = 0; k < nkeys; k++) key |= (uint64_t)K[k][i] << (8 * k);
+        }
+        uint64_t size = e - s;
+        if (i + 1 < n && size <= max_bytes) {
+            uint64_t s2;
+            memcpy(&s2, S + i + 1, 8);
+            if (s2 == e) key |= (uint64_t)(0x100 | K[0][i + 1]) << next_shift;
+        }
+        int j;
+        if (last >= 0 && seen[last].key == key) {
+            j = last;
+        } else if (prior >= 0 && seen[prior].key == key) {
+            j = prior;
+            prior = last;
+            last = j;
+        } else {
+            uint64_t h = key * 0x9E3779B97F4A7C15ULL;
+            size_t slot = (size_t)(h >> 40) & (SLOTS - 1);
+            while ((j = slots[slot]) >= 0 && seen[j].key != key) slot = (slot + 1) & (SLOTS - 1);
+            if (j < 0) {
+                if (nseen == MAX_KEYS) goto none;
+                j = nseen++;
+                seen[j].key = key;
+                slots[slot] = (int16_t)j;
+            }
+            prior = last;
+            last = j;
+        }
+        if (seen[j].bytes + size < seen[j].bytes) goto none; /* a sum beyond 64 bits */
+        seen[j].count++;
+        seen[j].bytes += size;
+        seen[j].pages += size == page;
+        /* free_gaps' walk, its totals */
+        if (free_done || (long)K[0][i] == free_state || e <= cursor) continue;
+        if (s >= range_max) s = e = range_max;
+        if (s > cursor) {
+            if (total + (s - cursor) < total) goto none;
+            total += s - cursor;
+            if (s - cursor > largest) largest = s - cursor;
+        }
+        if (s >= range_max) free_done = 1;
+        cursor = e;
+    }
+    if (!free_done && range_max > cursor) {
+        if (total + (range_max - cursor) < total) goto none;
+        total += range_max - cursor;
+        if (range_max - cursor > largest) largest = range_max - cursor;
+    }
+    PyObject *tallied = PyDict_New();
+    if (tallied == NULL) goto done;
+    for (int j = 0; j < nseen; j++) {
+        long key[WALK_KEYS + 1];
+        int none[WALK_KEYS + 1] = {0};
+        for (int k = 0; k <= nkeys; k++) key[k] = (long)(seen[j].key >> (8 * k) & 0xff);
+        none[nkeys] = !(seen[j].key >> next_shift & 0x100);
+        if (tally_put(tallied, key_tuple(key, none, nkeys + 1), seen[j].count, seen[j].bytes,
+                      seen[j].pages) < 0) {
+            Py_DECREF(tallied);
+            goto done;
+        }
+    }
+    out = Py_BuildValue("(N(KK))", tallied, (unsigned long long)total,
+                        (unsigned long long)largest);
+    goto done;
+none:
+    out = Py_NewRef(Py_None);
 done:
     PyMem_Free(seen);
     PyMem_Free(slots);
@@ -2903,6 +3202,7 @@ static PyMethodDef methods[] = {
     {"tally", tally, METH_VARARGS, "Counts, bytes and single pages per distinct key."},
     {"followed_by", followed_by, METH_VARARGS, "Regions matching a (region, next) pattern."},
     {"free_gaps", free_gaps, METH_VARARGS, "The unmapped gaps of a range."},
+    {"walk", walk, METH_VARARGS, "tally, free_gaps totals and the guards' neighbours at once."},
     {"encode", encode, METH_O, "Protobuf wire bytes from a field spec."},
     {"decode", decode, METH_VARARGS, "The fields of protobuf wire bytes, by a field spec."},
     {"distinct", distinct, METH_VARARGS, "Index rows of columns by distinct value."},

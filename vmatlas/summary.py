@@ -108,6 +108,12 @@ def _guard_by_itself(state: int, type_: int, protection: int) -> bool:
 GUARD_NEXT_STATES = frozenset({COMMITTED})
 
 
+def _guard_before(state: int, type_: int, protection: int, next_state: int | None) -> bool:
+    """The guard rule for a region no longer than GUARD_MAX_BYTES, given the state of
+    the next region where that starts at its end (None where it does not)."""
+    return next_state in GUARD_NEXT_STATES and _guard_by_itself(state, type_, protection)
+
+
 def guard_indices(table: RegionTable) -> list[int]:
     """Indices of the guard regions: PAGE_GUARD ones, and each small no-access private
     reservation directly below committed memory (glibc and the JVM put one below every
@@ -214,13 +220,10 @@ def _is_reservation_guard(
 ) -> bool:
     """The guard rule for reservations: region ``i`` is a small no-access private
     reservation and the next region, committed, starts at its end."""
-    return (
-        _guard_by_itself(states[i], types[i], protections[i])
-        and ends[i] - starts[i] <= GUARD_MAX_BYTES
-        and i + 1 < len(starts)
-        and starts[i + 1] == ends[i]
-        and states[i + 1] in GUARD_NEXT_STATES
-    )
+    if ends[i] - starts[i] > GUARD_MAX_BYTES:
+        return False
+    adjacent = i + 1 < len(starts) and starts[i + 1] == ends[i]
+    return _guard_before(states[i], types[i], protections[i], states[i + 1] if adjacent else None)
 
 
 def _reservation_guards_pure(table: RegionTable) -> Iterator[int]:
@@ -280,6 +283,35 @@ def _counts(tallied: dict[tuple[int, ...], list[int]]) -> dict[str, int]:
     }
 
 
+def _walk(
+    table: RegionTable, page_size_bytes: int, range_min: int, range_max: int
+) -> tuple[dict[tuple[int, ...], list[int]], int, tuple[int, int]] | None:
+    """The tally, the reservation guard count and the free totals of a table of typed
+    columns (the native scan's), in one native pass; None where that pass does not
+    take the table (the figures are then worked out one by one)."""
+    accel = native.accel
+    if accel is None:
+        return None
+    walked = accel.walk(
+        table.start, table.end, page_size_bytes, GUARD_MAX_BYTES, FREE, [range_min, range_max],
+        table.state, table.kind, table.type, table.protection,
+    )  # fmt: skip
+    if walked is None:
+        return None
+    by_next, free_totals = walked
+    # Each key comes split by what follows its regions: the rule is applied here, per
+    # split key, and the splits added up.
+    tallied: dict[tuple[int, ...], list[int]] = {}
+    guards = 0
+    for (state, kind, type_, protection, next_state), counts in by_next.items():
+        if _guard_before(state, type_, protection, next_state):
+            guards += counts[0]
+        sums = tallied.setdefault((state, kind, type_, protection), [0, 0, 0])
+        for k, value in enumerate(counts):
+            sums[k] += value
+    return tallied, guards, free_totals
+
+
 def summarize(
     table: RegionTable,
     *,
@@ -290,15 +322,23 @@ def summarize(
     max_map_count: int,
 ) -> Summary:
     """Figures for one address space whose user range is ``[range_min, range_max)``."""
-    tallied = _tally(table, page_size_bytes)
+    walked = _walk(table, page_size_bytes, range_min, range_max)
+    if walked is None:
+        tallied = _tally(table, page_size_bytes)
+        guard = guard_count(
+            table, {(state, type_, protection) for state, _, type_, protection in tallied}
+        )
+        free_totals = None
+    else:
+        tallied, reservation_guards, free_totals = walked
+        guard = reservation_guards + _page_guard_count(
+            table.protection, {protection for *_, protection in tallied}
+        )
     counts = _counts(tallied)
-    guard = guard_count(
-        table, {(state, type_, protection) for state, _, type_, protection in tallied}
-    )
 
     unusable = 0
     if allocation_granularity_bytes <= page_size_bytes:
-        free, largest_free = _free_totals(table, range_min, range_max)
+        free, largest_free = free_totals or _free_totals(table, range_min, range_max)
     else:
         gaps = free_gaps(table, range_min, range_max)
         free, largest_free = _totals(gaps)

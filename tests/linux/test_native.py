@@ -252,6 +252,37 @@ def test_generated_maps_text_reads_the_same(text: str | bytes, newline: bool) ->
         assert same_on_both(lambda: streamed_maps(text, Path(procfs))) == whole
 
 
+@st.composite
+def maps_run(draw: st.DrawFn) -> str:
+    """Lines as a large process has them: each region mostly starting where the one
+    before ends, with the perms, offset and rest of a line before; some damaged. The
+    scan reads such lines by what it kept of the lines before them."""
+    start = draw(st.integers(0, (1 << 48) - 1))
+    offsets = ["0", "00000000", "00001000", "fffffffffffffff", "1" * 17]
+    rests = ["00:00 0 ", "00:00 0", "fe:00 267723" + " " * 19 + "/usr/lib/x.so", "00:00 0  "]
+    lines = []
+    for _ in range(draw(st.integers(2, 60))):
+        start += draw(st.sampled_from([0, 0, 0, 4096, 1 << 40]))
+        end = start + draw(st.sampled_from([4096, 8192, 1 << 44]))
+        width = draw(st.sampled_from([0, 0, 12, 16, 17]))
+        perms = draw(st.sampled_from(["---p", "rw-p", "rw-p", "r-xp", "rw-s", "rwxq"]))
+        offset = draw(st.sampled_from(offsets))
+        line = f"{start:0{width}x}-{end:x} {perms} {offset} {draw(st.sampled_from(rests))}"
+        lines.append(draw(damaged(line)) if draw(st.integers(0, 7)) == 0 else line)
+        start = end
+    return "\n".join(lines)
+
+
+@SETTINGS
+@given(maps_run(), st.booleans())
+def test_runs_of_like_lines_read_the_same(text: str, newline: bool) -> None:
+    if newline:
+        text += "\n"
+    whole = same_on_both(lambda: parse_maps(text))
+    with tempfile.TemporaryDirectory() as procfs:
+        assert same_on_both(lambda: streamed_maps(text, Path(procfs))) == whole
+
+
 def test_a_decision_that_raises_stops_the_scan_as_read(planter: Planter) -> None:
     """An exception from the caller's facts (here on the first rest, with the rest of
     a large maps still unread) ends the scan with that exception, and the next scan
@@ -478,6 +509,10 @@ HOST = Host(
     user_address_max=1 << 47,
     max_map_count=0,
 )
+# A granularity of a page: the summary's free totals come from its one pass.
+LINUX_HOST = dataclasses.replace(
+    HOST, os=OperatingSystem.LINUX, allocation_granularity_bytes=PAGE, max_map_count=65530
+)
 
 
 @SETTINGS
@@ -525,6 +560,8 @@ def test_typed_columns_summarize_and_encode_as_lists_do(table: RegionTable, page
     assert as_arrays == table
     for work in (
         lambda t: summarize_process(t, HOST, Process(pid=1)),
+        lambda t: summarize_process(t, LINUX_HOST, Process(pid=1)),
+        lambda t: summarize_process(t, LINUX_HOST, Process(pid=1, user_address_max=1 << 70)),
         guard_indices,
         lambda t: free_gaps(t, 1 << 16, 1 << 47),
         lambda t: summary._free_totals(t, 1 << 16, 1 << 47),
