@@ -581,8 +581,24 @@ static int maps_scan_fast(maps_scan_t *st, const char *p, const char *stop, cons
     const char *q = known_hex_at(&st->end_text, p, &start), *r;
     if (q == NULL && (q = hex_value_words(p, &start)) == NULL) return 0;
     if (*q != '-') return 0;
+    int start_n = (int)(q - p);
     q++;
-    r = hex_value_words(q, &end);
+    /* The end most often begins with the start's first eight digits (and has more):
+     * only the digits after them are read. */
+    uint64_t head, start_head;
+    memcpy(&head, q, 8);
+    memcpy(&start_head, p, 8);
+    if (start_n > 8 && head == start_head) {
+        uint64_t tail;
+        memcpy(&tail, q + 8, 8);
+        uint64_t not_tail = ~hex_bytes(tail) & HIGHS;
+        if (!not_tail) return 0; /* 16 digits or more */
+        int n = __builtin_ctzll(not_tail) >> 3;
+        end = start >> (4 * (start_n - 8)) << (4 * n) | (n ? hex_word(tail, n) : 0);
+        r = q + 8 + n;
+    } else {
+        r = hex_value_words(q, &end);
+    }
     if (r == NULL || *r != ' ') return 0;
     known_hex_keep(&st->end_text, q, (int)(r - q), end);
     q = r + 1;
