@@ -1619,6 +1619,22 @@ static inline int col_small(const column_t *c, Py_ssize_t i, long *out) {
     return 0;
 }
 
+/* Whether two columns opened together are both typed, of 8-byte items. */
+static inline int both_words(const column_t *cols) {
+    return cols[0].list == NULL && cols[1].list == NULL && cols[0].size == 8 && cols[1].size == 8;
+}
+
+/* Item i of two columns opened together (``words``: both of 8-byte items, read
+ * directly), as col_u64 reads them. */
+static inline int pair_at(const column_t *cols, int words, Py_ssize_t i, uint64_t *s, uint64_t *e) {
+    if (words) {
+        memcpy(s, (const char *)cols[0].view.buf + (size_t)i * 8, 8);
+        memcpy(e, (const char *)cols[1].view.buf + (size_t)i * 8, 8);
+        return 0;
+    }
+    return col_u64(&cols[0], i, s) < 0 || col_u64(&cols[1], i, e) < 0 ? -1 : 0;
+}
+
 /* Whether v << shift stays below 2**64. */
 static inline int shl_fits(uint64_t v, int shift) {
     return shift == 0 || (v >> (64 - shift)) == 0;
@@ -1642,10 +1658,15 @@ static PyObject *nonzero(PyObject *self, PyObject *column) {
     }
     if (!column_open(&col, column)) Py_RETURN_NONE;
     const unsigned char *p = col.view.buf;
-    size_t len = (size_t)col.n * (size_t)col.size;
-    unsigned char any = 0;
-    for (size_t i = 0; i < len && !any; i += 4096)
-        for (size_t j = i; j < len && j < i + 4096; j++) any |= p[j];
+    size_t len = (size_t)col.n * (size_t)col.size, i = 0;
+    uint64_t any = 0;
+    for (; i + 4096 <= len && !any; i += 4096) /* a page at a time, a word at a time */
+        for (size_t j = i; j < i + 4096; j += 8) {
+            uint64_t w;
+            memcpy(&w, p + j, 8);
+            any |= w;
+        }
+    for (; i < len && !any; i++) any |= p[i];
     column_close(&col);
     return PyBool_FromLong(any != 0);
 }
@@ -1679,45 +1700,70 @@ static PyObject *take(PyObject *self, PyObject *args) {
     return out;
 }
 
-/* bounds(start_deltas, sizes, shift) -> (starts, ends) | None
+/* bounds(start_deltas, sizes, shift[, in_place]) -> (starts, ends) | None
  * The region boundaries in bytes of a wire table's page columns (lists of ints or typed
  * columns), as array('Q') columns: each start is the previous end plus its delta, each
  * end its start plus its size, both columns in units of 1 << shift. None when a value
  * is not an int below 2**64, the lengths differ or a boundary passes 2**64 (the pure
- * conversion then says what is wrong). */
+ * conversion then says what is wrong). With ``in_place``, two writable columns of
+ * 8-byte items are themselves made the starts and the ends (no new memory; on None
+ * they hold their page values again); other columns are read into new arrays. */
 static PyObject *bounds(PyObject *self, PyObject *args) {
     (void)self;
     PyObject *objs[2];
-    int shift;
-    if (!PyArg_ParseTuple(args, "OOi", &objs[0], &objs[1], &shift)) return NULL;
+    int shift, in_place = 0;
+    if (!PyArg_ParseTuple(args, "OOi|p", &objs[0], &objs[1], &shift, &in_place)) return NULL;
     column_t cols[2];
     Py_ssize_t n;
     if (shift < 0 || shift > 63 || !columns_open(cols, objs, 2, &n)) Py_RETURN_NONE;
     PyObject *result = NULL;
     buf_t sb = {0}, eb = {0};
-    if (buf_reserve(&sb, (size_t)(n ? n : 1) * 8) < 0 || buf_reserve(&eb, (size_t)(n ? n : 1) * 8) < 0)
-        goto done;
+    int words = both_words(cols);
+    in_place = in_place && words && !cols[0].view.readonly && !cols[1].view.readonly;
+    uint64_t *starts_to, *ends_to;
+    if (in_place) {
+        starts_to = cols[0].view.buf;
+        ends_to = cols[1].view.buf;
+    } else {
+        if (buf_reserve(&sb, (size_t)(n ? n : 1) * 8) < 0 ||
+            buf_reserve(&eb, (size_t)(n ? n : 1) * 8) < 0)
+            goto done;
+        starts_to = (uint64_t *)sb.data;
+        ends_to = (uint64_t *)eb.data;
+    }
     uint64_t end = 0;
-    for (Py_ssize_t i = 0; i < n; i++) {
+    Py_ssize_t i = 0;
+    for (; i < n; i++) {
         uint64_t delta, size;
-        if (col_u64(&cols[0], i, &delta) < 0 || col_u64(&cols[1], i, &size) < 0) goto none;
-        if (!shl_fits(delta, shift) || !shl_fits(size, shift)) goto none;
+        if (pair_at(cols, words, i, &delta, &size) < 0) break;
+        if (!shl_fits(delta, shift) || !shl_fits(size, shift)) break;
         uint64_t start = end + (delta << shift);
-        if (start < end) goto none;
+        if (start < end) break;
         uint64_t next = start + (size << shift);
-        if (next < start) goto none;
-        memcpy(sb.data + (size_t)i * 8, &start, 8);
-        memcpy(eb.data + (size_t)i * 8, &next, 8);
+        if (next < start) break;
+        starts_to[i] = start;
+        ends_to[i] = next;
         end = next;
+    }
+    if (i < n) {
+        /* The page values of the rows written over put back, last first. */
+        for (Py_ssize_t j = in_place ? i : 0; j-- > 0;) {
+            uint64_t start = starts_to[j], next = ends_to[j], before = j ? ends_to[j - 1] : 0;
+            starts_to[j] = (start - before) >> shift;
+            ends_to[j] = (next - start) >> shift;
+        }
+        result = Py_NewRef(Py_None);
+        goto done;
+    }
+    if (in_place) {
+        result = PyTuple_Pack(2, objs[0], objs[1]);
+        goto done;
     }
     sb.len = eb.len = (size_t)n * 8;
     PyObject *starts = array_of("Q", 8, &sb), *ends = starts ? array_of("Q", 8, &eb) : NULL;
     if (ends != NULL) result = PyTuple_Pack(2, starts, ends);
     Py_XDECREF(starts);
     Py_XDECREF(ends);
-    goto done;
-none:
-    result = Py_NewRef(Py_None);
 done:
     buf_free(&sb);
     buf_free(&eb);
@@ -2214,19 +2260,32 @@ fail:
     return NULL;
 }
 
-/* -- protobuf writing ----------------------------------------------------------------- */
+/* -- protobuf writing -----------------------------------------------------------------
+ * Two passes over a field spec: the first checks every value and sizes every field,
+ * keeping each field's payload length in the order it meets them; the second writes
+ * the fields into a bytes object of exactly the total size, taking the lengths back in
+ * the same order. No intermediate buffer, no copy of a nested message. */
 
-static int put_varint(buf_t *b, uint64_t v) {
-    if (buf_reserve(b, 10) < 0) return -1;
-    unsigned char *o = (unsigned char *)b->data + b->len;
-    size_t n = 0;
-    while (v >= 0x80) {
-        o[n++] = (unsigned char)(v | 0x80);
-        v >>= 7;
+/* How many of the ``n`` bytes at ``p`` have their high bit set (varint continuation
+ * bytes), counted a word at a time. */
+static size_t high_bytes(const uint8_t *p, size_t n) {
+    const uint64_t pairs = 0x00FF00FF00FF00FFULL;
+    size_t total = 0, i = 0;
+    while (n - i >= 8) {
+        /* Up to 255 words into byte lanes of at most 255 each, then summed. */
+        uint64_t lanes = 0;
+        size_t words = (n - i) / 8;
+        if (words > 255) words = 255;
+        for (size_t w = 0; w < words; w++, i += 8) {
+            uint64_t x;
+            memcpy(&x, p + i, 8);
+            lanes += (x >> 7) & WORD_ONES;
+        }
+        lanes = (lanes & pairs) + ((lanes >> 8) & pairs);
+        total += (size_t)((lanes * 0x0001000100010001ULL) >> 48);
     }
-    o[n++] = (unsigned char)v;
-    b->len += n;
-    return 0;
+    for (; i < n; i++) total += p[i] >> 7;
+    return total;
 }
 
 /* The varint of v written at o (room made); past its last byte. */
@@ -2239,92 +2298,177 @@ static inline unsigned char *varint_to(unsigned char *o, uint64_t v) {
     return o;
 }
 
+/* The bytes of v's varint: 7 bits a byte, without a branch. */
 static inline size_t varint_len(uint64_t v) {
-    size_t n = 1;
-    while (v >= 0x80) {
-        v >>= 7;
-        n++;
-    }
-    return n;
+    size_t bits = (size_t)(64 - __builtin_clzll(v | 1));
+    return (bits * 9 + 64) / 64;
 }
 
-/* A length-delimited field's tag and length, with room made after them for its
- * ``len`` bytes of payload; where those go. */
-static unsigned char *open_len_field(buf_t *b, uint32_t number, size_t len) {
-    if (buf_reserve(b, 20 + len) < 0) return NULL;
-    unsigned char *o = (unsigned char *)b->data + b->len;
+static inline size_t tag_len(uint32_t number) { return varint_len((uint64_t)number << 3); }
+
+/* A length-delimited field's tag and length at o; past them. */
+static inline unsigned char *len_field_to(unsigned char *o, uint32_t number, size_t len) {
     o = varint_to(o, (uint64_t)number << 3 | 2);
-    o = varint_to(o, len);
-    return o;
+    return varint_to(o, len);
 }
 
-static int put_len_field(buf_t *b, uint32_t number, const buf_t *payload) {
-    if (put_varint(b, (uint64_t)number << 3 | 2) < 0 || put_varint(b, payload->len) < 0)
-        return -1;
-    return buf_put(b, payload->data, payload->len);
+/* A length-delimited field's bytes in all, from its payload's. */
+static inline size_t len_field_size(uint32_t number, size_t len) {
+    return tag_len(number) + varint_len(len) + len;
 }
 
 /* Field kinds of an encode spec. */
 enum {
-    PACKED_U64 = 0,  /* list of ints, 0 <= v < 2**64 */
-    PACKED_U32 = 1,  /* list of ints, 0 <= v < 2**32 (uint32 and non-negative enums) */
-    PACKED_BOOL = 2, /* list of True/False */
-    STRINGS = 3,     /* list of str, each its own length-delimited record */
-    SCALAR_U64 = 4,  /* one int */
-    MESSAGE = 5,     /* a nested spec */
-    INDEX_U32 = 6,   /* bytes of native uint32s */
-    PAGE_COLUMNS = 7 /* (starts, ends, shift, size_number): start deltas and sizes in pages */
+    PACKED_U64 = 0,   /* list of ints, 0 <= v < 2**64, or a typed column */
+    PACKED_U32 = 1,   /* list of ints, 0 <= v < 2**32 (uint32 and non-negative enums), or a typed column */
+    PACKED_BOOL = 2,  /* list of True/False */
+    STRINGS = 3,      /* list of str, each its own length-delimited record */
+    SCALAR_U64 = 4,   /* one int */
+    MESSAGE = 5,      /* a nested spec */
+    INDEX_U32 = 6,    /* bytes of native uint32s */
+    PAGE_COLUMNS = 7, /* (starts, ends, shift, size_number): start deltas and sizes in pages */
+    RAW = 8,          /* bytes written as they are (serialized fields; the number unused) */
+    BYTES = 9         /* bytes as one length-delimited field (a serialized message) */
 };
 
-static int encode_spec(buf_t *out, PyObject *spec, int *unsupported);
+/* The payload lengths of a spec's fields, in the order the sizing pass meets them. */
+typedef struct {
+    uint64_t *v;
+    size_t n, cap, at;
+} lengths_t;
 
-static int encode_field(buf_t *out, uint32_t number, long kind, PyObject *value,
-                        int *unsupported) {
-    buf_t payload = {0};
-    int rc = -1;
+/* Room for one more length: its slot, or -1. */
+static Py_ssize_t lengths_push(lengths_t *l, uint64_t len) {
+    if (l->n == l->cap) {
+        size_t cap = l->cap ? 2 * l->cap : 32;
+        uint64_t *v = PyMem_Realloc(l->v, cap * sizeof *v);
+        if (v == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        l->v = v;
+        l->cap = cap;
+    }
+    l->v[l->n] = len;
+    return (Py_ssize_t)l->n++;
+}
+
+static inline uint64_t lengths_next(lengths_t *l) { return l->at < l->n ? l->v[l->at++] : 0; }
+
+/* The bytes of a typed column's items of type T as varints in *len; any ORs them. */
+#define TYPED_VARINTS_LEN(T)                                                \
+    do {                                                                    \
+        const char *items = c->view.buf;                                    \
+        for (Py_ssize_t i = 0; i < n; i++) {                                \
+            T x;                                                            \
+            memcpy(&x, items + (size_t)i * sizeof x, sizeof x);             \
+            any |= x;                                                       \
+            total += varint_len(x);                                         \
+        }                                                                   \
+    } while (0)
+
+/* The payload length of a column's values as varints: 0, or -1 where a value is not an
+ * int of at most ``max`` (2**32 - 1 or 2**64 - 1). */
+static int column_varints_len(const column_t *c, uint64_t max, size_t *len) {
+    Py_ssize_t n = c->n;
+    size_t total = 0;
+    uint64_t any = 0;
+    if (c->list != NULL) {
+        for (Py_ssize_t i = 0; i < n; i++) {
+            uint64_t v;
+            if (u64_at(c->list, i, &v) < 0) return -1;
+            any |= v;
+            total += varint_len(v);
+        }
+    } else {
+        switch (c->size) {
+        case 1: total = (size_t)n + high_bytes(c->view.buf, (size_t)n); break;
+        case 2: TYPED_VARINTS_LEN(uint16_t); break;
+        case 4: TYPED_VARINTS_LEN(uint32_t); break;
+        default: TYPED_VARINTS_LEN(uint64_t); break;
+        }
+    }
+    if (any > max) return -1; /* max is 2**k - 1: some value has a bit above it */
+    *len = total;
+    return 0;
+}
+
+#define TYPED_VARINTS_TO(T)                                                 \
+    do {                                                                    \
+        const char *items = c->view.buf;                                    \
+        for (Py_ssize_t i = 0; i < n; i++) {                                \
+            T x;                                                            \
+            memcpy(&x, items + (size_t)i * sizeof x, sizeof x);             \
+            if (x < 0x80)                                                   \
+                *o++ = (unsigned char)x;                                    \
+            else                                                            \
+                o = varint_to(o, x);                                        \
+        }                                                                   \
+    } while (0)
+
+/* A column's values (sized by column_varints_len: ``len`` bytes) as varints at o. */
+static unsigned char *column_varints_to(unsigned char *o, const column_t *c, size_t len) {
+    Py_ssize_t n = c->n;
+    if (c->list != NULL) {
+        for (Py_ssize_t i = 0; i < n; i++) {
+            uint64_t v = 0;
+            u64_at(c->list, i, &v); /* read in the sizing pass: it cannot fail */
+            o = varint_to(o, v);
+        }
+        return o;
+    }
+    switch (c->size) {
+    case 1:
+        if (len == (size_t)n) { /* bytes below 0x80: their own varints */
+            memcpy(o, c->view.buf, (size_t)n);
+            return o + n;
+        }
+        TYPED_VARINTS_TO(uint8_t);
+        break;
+    case 2: TYPED_VARINTS_TO(uint16_t); break;
+    case 4: TYPED_VARINTS_TO(uint32_t); break;
+    default: TYPED_VARINTS_TO(uint64_t); break;
+    }
+    return o;
+}
+
+static int page_columns_open(PyObject *value, column_t *cols, Py_ssize_t *n, int *shift,
+                             unsigned int *size_number, int *words) {
+    PyObject *starts, *ends;
+    if (!PyArg_ParseTuple(value, "OOiI", &starts, &ends, shift, size_number)) return -1;
+    PyObject *lists[2] = {starts, ends};
+    if (*shift < 0 || *shift > 63 || !columns_open(cols, lists, 2, n)) return 0;
+    *words = both_words(cols);
+    return 1;
+}
+
+static int size_spec(PyObject *spec, lengths_t *l, size_t *total, int *unsupported);
+
+/* Field ``number`` of ``kind`` sized into *total, its lengths kept in ``l``; *unsupported
+ * where a value is outside what the kind takes. */
+static int size_field(uint32_t number, long kind, PyObject *value, lengths_t *l, size_t *total,
+                      int *unsupported) {
     if (kind == PACKED_BOOL) {
         if (!PyList_Check(value)) goto unsupported;
         Py_ssize_t n = PyList_GET_SIZE(value);
         for (Py_ssize_t i = 0; i < n; i++) {
             PyObject *item = PyList_GET_ITEM(value, i);
             if (item != Py_True && item != Py_False) goto unsupported;
-            if (put_varint(&payload, item == Py_True) < 0) goto done;
         }
-        rc = n ? put_len_field(out, number, &payload) : 0;
-    } else if (kind == PACKED_U64 || kind == PACKED_U32) {
+        if (n) *total += len_field_size(number, (size_t)n);
+        return lengths_push(l, (size_t)n) < 0 ? -1 : 0;
+    }
+    if (kind == PACKED_U64 || kind == PACKED_U32) {
         column_t col;
+        size_t len;
         if (!column_open(&col, value)) goto unsupported;
-        Py_ssize_t n = col.n;
-        /* First the payload's length (and every value checked), then the field written
-         * in place. */
-        size_t len = 0;
-        for (Py_ssize_t i = 0; i < n; i++) {
-            uint64_t v;
-            if (col_u64(&col, i, &v) < 0 || (kind == PACKED_U32 && v > UINT32_MAX)) {
-                column_close(&col);
-                goto unsupported;
-            }
-            len += varint_len(v);
-        }
-        unsigned char *o = n ? open_len_field(out, number, len) : NULL;
-        if (n && o == NULL) {
-            column_close(&col);
-            goto done;
-        }
-        if (n && col.list == NULL && col.size == 1 && len == (size_t)n) {
-            memcpy(o, col.view.buf, (size_t)n); /* bytes below 0x80: their own varints */
-            o += n;
-        } else {
-            for (Py_ssize_t i = 0; i < n; i++) {
-                uint64_t v;
-                col_u64(&col, i, &v); /* read above: it cannot fail */
-                o = varint_to(o, v);
-            }
-        }
-        if (n) out->len = (size_t)((char *)o - out->data);
+        int bad = column_varints_len(&col, kind == PACKED_U32 ? UINT32_MAX : UINT64_MAX, &len);
         column_close(&col);
-        rc = 0;
-    } else if (kind == INDEX_U32) {
+        if (bad) goto unsupported;
+        if (len) *total += len_field_size(number, len);
+        return lengths_push(l, len) < 0 ? -1 : 0;
+    }
+    if (kind == INDEX_U32) {
         if (!PyBytes_Check(value)) goto unsupported;
         const char *p = PyBytes_AS_STRING(value);
         Py_ssize_t n = PyBytes_GET_SIZE(value) / 4;
@@ -2334,66 +2478,59 @@ static int encode_field(buf_t *out, uint32_t number, long kind, PyObject *value,
             memcpy(&v, p + i * 4, 4);
             len += varint_len(v);
         }
-        unsigned char *o = n ? open_len_field(out, number, len) : NULL;
-        if (n && o == NULL) goto done;
-        for (Py_ssize_t i = 0; i < n; i++) {
-            uint32_t v;
-            memcpy(&v, p + i * 4, 4);
-            o = varint_to(o, v);
-        }
-        if (n) out->len = (size_t)((char *)o - out->data);
-        rc = 0;
-    } else if (kind == STRINGS) {
+        if (len) *total += len_field_size(number, len);
+        return lengths_push(l, len) < 0 ? -1 : 0;
+    }
+    if (kind == STRINGS) {
         if (!PyList_Check(value)) goto unsupported;
         for (Py_ssize_t i = 0; i < PyList_GET_SIZE(value); i++) {
             PyObject *item = PyList_GET_ITEM(value, i);
             if (!PyUnicode_Check(item)) goto unsupported;
             Py_ssize_t len;
-            const char *text = PyUnicode_AsUTF8AndSize(item, &len);
-            if (text == NULL) { /* lone surrogates: the pure path raises as upb does */
-                PyErr_Clear();
+            if (PyUnicode_AsUTF8AndSize(item, &len) == NULL) {
+                PyErr_Clear(); /* lone surrogates: the pure path raises as upb does */
                 goto unsupported;
             }
-            if (put_varint(out, (uint64_t)number << 3 | 2) < 0 || put_varint(out, (uint64_t)len) < 0 ||
-                buf_put(out, text, (size_t)len) < 0)
-                goto done;
+            *total += len_field_size(number, (size_t)len);
         }
-        rc = 0;
-    } else if (kind == SCALAR_U64) {
+        return 0;
+    }
+    if (kind == SCALAR_U64) {
         uint64_t v;
         PyObject *one = PyList_New(1);
-        if (one == NULL) goto done;
-        Py_INCREF(value);
-        PyList_SET_ITEM(one, 0, value);
+        if (one == NULL) return -1;
+        PyList_SET_ITEM(one, 0, Py_NewRef(value));
         int bad = u64_at(one, 0, &v);
         Py_DECREF(one);
         if (bad) goto unsupported;
-        rc = v ? (put_varint(out, (uint64_t)number << 3) < 0 || put_varint(out, v) < 0 ? -1 : 0)
-               : 0;
-    } else if (kind == MESSAGE) {
-        if (encode_spec(&payload, value, unsupported) < 0) goto done;
-        if (*unsupported) {
-            rc = 0;
-            goto done;
-        }
-        rc = put_len_field(out, number, &payload);
-    } else if (kind == PAGE_COLUMNS) {
-        PyObject *starts, *ends;
-        int shift;
-        unsigned int size_number;
-        if (!PyArg_ParseTuple(value, "OOiI", &starts, &ends, &shift, &size_number)) goto done;
-        PyObject *lists[2] = {starts, ends};
+        if (v) *total += tag_len(number) + varint_len(v);
+        return lengths_push(l, v) < 0 ? -1 : 0; /* the value itself, to write */
+    }
+    if (kind == MESSAGE) {
+        Py_ssize_t slot = lengths_push(l, 0);
+        size_t len = 0;
+        if (slot < 0 || size_spec(value, l, &len, unsupported) < 0) return -1;
+        l->v[slot] = len;
+        *total += len_field_size(number, len);
+        return 0;
+    }
+    if (kind == PAGE_COLUMNS) {
         column_t cols[2];
         Py_ssize_t n;
-        if (shift < 0 || shift > 63 || !columns_open(cols, lists, 2, &n)) goto unsupported;
-        /* First every boundary checked and both payloads' lengths, then each field
-         * written in place. */
+        int shift, words;
+        unsigned int size_number;
+        int opened = page_columns_open(value, cols, &n, &shift, &size_number, &words);
+        if (opened <= 0) {
+            if (opened < 0) return -1;
+            goto unsupported;
+        }
+        /* Every boundary checked, and both payloads' lengths. */
         uint64_t mask = ((uint64_t)1 << shift) - 1, previous_end = 0;
         size_t delta_len = 0, size_len = 0;
         for (Py_ssize_t i = 0; i < n; i++) {
             uint64_t s, e;
-            if (col_u64(&cols[0], i, &s) < 0 || col_u64(&cols[1], i, &e) < 0 ||
-                s < previous_end || e < s || (s & mask) || (e & mask)) {
+            if (pair_at(cols, words, i, &s, &e) < 0 || s < previous_end || e < s ||
+                ((s | e) & mask)) {
                 columns_close(cols, 2);
                 goto unsupported; /* misaligned or overlapping: the pure path explains */
             }
@@ -2401,38 +2538,24 @@ static int encode_field(buf_t *out, uint32_t number, long kind, PyObject *value,
             size_len += varint_len((e - s) >> shift);
             previous_end = e;
         }
-        rc = 0;
-        for (int pass = 0; n && pass < 2 && rc == 0; pass++) {
-            unsigned char *o = open_len_field(out, pass ? size_number : number,
-                                              pass ? size_len : delta_len);
-            if (o == NULL) {
-                rc = -1;
-                break;
-            }
-            previous_end = 0;
-            for (Py_ssize_t i = 0; i < n; i++) {
-                uint64_t s, e;
-                col_u64(&cols[0], i, &s); /* read above: it cannot fail */
-                col_u64(&cols[1], i, &e);
-                o = varint_to(o, (pass ? e - s : s - previous_end) >> shift);
-                previous_end = e;
-            }
-            out->len = (size_t)((char *)o - out->data);
-        }
         columns_close(cols, 2);
-    } else {
-        PyErr_Format(PyExc_ValueError, "unknown field kind %ld", kind);
+        if (n) *total += len_field_size(number, delta_len) + len_field_size(size_number, size_len);
+        return lengths_push(l, delta_len) < 0 || lengths_push(l, size_len) < 0 ? -1 : 0;
     }
-    goto done;
+    if (kind == RAW || kind == BYTES) {
+        if (!PyBytes_Check(value)) goto unsupported;
+        size_t len = (size_t)PyBytes_GET_SIZE(value);
+        *total += kind == RAW ? len : len_field_size(number, len);
+        return 0;
+    }
+    PyErr_Format(PyExc_ValueError, "unknown field kind %ld", kind);
+    return -1;
 unsupported:
     *unsupported = 1;
-    rc = 0;
-done:
-    buf_free(&payload);
-    return rc;
+    return 0;
 }
 
-static int encode_spec(buf_t *out, PyObject *spec, int *unsupported) {
+static int size_spec(PyObject *spec, lengths_t *l, size_t *total, int *unsupported) {
     if (!PyList_Check(spec)) {
         PyErr_SetString(PyExc_TypeError, "an encode spec is a list of (number, kind, value)");
         return -1;
@@ -2442,9 +2565,103 @@ static int encode_spec(buf_t *out, PyObject *spec, int *unsupported) {
         long kind;
         PyObject *value;
         if (!PyArg_ParseTuple(PyList_GET_ITEM(spec, i), "IlO", &number, &kind, &value)) return -1;
-        if (encode_field(out, number, kind, value, unsupported) < 0) return -1;
+        if (size_field(number, kind, value, l, total, unsupported) < 0) return -1;
     }
     return 0;
+}
+
+static unsigned char *write_spec(unsigned char *o, PyObject *spec, lengths_t *l);
+
+/* Field ``number`` of ``kind`` (sized by size_field) written at o; past it, or NULL
+ * where the spec no longer reads as it was sized. */
+static unsigned char *write_field(unsigned char *o, uint32_t number, long kind, PyObject *value,
+                                  lengths_t *l) {
+    if (kind == PACKED_BOOL) {
+        size_t n = lengths_next(l);
+        if (n == 0) return o;
+        o = len_field_to(o, number, n);
+        for (size_t i = 0; i < n; i++) *o++ = PyList_GET_ITEM(value, (Py_ssize_t)i) == Py_True;
+        return o;
+    }
+    if (kind == PACKED_U64 || kind == PACKED_U32) {
+        size_t len = lengths_next(l);
+        if (len == 0) return o;
+        column_t col;
+        if (!column_open(&col, value)) return NULL;
+        o = column_varints_to(len_field_to(o, number, len), &col, len);
+        column_close(&col);
+        return o;
+    }
+    if (kind == INDEX_U32) {
+        size_t len = lengths_next(l);
+        if (len == 0) return o;
+        o = len_field_to(o, number, len);
+        const char *p = PyBytes_AS_STRING(value);
+        Py_ssize_t n = PyBytes_GET_SIZE(value) / 4;
+        for (Py_ssize_t i = 0; i < n; i++) {
+            uint32_t v;
+            memcpy(&v, p + i * 4, 4);
+            o = varint_to(o, v);
+        }
+        return o;
+    }
+    if (kind == STRINGS) {
+        for (Py_ssize_t i = 0; i < PyList_GET_SIZE(value); i++) {
+            Py_ssize_t len;
+            const char *text = PyUnicode_AsUTF8AndSize(PyList_GET_ITEM(value, i), &len);
+            if (text == NULL) return NULL;
+            o = len_field_to(o, number, (size_t)len);
+            memcpy(o, text, (size_t)len);
+            o += len;
+        }
+        return o;
+    }
+    if (kind == SCALAR_U64) {
+        uint64_t v = lengths_next(l);
+        return v ? varint_to(varint_to(o, (uint64_t)number << 3), v) : o;
+    }
+    if (kind == MESSAGE) return write_spec(len_field_to(o, number, lengths_next(l)), value, l);
+    if (kind == PAGE_COLUMNS) {
+        size_t lens[2];
+        lens[0] = lengths_next(l);
+        lens[1] = lengths_next(l);
+        column_t cols[2];
+        Py_ssize_t n;
+        int shift, words;
+        unsigned int size_number;
+        if (page_columns_open(value, cols, &n, &shift, &size_number, &words) <= 0) return NULL;
+        for (int pass = 0; n && pass < 2; pass++) {
+            o = len_field_to(o, pass ? size_number : number, lens[pass]);
+            uint64_t previous_end = 0;
+            for (Py_ssize_t i = 0; i < n; i++) {
+                uint64_t s = 0, e = 0;
+                pair_at(cols, words, i, &s, &e); /* read in the sizing pass: it cannot fail */
+                uint64_t v = (pass ? e - s : s - previous_end) >> shift;
+                if (v < 0x80)
+                    *o++ = (unsigned char)v;
+                else
+                    o = varint_to(o, v);
+                previous_end = e;
+            }
+        }
+        columns_close(cols, 2);
+        return o;
+    }
+    /* RAW or BYTES */
+    if (kind == BYTES) o = len_field_to(o, number, (size_t)PyBytes_GET_SIZE(value));
+    memcpy(o, PyBytes_AS_STRING(value), (size_t)PyBytes_GET_SIZE(value));
+    return o + PyBytes_GET_SIZE(value);
+}
+
+static unsigned char *write_spec(unsigned char *o, PyObject *spec, lengths_t *l) {
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(spec) && o != NULL; i++) {
+        unsigned int number;
+        long kind;
+        PyObject *value;
+        if (!PyArg_ParseTuple(PyList_GET_ITEM(spec, i), "IlO", &number, &kind, &value)) return NULL;
+        o = write_field(o, number, kind, value, l);
+    }
+    return o;
 }
 
 /* encode(spec) -> bytes | None: a message's wire bytes from its fields, in the order
@@ -2452,22 +2669,70 @@ static int encode_spec(buf_t *out, PyObject *spec, int *unsupported) {
  * take (then the pure path, with its own checks and errors, runs instead). */
 static PyObject *encode(PyObject *self, PyObject *spec) {
     (void)self;
-    buf_t out = {0};
+    lengths_t l = {0};
+    size_t total = 0;
     int unsupported = 0;
     PyObject *result = NULL;
-    if (encode_spec(&out, spec, &unsupported) == 0)
-        result = unsupported ? Py_NewRef(Py_None)
-                             : PyBytes_FromStringAndSize(out.data ? out.data : "", (Py_ssize_t)out.len);
-    buf_free(&out);
+    if (size_spec(spec, &l, &total, &unsupported) < 0) goto done;
+    if (unsupported) {
+        result = Py_NewRef(Py_None);
+        goto done;
+    }
+    if (total > PY_SSIZE_T_MAX) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    result = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)total);
+    if (result == NULL) goto done;
+    unsigned char *start = (unsigned char *)PyBytes_AS_STRING(result);
+    unsigned char *o = write_spec(start, spec, &l);
+    if (o != start + total || l.at != l.n) {
+        /* Nothing runs between the passes that could change a value: a guard only. */
+        Py_CLEAR(result);
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_SystemError, "encode: the fields written differ from their sizes");
+    }
+done:
+    PyMem_Free(l.v);
     return result;
+}
+
+/* The end of the run of rows from i that hold item i's value in column ``c`` (by
+ * identity in a list, by raw value in a typed column): the first row after i, before
+ * ``end``, that holds another; or ``end``. */
+#define SAME_RUN(T)                                                         \
+    do {                                                                    \
+        const char *items = c->view.buf;                                    \
+        T v, x;                                                             \
+        memcpy(&v, items + (size_t)i * sizeof v, sizeof v);                 \
+        for (; j < end; j++) {                                              \
+            memcpy(&x, items + (size_t)j * sizeof x, sizeof x);             \
+            if (x != v) break;                                              \
+        }                                                                   \
+    } while (0)
+
+static Py_ssize_t same_run(const column_t *c, Py_ssize_t i, Py_ssize_t end) {
+    Py_ssize_t j = i + 1;
+    if (c->list != NULL) {
+        PyObject *const *items = ((PyListObject *)c->list)->ob_item;
+        while (j < end && items[j] == items[i]) j++;
+        return j;
+    }
+    switch (c->size) {
+    case 1: SAME_RUN(uint8_t); break;
+    case 2: SAME_RUN(uint16_t); break;
+    case 4: SAME_RUN(uint32_t); break;
+    default: SAME_RUN(uint64_t); break;
+    }
+    return j;
 }
 
 /* distinct(columns: list of columns, first: tuple)
  *   -> (index: bytes of uint32, rows: list[tuple])
  * Numbers each distinct row of the columns (lists, or typed columns of unsigned ints)
  * in order of first use, ``first`` being row 0 whether used or not; None when the
- * columns differ in length. A row equal to the one before (by identity or by raw
- * value, then by value) costs no hash. */
+ * columns differ in length. The rows after one that equal it (by identity or by raw
+ * value, column by column) take its number with no row made and no hash. */
 static PyObject *distinct(PyObject *self, PyObject *args) {
     (void)self;
     PyObject *columns, *first;
@@ -2479,14 +2744,13 @@ static PyObject *distinct(PyObject *self, PyObject *args) {
     int ncols = (int)PyList_GET_SIZE(columns);
     PyObject *lists[16];
     column_t cols[16];
-    uint64_t prev_raw[16] = {0};
     for (int c = 0; c < ncols; c++) lists[c] = PyList_GET_ITEM(columns, c);
     Py_ssize_t n;
     if (!columns_open(cols, lists, ncols, &n)) Py_RETURN_NONE;
-    PyObject *seen = PyDict_New(), *rows = PyList_New(0), *result = NULL, *prev = NULL;
-    buf_t index = {0};
-    uint32_t prev_index = 0;
-    if (seen == NULL || rows == NULL || buf_reserve(&index, (size_t)n * 4) < 0) goto done;
+    PyObject *seen = PyDict_New(), *rows = PyList_New(0), *result = NULL, *index = NULL;
+    if (seen == NULL || rows == NULL || n > PY_SSIZE_T_MAX / 4) goto done;
+    index = PyBytes_FromStringAndSize(NULL, n * 4); /* written in place, row by row */
+    if (index == NULL) goto done;
     {
         PyObject *zero = PyLong_FromLong(0);
         if (zero == NULL || PyDict_SetItem(seen, first, zero) < 0 || PyList_Append(rows, first) < 0) {
@@ -2495,33 +2759,18 @@ static PyObject *distinct(PyObject *self, PyObject *args) {
         }
         Py_DECREF(zero);
     }
-    for (Py_ssize_t i = 0; i < n; i++) {
+    char *to = PyBytes_AS_STRING(index);
+    for (Py_ssize_t i = 0; i < n;) {
         uint32_t k;
-        if (prev != NULL) {
-            int same = 1;
-            for (int c = 0; c < ncols && same; c++)
-                same = cols[c].list != NULL
-                           ? PyList_GET_ITEM(lists[c], i) == PyTuple_GET_ITEM(prev, c)
-                           : column_item(&cols[c], i) == prev_raw[c];
-            if (same) {
-                memcpy(index.data + index.len, &prev_index, 4); /* room made above */
-                index.len += 4;
-                continue;
-            }
-        }
         PyObject *row = PyTuple_New(ncols);
         if (row == NULL) goto done;
         for (int c = 0; c < ncols; c++) {
-            PyObject *v;
-            if (cols[c].list != NULL) {
-                v = Py_NewRef(PyList_GET_ITEM(lists[c], i));
-            } else {
-                prev_raw[c] = column_item(&cols[c], i);
-                v = PyLong_FromUnsignedLongLong(prev_raw[c]);
-                if (v == NULL) {
-                    Py_DECREF(row);
-                    goto done;
-                }
+            PyObject *v = cols[c].list != NULL
+                              ? Py_NewRef(PyList_GET_ITEM(lists[c], i))
+                              : PyLong_FromUnsignedLongLong(column_item(&cols[c], i));
+            if (v == NULL) {
+                Py_DECREF(row);
+                goto done;
             }
             PyTuple_SET_ITEM(row, c, v);
         }
@@ -2543,17 +2792,17 @@ static PyObject *distinct(PyObject *self, PyObject *args) {
         } else {
             k = (uint32_t)PyLong_AsUnsignedLong(found);
         }
-        Py_XSETREF(prev, row);
-        prev_index = k;
-        if (buf_put(&index, &k, 4) < 0) goto done;
+        Py_DECREF(row);
+        Py_ssize_t end = n;
+        for (int c = 0; c < ncols && end > i + 1; c++) end = same_run(&cols[c], i, end);
+        for (; i < end; i++) memcpy(to + (size_t)i * 4, &k, 4);
     }
-    result = Py_BuildValue("(y#O)", index.data ? index.data : "", (Py_ssize_t)index.len, rows);
+    result = PyTuple_Pack(2, index, rows);
 done:
     columns_close(cols, ncols);
     Py_XDECREF(seen);
     Py_XDECREF(rows);
-    Py_XDECREF(prev);
-    buf_free(&index);
+    Py_XDECREF(index);
     return result;
 }
 
@@ -2651,8 +2900,7 @@ static int number_run(const uint8_t **p, const uint8_t *end, unsigned wire_type,
     uint64_t n;
     if (wire_type != 2 || get_varint(p, end, &n) < 0 || n > (uint64_t)(end - *p)) return -1;
     *stop = *p + n;
-    *count = 0;
-    for (const uint8_t *q = *p; q < *stop; q++) *count += !(*q & 0x80);
+    *count = (Py_ssize_t)(n - high_bytes(*p, (size_t)n));
     return 0;
 }
 
@@ -2661,6 +2909,20 @@ static int number_run(const uint8_t **p, const uint8_t *end, unsigned wire_type,
  * ``typecode``, made where missing): the values are read into the array's items, with
  * no Python int per value. *unsupported where the run is malformed or a value does not
  * fit its field's kind or the typecode (upb then reads the message, into lists). */
+/* The varints from p to stop into the items, as ``T``s (values above max: bad). */
+#define DECODE_RUN(T)                                                       \
+    do {                                                                    \
+        T *to = (T *)items.data;                                            \
+        while (p < stop) {                                                  \
+            uint64_t v;                                                     \
+            if (*p < 0x80)                                                  \
+                v = *p++;                                                   \
+            else if (get_varint(&p, stop, &v) < 0 || v > max)               \
+                goto bad_items;                                             \
+            to[i++] = (T)v;                                                 \
+        }                                                                   \
+    } while (0)
+
 static int decode_typed_run(const uint8_t **pp, const uint8_t *end, unsigned wire_type, int kind,
                             PyObject *typecode, PyObject *out, PyObject *name, int *unsupported) {
     const char *code = PyUnicode_AsUTF8(typecode);
@@ -2683,6 +2945,28 @@ static int decode_typed_run(const uint8_t **pp, const uint8_t *end, unsigned wir
     buf_t items = {0};
     if (buf_reserve(&items, (size_t)(count ? count : 1) * (size_t)size) < 0) return -1;
     Py_ssize_t i = 0;
+    if (stop != NULL && count == stop - p) {
+        /* Every value one byte below 0x80 (which every typecode holds): copied, or
+         * widened, straight into the items. */
+        switch (size) {
+        case 1: memcpy(items.data, p, (size_t)count); break;
+        case 2: for (; i < count; i++) ((uint16_t *)items.data)[i] = p[i]; break;
+        case 4: for (; i < count; i++) ((uint32_t *)items.data)[i] = p[i]; break;
+        default: for (; i < count; i++) ((uint64_t *)items.data)[i] = p[i]; break;
+        }
+        i = count;
+        p = stop;
+    } else if (stop != NULL) {
+        /* A packed run: each varint read ends at one of the run's count bytes below
+         * 0x80, so no more than count values are read; one-byte values fit any
+         * typecode. */
+        switch (size) {
+        case 1: DECODE_RUN(uint8_t); break;
+        case 2: DECODE_RUN(uint16_t); break;
+        case 4: DECODE_RUN(uint32_t); break;
+        default: DECODE_RUN(uint64_t); break;
+        }
+    }
     for (int first = 1; stop ? p < stop : first; first = 0) {
         uint64_t v;
         if (p < limit && *p < 0x80) /* one byte: most values of a packed column */

@@ -173,7 +173,7 @@ def table_to_pb(
         if len(getattr(table, name)) != n:
             raise ValueError(f"region column {name} has {len(getattr(table, name))} rows, not {n}")
     message = pb.RegionTable() if message is None else message
-    data = _table_bytes_native(table, page) if n else None
+    data = _table_bytes_native(table, page)
     if data is not None:
         message.MergeFromString(data)
         return message
@@ -219,10 +219,9 @@ def table_to_bytes(table: RegionTable, *, page_size_bytes: int = DEFAULT_PAGE_SI
 def _plain_table_bytes(table: RegionTable, page: int) -> bytes:
     """:func:`table_to_pb`'s serialized bytes, written by the native encoder where it
     can. Raises ValueError as table_to_pb does."""
-    if len(table.start) and page > 0 and not page & (page - 1):
-        data = _table_bytes_native(table, page)
-        if data is not None:
-            return data
+    data = _table_bytes_native(table, page)
+    if data is not None:
+        return data
     return table_to_pb(table, page_size_bytes=page).SerializeToString()
 
 
@@ -300,6 +299,7 @@ _TABLE = pb.RegionTable.DESCRIPTOR.fields_by_name
 _FILES = pb.RegionFiles.DESCRIPTOR.fields_by_name
 _RESIDENCY = pb.Residency.DESCRIPTOR.fields_by_name
 _PACKED_U64, _PACKED_U32, _PACKED_BOOL, _STRINGS, _SCALAR_U64, _MESSAGE, _INDEX, _PAGES = range(8)
+_RAW, _BYTES = 8, 9  # serialized fields as they are; one field of serialized bytes
 _FILE_KINDS = {"device": _PACKED_U64, "inode": _PACKED_U64, "deleted": _PACKED_BOOL,
                "kind": _PACKED_U32}  # fmt: skip
 
@@ -308,9 +308,19 @@ def _table_bytes_native(table: RegionTable, page: int) -> bytes | None:
     """The serialized RegionTable, written by the native encoder in the order the
     protobuf runtime writes it (by field number), or None where the pure encoder must
     run (no extension, or a value it leaves to the pure path's checks and errors)."""
+    fields = _table_fields(table, page)
+    return None if fields is None else native.accel.encode(fields)  # type: ignore[union-attr]
+
+
+def _table_fields(table: RegionTable, page: int) -> list[tuple[int, int, Any]] | None:
+    """The native encoder's spec of the serialized RegionTable (its fields by number),
+    or None where the pure encoder must run: no extension, no regions, a page size that
+    is not a power of two or columns of differing lengths (the pure path's errors)."""
     accel = native.accel
     n = len(table.start)
-    if accel is None or any(len(getattr(table, name)) != n for name in ROW_COLUMNS):
+    if accel is None or not n or page <= 0 or page & (page - 1):
+        return None
+    if any(len(getattr(table, name)) != n for name in ROW_COLUMNS):
         return None
     names = [name for name in _FILE_COLUMNS if _any(accel, getattr(table, name))]
     found = accel.distinct(
@@ -358,7 +368,7 @@ def _table_bytes_native(table: RegionTable, page: int) -> bytes | None:
         fields.append((_TABLE["residency"].number, _MESSAGE, sorted(residency)))
     # Sorted by field number; the page columns sort as start_delta_pages, which
     # size_pages (written with it) directly follows.
-    return accel.encode(sorted(fields, key=lambda field: field[0]))  # type: ignore[no-any-return]
+    return sorted(fields, key=lambda field: field[0])
 
 
 def _any(accel: Any, column: Any) -> bool:
@@ -544,10 +554,12 @@ def _zeros(like: Sequence[int], n: int) -> IntColumn:
 
 def _bounds(deltas: IntColumn, sizes: IntColumn, page: int) -> tuple[IntColumn, IntColumn]:
     """(starts, ends) in bytes of the page columns of a table with regions. Raises
-    ValueError when a boundary passes the 64-bit address space."""
+    ValueError when a boundary passes the 64-bit address space. Typed page columns
+    (the decoded table's own, which nothing else holds) become the starts and the ends
+    themselves, with no new memory."""
     shift = page.bit_length() - 1
     accel = native.accel
-    found = accel.bounds(deltas, sizes, shift) if accel is not None else None
+    found = accel.bounds(deltas, sizes, shift, True) if accel is not None else None
     if found is not None:
         return found  # type: ignore[no-any-return]
     # Small numbers in pages become bytes before the sums grow into addresses.
@@ -781,13 +793,19 @@ _RESPONSE_SNAPSHOT_FIELD = agent_pb2.GetSnapshotResponse.DESCRIPTOR.fields_by_na
 
 def snapshot_response(snapshot: Snapshot) -> Serialized:
     """The ``GetSnapshotResponse`` of ``snapshot``, serialized: the header by protobuf,
-    the region table as :func:`table_to_pb` writes it (natively where it can), joined
-    into the response's bytes without a message ever holding the table."""
-    return snapshot_bytes_response(
-        agent_pb2.GetSnapshotResponse,
-        snapshot_header_bytes(snapshot),
-        _plain_table_bytes(snapshot.regions, table_page_size(snapshot.host)),
-    )
+    the region table as :func:`table_to_pb` writes it, joined into the response's bytes
+    without a message ever holding the table. Natively, the table is written straight
+    into the response's bytes (sized first, written once)."""
+    cls = agent_pb2.GetSnapshotResponse
+    header = snapshot_header_bytes(snapshot)
+    page = table_page_size(snapshot.host)
+    fields = _table_fields(snapshot.regions, page)
+    if fields is not None:
+        spec = _response_spec(cls, header, (_REGIONS_FIELD, _MESSAGE, fields), {})
+        data = native.accel.encode(spec)  # type: ignore[union-attr]
+        if data is not None:
+            return Serialized(cls, data)
+    return snapshot_bytes_response(cls, header, _plain_table_bytes(snapshot.regions, page))
 
 
 def snapshot_bytes_response(
@@ -797,12 +815,38 @@ def snapshot_bytes_response(
     :func:`join_snapshot` of ``header`` and ``regions``, its other ``fields`` as given,
     serialized: the region table is copied once, into the response's bytes, not into
     a message and out of it again. The bytes are protobuf's, field by field in order."""
+    spec = _response_spec(message_class, header, (_REGIONS_FIELD, _BYTES, regions), fields)
+    accel = native.accel
+    data = None if accel is None else accel.encode(spec)
+    return Serialized(message_class, b"".join(_spec_parts(spec)) if data is None else data)
+
+
+def _response_spec(
+    message_class: type[Any], header: bytes, regions: tuple[int, int, Any], fields: dict[str, Any]
+) -> list[tuple[int, int, Any]]:
+    """The encoder's spec of a response of ``message_class`` whose ``snapshot`` holds
+    ``header`` and then the ``regions`` field (a table's spec as a _MESSAGE, or its
+    serialized bytes as _BYTES), the other ``fields`` after it."""
     number = message_class.DESCRIPTOR.fields_by_name["snapshot"].number
     rest = message_class(**fields).SerializeToString()
-    regions_length = _varint(len(regions))
-    size = len(header) + len(_REGIONS_TAG) + len(regions_length) + len(regions)
-    parts = (_delimited(number, size), header, _REGIONS_TAG, regions_length, regions, rest)
-    return Serialized(message_class, b"".join(parts))
+    return [(number, _MESSAGE, [(0, _RAW, header), regions]), (0, _RAW, rest)]
+
+
+def _spec_parts(spec: list[tuple[int, int, Any]]) -> list[bytes]:
+    """The wire bytes of a spec of messages and serialized bytes (as the native encoder
+    writes them), as parts to join: a _MESSAGE or _BYTES field as its tag, length and
+    payload; _RAW bytes as they are."""
+    parts: list[bytes] = []
+    for number, kind, value in spec:
+        if kind == _RAW:
+            parts.append(value)
+            continue
+        if kind == _MESSAGE:
+            value = b"".join(_spec_parts(value))
+        elif kind != _BYTES:
+            raise ValueError(f"field kind {kind} has no joined form")
+        parts += (_delimited(number, len(value)), value)
+    return parts
 
 
 _CONNECT_RESULT_FIELD = hub_pb2.ConnectRequest.DESCRIPTOR.fields_by_name["snapshot_result"].number

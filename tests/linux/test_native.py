@@ -38,6 +38,7 @@ from vmatlas.model import (
     Process,
     RegionTable,
     Snapshot,
+    Summary,
 )
 from vmatlas.summary import (
     free_gaps,
@@ -46,6 +47,7 @@ from vmatlas.summary import (
     insert_free,
     summarize_process,
 )
+from vmatlas.v1 import agent_pb2
 from vmatlas.v1 import snapshot_pb2 as pb
 
 SETTINGS = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -513,6 +515,10 @@ HOST = Host(
 LINUX_HOST = dataclasses.replace(
     HOST, os=OperatingSystem.LINUX, allocation_granularity_bytes=PAGE, max_map_count=65530
 )
+SNAPSHOT = Snapshot(
+    host=HOST, process=Process(pid=1, name="p"), capture_time=1.5, summary=Summary(),
+    regions=RegionTable(),
+)  # fmt: skip
 
 
 @SETTINGS
@@ -532,6 +538,34 @@ def test_generated_tables_summarize_and_encode_the_same(table: RegionTable, page
     if isinstance(data, bytes):
         assert same_on_both(lambda: wire.table_from_bytes(data)) == table
     same_on_both(lambda: wire.table_to_pb(table, page_size_bytes=page).SerializeToString())
+    # The agent's answer: written into its own bytes natively, joined on the pure path.
+    snap = dataclasses.replace(SNAPSHOT, host=dataclasses.replace(HOST, page_size_bytes=page))
+    full = dataclasses.replace(snap, regions=table)
+    response = same_on_both(lambda: wire.snapshot_response(full).data)
+    if isinstance(response, bytes):
+        header = wire.snapshot_header_bytes(snap)
+        plain = wire.table_to_pb(table, page_size_bytes=page).SerializeToString()
+        cls = agent_pb2.GetSnapshotResponse
+        assert response == wire.snapshot_bytes_response(cls, header, plain).data
+
+
+def test_page_columns_made_bounds_in_place_are_put_back_when_refused() -> None:
+    """Typed page columns become the boundaries themselves; where a boundary passes
+    2**64 they hold their page values again for the pure path to judge."""
+    with native.use(True):
+        accel = native.accel
+    if accel is None:
+        pytest.skip("no native extension")
+    deltas, sizes = array("Q", [1, 2, 1 << 51]), array("Q", [1, 3, 1 << 50])
+    starts, ends = accel.bounds(deltas, sizes, 12, True)
+    assert (starts, ends) == (array("Q", [4096, 16384, 28672 + (1 << 63)]),
+                              array("Q", [8192, 28672, 28672 + (1 << 63) + (1 << 62)]))  # fmt: skip
+    assert starts is deltas and ends is sizes
+    deltas, sizes = array("Q", [1, 2, 1 << 51, 5]), array("Q", [1, 3, 1 << 51, 1])
+    assert accel.bounds(deltas, sizes, 12, True) is None
+    assert (deltas, sizes) == (array("Q", [1, 2, 1 << 51, 5]), array("Q", [1, 3, 1 << 51, 1]))
+    listed = accel.bounds([1, 2], [1, 3], 12, True)  # lists are read into new arrays
+    assert listed == (array("Q", [4096, 16384]), array("Q", [8192, 28672]))
 
 
 def typed(table: RegionTable) -> RegionTable:
