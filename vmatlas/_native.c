@@ -895,6 +895,20 @@ static int unsigned_values(PyObject *values, int size, uint64_t **vals, char **o
     return 0;
 }
 
+/* Items i.. of a spread with no fallback, an index of INDEX_Ts, items of ITEM_Ts: up
+ * to the first value taken that is not an int that fits. */
+#define SPREAD_RUN(INDEX_T, ITEM_T)                                         \
+    do {                                                                    \
+        ITEM_T *to = (ITEM_T *)items.data;                                  \
+        for (; i < n; i++) {                                                \
+            INDEX_T k;                                                      \
+            memcpy(&k, (const char *)a.buf + (size_t)i * sizeof k, sizeof k); \
+            if ((Py_ssize_t)k >= na) goto range;                            \
+            if (oka[k] != 1) break;                                         \
+            to[i] = (ITEM_T)va[k];                                          \
+        }                                                                   \
+    } while (0)
+
 /* spread(values: list, index: bytes, width: 1 | 4, typecode: str
  *        [, fallback: list, fallback_index: bytes, fallback_width: 1 | 4])
  *   -> array.array(typecode) of values[k] for each k of the index; where that value is
@@ -929,15 +943,10 @@ static PyObject *spread(PyObject *self, PyObject *args) {
     if (fallback == NULL && (size == 1 || size == 8)) {
         /* The common cases, a tight loop each: an index of bytes or uint32s, items of
          * a byte or a word. */
-        for (; i < n; i++) {
-            uint32_t k;
-            if (wa == 1) k = ((const uint8_t *)a.buf)[i];
-            else memcpy(&k, (const char *)a.buf + (size_t)i * 4, 4);
-            if ((Py_ssize_t)k >= na) goto range;
-            if (oka[k] != 1) break;
-            if (size == 1) ((uint8_t *)items.data)[i] = (uint8_t)va[k];
-            else memcpy(items.data + (size_t)i * 8, &va[k], 8);
-        }
+        if (wa == 1 && size == 1) SPREAD_RUN(uint8_t, uint8_t);
+        else if (wa == 1) SPREAD_RUN(uint8_t, uint64_t);
+        else if (size == 1) SPREAD_RUN(uint32_t, uint8_t);
+        else SPREAD_RUN(uint32_t, uint64_t);
     } else if (fallback != NULL && size == 1 && wa == 4 && wb == 1) {
         /* A column of bytes by a uint32 index, with a fallback by a byte index (the
          * type: by file, else by perms). */
@@ -1635,11 +1644,6 @@ static inline int pair_at(const column_t *cols, int words, Py_ssize_t i, uint64_
     return col_u64(&cols[0], i, s) < 0 || col_u64(&cols[1], i, e) < 0 ? -1 : 0;
 }
 
-/* Whether v << shift stays below 2**64. */
-static inline int shl_fits(uint64_t v, int shift) {
-    return shift == 0 || (v >> (64 - shift)) == 0;
-}
-
 /* nonzero(column) -> bool | None: any(column), for a typed column without an int made
  * per value, for a list of False and True without a call per value; None for any
  * other column. */
@@ -1731,12 +1735,11 @@ static PyObject *bounds(PyObject *self, PyObject *args) {
         starts_to = (uint64_t *)sb.data;
         ends_to = (uint64_t *)eb.data;
     }
-    uint64_t end = 0;
+    uint64_t end = 0, most = UINT64_MAX >> shift; /* the most that shifts within 64 bits */
     Py_ssize_t i = 0;
     for (; i < n; i++) {
         uint64_t delta, size;
-        if (pair_at(cols, words, i, &delta, &size) < 0) break;
-        if (!shl_fits(delta, shift) || !shl_fits(size, shift)) break;
+        if (pair_at(cols, words, i, &delta, &size) < 0 || (delta | size) > most) break;
         uint64_t start = end + (delta << shift);
         if (start < end) break;
         uint64_t next = start + (size << shift);
