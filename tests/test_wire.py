@@ -12,13 +12,17 @@ from tests.conftest import Planter, spaced_table
 from vmatlas import wire
 from vmatlas.agents.linux import LinuxReader
 from vmatlas.model import (
+    PROCESS_FIELD_TYPES,
     OperatingSystem,
+    Process,
+    ProcessSummary,
     Protection,
     RegionKind,
     RegionState,
     RegionTable,
     RegionType,
     SnapshotView,
+    Summary,
 )
 from vmatlas.v1 import agent_pb2
 from vmatlas.v1 import snapshot_pb2 as pb
@@ -389,3 +393,21 @@ def test_fleet_snapshot_responses_are_written_as_protobuf_writes_them(
     assert wire.snapshot_from_message_bytes(again, cls)[0] == snap
     with pytest.raises(ValueError, match="not a serialized GetHostSnapshotResponse"):
         wire.snapshot_from_message_bytes(data[:-3] + b"\xff", cls)
+
+
+def test_a_decoded_process_has_the_plain_field_types() -> None:
+    # The server's per-summary fast paths take a process of exactly these types.
+    process = Process(
+        pid=7,
+        parent_pid=1,
+        name="n",
+        command_line=("a", "b"),
+        start_time=12.5,
+        user_address_max=1 << 47,
+        address_space_empty=True,
+    )
+    message = wire.process_summary_to_pb(ProcessSummary(process, Summary(), 3.25))
+    decoded = wire.process_summary_from_pb(message)
+    assert decoded == ProcessSummary(process, Summary(), 3.25)
+    values = tuple(getattr(decoded.process, name) for name in Process.__dataclass_fields__)
+    assert tuple(map(type, values)) == PROCESS_FIELD_TYPES

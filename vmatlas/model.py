@@ -159,6 +159,11 @@ class Process:
     pod_uid: str = ""
 
 
+# The exact type of each of Process's fields, in order, as the wire decoder makes them:
+# what the server's per-summary fast paths (checks, the stored JSON) take as plain.
+PROCESS_FIELD_TYPES = (int, int, str, str, tuple, str, float, int, int, int, bool, str, str)
+
+
 @dataclass(frozen=True, slots=True)
 class Summary:
     region_count: int = 0

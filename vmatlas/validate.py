@@ -23,6 +23,7 @@ from google.protobuf.message import DecodeError
 from vmatlas import errors, native, wire
 from vmatlas.model import (
     ALLOCATION_COLUMNS,
+    PROCESS_FIELD_TYPES,
     RESIDENCY_FIELDS,
     Host,
     OperatingSystem,
@@ -154,8 +155,9 @@ def validate_host(host: Host) -> None:
 _SECONDS_LIMIT = float(1 << 40)
 _ONLY_INT = frozenset((int,))
 _ONLY_STR = frozenset((str,))
-_process_ints = attrgetter("pid", "parent_pid", "user_address_min", "user_address_max")
-_process_texts = attrgetter("name", "executable", "user", "container_id", "pod_uid")
+# Process's fields in order, and the exact types the fast check takes them in (the
+# wire decoder's); address_space_empty is any value to the slow path, a bool here.
+_process_fields = attrgetter(*Process.__dataclass_fields__)
 _SUMMARY_UINT_FIELDS = tuple(
     name for name in Summary.__dataclass_fields__ if name != "headroom_fraction"
 )
@@ -165,28 +167,30 @@ _summary_uints = attrgetter(*_SUMMARY_UINT_FIELDS)
 def _process_fast(process: Process, host: Host) -> bool:
     if type(process) is not Process:
         return False
-    ints = _process_ints(process)
-    if not _ONLY_INT.issuperset(map(type, ints)) or min(ints) < 0 or max(ints) >= U64:
+    values = _process_fields(process)
+    if tuple(map(type, values)) != PROCESS_FIELD_TYPES:
         return False
-    pid, parent_pid, low, high = ints
-    if not 0 < pid < 1 << 32 or parent_pid >= 1 << 32:
+    pid, parent_pid, name, executable, args, user, start, bits, low, high, _, cid, pod = values
+    if not (
+        0 < pid < 1 << 32
+        and 0 <= parent_pid < 1 << 32
+        and 0 <= low < U64
+        and 0 <= high < U64
+        and 0.0 <= start < _SECONDS_LIMIT
+        and (bits == 64 or bits == 32)
+    ):
         return False
     if (high and low >= high) or (host.user_address_max and high > host.user_address_max):
         return False
-    texts = _process_texts(process)
-    if not _ONLY_STR.issuperset(map(type, texts)) or max(map(len, texts)) > MAX_PATH_CHARS:
+    if max(len(name), len(executable), len(user), len(cid), len(pod)) > MAX_PATH_CHARS:
         return False
-    args = process.command_line
-    if type(args) is not tuple or len(args) > MAX_COMMAND_LINE_ARGS:
-        return False
-    if not _ONLY_STR.issuperset(map(type, args)):
+    if len(args) > MAX_COMMAND_LINE_ARGS or not _ONLY_STR.issuperset(map(type, args)):
         return False
     joined = "".join(args)
-    if len(joined) > MAX_COMMAND_LINE_CHARS or "\0" in joined or any("\0" in t for t in texts):
-        return False
-    start = process.start_time
     return (
-        type(start) is float and 0.0 <= start < _SECONDS_LIMIT and process.pointer_bits in (32, 64)
+        len(joined) <= MAX_COMMAND_LINE_CHARS
+        and "\0" not in joined
+        and "\0" not in "".join((name, executable, user, cid, pod))
     )
 
 

@@ -45,6 +45,8 @@ _SUMMARY_FIELDS = tuple(Summary.__dataclass_fields__)
 # The wire Summary's fields in the model's order, read in one call.
 _summary_pb_values = attrgetter(*_SUMMARY_FIELDS)
 _HOST_FIELDS = tuple(name for name in Host.__dataclass_fields__ if name != "os")
+# The wire Process's fields in the model's order (the names are the same).
+_process_pb_values = attrgetter(*Process.__dataclass_fields__)
 
 
 def timestamp_to_pb(seconds: float, message: Timestamp) -> None:
@@ -105,20 +107,20 @@ def process_to_pb(process: Process, message: pb.Process | None = None) -> pb.Pro
 
 
 def process_from_pb(message: pb.Process) -> Process:
+    # Every field in one call (a server decodes one per summary it stores), in the
+    # model's order: command_line and start_time are converted, the rest are as read.
+    (
+        pid, parent_pid, name, executable, command_line, user, start_time, *rest
+    ) = _process_pb_values(message)  # fmt: skip
     return Process(
-        pid=message.pid,
-        parent_pid=message.parent_pid,
-        name=message.name,
-        executable=message.executable,
-        command_line=tuple(message.command_line),
-        user=message.user,
-        start_time=timestamp_from_pb(message.start_time),
-        pointer_bits=message.pointer_bits,
-        user_address_min=message.user_address_min,
-        user_address_max=message.user_address_max,
-        address_space_empty=message.address_space_empty,
-        container_id=message.container_id,
-        pod_uid=message.pod_uid,
+        pid,
+        parent_pid,
+        name,
+        executable,
+        tuple(command_line),
+        user,
+        timestamp_from_pb(start_time),
+        *rest,
     )
 
 
@@ -660,11 +662,15 @@ def process_summary_to_pb(
 
 
 def process_summary_from_pb(message: pb.ProcessSummary) -> ProcessSummary:
+    process, summary, capture_time = _process_summary_pb_parts(message)
     return ProcessSummary(
-        process=process_from_pb(message.process),
-        summary=summary_from_pb(message.summary),
-        capture_time=timestamp_from_pb(message.capture_time),
+        process_from_pb(process),
+        summary_from_pb(summary),
+        timestamp_from_pb(capture_time),
     )
+
+
+_process_summary_pb_parts = attrgetter("process", "summary", "capture_time")
 
 
 # -- snapshots as bytes --------------------------------------------------------------

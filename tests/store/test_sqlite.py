@@ -4,7 +4,9 @@ schema version is upgraded in place with its data."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import json
 import os
 import queue
 import sqlite3
@@ -19,8 +21,9 @@ from vmatlas import errors, wire
 from vmatlas.agents.linux import LinuxReader
 from vmatlas.audit import AUDIT_ROW_FIELDS
 from vmatlas.fleet import HostStatus
+from vmatlas.model import Process
 from vmatlas.server.store import ProcessFilter, SnapshotRecord, parse_duration
-from vmatlas.server.store.rules import PROCESS_FACT_NAMES
+from vmatlas.server.store.rules import PROCESS_FACT_NAMES, process_from_json, process_json
 from vmatlas.server.store.sqlite import DATABASE_NAME, SQLiteStore
 
 
@@ -143,3 +146,29 @@ def test_a_file_of_an_earlier_version_is_upgraded_with_its_data(
     db.close()
     with pytest.raises(errors.FailedPrecondition, match="schema version 4"):
         SQLiteStore(tmp_path)
+
+
+@pytest.mark.parametrize(
+    "process",
+    [
+        make_process(7),
+        Process(
+            pid=9,
+            name='é"\\\n\t\x7f',
+            executable="/usr/bin/ü",
+            command_line=("a b", "\u2603", ""),
+            start_time=0.1 + 0.2,
+            user_address_max=(1 << 64) - 1,
+            address_space_empty=True,
+            container_id="c",
+            pod_uid="p",
+        ),
+        Process(pid=True, command_line=["x"], start_time=float("inf")),  # type: ignore[arg-type]
+        Process(pid=3, start_time=5, address_space_empty=0),  # type: ignore[arg-type]
+    ],
+)
+def test_process_facts_are_the_json_of_its_fields(process: Process) -> None:
+    assert process_json(process) == json.dumps(dataclasses.asdict(process))
+    assert process_from_json(process_json(process)) == dataclasses.replace(
+        process, command_line=tuple(process.command_line)
+    )
