@@ -853,7 +853,20 @@ static PyObject *gather(PyObject *self, PyObject *args) {
     Py_ssize_t n = index.len / width;
     out = PyList_New(n);
     if (out == NULL) goto done;
-    for (Py_ssize_t i = 0; i < n; i++) {
+    /* Most indices are 4 bytes wide (a rest's): that loop reads them from locals. */
+    Py_ssize_t i = 0;
+    if (width == 4) {
+        const char *idx = index.buf;
+        PyObject **from = PySequence_Fast_ITEMS(values), **to = PySequence_Fast_ITEMS(out);
+        Py_ssize_t count = PyList_GET_SIZE(values);
+        for (; i < n; i++) {
+            uint32_t k;
+            memcpy(&k, idx + (size_t)i * 4, 4);
+            if ((Py_ssize_t)k >= count) break; /* put_item below says what is wrong */
+            to[i] = Py_NewRef(from[k]);
+        }
+    }
+    for (; i < n; i++) {
         uint32_t k;
         index_at(index.buf, width, i, &k);
         if (put_item(out, i, values, (Py_ssize_t)k) < 0) {
