@@ -534,9 +534,11 @@ class LinuxReader:
             ) from None
         raise exc
 
-    def _read_bytes(self, pid: int, name: str, process_name: str | None = None) -> bytes:
+    def _read_bytes(
+        self, pid: int, name: str, process_name: str | None = None, *, record: bool = False
+    ) -> bytes:
         try:
-            return _read_all(self._path(pid, name))
+            return _read_all(self._path(pid, name), record)
         except OSError as exc:
             self._raise_for(exc, pid, process_name)
             raise  # unreachable: _raise_for always raises
@@ -563,11 +565,7 @@ class LinuxReader:
         """:meth:`process`, and whether it is a kernel thread. Runs for every process
         of a sweep: each file is read by one open and one read where that holds it."""
         base = f"{self.procfs}/{pid}/"
-        try:
-            stat = _read_all(base + "stat", record=True).decode("utf-8", "surrogateescape")
-        except OSError as exc:
-            self._raise_for(exc, pid)
-            raise  # unreachable: _raise_for always raises
+        stat = self._read_bytes(pid, "stat", record=True).decode("utf-8", "surrogateescape")
         # comm may hold spaces and parentheses: it ends at the last ')'.
         close = stat.rfind(")")
         name = stat[stat.find("(") + 1 : close]
@@ -582,9 +580,8 @@ class LinuxReader:
         exe = ""
         if not kernel_thread:
             try:
-                cmdline = _read_all(base + "cmdline", record=True)
-            except OSError as exc:
-                self._unless_gone_or_denied(exc)
+                cmdline = self._read_bytes(pid, "cmdline", name, record=True)
+            except errors.Error:
                 cmdline = b""
             if cmdline:
                 command_line = tuple(cmdline.decode("utf-8", "surrogateescape").split("\0")[:-1])
@@ -597,9 +594,8 @@ class LinuxReader:
         except OSError:
             user = ""
         try:
-            cgroup = _read_all(base + "cgroup", record=True)
-        except OSError as exc:
-            self._unless_gone_or_denied(exc)
+            cgroup = self._read_bytes(pid, "cgroup", name, record=True)
+        except errors.Error:
             container_id, pod_uid = "", ""
         else:
             container_id, pod_uid = _container_of(cgroup.decode("utf-8", "surrogateescape"))
@@ -622,15 +618,6 @@ class LinuxReader:
             pod_uid=pod_uid,
         )
         return process, kernel_thread
-
-    def _unless_gone_or_denied(self, exc: OSError) -> None:
-        """Re-raise ``exc`` unless it says the process is gone or not readable (what
-        :meth:`_raise_for` turns into an errors.Error): an optional file's read failing
-        so leaves its field empty."""
-        try:
-            self._raise_for(exc, 0)
-        except errors.Error:
-            return
 
     def _mmap_min_addr(self) -> int:
         return self._read_int("sys/vm/mmap_min_addr", os.sysconf("SC_PAGE_SIZE"))
