@@ -14,16 +14,20 @@ them in the full table.
 from __future__ import annotations
 
 import argparse
+import os
+import subprocess
 import sys
 import time
 from pathlib import Path
 
 from bench.run import (
+    PATHS,
     PYTHON,
     Row,
     Workload,
     agent_at_rest,
     interleaved,
+    interleaved_paths,
     machine,
     render,
     time_command,
@@ -32,7 +36,8 @@ from bench.run import (
 FOOTNOTE = """\
 Command rows (`vmatlas ...`) are whole processes, timed from fork to exit exactly as
 their references are: interpreter start, imports, capture, formatting and output to
-/dev/null."""
+/dev/null. The snapshot commands run on both paths, the pure one with
+VMATLAS_NO_NATIVE set, as an install without a C compiler runs them."""
 
 
 def vmatlas_command() -> list[str]:
@@ -41,17 +46,36 @@ def vmatlas_command() -> list[str]:
     return [str(script)] if script.exists() else [PYTHON, "-m", "vmatlas"]
 
 
-def snapshot_rows(rounds: int, load: Workload) -> list[Row]:
+def native_built() -> bool:
+    """Whether the installed ``vmatlas`` runs on the C extension when left to choose."""
+    env = {k: v for k, v in os.environ.items() if k != "VMATLAS_NO_NATIVE"}
+    out = subprocess.run(
+        [*vmatlas_command(), "--version"], env=env, capture_output=True, text=True, check=False
+    )
+    return "native" in out.stdout
+
+
+def timed_on(path: str, argv: list[str]) -> float:
+    """One whole run of ``argv`` on a capture path: the pure one as a machine without
+    the extension would run it (VMATLAS_NO_NATIVE set), the native one as installed."""
+    env = {k: v for k, v in os.environ.items() if k != "VMATLAS_NO_NATIVE"}
+    if path == "pure":
+        env["VMATLAS_NO_NATIVE"] = "1"
+    return time_command(argv, env=env)
+
+
+def snapshot_rows(rounds: int, load: Workload, paths: tuple[str, ...] = PATHS) -> list[Row]:
+    """Each format on every given path, beside ``pmap -x`` in the same rounds."""
     vmatlas = vmatlas_command()
     pmap = ["pmap", "-x", str(load.pid)]
     rows = []
     for fmt in ("table", "json", "csv"):
         argv = [*vmatlas, "snapshot", "--local", str(load.pid), "--format", fmt]
         rows.append(
-            interleaved(
+            interleaved_paths(
                 rounds,
                 lambda: time_command(pmap),
-                lambda argv=argv: time_command(argv),
+                {path: (lambda path=path, argv=argv: timed_on(path, argv)) for path in paths},
                 Row(
                     f"`vmatlas snapshot --local --format {fmt}`, {load.regions:,} regions",
                     "<= 1.0x (0.5x)",
@@ -72,8 +96,12 @@ def help_row(rounds: int) -> Row:
     )
 
 
-def command_rows(rounds: int, load: Workload) -> list[Row]:
-    return [*snapshot_rows(rounds, load), help_row(rounds)]
+def command_rows(rounds: int, load: Workload, paths: tuple[str, ...] | None = None) -> list[Row]:
+    """The snapshot commands on ``paths`` (by default both where the extension is
+    built, pure alone where it is not), and ``--help``, which captures nothing."""
+    if paths is None:
+        paths = PATHS if native_built() else ("pure",)
+    return [*snapshot_rows(rounds, load, paths), help_row(rounds)]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -222,11 +222,12 @@ def wait_online(target: str, host_id: str, seconds: float = 20.0) -> None:
     raise RuntimeError(f"host {host_id} did not come online at the server")
 
 
-def time_command(argv: list[str], shell: bool = False) -> float:
+def time_command(argv: list[str], shell: bool = False, env: dict[str, str] | None = None) -> float:
     start = time.perf_counter()
     subprocess.run(
         argv if not shell else argv[0],
         shell=shell,
+        env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         check=False,
@@ -518,7 +519,7 @@ def run(quick: bool) -> tuple[list[Row], dict[str, str]]:
         # module, hence the late import).
         from bench import cli as bench_cli
 
-        rows.extend(bench_cli.command_rows(rounds, big))
+        rows.extend(bench_cli.command_rows(rounds, big, tuple(workers)))
         # The web view's pages in headless Chromium, the process page over the same
         # 65,500-region workload (bench.web imports this module too).
         from bench import web as bench_web
