@@ -2,11 +2,12 @@
 
 ``python -m bench.profile [--rounds N]`` plants the file-backed and the anonymous-heavy
 65,500-region workloads (bench.workload) and times, in this process, each stage of a
-snapshot as the agent runs it: reading maps (and smaps), parsing, the summary, and the
-packed-column encode with serialization, then the server's decode and check of the
-answer; ``cat`` of the same file beside them. Medians of N rounds, in milliseconds of
-CPU time (user + system, the kernel's formatting of procfs text included), so that
-other work on a shared machine does not blur the split.
+snapshot as the agent runs it: reading maps (and smaps), parsing, the summary, the
+packed-column encode into the table's bytes and the whole answer the agent sends, then
+the client's decode and the server's decode and check of the answer; ``cat`` of the
+same file beside them. Medians of N rounds, in milliseconds of CPU time (user + system,
+the kernel's formatting of procfs text included), so that other work on a shared
+machine does not blur the split.
 ``VMATLAS_NO_NATIVE=1`` profiles the pure-Python path.
 """
 
@@ -66,17 +67,15 @@ def profile(load: Workload, rounds: int) -> dict[str, float]:
     out["regions"] = len(table)
     out["summary"] = _median_ms(rounds, lambda: summarize_process(table, host, process))
     out["process identity"] = _median_ms(rounds, lambda: reader.process(load.pid, host))
-    out["encode"] = _median_ms(
-        rounds, lambda: wire.table_to_pb(table, page_size_bytes=host.page_size_bytes)
-    )
-    message = wire.table_to_pb(table, page_size_bytes=host.page_size_bytes)
-    out["serialize"] = _median_ms(rounds, message.SerializeToString)
-    data = message.SerializeToString()
+    # The agent's own path: the table written straight to its bytes (no message built),
+    # and GetSnapshot's whole answer, header and table, as the agent sends it.
+    page = host.page_size_bytes
+    out["encode"] = _median_ms(rounds, lambda: wire.table_to_bytes(table, page_size_bytes=page))
+    data = wire.table_to_bytes(table, page_size_bytes=page)
     out["wire bytes"] = len(data)
     out["decode"] = _median_ms(rounds, lambda: wire.table_from_bytes(data))
-    out["snapshot+encode"] = _median_ms(
-        rounds,
-        lambda: wire.snapshot_to_pb(reader.snapshot(load.pid)).SerializeToString(),
+    out["snapshot, as the agent answers it"] = _median_ms(
+        rounds, lambda: wire.snapshot_response(reader.snapshot(load.pid))
     )
     # What the server does with the agent's answer before filing it: decode and check.
     header, regions = wire.snapshot_parts(reader.snapshot(load.pid))
