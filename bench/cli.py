@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -32,6 +31,7 @@ from bench.run import (
     render,
     time_command,
 )
+from vmatlas import native
 
 FOOTNOTE = """\
 Command rows (`vmatlas ...`) are whole processes, timed from fork to exit exactly as
@@ -46,15 +46,6 @@ def vmatlas_command() -> list[str]:
     return [str(script)] if script.exists() else [PYTHON, "-m", "vmatlas"]
 
 
-def native_built() -> bool:
-    """Whether the installed ``vmatlas`` runs on the C extension when left to choose."""
-    env = {k: v for k, v in os.environ.items() if k != "VMATLAS_NO_NATIVE"}
-    out = subprocess.run(
-        [*vmatlas_command(), "--version"], env=env, capture_output=True, text=True, check=False
-    )
-    return "native" in out.stdout
-
-
 def timed_on(path: str, argv: list[str]) -> float:
     """One whole run of ``argv`` on a capture path: the pure one as a machine without
     the extension would run it (VMATLAS_NO_NATIVE set), the native one as installed."""
@@ -64,7 +55,7 @@ def timed_on(path: str, argv: list[str]) -> float:
     return time_command(argv, env=env)
 
 
-def snapshot_rows(rounds: int, load: Workload, paths: tuple[str, ...] = PATHS) -> list[Row]:
+def snapshot_rows(rounds: int, load: Workload, paths: tuple[str, ...]) -> list[Row]:
     """Each format on every given path, beside ``pmap -x`` in the same rounds."""
     vmatlas = vmatlas_command()
     pmap = ["pmap", "-x", str(load.pid)]
@@ -98,9 +89,10 @@ def help_row(rounds: int) -> Row:
 
 def command_rows(rounds: int, load: Workload, paths: tuple[str, ...] | None = None) -> list[Row]:
     """The snapshot commands on ``paths`` (by default both where the extension is
-    built, pure alone where it is not), and ``--help``, which captures nothing."""
+    built, pure alone where it is not: the console script beside this interpreter
+    loads the same one), and ``--help``, which captures nothing."""
     if paths is None:
-        paths = PATHS if native_built() else ("pure",)
+        paths = PATHS if native.available() else ("pure",)
     return [*snapshot_rows(rounds, load, paths), help_row(rounds)]
 
 
